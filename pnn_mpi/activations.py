@@ -1,0 +1,77 @@
+"""Hidden-layer activations: a table of (function, derivative) pairs.
+
+Every function writes into a caller's buffer (never the input itself), so a
+training step allocates nothing. Each derivative is written in terms of the activation's *output*
+``a = f(z)``: the forward pass keeps only ``a``, and backprop never needs ``z``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+LEAKY_SLOPE = 0.01
+
+
+def _sigmoid(z: np.ndarray, out: np.ndarray) -> None:
+    # 0.5 * (1 + tanh(z / 2)) is the logistic function without exp overflow.
+    np.multiply(z, 0.5, out=out)
+    np.tanh(out, out=out)
+    out *= 0.5
+    out += 0.5
+
+
+def _sigmoid_grad(a: np.ndarray, out: np.ndarray) -> None:
+    np.subtract(1.0, a, out=out)
+    out *= a
+
+
+def _tanh(z: np.ndarray, out: np.ndarray) -> None:
+    np.tanh(z, out=out)
+
+
+def _tanh_grad(a: np.ndarray, out: np.ndarray) -> None:
+    np.multiply(a, a, out=out)
+    np.subtract(1.0, out, out=out)
+
+
+def _relu(z: np.ndarray, out: np.ndarray) -> None:
+    np.maximum(z, 0.0, out=out)
+
+
+def _relu_grad(a: np.ndarray, out: np.ndarray) -> None:
+    np.greater(a, 0.0, out=out)
+
+
+def _leaky_relu(z: np.ndarray, out: np.ndarray) -> None:
+    # max(z, slope * z) equals z for z > 0 and slope * z otherwise (0 < slope < 1).
+    np.multiply(z, LEAKY_SLOPE, out=out)
+    np.maximum(z, out, out=out)
+
+
+def _leaky_relu_grad(a: np.ndarray, out: np.ndarray) -> None:
+    np.greater(a, 0.0, out=out)
+    out *= 1.0 - LEAKY_SLOPE
+    out += LEAKY_SLOPE
+
+
+@dataclass(frozen=True)
+class Activation:
+    """An activation ``f`` with ``f'`` expressed through ``a = f(z)``."""
+
+    name: str
+    forward: Callable[[np.ndarray, np.ndarray], None]
+    grad_from_output: Callable[[np.ndarray, np.ndarray], None]
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    a.name: a
+    for a in (
+        Activation("sigmoid", _sigmoid, _sigmoid_grad),
+        Activation("tanh", _tanh, _tanh_grad),
+        Activation("relu", _relu, _relu_grad),
+        Activation("leaky-relu", _leaky_relu, _leaky_relu_grad),
+    )
+}

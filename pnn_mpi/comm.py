@@ -1,0 +1,77 @@
+"""The MPI surface training needs, in the spirit of Horovod's tiny API.
+
+``World`` wraps a communicator: ``rank``, ``size``, in-place averaging of one
+contiguous buffer, and a few object collectives for metrics. ``agree`` turns an
+error seen on some ranks into the same clean error on all ranks, so a bad file
+that only the last rank's slice reaches cannot leave the others blocked.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+import numpy as np
+
+from .errors import UserError
+
+T = TypeVar("T")
+
+
+class World:
+    """Rank, size and the collectives of one MPI communicator."""
+
+    def __init__(self, comm=None):
+        from mpi4py import MPI  # imported here: evaluate/predict/download run without MPI
+
+        self._mpi = MPI
+        self.comm = MPI.COMM_WORLD if comm is None else comm
+        self.rank = self.comm.Get_rank()
+        self.size = self.comm.Get_size()
+
+    def sum_(self, buf: np.ndarray) -> None:
+        """Sum ``buf`` over all ranks, in place (one Allreduce)."""
+        self.comm.Allreduce(self._mpi.IN_PLACE, buf, op=self._mpi.SUM)
+
+    def average_(self, buf: np.ndarray) -> None:
+        """Replace ``buf`` by its mean over all ranks: one in-place Allreduce and a divide."""
+        self.sum_(buf)
+        if self.size > 1:
+            buf *= 1.0 / self.size
+
+    def allgather(self, obj: T) -> list[T]:
+        return self.comm.allgather(obj)
+
+    def bcast(self, obj: T, root: int = 0) -> T:
+        return self.comm.bcast(obj, root=root)
+
+    def barrier(self) -> None:
+        self.comm.Barrier()
+
+    def abort(self, code: int) -> None:
+        self.comm.Abort(code)
+
+    def library(self) -> str:
+        """The MPI library's name and version, e.g. 'Open MPI 5.0.11'."""
+        name, version = self._mpi.get_vendor()
+        return f"{name} {'.'.join(str(v) for v in version)}"
+
+    def library_version(self) -> str:
+        """The MPI library's own first line of version text."""
+        return self._mpi.Get_library_version().strip().splitlines()[0].strip()
+
+
+def agree(world: World, action: Callable[[], T]) -> T:
+    """Run ``action`` on every rank; a UserError on any rank is raised on all.
+
+    Every rank then exits cleanly with the message of the lowest failing rank,
+    instead of some ranks failing while others wait in the next collective.
+    """
+    try:
+        result, message = action(), None
+    except UserError as exc:
+        result, message = None, str(exc)
+    messages = world.allgather(message)
+    first = next((m for m in messages if m), None)
+    if first is not None:
+        raise UserError(first)
+    return result

@@ -1,0 +1,84 @@
+"""The training configuration: one frozen record, checked once, saved with the model.
+
+Flags and TOML files both end up here, so every value is validated in one place
+and ``metrics.json`` can store exactly what was run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Union
+
+from .activations import ACTIVATIONS
+from .errors import UserError
+from .initializers import INITIALIZERS
+from .losses import OUTPUTS
+from .sync import Sync
+
+DTYPES = ("float32", "float64")
+FULL_BATCH = "full"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    hidden: tuple[int, ...] = (128,)
+    activation: str = "relu"
+    output: str = "softmax-xent"
+    init: str = "he"
+    bias_init: float = 0.0
+    batch_size: Union[int, str] = 32  # a sample count, 1 = stochastic, or "full"
+    lr: float = 0.05
+    momentum: float = 0.9
+    lr_decay: float = 1.0
+    epochs: int = 5
+    sync: str = "end"
+    seed: int = 1
+    dtype: str = "float32"
+    dataset: str = "mnist"
+    data_dir: Union[str, None] = None
+    train_size: Union[int, None] = None
+    test_size: Union[int, None] = None
+    out: Union[str, None] = None
+    eval_every: int = 1
+    shuffle: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        self.validate()
+
+    @property
+    def schedule(self) -> Sync:
+        return Sync.parse(self.sync)
+
+    @property
+    def full_batch(self) -> bool:
+        return self.batch_size == FULL_BATCH
+
+    def validate(self) -> None:
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise UserError(message)
+
+        need(all(h >= 1 for h in self.hidden), f"--hidden {' '.join(map(str, self.hidden))}: layer widths must be positive")
+        need(self.activation in ACTIVATIONS, f"--activation {self.activation!r}: choose from {', '.join(ACTIVATIONS)}")
+        need(self.output in OUTPUTS, f"--output {self.output!r}: choose from {', '.join(OUTPUTS)}")
+        need(self.init in INITIALIZERS, f"--init {self.init!r}: choose from {', '.join(INITIALIZERS)}")
+        need(
+            self.batch_size == FULL_BATCH or (isinstance(self.batch_size, int) and self.batch_size >= 1),
+            f"--batch-size {self.batch_size!r}: expected a positive sample count or 'full'",
+        )
+        need(self.lr > 0, f"--lr {self.lr}: the learning rate must be positive")
+        need(0 <= self.momentum < 1, f"--momentum {self.momentum}: expected a value in [0, 1)")
+        need(0 < self.lr_decay <= 1, f"--lr-decay {self.lr_decay}: expected a factor in (0, 1]")
+        need(self.epochs >= 1, f"--epochs {self.epochs}: at least one epoch")
+        need(self.seed >= 0, f"--seed {self.seed}: expected a non-negative integer")
+        need(self.dtype in DTYPES, f"--dtype {self.dtype!r}: choose from {', '.join(DTYPES)}")
+        need(self.train_size is None or self.train_size >= 1, f"--train-size {self.train_size}: expected a positive count")
+        need(self.test_size is None or self.test_size >= 1, f"--test-size {self.test_size}: expected a positive count")
+        need(self.eval_every >= 0, f"--eval-every {self.eval_every}: expected 0 (final only) or a positive epoch count")
+        self.schedule  # parses, or raises a UserError naming the value
+
+    def as_dict(self) -> dict:
+        record = asdict(self)
+        record["hidden"] = list(self.hidden)
+        return record

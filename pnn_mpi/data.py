@@ -1,0 +1,76 @@
+"""What one rank loads: its own slice of the training set, and the test set.
+
+A rank reads only the records of its slice (the IDX reader seeks or streams to
+them), so memory per rank shrinks as ranks are added. Rank 0 also checks the
+canonical payload checksums and the last rank the end of every file, so a
+damaged file is caught once without every rank reading all of it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import datasets, idx
+from .comm import World, agree
+from .config import TrainConfig
+from .evaluate import to_inputs
+from .slicing import check_enough_samples, slice_bounds, slice_sizes
+
+
+@dataclass
+class RankData:
+    """One rank's share of the data, ready for training."""
+
+    directory: Path
+    train_total: int  # samples used for training, over all ranks
+    slice_sizes: list[int]  # every rank's slice size, rank 0 first
+    start: int  # this rank's slice is [start, start + len(y))
+    x: np.ndarray  # (n, pixels) float inputs in [0, 1]
+    y: np.ndarray  # (n,) labels
+    test_images: np.ndarray  # uint8, scaled chunk by chunk when evaluating
+    test_labels: np.ndarray
+    image_shape: tuple[int, ...]  # (rows, cols) of one image
+    load_seconds: float
+
+
+def load_rank_data(cfg: TrainConfig, world: World) -> RankData:
+    """Locate the dataset and load this rank's slice; errors are agreed on by all ranks."""
+    began = time.perf_counter()
+    spec = datasets.get_spec(cfg.dataset)
+    directory = agree(world, lambda: datasets.locate(cfg.dataset, cfg.data_dir))
+
+    def sizes() -> tuple[int, int, tuple[int, ...]]:
+        train_n = datasets.split_count(spec, directory, "train")
+        test_n = datasets.split_count(spec, directory, "test")
+        train_n = min(train_n, cfg.train_size or train_n)
+        test_n = min(test_n, cfg.test_size or test_n)
+        check_enough_samples(train_n, world.size)
+        header = idx.read_header(datasets.find_file(directory, spec.files["train-images"]), "images")
+        return train_n, test_n, header.shape[1:]
+
+    train_n, test_n, shape = agree(world, sizes)
+    start, stop = slice_bounds(train_n, world.size, world.rank)
+    lead, last = world.rank == 0, world.rank == world.size - 1
+
+    def read() -> tuple[np.ndarray, ...]:
+        images, labels = datasets.load_split(spec, directory, "train", start, stop, verify=lead, check_end=last)
+        test_images, test_labels = datasets.load_split(spec, directory, "test", 0, test_n, verify=lead, check_end=last)
+        return images, labels, test_images, test_labels
+
+    images, labels, test_images, test_labels = agree(world, read)
+    return RankData(
+        directory=directory,
+        train_total=train_n,
+        slice_sizes=slice_sizes(train_n, world.size),
+        start=start,
+        x=to_inputs(images, cfg.dtype),
+        y=labels.astype(np.intp),
+        test_images=test_images,
+        test_labels=test_labels.astype(np.intp),
+        image_shape=shape,
+        load_seconds=time.perf_counter() - began,
+    )

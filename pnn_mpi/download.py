@@ -1,0 +1,263 @@
+"""Fetch a dataset's four files from a list of mirrors, verifying each payload.
+
+A file only ever appears under its final name after its decompressed MD5
+matched the canonical one and it was fsynced: it is written to a temporary
+file in the destination folder and renamed atomically, so an interrupted or
+corrupt download can never be mistaken for good data.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.client
+import os
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import IO, Callable, Sequence
+
+from pnn_mpi import __version__, datasets, idx
+from pnn_mpi.errors import UserError
+
+TIMEOUT_S = 30
+_BLOCK = 1 << 16
+_TTY_REFRESH_S = 0.1
+
+
+class _MirrorFailed(Exception):
+    """One mirror could not supply one file; the next mirror is tried."""
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _is_url(mirror: str) -> bool:
+    return urllib.parse.urlsplit(mirror).scheme in ("http", "https")
+
+
+def _local_folder(mirror: str | os.PathLike) -> Path:
+    text = os.fspath(mirror)
+    if text.startswith("file:"):
+        return Path(urllib.request.url2pathname(urllib.parse.urlsplit(text).path))
+    return Path(text).expanduser()
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
+class _Progress:
+    """Percent and size on ``out``: redrawn in place on a tty, two lines otherwise."""
+
+    def __init__(self, out: IO[str], label: str) -> None:
+        self.out, self.label = out, label
+        self.tty = bool(getattr(out, "isatty", lambda: False)())
+        self.total: int | None = None
+        self.done = 0
+        self._last = 0.0
+        self._open_line = False  # a tty line drawn with \r and not yet ended
+
+    def start(self, total: int | None) -> None:
+        self.total = total
+        if not self.tty:
+            size = f" ({_size(total)})" if total else ""
+            print(f"{self.label}{size} ...", file=self.out, flush=True)
+
+    def _text(self) -> str:
+        if self.total:
+            percent = 100 * self.done // self.total
+            return f"{self.label}: {percent:3d}% ({_size(self.done)} of {_size(self.total)})"
+        return f"{self.label}: {_size(self.done)}"
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.tty and now - self._last >= _TTY_REFRESH_S:
+            self._last = now
+            self._open_line = True
+            print(f"\r{self._text()}", end="", file=self.out, flush=True)
+
+    def finish(self, note: str) -> None:
+        if self.tty:
+            print(f"\r{self._text()}, {note}", file=self.out, flush=True)
+        else:
+            print(f"{self.label}: {_size(self.done)}, {note}", file=self.out, flush=True)
+        self._open_line = False
+
+    def abandon(self) -> None:
+        """End a half-drawn tty line so the failure message starts on its own."""
+        if self._open_line:
+            print(file=self.out, flush=True)
+            self._open_line = False
+
+
+def _copy(read: Callable[[int], bytes], dst: IO[bytes], progress: _Progress) -> None:
+    """Copy source to dst; source faults fail the mirror, dst faults propagate."""
+    while True:
+        try:
+            block = read(_BLOCK)
+        except (OSError, http.client.HTTPException) as exc:
+            raise _MirrorFailed(f"read failed: {_one_line(exc) or type(exc).__name__}") from None
+        if not block:
+            return
+        dst.write(block)
+        progress.update(len(block))
+
+
+def _fetch_url(url: str, dst: IO[bytes], progress: _Progress) -> None:
+    request = urllib.request.Request(url, headers={"User-Agent": f"pnn_mpi/{__version__}"})
+    try:
+        response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
+    except urllib.error.HTTPError as exc:
+        raise _MirrorFailed(f"HTTP {exc.code} {_one_line(exc.reason)}") from None
+    except urllib.error.URLError as exc:
+        reason = getattr(exc.reason, "strerror", None) or exc.reason
+        raise _MirrorFailed(_one_line(reason)) from None
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        raise _MirrorFailed(_one_line(exc) or type(exc).__name__) from None
+    with response:
+        length = response.headers.get("Content-Length")
+        progress.start(int(length) if length and length.isdigit() else None)
+        _copy(response.read, dst, progress)
+
+
+def _fetch_local(src: Path, dst: IO[bytes], progress: _Progress) -> None:
+    try:
+        fh = open(src, "rb")
+    except OSError as exc:
+        raise _MirrorFailed(f"cannot read {src}: {_one_line(exc.strerror or exc)}") from None
+    with fh:
+        progress.start(os.fstat(fh.fileno()).st_size)
+        _copy(fh.read, dst, progress)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename durable where the platform allows it (best effort)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _try_mirror(mirror: str, basename: str, want_md5: str, dest: Path, out: IO[str]) -> Path:
+    """Fetch one file from one mirror into ``dest``; return where it was stored."""
+    if _is_url(mirror):
+        source = mirror.rstrip("/") + f"/{basename}.gz"
+        target_name = f"{basename}.gz"
+        fetch = functools.partial(_fetch_url, source)
+    elif "://" in mirror and not mirror.startswith("file:"):
+        raise _MirrorFailed("unsupported URL scheme (use http, https, file or a folder)")
+    else:
+        folder = _local_folder(mirror)
+        src = datasets.find_file(folder, basename)
+        if src is None:
+            if not os.path.isdir(folder):
+                raise _MirrorFailed("no such folder")
+            raise _MirrorFailed(f"holds neither {basename} nor {basename}.gz")
+        source, target_name = str(src), src.name
+        fetch = functools.partial(_fetch_local, src)
+
+    progress = _Progress(out, source)
+    # The temporary name keeps the .gz suffix when the payload is gzip, so
+    # payload_md5 decompresses it; the leading dot keeps it out of listings.
+    fd, tmp_name = tempfile.mkstemp(dir=dest, prefix=".pnn_mpi-", suffix=f".part-{target_name}")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as dst:
+            fetch(dst, progress)
+            dst.flush()
+            os.fsync(dst.fileno())
+        try:
+            got = idx.payload_md5(tmp)
+        except UserError as exc:
+            raise _MirrorFailed(_one_line(str(exc).replace(f"{tmp}: ", "", 1))) from None
+        if got != want_md5:
+            raise _MirrorFailed(f"checksum mismatch: payload MD5 is {got}, expected {want_md5}")
+        progress.finish("MD5 ok")
+        target = dest / target_name
+        os.replace(tmp, target)
+        _fsync_dir(dest)
+        return target
+    finally:
+        progress.abandon()
+        tmp.unlink(missing_ok=True)
+
+
+def _existing_ok(path: Path, want_md5: str) -> str | None:
+    """None if ``path`` holds the canonical payload, else why not."""
+    try:
+        got = idx.payload_md5(path)
+    except UserError as exc:
+        return _one_line(str(exc).replace(f"{path}: ", "", 1))
+    return None if got == want_md5 else f"payload MD5 is {got}, expected {want_md5}"
+
+
+def _fetch_one(
+    spec: datasets.DatasetSpec, basename: str, dest: Path, mirrors: Sequence[str], out: IO[str]
+) -> None:
+    want = spec.md5[basename]
+    existing = datasets.find_file(dest, basename)
+    if existing is not None:
+        problem = _existing_ok(existing, want)
+        if problem is None:
+            print(f"{existing}: already present, MD5 ok; skipping", file=out, flush=True)
+            return
+        print(f"{existing}: present but bad ({problem}); fetching again", file=out, flush=True)
+    failures = []
+    for mirror in mirrors:
+        try:
+            stored = _try_mirror(str(mirror), basename, want, dest, out)
+        except _MirrorFailed as exc:
+            failures.append(f"{mirror}: {exc}")
+            print(f"{basename}: mirror {mirror} failed: {exc}", file=out, flush=True)
+            continue
+        if existing is not None and existing != stored:
+            # A bad raw file would shadow the good .gz (find_file prefers raw).
+            existing.unlink(missing_ok=True)
+            print(f"{existing}: removed (replaced by {stored.name})", file=out, flush=True)
+        return
+    if not failures:
+        raise UserError(f"cannot fetch {basename} of {spec.name}: no mirrors given")
+    raise UserError(
+        f"cannot fetch {basename} of {spec.name}; every mirror failed: " + "; ".join(failures)
+    )
+
+
+def download(
+    name: str,
+    dest: str | os.PathLike | None = None,
+    mirrors: Sequence[str | os.PathLike] | None = None,
+    *,
+    out: IO[str] | None = None,
+) -> Path:
+    """Fetch dataset ``name`` into ``dest`` (default ./data/<name>); return ``dest``.
+
+    Mirrors are http(s) URL prefixes, ``file://`` URLs or local folders,
+    tried in turn for each file; files already present with the right payload
+    MD5 are kept.  Progress goes to ``out`` (None: whatever sys.stderr is at
+    call time, so redirection and test capture work).
+    """
+    out = sys.stderr if out is None else out
+    spec = datasets.get_spec(name)
+    dest = Path.cwd() / "data" / spec.name if dest is None else Path(dest).expanduser()
+    mirrors = list(spec.mirrors if mirrors is None else mirrors)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        for basename in spec.files.values():
+            _fetch_one(spec, basename, dest, mirrors, out)
+    except OSError as exc:
+        where = exc.filename or dest
+        raise UserError(f"{where}: cannot write: {_one_line(exc.strerror or exc)}") from None
+    return dest
+

@@ -1,0 +1,60 @@
+"""Scoring a network on labelled images, in fixed-size chunks.
+
+Training, the ``evaluate`` command and ``predict`` all go through these
+functions, so the accuracy a run reports is the accuracy its saved model gives.
+Images stay uint8 until a chunk is scaled, which keeps a rank's test set small.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .network import Network
+
+CHUNK = 1000
+
+
+def to_inputs(images: np.ndarray, dtype, out: np.ndarray | None = None) -> np.ndarray:
+    """Network inputs in [0, 1]: pixel bytes 0..255 are scaled, floating-point
+    images are taken as already scaled."""
+    if out is None:
+        out = np.empty(images.shape, dtype=dtype)
+    if images.dtype == np.uint8:
+        np.multiply(images, 1.0 / 255.0, out=out, casting="unsafe")
+    else:
+        out[...] = images
+    return out
+
+
+def _outputs_by_chunk(net: Network, images: np.ndarray):
+    ws = net.workspace(min(CHUNK, max(len(images), 1)))
+    for start in range(0, len(images), ws.capacity):
+        chunk = images[start : start + ws.capacity]
+        x = to_inputs(chunk, net.dtype, out=ws.inputs[: len(chunk)])
+        yield start, net.forward(x, ws)
+
+
+def score(net: Network, images: np.ndarray, labels: np.ndarray) -> tuple[int, float]:
+    """(number classified correctly, summed loss): sums, so ranks can add theirs up."""
+    correct, loss = 0, 0.0
+    for start, out in _outputs_by_chunk(net, images):
+        truth = labels[start : start + len(out)]
+        correct += int(np.count_nonzero(out.argmax(axis=1) == truth))
+        loss += net.output.loss_sum(out, truth)
+    return correct, loss
+
+
+def evaluate(net: Network, images: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(accuracy as a fraction, mean loss) of ``net`` on ``images``."""
+    if len(labels) == 0:
+        return float("nan"), float("nan")
+    correct, loss = score(net, images, labels)
+    return correct / len(labels), loss / len(labels)
+
+
+def predict(net: Network, images: np.ndarray) -> np.ndarray:
+    """The predicted class of every image (uint8 pixels, or floats in [0, 1])."""
+    found = np.empty(len(images), dtype=np.int64)
+    for start, out in _outputs_by_chunk(net, images):
+        found[start : start + len(out)] = out.argmax(axis=1)
+    return found

@@ -1,0 +1,146 @@
+"""The feed-forward network, with all parameters in one flat array.
+
+Weights and biases are views into ``params`` (and their gradients views into
+``grads``), layer after layer. Averaging every parameter across ranks is then
+one in-place Allreduce on one contiguous buffer, and saving the network is
+saving one array.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .activations import ACTIVATIONS
+from .initializers import INITIALIZERS
+from .losses import OUTPUTS
+
+
+def parameter_count(sizes: tuple[int, ...]) -> int:
+    """Weights plus biases of an MLP with layer widths ``sizes`` (input first)."""
+    return sum(n_in * n_out + n_out for n_in, n_out in zip(sizes[:-1], sizes[1:]))
+
+
+def layer_views(flat: np.ndarray, sizes: tuple[int, ...]):
+    """Split a flat parameter-shaped array into per-layer (weight, bias) views."""
+    weights, biases, at = [], [], 0
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        weights.append(flat[at : at + n_in * n_out].reshape(n_in, n_out))
+        at += n_in * n_out
+        biases.append(flat[at : at + n_out])
+        at += n_out
+    return weights, biases
+
+
+@dataclass
+class Workspace:
+    """Preallocated activations for batches of up to ``capacity`` samples.
+
+    ``z[l]`` holds layer l's pre-activations (and serves as scratch in
+    backprop), ``a[l]`` its outputs, ``delta[l]`` the error at its inputs.
+    Batches smaller than the capacity use leading-row views, so the training
+    loop never allocates.
+    """
+
+    capacity: int
+    inputs: np.ndarray
+    labels: np.ndarray
+    z: list[np.ndarray]
+    a: list[np.ndarray]
+    delta: list[np.ndarray]
+
+
+class Network:
+    """A multi-layer perceptron: hidden activation, output layer with its loss."""
+
+    def __init__(self, sizes, activation: str = "relu", output: str = "softmax-xent", dtype="float32"):
+        self.sizes = tuple(int(n) for n in sizes)
+        self.activation_name = activation
+        self.output_name = output
+        self.activation = ACTIVATIONS[activation]
+        self.output = OUTPUTS[output]
+        self.dtype = np.dtype(dtype)
+        self.params = np.zeros(parameter_count(self.sizes), dtype=self.dtype)
+        self.grads = np.zeros_like(self.params)
+        self.weights, self.biases = layer_views(self.params, self.sizes)
+        self.grad_weights, self.grad_biases = layer_views(self.grads, self.sizes)
+
+    @property
+    def depth(self) -> int:
+        return len(self.sizes) - 1
+
+    def initialize(self, init: str, bias: float, seed: int) -> None:
+        """Draw the weights from ``init`` and set every bias to ``bias``.
+
+        Drawn in float64 from ``seed`` and only then cast, so float32 and float64
+        networks with the same seed start from the same values, and every rank
+        that passes the same seed holds the same network.
+        """
+        rng = np.random.default_rng(seed)
+        draw = INITIALIZERS[init]
+        for w, b in zip(self.weights, self.biases):
+            w[...] = draw(rng, *w.shape)
+            b[...] = bias
+
+    def workspace(self, capacity: int) -> Workspace:
+        capacity = max(int(capacity), 1)
+        widths = self.sizes[1:]
+        return Workspace(
+            capacity=capacity,
+            inputs=np.zeros((capacity, self.sizes[0]), dtype=self.dtype),
+            labels=np.zeros(capacity, dtype=np.intp),
+            z=[np.zeros((capacity, n), dtype=self.dtype) for n in widths],
+            a=[np.zeros((capacity, n), dtype=self.dtype) for n in widths],
+            delta=[np.zeros((capacity, n), dtype=self.dtype) for n in widths],
+        )
+
+    def forward(self, x: np.ndarray, ws: Workspace) -> np.ndarray:
+        """Outputs for the batch ``x`` (at most ``ws.capacity`` rows), kept in ``ws``."""
+        b = len(x)
+        a = x
+        last = self.depth - 1
+        for layer, (w, bias) in enumerate(zip(self.weights, self.biases)):
+            z = ws.z[layer][:b]
+            out = ws.a[layer][:b]
+            np.matmul(a, w, out=z)
+            z += bias
+            (self.output.forward if layer == last else self.activation.forward)(z, out)
+            a = out
+        return a
+
+    def backward(self, x: np.ndarray, labels: np.ndarray, ws: Workspace, scale: float) -> float:
+        """Fill ``grads`` with ``scale`` times the summed loss gradient of the batch.
+
+        Must follow ``forward(x, ws)``. Returns the batch's summed loss.
+        """
+        b = len(x)
+        top = self.depth - 1
+        delta = ws.delta[top][:b]
+        loss = self.output.backward(ws.a[top][:b], labels, scale, delta)
+        for layer in range(top, -1, -1):
+            below = x if layer == 0 else ws.a[layer - 1][:b]
+            _outer_sum(below, delta, self.grad_weights[layer])
+            np.sum(delta, axis=0, out=self.grad_biases[layer])
+            if layer == 0:
+                break
+            back = ws.delta[layer - 1][:b]
+            np.matmul(delta, self.weights[layer].T, out=back)
+            deriv = ws.z[layer - 1][:b]  # pre-activations are spent: reuse as scratch
+            self.activation.grad_from_output(below, deriv)
+            back *= deriv
+            delta = back
+        return loss
+
+    def copy(self) -> "Network":
+        twin = Network(self.sizes, self.activation_name, self.output_name, self.dtype)
+        twin.params[...] = self.params
+        return twin
+
+
+def _outer_sum(below: np.ndarray, delta: np.ndarray, out: np.ndarray) -> None:
+    """out = below.T @ delta; a broadcast product for one sample, where BLAS is slow."""
+    if len(below) == 1:
+        np.multiply(below[0][:, None], delta[0], out=out)
+    else:
+        np.matmul(below.T, delta, out=out)

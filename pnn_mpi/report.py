@@ -1,0 +1,99 @@
+"""What a run tells its user: the summary lines and ``metrics.json``.
+
+Everything here is computed on rank 0 from the gathered ``TrainResult``; the
+same dictionary feeds the printed summary and the metrics file, so the two
+can never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import socket
+import statistics
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .config import TrainConfig
+from .data import RankData
+from .model_io import write_atomically
+from .network import parameter_count
+from .train import TrainResult
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
+
+
+def metrics(cfg: TrainConfig, result: TrainResult, data: RankData, ranks: int, mpi: dict[str, str], loads: list[float]) -> dict:
+    """The whole record of a run, as stored in ``metrics.json``."""
+    clocks = result.clocks
+    syncs = clocks[0].syncs
+    comm = [c.comm for c in clocks]
+    throughput = result.samples_seen / result.train_seconds if result.train_seconds > 0 else float("nan")
+    return {
+        "pnn_mpi_version": __version__,
+        "command": sys.argv,
+        "config": cfg.as_dict(),
+        "seed": cfg.seed,
+        "ranks": ranks,
+        "mpi_library": mpi["name"],
+        "mpi_library_version": mpi["version"],
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "dataset": {
+            "name": cfg.dataset,
+            "directory": str(data.directory),
+            "train_samples": data.train_total,
+            "test_samples": len(data.test_labels),
+            "slice_sizes": data.slice_sizes,
+        },
+        "network": {"sizes": list(result.net.sizes), "parameters": parameter_count(result.net.sizes)},
+        "steps_per_epoch": result.steps_per_epoch,
+        "test_accuracy": result.test_accuracy,
+        "test_loss": result.test_loss,
+        "local_test_accuracy": {**_spread(result.local_accuracies), "per_rank": result.local_accuracies},
+        "train_seconds": result.train_seconds,
+        "samples_per_second": throughput,
+        "samples_per_second_per_rank": throughput / ranks,
+        "timings": {
+            "load_seconds": _spread(loads),
+            "compute_seconds": _spread([c.compute for c in clocks]),
+            "communication_seconds": _spread(comm),
+            "wait_seconds": _spread([c.wait for c in clocks]),
+            "evaluation_seconds": _spread([c.eval for c in clocks]),
+            "syncs": syncs,
+            "seconds_per_sync": statistics.fmean(comm) / syncs if syncs else None,
+        },
+        "epochs": [asdict(e) for e in result.epochs],
+    }
+
+
+def summary_lines(record: dict) -> list[str]:
+    t = record["timings"]
+    local = record["local_test_accuracy"]
+
+    def split(name: str) -> str:
+        return f"{t[name]['mean']:.2f}/{t[name]['max']:.2f}"
+
+    per_sync = f", {t['seconds_per_sync'] * 1e3:.2f} ms each" if t["syncs"] else ""
+    ranks = f"{record['ranks']} rank{'s' * (record['ranks'] > 1)}"
+    syncs = f"{t['syncs']} sync{'s' * (t['syncs'] != 1)}"
+    return [
+        f"parallel network: test accuracy {record['test_accuracy']:.2%} (loss {record['test_loss']:.4f})",
+        f"local networks before averaging: mean {local['mean']:.2%}, min {local['min']:.2%}, max {local['max']:.2%} ({ranks})",
+        f"train time {record['train_seconds']:.2f} s, {record['samples_per_second']:,.0f} samples/s"
+        f" ({record['samples_per_second_per_rank']:,.0f} per rank)",
+        f"seconds per rank (mean/max): load {split('load_seconds')}, compute {split('compute_seconds')},"
+        f" communication {split('communication_seconds')} ({syncs}{per_sync}), waiting {split('wait_seconds')},"
+        f" evaluation {split('evaluation_seconds')}",
+    ]
+
+
+def write_metrics(path: Path, record: dict) -> None:
+    write_atomically(Path(path), (json.dumps(record, indent=2, allow_nan=True) + "\n").encode())

@@ -1,0 +1,208 @@
+"""The training loop: local SGD on each rank's slice, averaged across ranks.
+
+Reads top to bottom: build the same network on every rank, then per epoch
+shuffle the local slice, take SGD steps, synchronise as the schedule says, and
+report; at the end score the local networks, average them once more into the
+parallel network and score that on rank 0.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .comm import World
+from .config import TrainConfig
+from .data import RankData
+from .evaluate import evaluate, score
+from .network import Network
+from .optim import SGD, learning_rate
+from .slicing import slice_bounds
+
+
+@dataclass
+class Clock:
+    """Seconds this rank spent in each kind of work."""
+
+    compute: float = 0.0  # forward, backward and update steps
+    comm: float = 0.0  # synchronisation Allreduces
+    wait: float = 0.0  # idle at the end of an epoch, waiting for slower ranks
+    eval: float = 0.0  # scoring, and the collectives that only feed a score
+    syncs: int = 0
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    lr: float
+    train_loss: float  # mean over every sample of every rank this epoch
+    test_accuracy: float | None  # the parallel network's, when scored
+    test_loss: float | None
+    train_seconds: float  # training time so far, scoring excluded
+
+
+@dataclass
+class TrainResult:
+    net: Network  # the parallel network (identical on all ranks)
+    epochs: list[EpochRecord]
+    test_accuracy: float  # the parallel network's, scored by rank 0 (nan elsewhere)
+    test_loss: float
+    local_accuracies: list[float]  # each rank's network before the final average
+    clocks: list[Clock]  # every rank's
+    train_seconds: float
+    samples_seen: int  # over all ranks
+    steps_per_epoch: int
+
+
+def build_network(cfg: TrainConfig, inputs: int) -> Network:
+    """The starting network: the same on every rank, because the seed is."""
+    net = Network((inputs, *cfg.hidden, 10), cfg.activation, cfg.output, cfg.dtype)
+    net.initialize(cfg.init, cfg.bias_init, cfg.seed)
+    return net
+
+
+def batch_plan(cfg: TrainConfig, sizes: list[int]) -> tuple[int, int, np.ndarray]:
+    """(batch size, steps per epoch, samples summed over ranks at each step).
+
+    Every rank takes the same number of steps per epoch, so collectives line
+    up; a rank whose slice is one sample shorter takes a smaller last batch.
+    """
+    batch = max(sizes) if cfg.full_batch else min(int(cfg.batch_size), max(sizes))
+    steps = math.ceil(max(sizes) / batch)
+    starts = np.arange(steps) * batch
+    global_batch = sum(np.clip(n - starts, 0, batch) for n in sizes)
+    return batch, steps, global_batch
+
+
+def train(cfg: TrainConfig, world: World, data: RankData, log=print) -> TrainResult:
+    net = build_network(cfg, data.x.shape[1])
+    opt = SGD(net.params, cfg.momentum)
+    sync = cfg.schedule
+    batch, steps, global_batch = batch_plan(cfg, data.slice_sizes)
+    ws = net.workspace(batch)
+    order = np.arange(len(data.y))
+    shuffler = np.random.default_rng([cfg.seed, world.rank])
+    clock = Clock()
+    history: list[EpochRecord] = []
+    in_sync = True  # whether all ranks hold the same parameters
+    train_seconds = 0.0  # epochs end at a barrier, so this is the slowest rank's time
+
+    def synchronise(buffer: np.ndarray, average: bool = True) -> None:
+        t0 = time.perf_counter()
+        world.average_(buffer) if average else world.sum_(buffer)
+        clock.comm += time.perf_counter() - t0
+        clock.syncs += 1
+
+    world.barrier()
+    step = 0
+    for epoch in range(cfg.epochs):
+        began = time.perf_counter()
+        comm_before = clock.comm
+        lr = learning_rate(cfg.lr, cfg.lr_decay, epoch)
+        final_epoch = epoch == cfg.epochs - 1
+        if cfg.shuffle:
+            shuffler.shuffle(order)
+        loss_sum = 0.0
+        for s in range(steps):
+            step += 1
+            picked = order[s * batch : (s + 1) * batch]
+            if len(picked):  # a slice one sample short may have an empty last batch
+                x = np.take(data.x, picked, axis=0, out=ws.inputs[: len(picked)])
+                y = np.take(data.y, picked, out=ws.labels[: len(picked)])
+                net.forward(x, ws)
+                scale = 1.0 / (global_batch[s] if sync.averages_gradients else len(picked))
+                loss_sum += net.backward(x, y, ws, scale)
+            else:
+                net.grads.fill(0.0)
+            if sync.averages_gradients:
+                synchronise(net.grads, average=False)  # already scaled by the global batch
+            if len(picked) or sync.averages_gradients:
+                opt.step(net.params, net.grads, lr)
+                in_sync = sync.averages_gradients
+            if sync.averages_after_step(step) and not (final_epoch and s == steps - 1):
+                synchronise(net.params)
+                in_sync = True
+        if sync.averages_after_epoch and not final_epoch:
+            synchronise(net.params)
+            in_sync = True
+        worked = time.perf_counter()
+        world.barrier()
+        ended = time.perf_counter()
+        clock.compute += worked - began - (clock.comm - comm_before)
+        clock.wait += ended - worked
+        train_seconds += ended - began
+
+        history.append(_score_epoch(cfg, world, net, data, clock, epoch, lr, loss_sum, in_sync, train_seconds))
+        if world.rank == 0 and not final_epoch:
+            log(_epoch_line(cfg, history[-1]))
+
+    # Score the local networks as they are, then average them into the parallel one.
+    t0 = time.perf_counter()
+    local_accuracy, _ = evaluate(net, data.test_images, data.test_labels)
+    clock.eval += time.perf_counter() - t0
+    if not in_sync:
+        world.barrier()
+        t0 = time.perf_counter()
+        synchronise(net.params)
+        train_seconds += time.perf_counter() - t0
+
+    accuracy = loss = float("nan")
+    if world.rank == 0:
+        t0 = time.perf_counter()
+        accuracy, loss = evaluate(net, data.test_images, data.test_labels)
+        clock.eval += time.perf_counter() - t0
+        history[-1].test_accuracy, history[-1].test_loss = accuracy, loss
+        history[-1].train_seconds = train_seconds
+        log(_epoch_line(cfg, history[-1]))
+    return TrainResult(
+        net=net,
+        epochs=history,
+        test_accuracy=accuracy,
+        test_loss=loss,
+        local_accuracies=world.allgather(local_accuracy),
+        clocks=world.allgather(clock),
+        train_seconds=world.bcast(train_seconds),
+        samples_seen=data.train_total * cfg.epochs,
+        steps_per_epoch=steps,
+    )
+
+
+def _score_epoch(cfg, world, net, data, clock, epoch, lr, loss_sum, in_sync, train_seconds) -> EpochRecord:
+    """The epoch's mean training loss over all ranks and, when due, the parallel network's test score.
+
+    Between averages the parallel network exists only as the mean of the local
+    ones; it is formed in a copy, so scoring never alters training. Each rank
+    scores its share of the test set and the counts are summed.
+    """
+    t0 = time.perf_counter()
+    totals = np.array([loss_sum, 0.0, 0.0])
+    due = cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and epoch < cfg.epochs - 1
+    if due:
+        candidate = net
+        if not in_sync:
+            candidate = net.copy()
+            world.average_(candidate.params)
+        lo, hi = slice_bounds(len(data.test_labels), world.size, world.rank)
+        totals[1:] = score(candidate, data.test_images[lo:hi], data.test_labels[lo:hi])
+    world.sum_(totals)
+    clock.eval += time.perf_counter() - t0
+    tested = len(data.test_labels)
+    return EpochRecord(
+        epoch=epoch + 1,
+        lr=lr,
+        train_loss=float(totals[0]) / data.train_total,
+        test_accuracy=float(totals[1]) / tested if due else None,
+        test_loss=float(totals[2]) / tested if due else None,
+        train_seconds=train_seconds,
+    )
+
+
+def _epoch_line(cfg: TrainConfig, record: EpochRecord) -> str:
+    tested = f"  test {record.test_accuracy:7.2%}" if record.test_accuracy is not None else ""
+    return (
+        f"epoch {record.epoch:>{len(str(cfg.epochs))}}/{cfg.epochs}  lr {record.lr:.4g}"
+        f"  train loss {record.train_loss:.4f}{tested}  {record.train_seconds:6.1f} s"
+    )
