@@ -126,7 +126,7 @@ def _config_tokens(parser: Parser, path: str) -> list[str]:
             table = tomllib.load(handle)
     except OSError as exc:
         raise UserError(f"--config {path}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"--config {path}: not valid TOML: {exc}") from None
     actions = {a.dest: a for a in parser._actions if a.option_strings and a.dest not in ("help", "config")}
     tokens: list[str] = []

@@ -60,6 +60,41 @@ class World:
         return self._mpi.Get_library_version().strip().splitlines()[0].strip()
 
 
+class SerialWorld:
+    """A world of one process without MPI, with World's interface.
+
+    For tests and tools that drive the trainer in-process: with one rank every
+    collective is the identity, so no MPI library needs to start.
+    """
+
+    rank = 0
+    size = 1
+
+    def sum_(self, buf: np.ndarray) -> None:
+        pass
+
+    def average_(self, buf: np.ndarray) -> None:
+        pass
+
+    def allgather(self, obj: T) -> list[T]:
+        return [obj]
+
+    def bcast(self, obj: T, root: int = 0) -> T:
+        return obj
+
+    def barrier(self) -> None:
+        pass
+
+    def abort(self, code: int) -> None:
+        raise SystemExit(code)
+
+    def library(self) -> str:
+        return "no MPI"
+
+    def library_version(self) -> str:
+        return "no MPI (in-process, one rank)"
+
+
 def agree(world: World, action: Callable[[], T]) -> T:
     """Run ``action`` on every rank; a UserError on any rank is raised on all.
 

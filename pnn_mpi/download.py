@@ -250,6 +250,8 @@ def download(
     """
     out = sys.stderr if out is None else out
     spec = datasets.get_spec(name)
+    if not spec.md5:
+        raise UserError(f"{spec.name}: nothing to download (no canonical files); point --data-dir at your IDX files")
     dest = Path.cwd() / "data" / spec.name if dest is None else Path(dest).expanduser()
     mirrors = list(spec.mirrors if mirrors is None else mirrors)
     try:

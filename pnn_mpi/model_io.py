@@ -118,15 +118,18 @@ def _network_from(path: Path, arrays: dict[str, np.ndarray]) -> Network:
     first = arrays.get("W1")
     if first is None or first.dtype.name not in DTYPES:
         raise bad(f"weights must be one of {', '.join(DTYPES)}")
-    net = Network(tuple(int(s) for s in sizes), activation, output, first.dtype)
-    for layer, (w, b) in enumerate(zip(net.weights, net.biases), start=1):
-        for name, view in ((f"W{layer}", w), (f"b{layer}", b)):
+    widths = tuple(int(s) for s in sizes)
+    for layer, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:]), start=1):
+        for name, shape in ((f"W{layer}", (n_in, n_out)), (f"b{layer}", (n_out,))):
             stored = arrays.get(name)
             if stored is None:
                 raise bad(f"missing array {name}")
-            if stored.shape != view.shape or stored.dtype != view.dtype:
-                raise bad(f"{name} has shape {stored.shape} {stored.dtype}, expected {view.shape} {view.dtype}")
-            view[...] = stored
+            if stored.shape != shape or stored.dtype != first.dtype:
+                raise bad(f"{name} has shape {stored.shape} {stored.dtype}, expected {shape} {first.dtype}")
+    net = Network(widths, activation, output, first.dtype)
+    for layer, (w, b) in enumerate(zip(net.weights, net.biases), start=1):
+        w[...] = arrays[f"W{layer}"]
+        b[...] = arrays[f"b{layer}"]
     if not np.isfinite(net.params).all():
         raise bad("parameters hold NaN or infinity")
     return net

@@ -18,6 +18,7 @@ from .comm import World
 from .config import TrainConfig
 from .data import RankData
 from .evaluate import evaluate, score
+from .faults import planned_fault
 from .network import Network
 from .optim import SGD, learning_rate
 from .slicing import slice_bounds
@@ -96,9 +97,12 @@ def train(cfg: TrainConfig, world: World, data: RankData, log=print) -> TrainRes
         clock.comm += time.perf_counter() - t0
         clock.syncs += 1
 
+    fault = planned_fault()
     world.barrier()
     step = 0
     for epoch in range(cfg.epochs):
+        if fault:
+            fault.fire(world.rank, epoch + 1)
         began = time.perf_counter()
         comm_before = clock.comm
         lr = learning_rate(cfg.lr, cfg.lr_decay, epoch)
@@ -121,7 +125,7 @@ def train(cfg: TrainConfig, world: World, data: RankData, log=print) -> TrainRes
                 synchronise(net.grads, average=False)  # already scaled by the global batch
             if len(picked) or sync.averages_gradients:
                 opt.step(net.params, net.grads, lr)
-                in_sync = sync.averages_gradients
+            in_sync = sync.averages_gradients  # some rank stepped (the global batch is never empty)
             if sync.averages_after_step(step) and not (final_epoch and s == steps - 1):
                 synchronise(net.params)
                 in_sync = True

@@ -1,0 +1,97 @@
+"""Shared test helpers: where the real MNIST is, launching mpiexec, small IDX datasets."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# What the Makefile exports: Open MPI as root, more ranks than cores, no busy-polling,
+# no launcher banner on a failed job; one BLAS thread per rank.
+LAUNCH_ENV = {
+    "OMPI_ALLOW_RUN_AS_ROOT": "1",
+    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+    "PRTE_MCA_rmaps_default_mapping_policy": ":oversubscribe",
+    "OMPI_MCA_rmaps_base_oversubscribe": "1",
+    "OMPI_MCA_mpi_yield_when_idle": "1",
+    "OMPI_MCA_btl": "^ofi",
+    "PRTE_MCA_prte_execute_quiet": "1",
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+}
+
+
+def find_mnist() -> Path | None:
+    """The real MNIST: $PNN_MPI_DATA, or the shared copy beside the checkout."""
+    for candidate in (os.environ.get("PNN_MPI_DATA"), REPO.parent / "shared" / "data" / "mnist"):
+        if candidate and (Path(candidate) / "train-images-idx3-ubyte.gz").is_file():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture
+def mnist_dir() -> Path:
+    found = find_mnist()
+    if found is None:
+        pytest.skip("real MNIST not found: set PNN_MPI_DATA to a folder with the four files")
+    return found
+
+
+def mpiexec_path() -> str:
+    """The launcher next to this interpreter (the venv's Open MPI wheel), else on PATH."""
+    beside = Path(sys.executable).parent / "mpiexec"
+    found = str(beside) if beside.exists() else shutil.which("mpiexec")
+    if found is None:
+        pytest.skip("no mpiexec available")
+    return found
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment for a child job: ours minus any MPI state of this process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_COMM_", "PMIX_", "PMI_", "OMPI_FILE_", "OMPI_MCA_ess"))}
+    env.update(LAUNCH_ENV)
+    env.setdefault("MPIEXEC_TIMEOUT", "240")
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+def run_pnn(*args: str, ranks: int | None = None, env: dict[str, str] | None = None, cwd=None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m pnn_mpi ARGS``, under ``mpiexec -n RANKS`` when ranks is given."""
+    command = [sys.executable, "-m", "pnn_mpi", *args]
+    if ranks is not None:
+        command = [mpiexec_path(), "-n", str(ranks), *command]
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        env=env if env is not None else clean_env(), cwd=cwd or REPO,
+    )
+
+
+def learnable_images(n: int, rng: np.random.Generator, side: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """Small uint8 images whose class a network can learn: a noisy bright pixel per class."""
+    labels = rng.integers(0, 10, size=n).astype(np.uint8)
+    images = rng.integers(0, 60, size=(n, side, side)).astype(np.uint8)
+    rows, cols = np.divmod(labels.astype(int) * 3 % (side * side), side)
+    images[np.arange(n), rows, cols] = 255
+    return images, labels
+
+
+def write_dataset(folder: Path, train: int, test: int, seed: int = 0, gz: bool = False) -> Path:
+    """A small dataset in the canonical IDX file names (for ``--dataset custom``)."""
+    from pnn_mpi.idx import write_idx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    suffix = ".gz" if gz else ""
+    for prefix, n in (("train", train), ("t10k", test)):
+        images, labels = learnable_images(n, rng)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte{suffix}", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte{suffix}", labels)
+    return folder

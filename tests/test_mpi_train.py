@@ -1,0 +1,170 @@
+"""Training across real MPI ranks: run under ``mpiexec -n P python -m pytest --with-mpi``.
+
+Each test compares P ranks with one: the P-rank result must equal what a
+single process computes for the same samples (``World(COMM_SELF)`` gives each
+rank a private one-rank world to compute that reference).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from pnn_mpi.comm import SerialWorld, World, agree
+from pnn_mpi.config import TrainConfig
+from pnn_mpi.data import load_rank_data
+from pnn_mpi.errors import UserError
+from pnn_mpi.slicing import slice_bounds
+from pnn_mpi.train import build_network, train
+
+from conftest import learnable_images, write_dataset
+from test_train import rank_data
+
+pytestmark = pytest.mark.mpi(min_size=2)
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+def _quiet(*_):
+    pass
+
+
+def _shared_tmp(world: World, tmp_path_factory) -> Path:
+    """A folder all ranks see: rank 0 makes it and broadcasts its path."""
+    path = tmp_path_factory.mktemp("shared") if world.rank == 0 else None
+    return Path(world.bcast(str(path)))
+
+
+def test_initial_parameters_identical_on_all_ranks(world):
+    cfg = TrainConfig(hidden=(64, 32), init="xavier-normal", seed=7)
+    params = build_network(cfg, 784).params
+    for other in world.allgather(params):
+        assert other.tobytes() == params.tobytes()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_average_equals_mean_of_gathered(world, dtype):
+    buf = np.random.default_rng(100 + world.rank).normal(size=1001).astype(dtype)
+    gathered = np.array(world.allgather(buf.copy()))
+    world.average_(buf)
+    np.testing.assert_allclose(buf, gathered.astype(float).mean(axis=0), rtol=1e-6, atol=1e-6 if dtype == "float32" else 1e-15)
+    for other in world.allgather(buf):
+        assert other.tobytes() == buf.tobytes()  # every rank holds the same average
+
+
+def _interleaved(slices: list[np.ndarray], batch: int) -> np.ndarray:
+    """The samples in the order one process sees them with a P-times larger batch."""
+    steps = max(-(-len(s) // batch) for s in slices)
+    return np.concatenate([s[i * batch : (i + 1) * batch] for i in range(steps) for s in slices])
+
+
+@pytest.mark.parametrize("n, batch, momentum", [(48, 3, 0.0), (50, 4, 0.9), (47, 1, 0.5)])
+def test_grad_sync_equals_one_rank_with_p_times_the_batch(world, n, batch, momentum):
+    """`grad` with P ranks and batch b takes the steps of one rank with batch P*b on the same samples.
+
+    (50 and 47 samples split unevenly, so short ranks take smaller last batches.)
+    """
+    rng = np.random.default_rng(21)
+    images, labels = learnable_images(n, rng)
+    test_images, test_labels = learnable_images(30, rng)
+    sizes = [hi - lo for lo, hi in (slice_bounds(n, world.size, r) for r in range(world.size))]
+    lo, hi = slice_bounds(n, world.size, world.rank)
+    common = dict(hidden=(9,), epochs=3, lr=0.2, momentum=momentum, dtype="float64", shuffle=False, eval_every=0)
+
+    mine = rank_data(images[lo:hi], labels[lo:hi], test_images, test_labels, sizes=sizes, start=lo)
+    parallel = train(TrainConfig(**common, batch_size=batch, sync="grad"), world, mine, log=_quiet)
+
+    bounds = [slice_bounds(n, world.size, r) for r in range(world.size)]
+    order = _interleaved([np.arange(a, b) for a, b in bounds], batch)
+    alone = rank_data(images[order], labels[order], test_images, test_labels)
+    single = train(TrainConfig(**common, batch_size=batch * world.size, sync="end"), World(MPI.COMM_SELF), alone, log=_quiet)
+
+    np.testing.assert_allclose(parallel.net.params, single.net.params, rtol=1e-10, atol=1e-13)
+    assert parallel.test_accuracy == single.test_accuracy or world.rank != 0
+
+
+@pytest.mark.parametrize("sync", ["end", "epoch", "steps:2"])
+def test_parameter_averaging_equals_mean_of_local_networks(world, sync):
+    """The parallel network is the mean of the local networks trained alone on each slice.
+
+    With `end` this is literal: each rank's network trained by itself, then averaged.
+    With `epoch`/`steps` every rank also ends equal to every other rank.
+    """
+    rng = np.random.default_rng(3)
+    n = 40 * world.size + 1
+    images, labels = learnable_images(n, rng)
+    test_images, test_labels = learnable_images(25, rng)
+    sizes = [b - a for a, b in (slice_bounds(n, world.size, r) for r in range(world.size))]
+    lo, hi = slice_bounds(n, world.size, world.rank)
+    cfg = TrainConfig(hidden=(8,), epochs=2, batch_size=5, lr=0.1, dtype="float64", sync=sync, shuffle=False)
+    result = train(cfg, world, rank_data(images[lo:hi], labels[lo:hi], test_images, test_labels, sizes=sizes, start=lo), log=_quiet)
+    for other in world.allgather(result.net.params):
+        assert other.tobytes() == result.net.params.tobytes()
+    if sync == "end":
+        mine = rank_data(images[lo:hi], labels[lo:hi], test_images, test_labels)
+        alone = train(cfg, SerialWorld(), mine, log=_quiet).net.params
+        mean = np.mean(world.allgather(alone), axis=0)
+        np.testing.assert_allclose(result.net.params, mean, rtol=1e-10, atol=1e-13)
+
+
+def test_local_accuracies_are_gathered_from_every_rank(world):
+    rng = np.random.default_rng(4)
+    n = 30 * world.size
+    images, labels = learnable_images(n, rng)
+    test_images, test_labels = learnable_images(25, rng)
+    lo, hi = slice_bounds(n, world.size, world.rank)
+    cfg = TrainConfig(hidden=(8,), epochs=2, batch_size=5, sync="end")
+    result = train(cfg, world, rank_data(images[lo:hi], labels[lo:hi], test_images, test_labels, "float32", sizes=[30] * world.size, start=lo), log=_quiet)
+    assert len(result.local_accuracies) == world.size == len(result.clocks)
+    assert world.allgather(result.local_accuracies) == [result.local_accuracies] * world.size
+
+
+def test_each_rank_loads_exactly_its_slice(world, tmp_path_factory):
+    folder = _shared_tmp(world, tmp_path_factory) / "data"
+    if world.rank == 0:
+        write_dataset(folder, train=103, test=11, gz=True)
+    world.barrier()
+    cfg = TrainConfig(dataset="custom", data_dir=str(folder))
+    data = load_rank_data(cfg, world)
+    from pnn_mpi.idx import read_records
+
+    everything = read_records(folder / "train-images-idx3-ubyte.gz", expect="images")
+    lo, hi = slice_bounds(103, world.size, world.rank)
+    assert (data.start, len(data.y)) == (lo, hi - lo)
+    np.testing.assert_allclose(data.x, everything[lo:hi] / 255.0, rtol=1e-6)
+    assert sum(world.allgather(len(data.y))) == 103 == data.train_total
+
+
+def test_a_fault_seen_by_one_rank_fails_every_rank_alike(world, tmp_path_factory):
+    """A label out of range at the very end is read by the last rank only; all ranks report it."""
+    folder = _shared_tmp(world, tmp_path_factory) / "bad"
+    if world.rank == 0:
+        write_dataset(folder, train=40, test=10)
+        path = folder / "train-labels-idx1-ubyte"
+        raw = bytearray(path.read_bytes())
+        raw[-1] = 42
+        path.write_bytes(bytes(raw))
+    world.barrier()
+    with pytest.raises(UserError) as caught:
+        load_rank_data(TrainConfig(dataset="custom", data_dir=str(folder)), world)
+    messages = world.allgather(str(caught.value))
+    assert len(set(messages)) == 1 and "42" in messages[0]
+
+
+def test_agree_passes_results_through(world):
+    assert agree(world, lambda: world.rank * 2) == world.rank * 2
+
+
+def test_more_ranks_than_samples_is_a_user_error(world, tmp_path_factory):
+    folder = _shared_tmp(world, tmp_path_factory) / "few"
+    if world.rank == 0:
+        write_dataset(folder, train=world.size - 1, test=3)
+    world.barrier()
+    with pytest.raises(UserError, match=f"{world.size} ranks but only {world.size - 1} training samples"):
+        load_rank_data(TrainConfig(dataset="custom", data_dir=str(folder)), world)

@@ -1,0 +1,307 @@
+"""The network: backprop against finite differences, parameter views, initialisation, workspaces, copies."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pnn_mpi.activations import ACTIVATIONS, LEAKY_SLOPE
+from pnn_mpi.initializers import INITIALIZERS
+from pnn_mpi.losses import OUTPUTS
+from pnn_mpi.network import Network, layer_views, parameter_count
+
+SIZES = (5, 4, 3, 10)
+
+
+def make_net(activation="tanh", output="softmax-xent", dtype="float64", sizes=SIZES, seed=0, bias=0.1) -> Network:
+    net = Network(sizes, activation, output, dtype)
+    # Xavier keeps sigmoid/tanh units out of saturation; a non-zero bias moves relu units off 0.
+    net.initialize("xavier-normal", bias, seed)
+    return net
+
+
+def make_batch(net: Network, rows: int, seed: int):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0.0, 1.0, size=(rows, net.sizes[0])).astype(net.dtype)
+    labels = rng.integers(0, net.sizes[-1], size=rows)
+    return x, labels
+
+
+def reference_forward(net: Network, x: np.ndarray) -> np.ndarray:
+    """A straightforward forward pass written out with textbook formulas, independent of the workspace."""
+    textbook = {
+        "sigmoid": lambda z: 1.0 / (1.0 + np.exp(-z)),
+        "tanh": np.tanh,
+        "relu": lambda z: np.maximum(z, 0.0),
+        "leaky-relu": lambda z: np.where(z > 0, z, LEAKY_SLOPE * z),
+    }
+    a = np.asarray(x, dtype=np.float64)
+    n = len(net.sizes) - 1
+    at = 0
+    for layer, (n_in, n_out) in enumerate(zip(net.sizes[:-1], net.sizes[1:])):
+        w = net.params[at : at + n_in * n_out].astype(np.float64).reshape(n_in, n_out)
+        at += n_in * n_out
+        b = net.params[at : at + n_out].astype(np.float64)
+        at += n_out
+        z = a @ w + b
+        if layer < n - 1:
+            a = textbook[net.activation_name](z)
+        elif net.output_name == "softmax-xent":
+            e = np.exp(z - z.max(axis=1, keepdims=True))
+            a = e / e.sum(axis=1, keepdims=True)
+        else:
+            a = 1.0 / (1.0 + np.exp(-z))
+    return a
+
+
+def scaled_loss(net: Network, x, labels, scale: float) -> float:
+    ws = net.workspace(len(x))
+    return scale * net.output.loss_sum(net.forward(x, ws), labels)
+
+
+@pytest.mark.parametrize("capacity_extra", [0, 3], ids=["exact-workspace", "larger-workspace"])
+@pytest.mark.parametrize("rows", [1, 7])
+@pytest.mark.parametrize("output", sorted(OUTPUTS))
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+def test_backward_matches_finite_differences(activation, output, rows, capacity_extra):
+    """Every entry of ``grads`` equals the central difference of scale * loss_sum(forward(x))
+    with respect to that parameter (float64, two hidden layers, scale = 1/batch)."""
+    net = make_net(activation, output, seed=rows)
+    x, labels = make_batch(net, rows, seed=100 + rows)
+    scale = 1.0 / rows
+    ws = net.workspace(rows + capacity_extra)
+    net.forward(x, ws)
+    # Central differences are only valid away from the relu kink: make sure no hidden unit sits on it.
+    for z in ws.z[:-1]:
+        assert np.abs(z[:rows]).min() > 1e-4
+    net.grads[...] = np.nan  # backward must overwrite every entry
+    loss = net.backward(x, labels, ws, scale)
+    analytic = net.grads.copy()
+    assert loss == pytest.approx(net.output.loss_sum(reference_forward(net, x), labels), rel=1e-12)
+
+    h = 1e-5
+    numeric = np.zeros_like(net.params)
+    for i in range(net.params.size):
+        keep = net.params[i]
+        net.params[i] = keep + h
+        up = scaled_loss(net, x, labels, scale)
+        net.params[i] = keep - h
+        down = scaled_loss(net, x, labels, scale)
+        net.params[i] = keep
+        numeric[i] = (up - down) / (2 * h)
+    assert np.all(np.isfinite(analytic))
+    rel = np.linalg.norm(analytic - numeric) / max(np.linalg.norm(analytic) + np.linalg.norm(numeric), 1e-30)
+    assert rel < 1e-6, f"relative error {rel:.2e}"
+    # Element-wise as well, so a small wrong block cannot hide in the norm of a large correct one.
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-9)
+
+
+def test_backward_without_hidden_layer_matches_finite_differences():
+    """A linear model (no hidden layer) has the right gradient too."""
+    net = make_net("relu", "softmax-xent", sizes=(6, 4))
+    x, labels = make_batch(net, 5, seed=9)
+    ws = net.workspace(5)
+    net.forward(x, ws)
+    net.backward(x, labels, ws, 0.2)
+    analytic = net.grads.copy()
+    h = 1e-5
+    numeric = np.zeros_like(net.params)
+    for i in range(net.params.size):
+        keep = net.params[i]
+        net.params[i] = keep + h
+        up = scaled_loss(net, x, labels, 0.2)
+        net.params[i] = keep - h
+        down = scaled_loss(net, x, labels, 0.2)
+        net.params[i] = keep
+        numeric[i] = (up - down) / (2 * h)
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-9)
+
+
+def test_batch_gradient_is_sum_of_single_sample_gradients():
+    """With scale 1, the batch gradient (matmul path) equals the sum of per-sample gradients (outer-product path)."""
+    net = make_net("sigmoid", "sigmoid-mse")
+    x, labels = make_batch(net, 6, seed=5)
+    ws = net.workspace(6)
+    net.forward(x, ws)
+    total_loss = net.backward(x, labels, ws, 1.0)
+    batch_grads = net.grads.copy()
+    summed, losses = np.zeros_like(batch_grads), 0.0
+    for i in range(6):
+        net.forward(x[i : i + 1], ws)
+        losses += net.backward(x[i : i + 1], labels[i : i + 1], ws, 1.0)
+        summed += net.grads
+    np.testing.assert_allclose(batch_grads, summed, rtol=1e-12, atol=1e-15)
+    assert total_loss == pytest.approx(losses, rel=1e-12)
+
+
+def test_backward_does_not_accumulate_and_leaves_params_and_input():
+    """Two backward calls give the same grads (overwritten, not added), and params and x are untouched."""
+    net = make_net("leaky-relu")
+    x, labels = make_batch(net, 4, seed=1)
+    params, x0 = net.params.copy(), x.copy()
+    ws = net.workspace(4)
+    net.forward(x, ws)
+    net.backward(x, labels, ws, 0.25)
+    first = net.grads.copy()
+    net.forward(x, ws)
+    net.backward(x, labels, ws, 0.25)
+    np.testing.assert_array_equal(net.grads, first)
+    np.testing.assert_array_equal(net.params, params)
+    np.testing.assert_array_equal(x, x0)
+
+
+def test_float32_gradients_close_to_float64():
+    """A float32 network with the same seed gives outputs and gradients close to the float64 one."""
+    nets = {dt: make_net("tanh", "softmax-xent", dtype=dt) for dt in ("float32", "float64")}
+    x, labels = make_batch(nets["float64"], 7, seed=3)
+    grads, outs = {}, {}
+    for dt, net in nets.items():
+        ws = net.workspace(7)
+        xx = x.astype(dt)
+        outs[dt] = net.forward(xx, ws).copy()
+        net.backward(xx, labels, ws, 1 / 7)
+        grads[dt] = net.grads.copy()
+        assert outs[dt].dtype == np.dtype(dt) and grads[dt].dtype == np.dtype(dt)
+    np.testing.assert_allclose(outs["float32"], outs["float64"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grads["float32"], grads["float64"], rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("output", sorted(OUTPUTS))
+def test_forward_matches_reference(activation, output):
+    """forward equals a straightforward textbook implementation of the same MLP."""
+    net = make_net(activation, output, seed=4)
+    x, _ = make_batch(net, 9, seed=8)
+    np.testing.assert_allclose(net.forward(x, net.workspace(9)), reference_forward(net, x), rtol=1e-12, atol=1e-15)
+
+
+def test_smaller_batch_than_workspace_capacity():
+    """forward and backward of 3 rows in a capacity-8 workspace equal those in a capacity-3 workspace,
+    even when the big workspace holds leftovers of an earlier, larger batch."""
+    net = make_net("relu", "softmax-xent")
+    x8, labels8 = make_batch(net, 8, seed=12)
+    x, labels = x8[:3].copy(), labels8[:3].copy()
+    big, small = net.workspace(8), net.workspace(3)
+    net.forward(x8 * 5.0, big)
+    net.backward(x8 * 5.0, labels8, big, 1.0)  # fill the big workspace with unrelated values
+
+    out_big = net.forward(x, big).copy()
+    loss_big = net.backward(x, labels, big, 1 / 3)
+    grads_big = net.grads.copy()
+    out_small = net.forward(x, small).copy()
+    loss_small = net.backward(x, labels, small, 1 / 3)
+
+    assert out_big.shape == (3, SIZES[-1])
+    np.testing.assert_array_equal(out_big, out_small)
+    assert loss_big == loss_small
+    np.testing.assert_array_equal(grads_big, net.grads)
+
+
+def test_workspace_shapes_and_minimum_capacity():
+    """A workspace holds capacity rows per layer, in the network's dtype; capacity is at least 1."""
+    net = Network(SIZES, dtype="float32")
+    ws = net.workspace(6)
+    assert ws.capacity == 6 and ws.inputs.shape == (6, SIZES[0]) and ws.labels.shape == (6,)
+    for arrays in (ws.z, ws.a, ws.delta):
+        assert [a.shape for a in arrays] == [(6, n) for n in SIZES[1:]]
+        assert all(a.dtype == np.float32 for a in arrays)
+    assert net.workspace(0).capacity == 1
+
+
+def test_parameter_count():
+    """Weights plus biases: 784*128 + 128 + 128*10 + 10 = 101770; equals the flat array's length."""
+    assert parameter_count((784, 128, 10)) == 101770
+    assert parameter_count((784, 10)) == 7850
+    assert parameter_count(SIZES) == 5 * 4 + 4 + 4 * 3 + 3 + 3 * 10 + 10
+    assert Network((784, 128, 10)).params.size == 101770
+
+
+@pytest.mark.parametrize("which", ["params", "grads"])
+def test_layers_are_views_into_flat_array(which):
+    """weights/biases (and grad_weights/grad_biases) are views into params (grads), laid out
+    layer by layer as W1 (row-major), b1, W2, b2...; writes go both ways."""
+    net = make_net()
+    flat = getattr(net, which)
+    ws, bs = (net.weights, net.biases) if which == "params" else (net.grad_weights, net.grad_biases)
+    flat[...] = np.arange(flat.size)
+    expected = np.concatenate([np.concatenate([w.ravel(), b]) for w, b in zip(ws, bs)])
+    np.testing.assert_array_equal(expected, np.arange(flat.size))
+    for w, b in zip(ws, bs):
+        assert np.shares_memory(w, flat) and np.shares_memory(b, flat)
+    assert [w.shape for w in ws] == list(zip(SIZES[:-1], SIZES[1:]))
+    assert [b.shape for b in bs] == [(n,) for n in SIZES[1:]]
+
+    ws[1][2, 1] = -7.0
+    assert flat[5 * 4 + 4 + 2 * 3 + 1] == -7.0
+    bs[2][9] = -8.0
+    assert flat[-1] == -8.0
+    flat[0] = -9.0
+    assert ws[0][0, 0] == -9.0
+    assert not np.shares_memory(net.params, net.grads)
+
+
+def test_layer_views_split_any_flat_array():
+    """layer_views cuts an arbitrary parameter-shaped array into views covering it exactly once."""
+    flat = np.zeros(parameter_count(SIZES))
+    weights, biases = layer_views(flat, SIZES)
+    for w, b in zip(weights, biases):
+        w += 1
+        b += 1
+    np.testing.assert_array_equal(flat, 1.0)
+
+
+@pytest.mark.parametrize("init", sorted(INITIALIZERS))
+def test_initialize_is_reproducible(init):
+    """The same seed gives identical params; another seed gives different weights; every bias is set."""
+    a, b, c = (Network(SIZES, dtype="float64") for _ in range(3))
+    a.initialize(init, 0.25, 42)
+    b.initialize(init, 0.25, 42)
+    c.initialize(init, 0.25, 43)
+    np.testing.assert_array_equal(a.params, b.params)
+    assert not np.array_equal(a.weights[0], c.weights[0])
+    for bias in a.biases:
+        np.testing.assert_array_equal(bias, 0.25)
+    for w in a.weights:
+        assert np.all(w != 0) and np.all(np.isfinite(w))
+    # Each layer draws its own values: no two layers repeat the same stream.
+    assert not np.array_equal(a.weights[1].ravel()[:3], a.weights[0].ravel()[:3])
+
+
+@pytest.mark.parametrize("init", sorted(INITIALIZERS))
+def test_float32_initialization_is_float64_cast(init):
+    """float32 params from a seed equal the float64 params from that seed, cast to float32."""
+    n32, n64 = Network(SIZES, dtype="float32"), Network(SIZES, dtype="float64")
+    n32.initialize(init, 0.1, 7)
+    n64.initialize(init, 0.1, 7)
+    assert n32.params.dtype == np.float32 and n64.params.dtype == np.float64
+    np.testing.assert_array_equal(n32.params, n64.params.astype(np.float32))
+
+
+def test_copy_is_independent():
+    """copy() gives an equal network whose params, grads and views share no memory with the original."""
+    net = make_net("sigmoid", "sigmoid-mse", dtype="float32")
+    twin = net.copy()
+    assert (twin.sizes, twin.activation_name, twin.output_name, twin.dtype) == (net.sizes, "sigmoid", "sigmoid-mse", np.float32)
+    np.testing.assert_array_equal(twin.params, net.params)
+    assert not np.shares_memory(twin.params, net.params)
+    assert not np.shares_memory(twin.grads, net.grads)
+    assert np.shares_memory(twin.weights[0], twin.params)
+    before = net.params.copy()
+    twin.weights[0][...] = 3.0
+    twin.params[-1] = 4.0
+    np.testing.assert_array_equal(net.params, before)
+    net.params[0] = -1.0
+    assert twin.params[0] == 3.0
+    # The copy computes the same function as the original did.
+    x, _ = make_batch(net, 2, seed=0)
+    net.params[...] = before
+    twin.params[...] = before
+    np.testing.assert_array_equal(net.forward(x, net.workspace(2)), twin.forward(x, twin.workspace(2)))
+
+
+def test_depth_and_sizes():
+    """sizes are stored as a tuple of ints and depth counts weight layers."""
+    net = Network([np.int64(5), 4, 3, 10])
+    assert net.sizes == SIZES and all(type(s) is int for s in net.sizes)
+    assert net.depth == 3
+    assert net.params.dtype == np.float32  # the default dtype
