@@ -33,10 +33,9 @@ export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 export PRTE_MCA_rmaps_default_mapping_policy := :oversubscribe
 export OMPI_MCA_rmaps_base_oversubscribe := 1
 # Idle ranks yield the core instead of busy-polling (essential when ranks outnumber cores),
-# skip the slow libfabric probe, and leave a failed job's one-line error without a banner.
+# and skip the slow libfabric probe.
 export OMPI_MCA_mpi_yield_when_idle := 1
 export OMPI_MCA_btl := ^ofi
-export PRTE_MCA_prte_execute_quiet := 1
 # One BLAS thread per rank: the ranks are the parallelism.
 export OMP_NUM_THREADS := 1
 export OPENBLAS_NUM_THREADS := 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 import tomllib
 import traceback
 from pathlib import Path
@@ -59,9 +60,9 @@ def train_parser() -> Parser:
     p = Parser(
         prog="python -m pnn_mpi",
         description=(
-            "Train a parallel neural network: every MPI rank trains the same network on its own "
-            "slice of the training set, and the ranks' parameters are averaged with one Allreduce. "
-            "Run under a launcher (mpiexec -n 16 python -m pnn_mpi) or alone as the 1-rank, "
+            "Train a parallel neural network: every MPI rank trains the same network on its own\n"
+            "slice of the training set, and the ranks' parameters are averaged with one Allreduce.\n"
+            "Run under a launcher (mpiexec -n 16 python -m pnn_mpi) or alone as the 1-rank,\n"
             "sequential case."
         ),
         epilog=(
@@ -108,10 +109,11 @@ def train_parser() -> Parser:
                      help=f"score the parallel network on the test set every E epochs; 0 = only at the end (default: {d.eval_every})")
 
     data = p.add_argument_group("data and output")
-    data.add_argument("--dataset", choices=list(DATASETS), default=d.dataset, help=f"which dataset (default: {d.dataset})")
+    data.add_argument("--dataset", choices=list(DATASETS), default=d.dataset,
+                      help=f"which dataset; 'custom' = your own IDX files in --data-dir, with no known checksums (default: {d.dataset})")
     data.add_argument("--data-dir", metavar="DIR",
-                      help="folder holding the four IDX files (raw or .gz); if omitted, looked for in $PNN_MPI_DATA, "
-                           "./data/DATASET, ~/.cache/pnn_mpi/DATASET, /usr/share/datasets/DATASET")
+                      help="the folder holding the four IDX files (raw or .gz), and the only place looked in; if omitted: "
+                           "$PNN_MPI_DATA/DATASET, $PNN_MPI_DATA, ./data/DATASET, ~/.cache/pnn_mpi/DATASET, /usr/share/datasets/DATASET")
     data.add_argument("--train-size", type=_positive_int, metavar="N", help="use only the first N training samples")
     data.add_argument("--test-size", type=_positive_int, metavar="N", help="use only the first N test samples")
     data.add_argument("--out", metavar="DIR", help="where rank 0 saves model.npz and metrics.json (default: runs/DATASET-nRANKS-TIME)")
@@ -163,26 +165,55 @@ def parse_train_args(argv: list[str]) -> TrainConfig:
     return TrainConfig(**values)
 
 
+_RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK")
+
+
+def _live_mpi():
+    """mpi4py's MPI module if this process has started MPI and not yet finished it."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    return mpi if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized() else None
+
+
 def _lead_rank() -> bool:
     """Whether this process should print: rank 0 of MPI, or of the launcher before MPI starts."""
-    mpi = sys.modules.get("mpi4py.MPI")
-    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+    mpi = _live_mpi()
+    if mpi is not None:
         return mpi.COMM_WORLD.Get_rank() == 0
-    for name in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"):
+    for name in _RANK_VARIABLES:
         if name in os.environ:
             return os.environ[name] == "0"
     return True
 
 
+def _wait_for_every_rank(seconds: float = 10.0) -> None:
+    """Under a launcher, wait (at most ``seconds``) until every rank reaches its error exit.
+
+    Open MPI's mpiexec kills the whole job as soon as one rank exits non-zero;
+    without this meeting point rank 0 could be killed before its one-line
+    message is out. User errors are raised on all ranks alike, so all arrive.
+    """
+    mpi = _live_mpi()
+    if mpi is None:
+        if not any(name in os.environ for name in _RANK_VARIABLES):
+            return
+        from mpi4py import MPI as mpi  # the error came before training started MPI
+
+    if mpi.Is_finalized() or mpi.COMM_WORLD.Get_size() == 1:
+        return
+    request = mpi.COMM_WORLD.Ibarrier()
+    deadline = time.monotonic() + seconds
+    while not request.Test() and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
 def _abort_on_crash(exc: BaseException) -> int:
     """Print an unexpected exception with its rank and bring the whole job down."""
-    mpi = sys.modules.get("mpi4py.MPI")
-    live = mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized()
-    rank = mpi.COMM_WORLD.Get_rank() if live else 0
+    mpi = _live_mpi()
+    rank = mpi.COMM_WORLD.Get_rank() if mpi else 0
     text = "".join(traceback.format_exception(exc))
     sys.stderr.write(f"pnn_mpi: rank {rank}: unexpected error, aborting the job\n{text}")
     sys.stderr.flush()
-    if live and mpi.COMM_WORLD.Get_size() > 1:
+    if mpi and mpi.COMM_WORLD.Get_size() > 1:
         mpi.COMM_WORLD.Abort(1)
     return 1
 
@@ -207,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         if _lead_rank():
             sys.stderr.write(f"pnn_mpi: error: {exc}\n")
+            sys.stderr.flush()
+        _wait_for_every_rank()
         return 2
     except KeyboardInterrupt:
         return 130

@@ -105,6 +105,9 @@ def candidate_dirs(
 ) -> list[Path]:
     """Folders to search, best first; an explicit ``data_dir`` is the only one.
 
+    ``$PNN_MPI_DATA`` may name a folder of datasets or one dataset's folder;
+    a folder named after another dataset (``.../mnist`` while looking for
+    fashion-mnist) is not searched, since both hold files of the same names.
     Duplicates (e.g. $PNN_MPI_DATA pointing at ./data) are listed once.
     """
     if data_dir is not None:
@@ -116,7 +119,9 @@ def candidate_dirs(
     root = env.get(ENV_VAR, "")
     if root:
         root_path = Path(root).expanduser()
-        dirs += [root_path / name, root_path]
+        dirs.append(root_path / name)
+        if root_path.name == name or root_path.name not in DATASETS:
+            dirs.append(root_path)
     dirs += [
         cwd / "data" / name,
         home / ".cache" / "pnn_mpi" / name,

@@ -66,14 +66,22 @@ def run_training(cfg: TrainConfig, world: World | None = None) -> dict | None:
             say(line)
     result = train(cfg, world, data, log=say)
     loads = world.allgather(data.load_seconds)
-    if world.rank != 0:
-        return None
-    mpi = {"name": world.library(), "version": world.library_version()}
-    record = metrics(cfg, result, data, world.size, mpi, loads)
-    for line in summary_lines(record):
-        say(line)
-    meta = {"dataset": cfg.dataset, "image_shape": "x".join(map(str, data.image_shape)), "ranks": str(world.size)}
-    save_model(out / "model.npz", result.net, meta)
-    write_metrics(out / "metrics.json", record)
-    say(f"saved {out / 'model.npz'} and {out / 'metrics.json'}")
+    record = None
+    if world.rank == 0:
+        mpi = {"name": world.library(), "version": world.library_version()}
+        record = metrics(cfg, result, data, world.size, mpi, loads)
+        for line in summary_lines(record):
+            say(line)
+
+    def save() -> None:
+        if world.rank == 0:
+            meta = {"dataset": cfg.dataset, "image_shape": "x".join(map(str, data.image_shape)), "ranks": str(world.size)}
+            try:
+                save_model(out / "model.npz", result.net, meta)
+                write_metrics(out / "metrics.json", record)
+            except OSError as exc:
+                raise UserError(f"--out {out}: cannot save the results ({exc.strerror or exc})") from None
+            say(f"saved {out / 'model.npz'} and {out / 'metrics.json'}")
+
+    agree(world, save)  # a failed save on rank 0 fails every rank alike
     return record

@@ -19,7 +19,7 @@ from .config import TrainConfig
 from .data import RankData
 from .evaluate import evaluate, score
 from .faults import planned_fault
-from .network import Network
+from .network import Network, Workspace
 from .optim import SGD, learning_rate
 from .slicing import slice_bounds
 
@@ -78,6 +78,19 @@ def batch_plan(cfg: TrainConfig, sizes: list[int]) -> tuple[int, int, np.ndarray
     return batch, steps, global_batch
 
 
+def gradients(net: Network, ws: Workspace, x_all: np.ndarray, y_all: np.ndarray, picked: np.ndarray, scale: float) -> float:
+    """Gather the samples ``picked`` into the workspace, then forward and backward.
+
+    Leaves ``scale`` times the batch's summed gradient in ``net.grads`` and
+    returns the summed loss. Allocates nothing: the batch is copied with
+    ``np.take`` into preallocated rows.
+    """
+    x = np.take(x_all, picked, axis=0, out=ws.inputs[: len(picked)])
+    y = np.take(y_all, picked, out=ws.labels[: len(picked)])
+    net.forward(x, ws)
+    return net.backward(x, y, ws, scale)
+
+
 def train(cfg: TrainConfig, world: World, data: RankData, log=print) -> TrainResult:
     net = build_network(cfg, data.x.shape[1])
     opt = SGD(net.params, cfg.momentum)
@@ -114,11 +127,8 @@ def train(cfg: TrainConfig, world: World, data: RankData, log=print) -> TrainRes
             step += 1
             picked = order[s * batch : (s + 1) * batch]
             if len(picked):  # a slice one sample short may have an empty last batch
-                x = np.take(data.x, picked, axis=0, out=ws.inputs[: len(picked)])
-                y = np.take(data.y, picked, out=ws.labels[: len(picked)])
-                net.forward(x, ws)
                 scale = 1.0 / (global_batch[s] if sync.averages_gradients else len(picked))
-                loss_sum += net.backward(x, y, ws, scale)
+                loss_sum += gradients(net, ws, data.x, data.y, picked, scale)
             else:
                 net.grads.fill(0.0)
             if sync.averages_gradients:

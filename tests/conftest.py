@@ -14,7 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 # What the Makefile exports: Open MPI as root, more ranks than cores, no busy-polling,
-# no launcher banner on a failed job; one BLAS thread per rank.
+# one BLAS thread per rank.
 LAUNCH_ENV = {
     "OMPI_ALLOW_RUN_AS_ROOT": "1",
     "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
@@ -22,16 +22,19 @@ LAUNCH_ENV = {
     "OMPI_MCA_rmaps_base_oversubscribe": "1",
     "OMPI_MCA_mpi_yield_when_idle": "1",
     "OMPI_MCA_btl": "^ofi",
-    "PRTE_MCA_prte_execute_quiet": "1",
     "OMP_NUM_THREADS": "1",
     "OPENBLAS_NUM_THREADS": "1",
 }
 
 
 def find_mnist() -> Path | None:
-    """The real MNIST: $PNN_MPI_DATA, or the shared copy beside the checkout."""
-    for candidate in (os.environ.get("PNN_MPI_DATA"), REPO.parent / "shared" / "data" / "mnist"):
-        if candidate and (Path(candidate) / "train-images-idx3-ubyte.gz").is_file():
+    """The real MNIST: $PNN_MPI_DATA (or its mnist/), or the shared copy beside the checkout."""
+    from pnn_mpi.datasets import DATASETS, find_file
+
+    names = DATASETS["mnist"].files.values()
+    env = os.environ.get("PNN_MPI_DATA")
+    for candidate in (env and Path(env) / "mnist", env, REPO.parent / "shared" / "data" / "mnist"):
+        if candidate and all(find_file(candidate, name) for name in names):
             return Path(candidate)
     return None
 

@@ -13,18 +13,18 @@ from pnn_mpi import datasets, idx
 from pnn_mpi.datasets import DATASETS, get_spec
 from pnn_mpi.errors import UserError
 
+from conftest import find_mnist
+
 MNIST_TRAIN_DIGITS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 
 
 def real_dir(name: str) -> Path:
-    """A folder with the real dataset ($PNN_MPI_DATA first), or skip the test."""
+    """A folder with the real dataset (MNIST: $PNN_MPI_DATA or the shared copy; others: the system copy), or skip."""
     spec = get_spec(name)
-    roots = [os.environ.get("PNN_MPI_DATA"), "/work/shared/data", "/usr/share/datasets"]
-    for root in filter(None, roots):
-        for folder in (Path(root) / name, Path(root)):
-            if all(datasets.find_file(folder, b) for b in spec.files.values()):
-                return folder
-    pytest.skip(f"real {name} not found in $PNN_MPI_DATA, /work/shared/data or /usr/share/datasets")
+    folder = find_mnist() if name == "mnist" else Path("/usr/share/datasets") / name
+    if folder is None or not all(datasets.find_file(folder, b) for b in spec.files.values()):
+        pytest.skip(f"real {name} not found")
+    return folder
 
 
 @pytest.fixture(autouse=True)
@@ -95,6 +95,14 @@ def test_candidate_order_without_env(tmp_path):
             tmp_path / "h" / ".cache" / "pnn_mpi" / "fashion-mnist",
             tmp_path / "system" / "fashion-mnist",
         ]
+
+
+def test_env_folder_named_after_another_dataset_is_skipped(tmp_path):
+    """$PNN_MPI_DATA=.../mnist serves mnist, but is not searched for fashion-mnist (same file names)."""
+    env = {"PNN_MPI_DATA": str(tmp_path / "mnist")}
+    assert tmp_path / "mnist" in datasets.candidate_dirs("mnist", env=env, cwd=tmp_path, home=tmp_path)
+    fashion = datasets.candidate_dirs("fashion-mnist", env=env, cwd=tmp_path, home=tmp_path)
+    assert tmp_path / "mnist" not in fashion and tmp_path / "mnist" / "fashion-mnist" in fashion
 
 
 def test_candidate_duplicates_listed_once(tmp_path):

@@ -24,16 +24,13 @@ from pnn_mpi.datasets import DatasetSpec
 from pnn_mpi.download import download
 from pnn_mpi.errors import UserError
 
+from conftest import find_mnist
+
 BASENAMES = list(datasets.DATASETS["mnist"].files.values())
 
 
 def real_mnist_dir() -> Path | None:
-    roots = [os.environ.get("PNN_MPI_DATA"), "/work/shared/data"]
-    for root in filter(None, roots):
-        for folder in (Path(root) / "mnist", Path(root)):
-            if all(datasets.find_file(folder, b) for b in BASENAMES):
-                return folder
-    return None
+    return find_mnist()
 
 
 @pytest.fixture(autouse=True)
@@ -252,7 +249,7 @@ def test_file_url_mirror(tmp_path, tiny):
 def test_real_mnist_over_http(tmp_path, site):
     folder = real_mnist_dir()
     if folder is None:
-        pytest.skip("real MNIST not found in $PNN_MPI_DATA or /work/shared/data/mnist")
+        pytest.skip("real MNIST not found: set PNN_MPI_DATA")
     if any(not (folder / f"{b}.gz").is_file() for b in BASENAMES):
         pytest.skip("the shared MNIST folder holds raw files; mirrors serve .gz")
     root, url = site

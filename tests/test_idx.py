@@ -13,6 +13,8 @@ import pytest
 from pnn_mpi import idx
 from pnn_mpi.errors import UserError
 
+from conftest import find_mnist
+
 MNIST_MD5 = {
     "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
     "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
@@ -20,19 +22,13 @@ MNIST_MD5 = {
 
 
 def real_mnist_dir() -> Path | None:
-    """The shared real MNIST ($PNN_MPI_DATA first), or None to skip."""
-    roots = [os.environ.get("PNN_MPI_DATA"), "/work/shared/data"]
-    for root in filter(None, roots):
-        for folder in (Path(root) / "mnist", Path(root)):
-            if all((folder / f"{b}.gz").is_file() or (folder / b).is_file() for b in MNIST_MD5):
-                return folder
-    return None
+    return find_mnist()
 
 
 def real_file(basename: str) -> Path:
     folder = real_mnist_dir()
     if folder is None:
-        pytest.skip("real MNIST not found in $PNN_MPI_DATA or /work/shared/data/mnist")
+        pytest.skip("real MNIST not found: set PNN_MPI_DATA")
     raw = folder / basename
     return raw if raw.is_file() else folder / f"{basename}.gz"
 
