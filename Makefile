@@ -72,7 +72,7 @@ test-serial: install-test
 
 # Every MPI test runs under MPIEXEC_TIMEOUT: a deadlock fails the run instead of hanging it.
 test-mpi: install-test
-	for n in 2 4; do \
+	@for n in 2 4; do \
 	  echo "== MPI tests at $$n ranks"; \
 	  MPIEXEC_TIMEOUT=$(MPI_TEST_TIMEOUT) mpiexec -n $$n $(PY) -m pytest --with-mpi -q -p no:cacheprovider --color=no -m mpi tests; \
 	done
