@@ -22,7 +22,9 @@ from .datasets import DATASETS
 from .errors import UserError
 from .initializers import INITIALIZERS
 from .losses import OUTPUTS
+from .train import Interrupted
 
+STOP_EXIT_CODE = 75  # EX_TEMPFAIL: stopped by a signal, resumable; what requeue setups look for
 COMMANDS = ("train", "download", "evaluate", "predict", "bench")
 _DEFAULTS = TrainConfig()
 
@@ -118,6 +120,16 @@ def train_parser() -> Parser:
     data.add_argument("--test-size", type=_positive_int, metavar="N", help="use only the first N test samples")
     data.add_argument("--out", metavar="DIR", help="where rank 0 saves model.npz and metrics.json (default: runs/DATASET-nRANKS-TIME)")
     data.add_argument("--config", metavar="FILE", help="read options from a TOML file; flags given on the command line win")
+
+    jobs = p.add_argument_group("long runs and batch jobs")
+    jobs.add_argument("--checkpoint-every", type=_non_negative_int, default=d.checkpoint_every, metavar="E",
+                      help="write OUT/checkpoint.npz every E epochs (0 = only when stopped by a signal). SIGTERM or SIGUSR1 "
+                           f"always makes every rank finish its step, write a checkpoint and exit with status {STOP_EXIT_CODE}")
+    jobs.add_argument("--resume", action="store_true",
+                      help="continue the run whose checkpoint is in --out (same flags, same number of ranks); "
+                           "starts from scratch when there is no checkpoint yet")
+    jobs.add_argument("--expect-ranks", type=_positive_int, metavar="N",
+                      help="fail unless MPI started exactly N ranks (catches a launcher that starts N one-rank jobs)")
     return p
 
 
@@ -206,6 +218,15 @@ def _wait_for_every_rank(seconds: float = 10.0) -> None:
         time.sleep(0.005)
 
 
+def _leave(line: str, code: int) -> int:
+    """Print ``line`` once (rank 0) and exit every rank with ``code`` together."""
+    if _lead_rank():
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    _wait_for_every_rank()
+    return code
+
+
 def _abort_on_crash(exc: BaseException) -> int:
     """Print an unexpected exception with its rank and bring the whole job down."""
     mpi = _live_mpi()
@@ -236,11 +257,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return getattr(commands, f"cmd_{command}")(argv)
     except UserError as exc:
-        if _lead_rank():
-            sys.stderr.write(f"pnn_mpi: error: {exc}\n")
-            sys.stderr.flush()
-        _wait_for_every_rank()
-        return 2
+        return _leave(f"pnn_mpi: error: {exc}", 2)
+    except Interrupted as exc:
+        return _leave(f"pnn_mpi: {exc}; checkpoint written: rerun the same command with --resume to continue", STOP_EXIT_CODE)
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # noqa: BLE001 - any other failure must not leave ranks hanging

@@ -44,6 +44,12 @@ class World:
     def bcast(self, obj: T, root: int = 0) -> T:
         return self.comm.bcast(obj, root=root)
 
+    def gather(self, obj: T, root: int = 0) -> list[T] | None:
+        return self.comm.gather(obj, root=root)
+
+    def scatter(self, objs: list[T] | None, root: int = 0) -> T:
+        return self.comm.scatter(objs, root=root)
+
     def barrier(self) -> None:
         self.comm.Barrier()
 
@@ -81,6 +87,12 @@ class SerialWorld:
 
     def bcast(self, obj: T, root: int = 0) -> T:
         return obj
+
+    def gather(self, obj: T, root: int = 0) -> list[T]:
+        return [obj]
+
+    def scatter(self, objs: list[T], root: int = 0) -> T:
+        return objs[0]
 
     def barrier(self) -> None:
         pass

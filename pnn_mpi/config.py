@@ -42,6 +42,9 @@ class TrainConfig:
     out: Union[str, None] = None
     eval_every: int = 1
     shuffle: bool = True
+    checkpoint_every: int = 0  # epochs between checkpoints; 0 = only when stopped by a signal
+    resume: bool = False
+    expect_ranks: Union[int, None] = None
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -78,6 +81,8 @@ class TrainConfig:
         need(self.train_size is None or self.train_size >= 1, f"--train-size {self.train_size}: expected a positive count")
         need(self.test_size is None or self.test_size >= 1, f"--test-size {self.test_size}: expected a positive count")
         need(self.eval_every >= 0, f"--eval-every {self.eval_every}: expected 0 (final only) or a positive epoch count")
+        need(self.checkpoint_every >= 0, f"--checkpoint-every {self.checkpoint_every}: expected 0 or a positive epoch count")
+        need(self.expect_ranks is None or self.expect_ranks >= 1, f"--expect-ranks {self.expect_ranks}: expected a positive count")
         self.schedule  # parses, or raises a UserError naming the value
 
     def as_dict(self) -> dict:

@@ -1,14 +1,16 @@
 """Test-only fault injection, switched on by one environment variable.
 
-``PNN_MPI_INJECT=raise:RANK[:EPOCH]`` makes rank RANK raise an unexpected
-exception when epoch EPOCH (1-based, default 1) starts. The failure tests use
-it to prove that a crash on one rank brings the whole job down with that
-rank's traceback instead of leaving the other ranks blocked in a collective.
+``PNN_MPI_INJECT=ACTION:RANK[:EPOCH]`` acts on rank RANK when epoch EPOCH
+(1-based, default 1) starts: ``raise`` raises an unexpected exception, ``kill``
+sends the process SIGKILL. The failure tests use them to prove that a crash or
+a lost rank brings the whole job down promptly instead of leaving the other
+ranks blocked in a collective, and that the last checkpoint survives.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 
 VARIABLE = "PNN_MPI_INJECT"
@@ -26,8 +28,11 @@ class Fault:
 
     def fire(self, rank: int, epoch: int) -> None:
         """Raise if this fault is due on ``rank`` at the start of ``epoch`` (1-based)."""
-        if rank == self.rank and epoch == self.epoch:
-            raise InjectedFault(f"fault injected by {VARIABLE}={os.environ.get(VARIABLE)} on rank {rank}, epoch {epoch}")
+        if rank != self.rank or epoch != self.epoch:
+            return
+        if self.action == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise InjectedFault(f"fault injected by {VARIABLE}={os.environ.get(VARIABLE)} on rank {rank}, epoch {epoch}")
 
 
 def planned_fault() -> Fault | None:
@@ -37,8 +42,8 @@ def planned_fault() -> Fault | None:
         return None
     action, *numbers = text.split(":")
     try:
-        if action != "raise" or not 1 <= len(numbers) <= 2:
+        if action not in ("raise", "kill") or not 1 <= len(numbers) <= 2:
             raise ValueError(text)
         return Fault(action, *(int(n) for n in numbers))
     except ValueError:
-        raise ValueError(f"{VARIABLE}={text!r}: expected raise:RANK[:EPOCH]") from None
+        raise ValueError(f"{VARIABLE}={text!r}: expected raise:RANK[:EPOCH] or kill:RANK[:EPOCH]") from None

@@ -10,14 +10,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from . import __version__
+from . import __version__, checkpoint
+from .checkpoint import Progress, RankState
 from .comm import World, agree
 from .config import TrainConfig
 from .data import RankData, load_rank_data
 from .errors import UserError
 from .model_io import save_model
 from .report import metrics, summary_lines, write_metrics
-from .train import train
+from .signals import StopRequest
+from .train import Diverged, Hooks, train
 
 
 def say(text: str) -> None:
@@ -50,9 +52,55 @@ def header_lines(cfg: TrainConfig, world: World, data: RankData) -> list[str]:
     ]
 
 
+def check_world_size(cfg: TrainConfig, world: World) -> None:
+    if cfg.expect_ranks is not None and world.size != cfg.expect_ranks:
+        raise UserError(
+            f"expected {cfg.expect_ranks} ranks (--expect-ranks) but MPI started {world.size} in this job: the launcher "
+            f"may be starting independent one-rank jobs (with srun, check its --mpi plugin)"
+        )
+
+
+def resume_point(cfg: TrainConfig, world: World, out: Path) -> tuple[Progress, RankState] | None:
+    """Where a ``--resume`` run continues: rank 0 reads the checkpoint, every rank gets its own state."""
+
+    def read():
+        path = out / checkpoint.FILE
+        if world.rank != 0 or not path.exists():
+            return None
+        return checkpoint.load(path, cfg, world.size)
+
+    found = agree(world, read)
+    if not world.bcast(found is not None):
+        return None
+    progress, states = found if world.rank == 0 else (None, None)
+    return world.bcast(progress), world.scatter(states)
+
+
+def checkpoint_writer(cfg: TrainConfig, world: World, out: Path):
+    """A collective that gathers every rank's state to rank 0, which writes it atomically."""
+
+    def write(progress: Progress, state: RankState) -> None:
+        states = world.gather(state)
+
+        def save() -> None:
+            if world.rank == 0:
+                try:
+                    checkpoint.save(out / checkpoint.FILE, cfg, world.size, progress, states)
+                except OSError as exc:
+                    raise UserError(f"--out {out}: cannot write the checkpoint ({exc.strerror or exc}); the previous one is intact") from None
+
+        agree(world, save)
+
+    return write
+
+
 def run_training(cfg: TrainConfig, world: World | None = None) -> dict | None:
     """Train as configured; rank 0 returns the metrics record, other ranks None."""
     world = world or World()
+    check_world_size(cfg, world)
+    stop = StopRequest().install()
+    if cfg.resume and not cfg.out:
+        raise UserError("--resume needs --out DIR: the folder of the run to continue")
     out = Path(cfg.out) if cfg.out else default_out_dir(cfg, world.size)
     agree(world, lambda: prepare_out_dir(out) if world.rank == 0 else None)
     data = load_rank_data(cfg, world)
@@ -61,10 +109,17 @@ def run_training(cfg: TrainConfig, world: World | None = None) -> dict | None:
             f"--batch-size {cfg.batch_size} is larger than a rank's slice ({min(data.slice_sizes)} samples"
             f" with {world.size} ranks): use a smaller batch, --batch-size full, or fewer ranks"
         )
+    resume = resume_point(cfg, world, out) if cfg.resume else None
     if world.rank == 0:
         for line in header_lines(cfg, world, data):
             say(line)
-    result = train(cfg, world, data, log=say)
+        if resume:
+            say(f"resuming from {out / checkpoint.FILE}: epoch {resume[0].epoch + 1}, step {resume[0].step}")
+    hooks = Hooks(stop_requested=stop, checkpoint=checkpoint_writer(cfg, world, out), resume=resume)
+    try:
+        result = train(cfg, world, data, log=say, hooks=hooks)
+    except Diverged as exc:
+        raise UserError(str(exc)) from None
     loads = world.allgather(data.load_seconds)
     record = None
     if world.rank == 0:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import Callable
 
 import numpy as np
 
+from .checkpoint import Progress, RankState
 from .comm import World
 from .config import TrainConfig
 from .data import RankData
@@ -91,7 +93,39 @@ def gradients(net: Network, ws: Workspace, x_all: np.ndarray, y_all: np.ndarray,
     return net.backward(x, y, ws, scale)
 
 
-def train(cfg: TrainConfig, world: World, data: RankData, log=print) -> TrainResult:
+class Interrupted(Exception):
+    """Training stopped on request (a signal) after writing a checkpoint."""
+
+    def __init__(self, reason: str, epoch: int, step: int):
+        super().__init__(f"{reason}: stopped in epoch {epoch + 1} after step {step}")
+        self.reason, self.epoch, self.step = reason, epoch, step
+
+
+class Diverged(Exception):
+    """The training loss became NaN or infinite on some rank."""
+
+
+@dataclass
+class Hooks:
+    """How a run talks to the world outside the loop (all optional).
+
+    ``stop_requested()`` says whether this rank was asked to stop (a signal);
+    ``checkpoint(progress, state)`` is a collective that saves every rank's
+    state; ``resume`` is where a checkpointed run left off.
+    """
+
+    stop_requested: Callable[[], str | None] = lambda: None
+    checkpoint: Callable[[Progress, RankState], None] | None = None
+    resume: tuple[Progress, RankState] | None = None
+
+
+def check_interval(batch: int) -> int:
+    """Steps between the ranks' checks for a stop request or divergence (about 2048 samples)."""
+    return max(1, 2048 // batch)
+
+
+def train(cfg: TrainConfig, world: World, data: RankData, log=print, hooks: Hooks | None = None) -> TrainResult:
+    hooks = hooks or Hooks()
     net = build_network(cfg, data.x.shape[1])
     opt = SGD(net.params, cfg.momentum)
     sync = cfg.schedule
@@ -100,9 +134,19 @@ def train(cfg: TrainConfig, world: World, data: RankData, log=print) -> TrainRes
     order = np.arange(len(data.y))
     shuffler = np.random.default_rng([cfg.seed, world.rank])
     clock = Clock()
-    history: list[EpochRecord] = []
-    in_sync = True  # whether all ranks hold the same parameters
-    train_seconds = 0.0  # epochs end at a barrier, so this is the slowest rank's time
+    progress = Progress()
+    loss_sum = 0.0
+    if hooks.resume:
+        progress, state = hooks.resume
+        net.params[...] = state.params
+        if opt.velocity is not None:
+            opt.velocity[...] = state.velocity
+        order[...] = state.order
+        shuffler.bit_generator.state = state.rng
+        loss_sum = state.loss_sum
+        clock = Clock(**progress.clocks[world.rank])
+    history = [EpochRecord(**record) for record in progress.history]
+    every = check_interval(batch)
 
     def synchronise(buffer: np.ndarray, average: bool = True) -> None:
         t0 = time.perf_counter()
@@ -110,21 +154,40 @@ def train(cfg: TrainConfig, world: World, data: RankData, log=print) -> TrainRes
         clock.comm += time.perf_counter() - t0
         clock.syncs += 1
 
+    def snapshot() -> RankState:
+        progress.clocks = world.allgather(asdict(clock))
+        progress.history = [asdict(r) for r in history]
+        velocity = None if opt.velocity is None else opt.velocity.copy()
+        return RankState(net.params.copy(), velocity, order.copy(), shuffler.bit_generator.state, loss_sum)
+
+    def check(epoch: int, step: int) -> None:
+        """Agree on stopping: any rank's signal or non-finite loss stops all ranks at this step."""
+        flags = np.array([hooks.stop_requested() is not None, not math.isfinite(loss_sum)], dtype=np.float64)
+        world.sum_(flags)
+        if flags[1]:
+            raise Diverged(f"training diverged in epoch {epoch + 1}: the loss became NaN or infinite; try a smaller --lr (now {cfg.lr})")
+        if flags[0]:
+            reason = world.allgather(hooks.stop_requested())
+            if hooks.checkpoint:
+                state = snapshot()  # fills progress.clocks and .history first
+                hooks.checkpoint(replace(progress, epoch=epoch, step=step), state)
+            raise Interrupted(next(r for r in reason if r), epoch, step)
+
     fault = planned_fault()
     world.barrier()
-    step = 0
-    for epoch in range(cfg.epochs):
+    for epoch in range(progress.epoch, cfg.epochs):
         if fault:
             fault.fire(world.rank, epoch + 1)
         began = time.perf_counter()
         comm_before = clock.comm
         lr = learning_rate(cfg.lr, cfg.lr_decay, epoch)
         final_epoch = epoch == cfg.epochs - 1
-        if cfg.shuffle:
-            shuffler.shuffle(order)
-        loss_sum = 0.0
-        for s in range(steps):
-            step += 1
+        if progress.step == 0:  # a fresh epoch, not one resumed midway
+            loss_sum = 0.0
+            if cfg.shuffle:
+                shuffler.shuffle(order)
+        for s in range(progress.step, steps):
+            progress.global_step += 1
             picked = order[s * batch : (s + 1) * batch]
             if len(picked):  # a slice one sample short may have an empty last batch
                 scale = 1.0 / (global_batch[s] if sync.averages_gradients else len(picked))
@@ -135,29 +198,37 @@ def train(cfg: TrainConfig, world: World, data: RankData, log=print) -> TrainRes
                 synchronise(net.grads, average=False)  # already scaled by the global batch
             if len(picked) or sync.averages_gradients:
                 opt.step(net.params, net.grads, lr)
-            in_sync = sync.averages_gradients  # some rank stepped (the global batch is never empty)
-            if sync.averages_after_step(step) and not (final_epoch and s == steps - 1):
+            progress.in_sync = sync.averages_gradients  # some rank stepped (the global batch is never empty)
+            if sync.averages_after_step(progress.global_step) and not (final_epoch and s == steps - 1):
                 synchronise(net.params)
-                in_sync = True
+                progress.in_sync = True
+            if (s + 1) % every == 0 or s + 1 == steps:
+                progress.step = s + 1
+                check(epoch, s + 1)
         if sync.averages_after_epoch and not final_epoch:
             synchronise(net.params)
-            in_sync = True
+            progress.in_sync = True
         worked = time.perf_counter()
         world.barrier()
         ended = time.perf_counter()
         clock.compute += worked - began - (clock.comm - comm_before)
         clock.wait += ended - worked
-        train_seconds += ended - began
+        progress.train_seconds += ended - began
 
-        history.append(_score_epoch(cfg, world, net, data, clock, epoch, lr, loss_sum, in_sync, train_seconds))
+        history.append(_score_epoch(cfg, world, net, data, clock, epoch, lr, loss_sum, progress.in_sync, progress.train_seconds))
         if world.rank == 0 and not final_epoch:
             log(_epoch_line(cfg, history[-1]))
+        progress.epoch, progress.step = epoch + 1, 0
+        if hooks.checkpoint and cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0 and not final_epoch:
+            state = snapshot()
+            hooks.checkpoint(progress, state)
 
     # Score the local networks as they are, then average them into the parallel one.
     t0 = time.perf_counter()
     local_accuracy, _ = evaluate(net, data.test_images, data.test_labels)
     clock.eval += time.perf_counter() - t0
-    if not in_sync:
+    train_seconds = progress.train_seconds
+    if not progress.in_sync:
         world.barrier()
         t0 = time.perf_counter()
         synchronise(net.params)
