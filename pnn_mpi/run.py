@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
+
 from . import __version__, checkpoint
 from .checkpoint import Progress, RankState
 from .comm import World, agree
@@ -117,7 +119,8 @@ def run_training(cfg: TrainConfig, world: World | None = None) -> dict | None:
             say(f"resuming from {out / checkpoint.FILE}: epoch {resume[0].epoch + 1}, step {resume[0].step}")
     hooks = Hooks(stop_requested=stop, checkpoint=checkpoint_writer(cfg, world, out), resume=resume)
     try:
-        result = train(cfg, world, data, log=say, hooks=hooks)
+        with np.errstate(all="ignore"):  # a diverging run is reported once, by the loop's own check
+            result = train(cfg, world, data, log=say, hooks=hooks)
     except Diverged as exc:
         raise UserError(str(exc)) from None
     loads = world.allgather(data.load_seconds)

@@ -168,3 +168,39 @@ def test_more_ranks_than_samples_is_a_user_error(world, tmp_path_factory):
     world.barrier()
     with pytest.raises(UserError, match=f"{world.size} ranks but only {world.size - 1} training samples"):
         load_rank_data(TrainConfig(dataset="custom", data_dir=str(folder)), world)
+
+
+def test_a_stop_seen_by_one_rank_checkpoints_all_and_resumes_bit_identically(world, tmp_path_factory, monkeypatch):
+    """Rank 1 alone is signalled; every rank stops at the same step, rank 0 writes every
+    rank's state, and the resumed run ends with the parameters of an uninterrupted one."""
+    from pnn_mpi.run import checkpoint_writer, resume_point
+    from pnn_mpi.train import Hooks, Interrupted
+
+    monkeypatch.setattr("pnn_mpi.train.check_interval", lambda batch: 4)
+    out = _shared_tmp(world, tmp_path_factory) / "run"
+    out.mkdir(exist_ok=True)
+    rng = np.random.default_rng(8)
+    n = 50 * world.size + 3
+    images, labels = learnable_images(n, rng)
+    test_images, test_labels = learnable_images(20, rng)
+    sizes = [b - a for a, b in (slice_bounds(n, world.size, r) for r in range(world.size))]
+    lo, hi = slice_bounds(n, world.size, world.rank)
+    cfg = TrainConfig(hidden=(8,), epochs=3, batch_size=3, momentum=0.9, sync="end", out=str(out))
+
+    def mine():
+        return rank_data(images[lo:hi], labels[lo:hi], test_images, test_labels, "float32", sizes=sizes, start=lo)
+
+    whole = train(cfg, world, mine(), log=_quiet)
+    checks = {"n": 0}
+
+    def only_rank_one():
+        checks["n"] += 1
+        return "SIGTERM" if world.rank == 1 and checks["n"] >= 5 else None
+
+    with pytest.raises(Interrupted) as stopped:
+        train(cfg, world, mine(), log=_quiet, hooks=Hooks(stop_requested=only_rank_one, checkpoint=checkpoint_writer(cfg, world, out)))
+    assert len(set(world.allgather((stopped.value.epoch, stopped.value.step)))) == 1
+    resume = resume_point(cfg, world, out)
+    assert resume is not None and resume[0].step == stopped.value.step
+    again = train(cfg, world, mine(), log=_quiet, hooks=Hooks(resume=resume))
+    assert again.net.params.tobytes() == whole.net.params.tobytes()

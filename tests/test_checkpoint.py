@@ -1,0 +1,170 @@
+"""Checkpoints in one process: what they hold, what they refuse, and resuming bit for bit."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from pnn_mpi import checkpoint
+from pnn_mpi.checkpoint import Progress, RankState
+from pnn_mpi.comm import SerialWorld
+from pnn_mpi.config import TrainConfig
+from pnn_mpi.errors import UserError
+from pnn_mpi.train import Hooks, Interrupted, check_interval, train
+
+from conftest import learnable_images
+from test_train import rank_data
+
+
+def _state(seed: int) -> RankState:
+    rng = np.random.default_rng(seed)
+    gen = np.random.default_rng([seed, 1])
+    gen.random(3)
+    return RankState(rng.normal(size=20).astype(np.float32), rng.normal(size=20).astype(np.float32), rng.permutation(9), gen.bit_generator.state, 1.25)
+
+
+def test_round_trip(tmp_path):
+    cfg = TrainConfig(hidden=(4,), momentum=0.5)
+    progress = Progress(epoch=2, step=7, global_step=31, in_sync=False, train_seconds=1.5, history=[{"epoch": 1}], clocks=[{"compute": 1.0}] * 2)
+    states = [_state(0), _state(1)]
+    checkpoint.save(tmp_path / "c.npz", cfg, 2, progress, states)
+    got_progress, got = checkpoint.load(tmp_path / "c.npz", cfg, 2)
+    assert got_progress == progress
+    for a, b in zip(states, got):
+        assert a.params.tobytes() == b.params.tobytes() and a.velocity.tobytes() == b.velocity.tobytes()
+        assert (a.order == b.order).all() and a.rng == b.rng and a.loss_sum == b.loss_sum
+    assert np.load(tmp_path / "c.npz", allow_pickle=False)["params_1"].dtype == np.float32
+
+
+def test_settings_that_do_not_change_the_computation_may_differ(tmp_path):
+    cfg = TrainConfig(out="a", eval_every=1)
+    checkpoint.save(tmp_path / "c.npz", cfg, 1, Progress(), [_state(0)])
+    checkpoint.load(tmp_path / "c.npz", TrainConfig(out="b", eval_every=0, checkpoint_every=3, resume=True, data_dir="x"), 1)
+
+
+@pytest.mark.parametrize(
+    "other, message",
+    [
+        (dict(lr=0.1), "--lr 0.05 (now 0.1)"),
+        (dict(hidden=(8, 4)), "--hidden [128] (now [8, 4])"),
+        (dict(sync="grad"), "--sync 'epoch' (now 'grad')"),
+        (dict(seed=2), "--seed 1 (now 2)"),
+    ],
+)
+def test_other_settings_are_refused(tmp_path, other, message):
+    checkpoint.save(tmp_path / "c.npz", TrainConfig(), 1, Progress(), [_state(0)])
+    with pytest.raises(UserError, match="written with other settings") as caught:
+        checkpoint.load(tmp_path / "c.npz", TrainConfig(**other), 1)
+    assert message in str(caught.value)
+
+
+def test_other_rank_count_is_refused(tmp_path):
+    checkpoint.save(tmp_path / "c.npz", TrainConfig(), 2, Progress(), [_state(0), _state(1)])
+    with pytest.raises(UserError, match="written by a run of 2 ranks, cannot resume with 4; relaunch with -n 2"):
+        checkpoint.load(tmp_path / "c.npz", TrainConfig(), 4)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a zip", b"PK\x03\x04garbage"])
+def test_damaged_checkpoint_is_a_user_error(tmp_path, content):
+    (tmp_path / "c.npz").write_bytes(content)
+    with pytest.raises(UserError, match="not a readable pnn_mpi checkpoint"):
+        checkpoint.load(tmp_path / "c.npz", TrainConfig(), 1)
+
+
+def test_failed_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "c.npz"
+    checkpoint.save(path, TrainConfig(), 1, Progress(epoch=1), [_state(0)])
+    before = path.read_bytes()
+
+    def refuse(*_):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(OSError):
+        checkpoint.save(path, TrainConfig(), 1, Progress(epoch=2), [_state(1)])
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["c.npz"]  # no temporary file left
+
+
+# --- interrupting and resuming the loop --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(12)
+    images, labels = learnable_images(150, rng)
+    test_images, test_labels = learnable_images(30, rng)
+    return images, labels, test_images, test_labels
+
+
+class Recorder:
+    """A checkpoint hook that keeps what it is given, as the collective would write it."""
+
+    def __init__(self):
+        self.saved = None
+
+    def __call__(self, progress, state):
+        self.saved = (Progress(**vars(progress)), state)
+
+
+def _stop_at(step: int):
+    """A stop request that appears once the loop has taken ``step`` steps overall."""
+    seen = {"n": 0}
+
+    def requested():
+        seen["n"] += 1
+        return "SIGTERM" if seen["n"] >= step else None
+
+    return requested
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(sync="end", batch_size=4, momentum=0.9),
+        dict(sync="epoch", batch_size=1, momentum=0.0),
+        dict(sync="steps:3", batch_size=2, momentum=0.5, lr_decay=0.9),
+        dict(sync="grad", batch_size="full", momentum=0.9),
+    ],
+)
+@pytest.mark.parametrize("interval, checks_before_stop", [(None, 1), (None, 4), (3, 2), (3, 5)])
+def test_interrupt_then_resume_is_bit_identical(data, settings, interval, checks_before_stop, monkeypatch):
+    """Stopped at an epoch's end or (checking every 3 steps) in the middle of one, then resumed."""
+    if interval:
+        monkeypatch.setattr("pnn_mpi.train.check_interval", lambda batch: interval)
+    images, labels, test_images, test_labels = data
+    cfg = TrainConfig(hidden=(10,), epochs=5, lr=0.05, **settings)
+
+    def fresh():
+        return rank_data(images, labels, test_images, test_labels, "float32")
+
+    whole = train(cfg, SerialWorld(), fresh(), log=lambda *_: None)
+
+    recorder = Recorder()
+    with pytest.raises(Interrupted) as stopped:
+        train(cfg, SerialWorld(), fresh(), log=lambda *_: None, hooks=Hooks(stop_requested=_stop_at(checks_before_stop), checkpoint=recorder))
+    assert stopped.value.reason == "SIGTERM"
+    progress, state = recorder.saved
+    assert (progress.epoch, progress.step) == (stopped.value.epoch, stopped.value.step)
+
+    resumed = train(cfg, SerialWorld(), fresh(), log=lambda *_: None, hooks=Hooks(resume=(progress, state)))
+    assert resumed.net.params.tobytes() == whole.net.params.tobytes()
+    assert [e.train_loss for e in resumed.epochs] == [e.train_loss for e in whole.epochs]
+
+
+def test_periodic_checkpoints_resume_bit_identically(data):
+    images, labels, test_images, test_labels = data
+    cfg = TrainConfig(hidden=(10,), epochs=4, batch_size=5, checkpoint_every=1)
+    saved = []
+    whole = train(cfg, SerialWorld(), rank_data(images, labels, test_images, test_labels), log=lambda *_: None,
+                  hooks=Hooks(checkpoint=lambda p, s: saved.append((Progress(**vars(p)), s))))
+    assert [p.epoch for p, _ in saved] == [1, 2, 3]  # none after the last epoch: the model is saved then
+    for progress, state in saved:
+        again = train(cfg, SerialWorld(), rank_data(images, labels, test_images, test_labels), log=lambda *_: None, hooks=Hooks(resume=(progress, state)))
+        assert again.net.params.tobytes() == whole.net.params.tobytes()
+
+
+def test_stop_checks_come_about_every_2048_samples():
+    assert [check_interval(b) for b in (1, 32, 2048, 5000)] == [2048, 64, 1, 1]
