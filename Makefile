@@ -4,6 +4,7 @@
 #   make train     install, find or download MNIST, then: mpiexec -n $(NP) python -m pnn_mpi $(ARGS)
 #   make test      install the test extras, run the serial tests, then the MPI tests at 2 and 4 ranks
 #   make bench     samples/s per rank and the cost of a parameter sync, at $(BENCH_NP) ranks
+#   make test-mpich  the MPI tests and the launcher tests again under MPICH (its PyPI wheel, in .venv-mpich)
 #
 # Variables: NP (ranks, default 4), ARGS (training flags), PYTHON (the interpreter that makes .venv).
 
@@ -40,7 +41,9 @@ export OMPI_MCA_btl := ^ofi
 export OMP_NUM_THREADS := 1
 export OPENBLAS_NUM_THREADS := 1
 
-.PHONY: install install-test data train test test-serial test-mpi bench clean
+MPICH_VENV ?= .venv-mpich
+
+.PHONY: install install-test data train test test-serial test-mpi test-mpich bench clean
 
 install: $(VENV)/.installed
 
@@ -77,8 +80,18 @@ test-mpi: install-test
 	  MPIEXEC_TIMEOUT=$(MPI_TEST_TIMEOUT) mpiexec -n $$n $(PY) -m pytest --with-mpi -q -p no:cacheprovider --color=no -m mpi tests; \
 	done
 
+# The same MPI code under the other common MPI: MPICH, with its own launcher (hydra).
+test-mpich:
+	@test -x $(MPICH_VENV)/bin/python || $(PYTHON) -m venv $(MPICH_VENV)
+	$(MPICH_VENV)/bin/python -m pip install -q mpich -e '.[test]'
+	@for n in 2 4; do \
+	  echo "== MPI tests at $$n ranks under MPICH"; \
+	  MPIEXEC_TIMEOUT=$(MPI_TEST_TIMEOUT) $(MPICH_VENV)/bin/mpiexec -n $$n $(MPICH_VENV)/bin/python -m pytest --with-mpi -q -p no:cacheprovider --color=no -m mpi tests; \
+	done
+	$(MPICH_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_e2e.py tests/test_faults.py
+
 bench: install
 	mpiexec -n $(BENCH_NP) $(PY) -m pnn_mpi bench $(ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(MPICH_VENV) build *.egg-info .pytest_cache

@@ -171,6 +171,13 @@ def parse_train_args(argv: list[str]) -> TrainConfig:
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
     tokens = _config_tokens(parser, known.config) if known.config else []
+    if tokens:  # check the file's values on their own, so an error names the file
+        try:
+            alone = vars(parser.parse_args(tokens))
+            alone.pop("config")
+            TrainConfig(**alone)
+        except UserError as exc:
+            raise UserError(f"--config {known.config}: {exc}") from None
     args = parser.parse_args(tokens + list(argv))
     values = vars(args)
     values.pop("config")

@@ -48,6 +48,8 @@ def _model_input(net, images: np.ndarray, source: str) -> np.ndarray:
     """``images`` flattened to rows of the model's input width, or a UserError."""
     if images.ndim < 2:
         raise UserError(f"{source}: expected images, got an array of shape {images.shape}")
+    if len(images) == 0:
+        raise UserError(f"{source}: holds no images")
     flat = images.reshape(len(images), -1)
     if flat.shape[1] != net.sizes[0]:
         raise UserError(f"{source}: images have {flat.shape[1]} pixels, the model takes {net.sizes[0]}")
@@ -104,6 +106,11 @@ def _load_images(path: str) -> np.ndarray:
             raise UserError(f"{path}: not a readable .npy array ({exc})") from None
         if images.dtype != np.uint8 and images.dtype.kind != "f":
             raise UserError(f"{path}: expected uint8 pixels or floats in [0, 1], got {images.dtype}")
+        if images.dtype.kind == "f" and images.size and not (images.min() >= 0 and images.max() <= 1):
+            raise UserError(
+                f"{path}: float pixels must lie in [0, 1], found {images.min():g} to {images.max():g} "
+                f"(save uint8 pixels 0..255, or divide by 255)"
+            )
         return images
     return idx.read_records(path, 0, None, expect="images", check_end=True)
 
@@ -119,10 +126,14 @@ def cmd_predict(argv: list[str]) -> int:
     found = predict(net, _model_input(net, _load_images(args.images), args.images))
     if args.out is None:
         sys.stdout.write("".join(f"{label}\n" for label in found))
-    elif args.out.endswith(".npy"):
-        np.save(args.out, found)
     else:
-        Path(args.out).write_text("".join(f"{label}\n" for label in found))
+        try:
+            if args.out.endswith(".npy"):
+                np.save(args.out, found)
+            else:
+                Path(args.out).write_text("".join(f"{label}\n" for label in found))
+        except OSError as exc:
+            raise UserError(f"--out {args.out}: cannot write there ({exc.strerror or exc})") from None
     return 0
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from . import datasets, idx
 from .comm import World, agree
 from .config import TrainConfig
+from .errors import UserError
 from .evaluate import to_inputs
 from .slicing import check_enough_samples, slice_bounds, slice_sizes
 
@@ -46,11 +47,21 @@ def load_rank_data(cfg: TrainConfig, world: World) -> RankData:
     def sizes() -> tuple[int, int, tuple[int, ...]]:
         train_n = datasets.split_count(spec, directory, "train")
         test_n = datasets.split_count(spec, directory, "test")
+        train_header = idx.read_header(datasets.find_file(directory, spec.files["train-images"]), "images")
+        test_header = idx.read_header(datasets.find_file(directory, spec.files["test-images"]), "images")
+        if train_n == 0:
+            raise UserError(f"{train_header.path}: the training set is empty (0 records)")
+        if test_n == 0:
+            raise UserError(f"{test_header.path}: the test set is empty (0 records): nothing to score the network on")
+        if test_header.shape[1:] != train_header.shape[1:]:
+            raise UserError(
+                f"{test_header.path}: test images are {'x'.join(map(str, test_header.shape[1:]))} pixels but the "
+                f"training images ({train_header.path}) are {'x'.join(map(str, train_header.shape[1:]))}"
+            )
         train_n = min(train_n, cfg.train_size or train_n)
         test_n = min(test_n, cfg.test_size or test_n)
         check_enough_samples(train_n, world.size)
-        header = idx.read_header(datasets.find_file(directory, spec.files["train-images"]), "images")
-        return train_n, test_n, header.shape[1:]
+        return train_n, test_n, train_header.shape[1:]
 
     train_n, test_n, shape = agree(world, sizes)
     start, stop = slice_bounds(train_n, world.size, world.rank)

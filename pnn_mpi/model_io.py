@@ -92,6 +92,10 @@ def load_model(path: Path) -> tuple[Network, dict[str, str]]:
     """
     path = Path(path)
     try:
+        with open(path, "rb") as handle:
+            head = handle.read(6)
+        if not head.startswith((b"PK\x03\x04", b"PK\x05\x06", b"\x93NUMPY")):
+            raise UserError(f"{path}: not a pnn_mpi model ({'an empty file' if not head else 'not an .npz archive'})")
         loaded = np.load(path, allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):
             raise UserError(f"{path}: not a pnn_mpi model (a single array, not an .npz archive)")

@@ -109,7 +109,8 @@ def run_training(cfg: TrainConfig, world: World | None = None) -> dict | None:
     if cfg.batch_size != "full" and cfg.batch_size > min(data.slice_sizes):
         raise UserError(
             f"--batch-size {cfg.batch_size} is larger than a rank's slice ({min(data.slice_sizes)} samples"
-            f" with {world.size} ranks): use a smaller batch, --batch-size full, or fewer ranks"
+            f" with {world.size} rank{'s' * (world.size > 1)}): use a smaller batch, --batch-size full"
+            + (", or fewer ranks" if world.size > 1 else "")
         )
     resume = resume_point(cfg, world, out) if cfg.resume else None
     if world.rank == 0:

@@ -7,6 +7,7 @@ timeout, so a deadlock fails the test instead of hanging the suite.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -29,15 +30,19 @@ def _tiny_args(folder, out, *more):
     return ["--dataset", "custom", "--data-dir", str(folder), "--hidden", "16", "--epochs", "3", "--out", str(out), *more]
 
 
+# Lines Open MPI's launcher may print while it tears down a failed job.
+_LAUNCHER_NOISE = re.compile(r"\[warn\] Epoll |\[[^\]\s]+:\d+\] PMIX ERROR: ")
+
+
 def _error_lines(proc: subprocess.CompletedProcess) -> list[str]:
     """The program's own stderr lines, without what Open MPI's launcher adds: a boxed
     notice (between dashed rules) for any job that exits non-zero, and now and then
-    a libevent "[warn] Epoll ..." line as it tears the job down."""
+    a libevent "[warn] Epoll ..." or a "PMIX ERROR" line as it tears the job down."""
     lines, in_box = [], False
     for line in proc.stderr.splitlines():
         if set(line.strip()) == {"-"} and len(line.strip()) > 20:
             in_box = not in_box
-        elif line.strip() and not in_box and not line.startswith("[warn] Epoll"):
+        elif line.strip() and not in_box and not _LAUNCHER_NOISE.match(line.strip()):
             lines.append(line)
     return lines
 
