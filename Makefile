@@ -5,6 +5,7 @@
 #   make test      install the test extras, run the serial tests, then the MPI tests at 2 and 4 ranks
 #   make bench     samples/s per rank and the cost of a parameter sync, at $(BENCH_NP) ranks
 #   make test-mpich  the MPI tests and the launcher tests again under MPICH (its PyPI wheel, in .venv-mpich)
+#   make study     the paper's study: a grid of real launches, then results.csv, plots and report.md (GRID=default|quick|FILE)
 #
 # Variables: NP (ranks, default 4), ARGS (training flags), PYTHON (the interpreter that makes .venv).
 
@@ -42,8 +43,9 @@ export OMP_NUM_THREADS := 1
 export OPENBLAS_NUM_THREADS := 1
 
 MPICH_VENV ?= .venv-mpich
+GRID ?= default
 
-.PHONY: install install-test data train test test-serial test-mpi test-mpich bench clean
+.PHONY: install install-test install-study data train test test-serial test-mpi test-mpich bench study clean
 
 install: $(VENV)/.installed
 
@@ -60,6 +62,12 @@ install-test: $(VENV)/.installed-test
 
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+install-study: $(VENV)/.installed-study
+
+$(VENV)/.installed-study: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[study]'
 	@touch $@
 
 data: install
@@ -89,6 +97,9 @@ test-mpich:
 	  MPIEXEC_TIMEOUT=$(MPI_TEST_TIMEOUT) $(MPICH_VENV)/bin/mpiexec -n $$n $(MPICH_VENV)/bin/python -m pytest --with-mpi -q -p no:cacheprovider --color=no -m mpi tests; \
 	done
 	$(MPICH_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_e2e.py tests/test_faults.py
+
+study: install-study data
+	$(PY) -m pnn_mpi study --grid $(GRID) $(ARGS)
 
 bench: install
 	mpiexec -n $(BENCH_NP) $(PY) -m pnn_mpi bench $(ARGS)

@@ -25,7 +25,7 @@ from .losses import OUTPUTS
 from .train import Interrupted
 
 STOP_EXIT_CODE = 75  # EX_TEMPFAIL: stopped by a signal, resumable; what requeue setups look for
-COMMANDS = ("train", "download", "evaluate", "predict", "bench")
+COMMANDS = ("train", "download", "evaluate", "predict", "bench", "study")
 _DEFAULTS = TrainConfig()
 
 
@@ -73,6 +73,7 @@ def train_parser() -> Parser:
             "  evaluate   score a saved model on a test set\n"
             "  predict    print or save a saved model's predictions for IDX or .npy images\n"
             "  bench      measure samples/s per rank and the cost of a parameter sync\n"
+            "  study      run a grid of launches (ranks, sync, activation, ...): results.csv, plots, report.md\n"
             "\n"
             "A TOML file given with --config may set any option, by its flag name\n"
             "(e.g. hidden = [128, 64], lr = 0.1, sync = \"epoch\"); flags given after it win."

@@ -1,7 +1,7 @@
-"""The commands besides training: download, evaluate, predict, bench.
+"""The commands besides training: download, evaluate, predict, bench, study.
 
-None of them needs a launcher; only ``bench`` starts MPI (for its Allreduce
-timing), and only when it is run.
+None of them needs a launcher; ``bench`` starts MPI (for its Allreduce timing)
+and ``study`` starts launchers of its own, each only when it is run.
 """
 
 from __future__ import annotations
@@ -135,6 +135,12 @@ def cmd_predict(argv: list[str]) -> int:
         except OSError as exc:
             raise UserError(f"--out {args.out}: cannot write there ({exc.strerror or exc})") from None
     return 0
+
+
+def cmd_study(argv: list[str]) -> int:
+    from .study import main
+
+    return main(argv)
 
 
 def cmd_bench(argv: list[str]) -> int:
