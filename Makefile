@@ -5,6 +5,8 @@
 #   make test      install the test extras, run the serial tests, then the MPI tests at 2 and 4 ranks
 #   make bench     samples/s per rank and the cost of a parameter sync, at $(BENCH_NP) ranks
 #   make test-mpich  the MPI tests and the launcher tests again under MPICH (its PyPI wheel, in .venv-mpich)
+#   make install-fast  add numba: a compiled kernel for batch-1 (stochastic) training, compiled once here
+#   make torch-compare  pnn_mpi against PyTorch (CPU) on the same model: needs `pip install torch` in .venv
 #   make study     the paper's study: a grid of real launches, then results.csv, plots and report.md (GRID=default|quick|FILE)
 #
 # Variables: NP (ranks, default 4), ARGS (training flags), PYTHON (the interpreter that makes .venv).
@@ -45,7 +47,7 @@ export OPENBLAS_NUM_THREADS := 1
 MPICH_VENV ?= .venv-mpich
 GRID ?= default
 
-.PHONY: install install-test install-study data train test test-serial test-mpi test-mpich bench study clean
+.PHONY: install install-test install-study install-fast torch-compare data train test test-serial test-mpi test-mpich bench study clean
 
 install: $(VENV)/.installed
 
@@ -63,6 +65,11 @@ install-test: $(VENV)/.installed-test
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $@
+
+# numba compiles the kernel into its on-disk cache now, so 16 ranks load it instead of each compiling it.
+install-fast: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[fast]'
+	$(PY) -c 'from pnn_mpi.kernels import precompile; precompile()'
 
 install-study: $(VENV)/.installed-study
 
@@ -103,6 +110,9 @@ study: install-study data
 
 bench: install
 	mpiexec -n $(BENCH_NP) $(PY) -m pnn_mpi bench $(ARGS)
+
+torch-compare: install
+	mpiexec -n $(BENCH_NP) $(PY) -m pnn_mpi.torch_compare $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(MPICH_VENV) build *.egg-info .pytest_cache

@@ -3,6 +3,10 @@
 Every function writes into a caller's buffer (never the input itself), so a
 training step allocates nothing. Each derivative is written in terms of the activation's *output*
 ``a = f(z)``: the forward pass keeps only ``a``, and backprop never needs ``z``.
+
+Only ufuncs of same-shaped arrays and scalars are used: a ufunc that casts
+(bool to float) or broadcasts runs through numpy's buffered iterator, which
+allocates its buffers on every call.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ def _relu(z: np.ndarray, out: np.ndarray) -> None:
 
 
 def _relu_grad(a: np.ndarray, out: np.ndarray) -> None:
-    np.greater(a, 0.0, out=out)
+    np.sign(a, out=out)  # a = max(z, 0) >= 0: sign is 1 where a > 0, else 0
 
 
 def _leaky_relu(z: np.ndarray, out: np.ndarray) -> None:
@@ -52,9 +56,8 @@ def _leaky_relu(z: np.ndarray, out: np.ndarray) -> None:
 
 
 def _leaky_relu_grad(a: np.ndarray, out: np.ndarray) -> None:
-    np.greater(a, 0.0, out=out)
-    out *= 1.0 - LEAKY_SLOPE
-    out += LEAKY_SLOPE
+    np.sign(a, out=out)  # -1, 0 or 1; a has the sign of z
+    np.maximum(out, LEAKY_SLOPE, out=out)  # slope where a <= 0, 1 where a > 0
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,15 @@
 """``python -m pnn_mpi bench``: what a training step and a sync cost, beside references.
 
 Absolute times drift on shared machines, so every figure is measured in the
-same run as a reference doing the same arithmetic the plain way, and printed
-as a ratio: the trainer's step against the bare numpy matrix products it
-contains (mini-batch) or a straightforward per-sample numpy loop (batch 1),
-and the trainer's parameter sync against a bare in-place Allreduce of the
-same buffer. All ranks measure at once, so per-rank figures include the
-sharing of cores that a real run has.
+same run as a reference doing the same arithmetic the plain way, interleaved
+with it window by window and taken as the best of several windows, and
+printed as a ratio: the trainer's step against the bare numpy matrix products
+it contains (mini-batch) or a straightforward per-sample numpy loop (batch 1,
+also for the batch-1 kernels), and the trainer's parameter sync against a bare
+in-place Allreduce of the same buffer (what each adds to a loop of SGD-like
+updates, and back to back: see ``_sync_seconds``). All ranks measure at once,
+so per-rank figures include the sharing of cores that a real run has. Each
+rank's memory is broken down so that RSS can be checked against its parts.
 """
 
 from __future__ import annotations
@@ -21,16 +24,16 @@ from typing import Callable
 import numpy as np
 
 from .cli import Parser, _positive_int
-from .comm import World
 from .config import DTYPES, TrainConfig
 from .errors import UserError
 from .optim import SGD
 from .train import build_network, gradients
 
 PIXELS = 784
+SAMPLES = 4096  # each rank's stand-in slice
 
 
-def _sample_images(world: World, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _sample_images(world, n: int) -> tuple[np.ndarray, np.ndarray]:
     """This rank's slice of real MNIST when it can be found, else MNIST-like noise.
 
     The sparsity of real digits (about 19% of pixels non-zero) matters to
@@ -48,25 +51,28 @@ def _sample_images(world: World, n: int) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng(world.rank)
         images = (rng.random((n, PIXELS)) < 0.19) * rng.integers(1, 256, (n, PIXELS))
         labels = rng.integers(0, 10, n)
-    return to_inputs(images.astype(np.uint8), np.float32), labels.astype(np.intp)
+    return to_inputs(images.reshape(n, -1).astype(np.uint8), np.float32), labels.astype(np.intp)
 
 
-def _rate(world: World, seconds: float, run: Callable[[], int], repeats: int = 3) -> float:
-    """Units per second of ``run`` (which returns how many units it did), best of ``repeats``.
+def _best_rates(world, seconds: float, repeats: int, runs: dict[str, Callable[[], int]]) -> dict[str, float]:
+    """Units per second of each run (which returns how many units it did), best of ``repeats`` windows.
 
-    Every rank measures at the same time; each timing window starts at a barrier.
+    The runs take turns window by window, so a burst of load on a shared machine
+    hits them alike; every window starts at a barrier, so all ranks measure at once.
     """
-    best = 0.0
+    best = dict.fromkeys(runs, 0.0)
     for _ in range(repeats):
-        world.barrier()
-        done, began = 0, time.perf_counter()
-        while (elapsed := time.perf_counter() - began) < seconds:
-            done += run()
-        best = max(best, done / elapsed)
+        for name, run in runs.items():
+            world.barrier()
+            done, began = 0, time.perf_counter()
+            while (elapsed := time.perf_counter() - began) < seconds:
+                done += run()
+            best[name] = max(best[name], done / elapsed)
     return best
 
 
-def _step_rate(world, cfg: TrainConfig, x, y, seconds: float) -> float:
+def _step_run(cfg: TrainConfig, x, y) -> Callable[[], int]:
+    """The trainer's step: ``gradients`` and ``SGD.step`` on the next batch of a fixed order."""
     net = build_network(cfg, x.shape[1])
     opt = SGD(net.params, cfg.momentum)
     batch = int(cfg.batch_size)
@@ -81,11 +87,38 @@ def _step_rate(world, cfg: TrainConfig, x, y, seconds: float) -> float:
         opt.step(net.params, net.grads, cfg.lr)
         return batch
 
-    return _rate(world, seconds, run)
+    return run
 
 
-def _matmul_rate(world, sizes: tuple[int, ...], batch: int, dtype, seconds: float) -> float:
-    """Samples/s of the bare matrix products of one step: forward, weight gradients, back-propagated errors."""
+def _kernel_run(cfg: TrainConfig, x, y, backend: str, chunk: int = 256) -> tuple[Callable[[], int], float]:
+    """(run, seconds to set up and make the first call): ``chunk`` batch-1 steps per call through ``kernels``.
+
+    The set-up (numba's compile or cache load, the numpy backend's sparse index) is not timed.
+    """
+    from .kernels import SampleStepper
+
+    net = build_network(cfg, x.shape[1])
+    opt = SGD(net.params, cfg.momentum)
+    began = time.perf_counter()
+    stepper = SampleStepper(net, x, backend)
+    order = np.arange(len(y))
+    at = [0]
+
+    def run() -> int:
+        s = at[0]
+        at[0] = (s + chunk) % (len(y) - chunk)
+        stepper.run(opt.velocity, y, order, s, s + chunk, cfg.lr, cfg.momentum)
+        return chunk
+
+    stepper.run(opt.velocity, y, order, 0, 1, cfg.lr, cfg.momentum)
+    return run, time.perf_counter() - began
+
+
+def _matmul_run(sizes: tuple[int, ...], batch: int, dtype) -> Callable[[], int]:
+    """The bare matrix products of one step: forward, weight gradients, back-propagated errors.
+
+    Written with ``np.dot`` into preallocated outputs, the cheapest numpy form of them.
+    """
     rng = np.random.default_rng(0)
     acts = [rng.random((batch, n)).astype(dtype) for n in sizes]
     weights = [rng.random((a, b)).astype(dtype) for a, b in zip(sizes[:-1], sizes[1:])]
@@ -94,18 +127,18 @@ def _matmul_rate(world, sizes: tuple[int, ...], batch: int, dtype, seconds: floa
 
     def run() -> int:
         for layer, w in enumerate(weights):
-            np.matmul(acts[layer], w, out=outs[layer + 1])
+            np.dot(acts[layer], w, out=outs[layer + 1])
         for layer in range(len(weights) - 1, -1, -1):
-            np.matmul(acts[layer].T, acts[layer + 1], out=grads[layer])
+            np.dot(acts[layer].T, acts[layer + 1], out=grads[layer])
             if layer:
-                np.matmul(acts[layer + 1], weights[layer].T, out=outs[layer])
+                np.dot(acts[layer + 1], weights[layer].T, out=outs[layer])
         return batch
 
-    return _rate(world, seconds, run)
+    return run
 
 
-def _naive_rate(world, x, y, hidden: int, lr: float, seconds: float) -> float:
-    """Samples/s of a straightforward per-sample numpy loop for one hidden layer (matmul, outer product, update)."""
+def _naive_run(x, y, hidden: int, lr: float) -> Callable[[], int]:
+    """A straightforward per-sample numpy loop for one hidden layer (matmul, outer product, update)."""
     rng = np.random.default_rng(0)
     w1 = rng.normal(0, 0.05, (x.shape[1], hidden)).astype(x.dtype)
     w2 = rng.normal(0, 0.05, (hidden, 10)).astype(x.dtype)
@@ -126,74 +159,176 @@ def _naive_rate(world, x, y, hidden: int, lr: float, seconds: float) -> float:
         b1[...] -= lr * d1
         return 1
 
-    return _rate(world, seconds, run)
+    return run
 
 
-def _sync_seconds(world: World, size: int, dtype, calls: int, repeats: int) -> tuple[float, float]:
-    """(median seconds of the trainer's average_, of a bare in-place Allreduce) on ``size`` values."""
+def _sync_seconds(world, size: int, dtype, calls: int, repeats: int) -> dict[str, float]:
+    """Seconds per call on ``size`` values, best of ``repeats`` timings of ``calls`` calls, all interleaved.
+
+    "average" is the trainer's ``average_``, "allreduce" a bare in-place Allreduce,
+    each back to back; "step+average" and "step+allreduce" are the same after an
+    SGD-like update of the buffer, and "step" that update alone. The difference
+    matters: the Allreduce leaves the buffer written by other ranks through shared
+    memory, out of this core's cache; ``average_``'s divide pays for fetching it
+    back, which a bare Allreduce never does, but a training step after it then
+    would. Net of the step, the two show what a sync adds to training.
+    """
     from mpi4py import MPI
 
     buf = np.ones(size, dtype=dtype)
-    ours, bare = [], []
+    small = np.full(size, 1e-6, dtype=dtype)
+
+    def step() -> None:
+        buf.__isub__(small)
+
+    def bare() -> None:
+        world.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+
+    def ours() -> None:
+        world.average_(buf)
+
+    candidates = {"average": ours, "allreduce": bare, "step": step,
+                  "step+average": lambda: (step(), ours()), "step+allreduce": lambda: (step(), bare())}
+    best = dict.fromkeys(candidates, float("inf"))
     for _ in range(repeats):
-        for timings, call in ((ours, lambda: world.average_(buf)), (bare, lambda: world.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM))):
+        for name, call in candidates.items():
             world.barrier()
             began = time.perf_counter()
             for _ in range(calls):
                 call()
-            timings.append((time.perf_counter() - began) / calls)
+            best[name] = min(best[name], (time.perf_counter() - began) / calls)
             buf.fill(1.0)
-    return statistics.median(ours), statistics.median(bare)
+    return best
 
 
-def _resident_mib() -> float:
-    """This process's resident memory now, in MiB (Linux), else its peak."""
+def _memory() -> dict[str, int]:
+    """This process's resident memory in bytes: all of it, and the part backed by files
+    (shared libraries, which ranks on one machine share). Linux; elsewhere the peak."""
     try:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except OSError:
+        with open("/proc/self/status") as handle:
+            fields = dict(line.split(":", 1) for line in handle if line.startswith(("VmRSS", "RssFile")))
+        return {"rss": int(fields["VmRSS"].split()[0]) * 1024, "file": int(fields["RssFile"].split()[0]) * 1024}
+    except (OSError, KeyError, ValueError):
         import resource
 
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return {"rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "file": 0}
 
 
-def main(argv: list[str]) -> int:
-    p = Parser(prog="python -m pnn_mpi bench", description=__doc__.split("\n\n")[0].strip("`. ") + ".",
-               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def _release_freed_memory() -> None:
+    """Return freed heap pages to the OS (glibc), so that RSS shows what is alive."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _parser() -> Parser:
+    p = Parser(prog="python -m pnn_mpi bench",
+               description="Measure samples/s of a training step and the cost of a parameter sync, each beside a "
+                           "reference doing the same arithmetic the plain way in the same run (best of interleaved "
+                           "windows; ratio = pnn_mpi / reference), and break down each rank's memory.",
+               formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+               epilog="Batch 1 is also measured through the batch-1 kernels (numpy, and numba when it is installed). "
+                      "Run under mpiexec to measure at several ranks.")
     p.add_argument("--hidden", type=_positive_int, nargs="+", default=[128], metavar="N", help="hidden layer widths")
     p.add_argument("--batch-sizes", type=_positive_int, nargs="+", default=[1, 32], metavar="B", help="batch sizes to measure")
-    p.add_argument("--dtype", choices=DTYPES, default="float32")
-    p.add_argument("--seconds", type=float, default=1.0, help="length of one timing window (each is repeated 3 times)")
+    p.add_argument("--momentum", type=float, default=0.0, help="SGD momentum of the measured steps (0 lets batch-1 kernels update sparsely)")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="inputs and parameters")
+    p.add_argument("--seconds", type=float, default=0.3, help="length of one timing window")
+    p.add_argument("--repeats", type=_positive_int, default=5, help="timing windows per candidate; the best counts")
     p.add_argument("--sync-calls", type=_positive_int, default=50, help="Allreduce calls per timing of a sync")
     p.add_argument("--json", metavar="FILE", help="also write the figures to FILE (rank 0)")
-    args = p.parse_args(argv)
-    world = World()
-    x, y = _sample_images(world, 4096)
-    x = x.astype(args.dtype)
+    return p
+
+
+def main(argv: list[str], world=None) -> int:
+    args = _parser().parse_args(argv)
+    if not 0 <= args.momentum < 1:
+        raise UserError(f"--momentum {args.momentum}: expected a value in [0, 1)")
+    if world is None:
+        from .comm import World
+
+        world = World()
+    baseline = _memory()["rss"]  # interpreter, numpy, mpi4py and MPI, before any data
+    x, y = _sample_images(world, SAMPLES)
+    x = x.astype(args.dtype, copy=False)
     sizes = (PIXELS, *args.hidden, 10)
-    rows = []
+    rows, notes, kernel_bytes = [], [], 0
+
+    def add_row(what: str, ours: float, reference: float, reference_is: str, unit: str = "samples/s per rank") -> None:
+        rows.append({"what": what, "unit": unit, "value": statistics.fmean(world.allgather(ours)),
+                     "reference": statistics.fmean(world.allgather(reference)), "reference_is": reference_is})
+
     for batch in args.batch_sizes:
-        cfg = TrainConfig(hidden=tuple(args.hidden), batch_size=batch, momentum=0.0, lr=0.01, dtype=args.dtype)
-        ours = _step_rate(world, cfg, x, y, args.seconds)
+        cfg = TrainConfig(hidden=tuple(args.hidden), batch_size=batch, momentum=args.momentum, lr=0.01, dtype=args.dtype)
+        runs = {"step": _step_run(cfg, x, y)}
         if batch == 1 and len(args.hidden) == 1:
-            ref, what = _naive_rate(world, x, y, args.hidden[0], 0.01, args.seconds), "per-sample numpy loop"
+            runs["reference"], what = _naive_run(x, y, args.hidden[0], 0.01), "per-sample numpy loop"
         else:
-            ref, what = _matmul_rate(world, sizes, batch, np.dtype(args.dtype), args.seconds), "bare matrix products"
-        rows.append({"what": f"train step, batch {batch}", "unit": "samples/s per rank",
-                     "value": statistics.fmean(world.allgather(ours)), "reference": statistics.fmean(world.allgather(ref)), "reference_is": what})
-    params = build_network(TrainConfig(hidden=tuple(args.hidden), dtype=args.dtype), PIXELS).params.size
-    ours, bare = _sync_seconds(world, params, np.dtype(args.dtype), args.sync_calls, 5)
-    rows.append({"what": f"parameter sync ({params:,} {args.dtype})", "unit": "ms per sync",
-                 "value": max(world.allgather(ours)) * 1e3, "reference": max(world.allgather(bare)) * 1e3, "reference_is": "bare in-place Allreduce"})
-    memory = world.allgather(_resident_mib())
+            runs["reference"], what = _matmul_run(sizes, batch, np.dtype(args.dtype)), "bare matrix products"
+        if batch == 1:
+            from .kernels import numba_available
+
+            for backend in ("numpy", "numba") if numba_available() else ("numpy",):
+                if backend == "numba":
+                    _release_freed_memory()
+                    before = _memory()["rss"]
+                runs[backend], first = _kernel_run(cfg, x, y, backend)
+                if backend == "numba":
+                    _release_freed_memory()
+                    kernel_bytes = _memory()["rss"] - before
+                    notes.append(f"numba kernel ready in {max(world.allgather(first)):.2f} s (compiled, or loaded from numba's cache)")
+            if not numba_available():
+                notes.append("numba is not installed: no numba row (pip install numba, or the fast extra)")
+        rates = _best_rates(world, args.seconds, args.repeats, runs)
+        del runs
+        add_row(f"train step, batch {batch}", rates["step"], rates["reference"], what)
+        for backend in ("numpy", "numba"):
+            if backend in rates:
+                add_row(f"batch-1 kernel, {backend}", rates[backend], rates["reference"], what)
+
+    params = build_network(TrainConfig(hidden=tuple(args.hidden), dtype=args.dtype), PIXELS).params
+    if hasattr(world, "comm"):
+        t = {k: max(world.allgather(v)) * 1e6 for k, v in _sync_seconds(world, params.size, np.dtype(args.dtype), args.sync_calls, args.repeats).items()}
+        add_row(f"parameter sync ({params.size:,} {args.dtype})", t["step+average"] - t["step"], t["step+allreduce"] - t["step"],
+                "bare in-place Allreduce, in a training loop", unit="us per sync")
+        add_row("parameter sync, back to back", t["average"], t["allreduce"], "bare in-place Allreduce, back to back", unit="us per sync")
+    else:
+        notes.append("no MPI communicator: no sync row")
+
+    _release_freed_memory()
+    memory = world.allgather({"baseline": baseline, "slice": x.nbytes + y.nbytes, "params": params.nbytes,
+                              "numba": kernel_bytes, **_memory()})
     if world.rank == 0:
-        print(f"pnn_mpi bench: {world.size} rank{'s' * (world.size > 1)} ({world.library()}), network {'-'.join(map(str, sizes))}, {args.dtype}, "
-              f"{os.cpu_count()} CPUs")
-        print(f"{'measurement':<34} {'pnn_mpi':>14} {'reference':>14} {'ratio':>7}  unit / reference")
-        for r in rows:
-            print(f"{r['what']:<34} {r['value']:>14,.2f} {r['reference']:>14,.2f} {r['value'] / r['reference']:>7.2f}  {r['unit']} / {r['reference_is']}")
-        print(f"resident memory per rank: {min(memory):.0f}-{max(memory):.0f} MiB")
+        _print(world, args, sizes, rows, notes, memory)
         if args.json:
             with open(args.json, "w") as handle:
-                json.dump({"ranks": world.size, "mpi": world.library(), "rows": rows, "resident_mib": memory}, handle, indent=2)
+                json.dump({"ranks": world.size, "mpi": world.library(), "network": list(sizes), "dtype": args.dtype,
+                           "momentum": args.momentum, "rows": rows, "notes": notes, "memory_bytes": memory,
+                           "resident_mib": [m["rss"] / 2**20 for m in memory]}, handle, indent=2)
     return 0
+
+
+def _print(world, args, sizes, rows, notes, memory) -> None:
+    print(f"pnn_mpi bench: {world.size} rank{'s' * (world.size > 1)} ({world.library()}), network {'-'.join(map(str, sizes))}, "
+          f"{args.dtype}, momentum {args.momentum:g}, {os.cpu_count()} CPUs; best of {args.repeats} interleaved windows")
+    print(f"{'measurement':<34} {'pnn_mpi':>14} {'reference':>14} {'ratio':>7}  unit / reference")
+    for r in rows:
+        print(f"{r['what']:<34} {r['value']:>14,.2f} {r['reference']:>14,.2f} {r['value'] / r['reference']:>7.2f}  "
+              f"{r['unit']} / {r['reference_is']}")
+    for note in notes:
+        print(f"note: {note}")
+    mib = 2**20
+    print("memory per rank, MiB. baseline: interpreter, numpy, mpi4py and MPI, before any data; slice: this rank's inputs "
+          "and labels; params: one copy of the parameters; numba: growth when the numba kernel loaded; RSS after freed heap "
+          "is returned, of which files: shared libraries and the like, one copy in memory for all ranks; rest: RSS less "
+          "baseline, slice and numba (bench's networks and code loaded since)")
+    print(f"{'rank':>4} {'baseline':>9} {'slice':>7} {'params':>7} {'numba':>7} {'RSS':>7} {'files':>7} {'rest':>7}")
+    for rank, m in enumerate(memory):
+        rest = m["rss"] - m["baseline"] - m["slice"] - m["numba"]
+        print(f"{rank:>4} {m['baseline'] / mib:>9.1f} {m['slice'] / mib:>7.1f} {m['params'] / mib:>7.2f} {m['numba'] / mib:>7.1f} "
+              f"{m['rss'] / mib:>7.1f} {m['file'] / mib:>7.1f} {rest / mib:>7.1f} = {rest / m['params']:.0f} parameter copies")

@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 
 from .activations import ACTIVATIONS
-from .config import DTYPES, FULL_BATCH, TrainConfig
+from .config import DTYPES, FULL_BATCH, KERNELS, TrainConfig
 from .datasets import DATASETS
 from .errors import UserError
 from .initializers import INITIALIZERS
@@ -91,6 +91,9 @@ def train_parser() -> Parser:
                      help=f"weight initialisation; uniform/normal have scale 1/sqrt(fan_in), xavier = Glorot (default: {d.init})")
     net.add_argument("--bias-init", type=float, default=d.bias_init, metavar="B", help=f"initial value of every bias (default: {d.bias_init})")
     net.add_argument("--dtype", choices=DTYPES, default=d.dtype, help=f"floating-point type of parameters and inputs (default: {d.dtype})")
+    net.add_argument("--kernel", choices=KERNELS, default=d.kernel,
+                     help="how batch-1 steps run: numba (compiled; needs numba) or numpy kernels, many samples per call; "
+                          f"auto = numba when installed, else numpy; generic = the plain step (default: {d.kernel})")
 
     opt = p.add_argument_group("training")
     opt.add_argument("--batch-size", type=_batch_size, default=d.batch_size, metavar="N|full",

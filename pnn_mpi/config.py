@@ -17,6 +17,7 @@ from .losses import OUTPUTS
 from .sync import Sync
 
 DTYPES = ("float32", "float64")
+KERNELS = ("auto", "numba", "numpy", "generic")
 FULL_BATCH = "full"
 
 
@@ -45,6 +46,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # epochs between checkpoints; 0 = only when stopped by a signal
     resume: bool = False
     expect_ranks: Union[int, None] = None
+    kernel: str = "auto"  # how batch-1 steps run: auto, numba, numpy (kernels.py) or generic
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -78,6 +80,11 @@ class TrainConfig:
         need(self.epochs >= 1, f"--epochs {self.epochs}: at least one epoch")
         need(self.seed >= 0, f"--seed {self.seed}: expected a non-negative integer")
         need(self.dtype in DTYPES, f"--dtype {self.dtype!r}: choose from {', '.join(DTYPES)}")
+        need(self.kernel in KERNELS, f"--kernel {self.kernel!r}: choose from {', '.join(KERNELS)}")
+        if self.kernel == "numba":
+            from .kernels import numba_available
+
+            need(numba_available(), "--kernel numba: numba is not installed (pip install 'pnn_mpi[fast]')")
         need(self.train_size is None or self.train_size >= 1, f"--train-size {self.train_size}: expected a positive count")
         need(self.test_size is None or self.test_size >= 1, f"--test-size {self.test_size}: expected a positive count")
         need(self.eval_every >= 0, f"--eval-every {self.eval_every}: expected 0 (final only) or a positive epoch count")

@@ -2,7 +2,8 @@
 
 Training, the ``evaluate`` command and ``predict`` all go through these
 functions, so the accuracy a run reports is the accuracy its saved model gives.
-Images stay uint8 until a chunk is scaled, which keeps a rank's test set small.
+Images stay uint8 until a chunk is scaled, which keeps a rank's test set small,
+and every chunk reuses one workspace, so scoring allocates only that workspace.
 """
 
 from __future__ import annotations
@@ -31,16 +32,18 @@ def _outputs_by_chunk(net: Network, images: np.ndarray):
     for start in range(0, len(images), ws.capacity):
         chunk = images[start : start + ws.capacity]
         x = to_inputs(chunk, net.dtype, out=ws.inputs[: len(chunk)])
-        yield start, net.forward(x, ws)
+        yield start, net.forward(x, ws), ws
 
 
 def score(net: Network, images: np.ndarray, labels: np.ndarray) -> tuple[int, float]:
     """(number classified correctly, summed loss): sums, so ranks can add theirs up."""
     correct, loss = 0, 0.0
-    for start, out in _outputs_by_chunk(net, images):
+    for start, out, ws in _outputs_by_chunk(net, images):
         truth = labels[start : start + len(out)]
-        correct += int(np.count_nonzero(out.argmax(axis=1) == truth))
-        loss += net.output.loss_sum(out, truth)
+        wrong = np.argmax(out, axis=1, out=ws.rows.index[: len(out)])
+        np.subtract(wrong, truth, out=wrong, casting="unsafe")  # 0 where the prediction is right
+        correct += len(out) - int(np.count_nonzero(wrong))
+        loss += net.output.loss_sum(out, truth, ws.rows)
     return correct, loss
 
 
@@ -54,7 +57,7 @@ def evaluate(net: Network, images: np.ndarray, labels: np.ndarray) -> tuple[floa
 
 def predict(net: Network, images: np.ndarray) -> np.ndarray:
     """The predicted class of every image (uint8 pixels, or floats in [0, 1])."""
-    found = np.empty(len(images), dtype=np.int64)
-    for start, out in _outputs_by_chunk(net, images):
-        found[start : start + len(out)] = out.argmax(axis=1)
+    found = np.empty(len(images), dtype=np.intp)
+    for start, out, _ in _outputs_by_chunk(net, images):
+        np.argmax(out, axis=1, out=found[start : start + len(out)])
     return found

@@ -4,6 +4,12 @@ Weights and biases are views into ``params`` (and their gradients views into
 ``grads``), layer after layer. Averaging every parameter across ranks is then
 one in-place Allreduce on one contiguous buffer, and saving the network is
 saving one array.
+
+A training step allocates nothing (a test checks it with tracemalloc): every
+product writes into a workspace buffer through ``np.dot`` (whose ``out`` path
+calls BLAS directly, with less overhead than ``np.matmul``, also for one
+sample's outer product), and no ufunc broadcasts, because numpy's buffered
+iterator allocates on every broadcasting call.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import numpy as np
 
 from .activations import ACTIVATIONS
 from .initializers import INITIALIZERS
-from .losses import OUTPUTS
+from .losses import OUTPUTS, RowScratch
 
 
 def parameter_count(sizes: tuple[int, ...]) -> int:
@@ -38,7 +44,9 @@ class Workspace:
     """Preallocated activations for batches of up to ``capacity`` samples.
 
     ``z[l]`` holds layer l's pre-activations (and serves as scratch in
-    backprop), ``a[l]`` its outputs, ``delta[l]`` the error at its inputs.
+    backprop), ``a[l]`` its outputs, ``delta[l]`` the error at its inputs (and
+    scratch in the forward pass); ``rows`` is the per-row scratch of the output
+    layer and its loss.
     Batches smaller than the capacity use leading-row views, so the training
     loop never allocates.
     """
@@ -49,6 +57,8 @@ class Workspace:
     z: list[np.ndarray]
     a: list[np.ndarray]
     delta: list[np.ndarray]
+    rows: RowScratch
+    ones: np.ndarray  # (capacity,): bias gradients as ones @ delta, cheaper than a column sum
 
 
 class Network:
@@ -86,6 +96,7 @@ class Network:
     def workspace(self, capacity: int) -> Workspace:
         capacity = max(int(capacity), 1)
         widths = self.sizes[1:]
+        rows = RowScratch.allocate(capacity, widths[-1], self.dtype)
         return Workspace(
             capacity=capacity,
             inputs=np.zeros((capacity, self.sizes[0]), dtype=self.dtype),
@@ -93,19 +104,27 @@ class Network:
             z=[np.zeros((capacity, n), dtype=self.dtype) for n in widths],
             a=[np.zeros((capacity, n), dtype=self.dtype) for n in widths],
             delta=[np.zeros((capacity, n), dtype=self.dtype) for n in widths],
+            rows=rows,
+            ones=rows.row_ones,
         )
 
     def forward(self, x: np.ndarray, ws: Workspace) -> np.ndarray:
-        """Outputs for the batch ``x`` (at most ``ws.capacity`` rows), kept in ``ws``."""
+        """Outputs for the batch ``x`` (at most ``ws.capacity`` rows), kept in ``ws``.
+
+        ``x`` in another dtype is first copied into ``ws.inputs``.
+        """
         b = len(x)
-        a = x
+        a = self._in_dtype(x, ws)
         last = self.depth - 1
         for layer, (w, bias) in enumerate(zip(self.weights, self.biases)):
             z = ws.z[layer][:b]
             out = ws.a[layer][:b]
-            np.matmul(a, w, out=z)
-            z += bias
-            (self.output.forward if layer == last else self.activation.forward)(z, out)
+            np.dot(a, w, out=z)
+            _add_to_rows(z, bias, ws.delta[layer][:b])  # delta is free until backward
+            if layer == last:
+                self.output.forward(z, out, ws.rows)
+            else:
+                self.activation.forward(z, out)
             a = out
         return a
 
@@ -115,22 +134,33 @@ class Network:
         Must follow ``forward(x, ws)``. Returns the batch's summed loss.
         """
         b = len(x)
+        x = self._in_dtype(x, ws, copied=True)
         top = self.depth - 1
         delta = ws.delta[top][:b]
-        loss = self.output.backward(ws.a[top][:b], labels, scale, delta)
+        loss = self.output.backward(ws.a[top][:b], labels, scale, delta, ws.rows)
         for layer in range(top, -1, -1):
             below = x if layer == 0 else ws.a[layer - 1][:b]
-            _outer_sum(below, delta, self.grad_weights[layer])
-            np.sum(delta, axis=0, out=self.grad_biases[layer])
+            np.dot(below.T, delta, out=self.grad_weights[layer])
+            np.dot(ws.ones[:b], delta, out=self.grad_biases[layer])
             if layer == 0:
                 break
             back = ws.delta[layer - 1][:b]
-            np.matmul(delta, self.weights[layer].T, out=back)
+            np.dot(delta, self.weights[layer].T, out=back)
             deriv = ws.z[layer - 1][:b]  # pre-activations are spent: reuse as scratch
             self.activation.grad_from_output(below, deriv)
             back *= deriv
             delta = back
         return loss
+
+    def _in_dtype(self, x: np.ndarray, ws: Workspace, copied: bool = False) -> np.ndarray:
+        """``x`` itself when it has the network's dtype; else its copy in ``ws.inputs``
+        (made by ``forward``; ``backward`` finds it there)."""
+        if x.dtype == self.dtype:
+            return x
+        inputs = ws.inputs[: len(x)]
+        if not copied:
+            inputs[...] = x
+        return inputs
 
     def copy(self) -> "Network":
         twin = Network(self.sizes, self.activation_name, self.output_name, self.dtype)
@@ -138,9 +168,12 @@ class Network:
         return twin
 
 
-def _outer_sum(below: np.ndarray, delta: np.ndarray, out: np.ndarray) -> None:
-    """out = below.T @ delta; a broadcast product for one sample, where BLAS is slow."""
-    if len(below) == 1:
-        np.multiply(below[0][:, None], delta[0], out=out)
-    else:
-        np.matmul(below.T, delta, out=out)
+def _add_to_rows(z: np.ndarray, bias: np.ndarray, scratch: np.ndarray) -> None:
+    """z += bias on every row, through a copy of the rows in ``scratch``.
+
+    ``z += bias`` broadcasts, and numpy's buffered iterator then allocates on every
+    call; copying the bias into each row (no buffers) and adding same-shaped
+    arrays allocates nothing and costs no more.
+    """
+    np.copyto(scratch, bias)
+    z += scratch

@@ -84,11 +84,13 @@ def gradients(net: Network, ws: Workspace, x_all: np.ndarray, y_all: np.ndarray,
     """Gather the samples ``picked`` into the workspace, then forward and backward.
 
     Leaves ``scale`` times the batch's summed gradient in ``net.grads`` and
-    returns the summed loss. Allocates nothing: the batch is copied with
-    ``np.take`` into preallocated rows.
+    returns the summed loss. Allocates nothing: the batch is copied into
+    preallocated rows by the ndarray ``take`` method in mode "clip" (``np.take``
+    in its default mode "raise" buffers the whole output, an allocation per
+    step; the indices come from a permutation, so they are always valid).
     """
-    x = np.take(x_all, picked, axis=0, out=ws.inputs[: len(picked)])
-    y = np.take(y_all, picked, out=ws.labels[: len(picked)])
+    x = x_all.take(picked, 0, ws.inputs[: len(picked)], "clip")
+    y = y_all.take(picked, 0, ws.labels[: len(picked)], "clip")
     net.forward(x, ws)
     return net.backward(x, y, ws, scale)
 
@@ -124,6 +126,16 @@ def check_interval(batch: int) -> int:
     return max(1, 2048 // batch)
 
 
+def segment_end(start: int, steps: int, every: int, sync, global_step: int) -> int:
+    """Where a run of batch-1 steps from ``start`` must stop: at the next check for a
+    stop request, the next parameter average of ``steps:K``, or the epoch's end.
+    ``global_step`` counts the steps taken before ``start``."""
+    stop = min(steps, (start // every + 1) * every)
+    if sync.kind == "steps":
+        stop = min(stop, start + sync.every - global_step % sync.every)
+    return stop
+
+
 def train(cfg: TrainConfig, world: World, data: RankData, log=print, hooks: Hooks | None = None) -> TrainResult:
     hooks = hooks or Hooks()
     net = build_network(cfg, data.x.shape[1])
@@ -147,12 +159,32 @@ def train(cfg: TrainConfig, world: World, data: RankData, log=print, hooks: Hook
         clock = Clock(**progress.clocks[world.rank])
     history = [EpochRecord(**record) for record in progress.history]
     every = check_interval(batch)
+    stepper = None  # batch 1 without per-step collectives: many samples per call (kernels.py)
+    if batch == 1 and not sync.averages_gradients and cfg.kernel != "generic":
+        from .kernels import SampleStepper
+
+        stepper = SampleStepper(net, data.x, cfg.kernel)  # index built, numba loaded: before the clock starts
 
     def synchronise(buffer: np.ndarray, average: bool = True) -> None:
         t0 = time.perf_counter()
         world.average_(buffer) if average else world.sum_(buffer)
         clock.comm += time.perf_counter() - t0
         clock.syncs += 1
+
+    def one_step(s: int, lr: float) -> float:
+        """Step ``s`` of the epoch on this rank's batch; returns the batch's summed loss."""
+        picked = order[s * batch : (s + 1) * batch]
+        loss = 0.0
+        if len(picked):  # a slice one sample short may have an empty last batch
+            scale = 1.0 / (global_batch[s] if sync.averages_gradients else len(picked))
+            loss = gradients(net, ws, data.x, data.y, picked, scale)
+        else:
+            net.grads.fill(0.0)
+        if sync.averages_gradients:
+            synchronise(net.grads, average=False)  # already scaled by the global batch
+        if len(picked) or sync.averages_gradients:
+            opt.step(net.params, net.grads, lr)
+        return loss
 
     def snapshot() -> RankState:
         progress.clocks = world.allgather(asdict(clock))
@@ -186,25 +218,23 @@ def train(cfg: TrainConfig, world: World, data: RankData, log=print, hooks: Hook
             loss_sum = 0.0
             if cfg.shuffle:
                 shuffler.shuffle(order)
-        for s in range(progress.step, steps):
-            progress.global_step += 1
-            picked = order[s * batch : (s + 1) * batch]
-            if len(picked):  # a slice one sample short may have an empty last batch
-                scale = 1.0 / (global_batch[s] if sync.averages_gradients else len(picked))
-                loss_sum += gradients(net, ws, data.x, data.y, picked, scale)
+        s = progress.step
+        while s < steps:
+            # One step, or with a batch-1 kernel every step up to the next collective.
+            stop = segment_end(s, steps, every, sync, progress.global_step) if stepper else s + 1
+            if stepper:
+                loss_sum += stepper.run(opt.velocity, data.y, order, s, stop, lr, cfg.momentum)  # fewer on a short slice
             else:
-                net.grads.fill(0.0)
-            if sync.averages_gradients:
-                synchronise(net.grads, average=False)  # already scaled by the global batch
-            if len(picked) or sync.averages_gradients:
-                opt.step(net.params, net.grads, lr)
+                loss_sum += one_step(s, lr)
+            progress.global_step += stop - s
             progress.in_sync = sync.averages_gradients  # some rank stepped (the global batch is never empty)
-            if sync.averages_after_step(progress.global_step) and not (final_epoch and s == steps - 1):
+            if sync.averages_after_step(progress.global_step) and not (final_epoch and stop == steps):
                 synchronise(net.params)
                 progress.in_sync = True
-            if (s + 1) % every == 0 or s + 1 == steps:
-                progress.step = s + 1
-                check(epoch, s + 1)
+            if stop % every == 0 or stop == steps:
+                progress.step = stop
+                check(epoch, stop)
+            s = stop
         if sync.averages_after_epoch and not final_epoch:
             synchronise(net.params)
             progress.in_sync = True

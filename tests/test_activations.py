@@ -137,3 +137,15 @@ def test_float32_matches_float64(name):
     assert a32.dtype == np.float32 and g32.dtype == np.float32
     np.testing.assert_allclose(a32, apply(act.forward, z32.astype(np.float64)), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(g32, apply(act.grad_from_output, apply(act.forward, z32.astype(np.float64))), rtol=1e-5, atol=1e-6)
+
+
+def test_derivatives_at_exactly_zero():
+    """Where the output is exactly 0 (z = 0), relu's derivative is 0 and leaky-relu's is the slope,
+    as for negative z; float32 buffers keep float32."""
+    for dtype in (np.float64, np.float32):
+        z = np.array([[0.0, -0.0, -3.0, 2.0]], dtype=dtype)
+        for name, expected in (("relu", [0.0, 0.0, 0.0, 1.0]), ("leaky-relu", [LEAKY_SLOPE, LEAKY_SLOPE, LEAKY_SLOPE, 1.0])):
+            act = ACTIVATIONS[name]
+            g = apply(act.grad_from_output, apply(act.forward, z))
+            assert g.dtype == dtype
+            np.testing.assert_array_equal(np.abs(g), np.array([expected], dtype=dtype))

@@ -255,8 +255,12 @@ def test_parser_defaults_are_config_defaults():
 
 
 def test_commands_table():
-    """The other commands exist alongside the default 'train'."""
-    assert set(cli.COMMANDS) == {"train", "download", "evaluate", "predict", "bench"}
+    """The other commands exist alongside the default 'train', each with its own function."""
+    from pnn_mpi import commands
+
+    assert set(cli.COMMANDS) == {"train", "download", "evaluate", "predict", "bench", "study"}
+    for name in set(cli.COMMANDS) - {"train"}:
+        assert callable(getattr(commands, f"cmd_{name}"))
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pnn_mpi.losses import OUTPUTS
+from pnn_mpi.losses import OUTPUTS, RowScratch
 
 NAMES = sorted(OUTPUTS)
 
@@ -146,3 +146,46 @@ def test_backward_float32(name):
     out.backward(a64, labels, 0.2, d64)
     assert d32.dtype == np.float32
     np.testing.assert_allclose(d32, d64, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_row_scratch_gives_the_same_results(name, dtype):
+    """forward, loss_sum and backward with a RowScratch of larger capacity (as a workspace holds) equal
+    those that make their own scratch, bit for bit, and reusing the scratch leaves no trace."""
+    out = OUTPUTS[name]
+    rows = RowScratch.allocate(11, 10, dtype)
+    for seed in (12, 13):  # the second pass reuses scratch the first one filled
+        z, labels = batch(seed, rows=7)
+        z = z.astype(dtype)
+        a_own, a_rows = run(out.forward, z), np.full_like(z, np.nan)
+        out.forward(z, a_rows, rows)
+        np.testing.assert_array_equal(a_rows, a_own)
+        assert out.loss_sum(a_rows, labels, rows) == out.loss_sum(a_own, labels)
+        d_own, d_rows = np.full_like(z, np.nan), np.full_like(z, np.nan)
+        assert out.backward(a_rows, labels, 0.3, d_rows, rows) == out.backward(a_own, labels, 0.3, d_own)
+        np.testing.assert_array_equal(d_rows, d_own)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_strided_buffers_give_the_same_results(name):
+    """Outputs and deltas held in strided views (every other column of a wider array) give the
+    values of contiguous buffers: the flat-position shortcut is used only where it is valid."""
+    out = OUTPUTS[name]
+    z, labels = batch(14, rows=5)
+    wide_a, wide_d = np.zeros((5, 20)), np.zeros((5, 20))
+    a, d = wide_a[:, ::2], wide_d[:, ::2]
+    out.forward(z, a)
+    expected_a = run(out.forward, z)
+    np.testing.assert_array_equal(a, expected_a)
+    expected_d = np.empty_like(expected_a)
+    assert out.backward(a, labels, 0.5, d) == out.backward(expected_a, labels, 0.5, expected_d)
+    np.testing.assert_array_equal(d, expected_d)
+    np.testing.assert_array_equal(wide_d[:, 1::2], 0.0)  # nothing written between the columns
+
+
+def test_softmax_with_tied_maxima():
+    """Rows whose largest logit appears twice (or everywhere) still give the softmax."""
+    z = np.array([[2.0, 5.0, 5.0, 1.0], [3.0, 3.0, 3.0, 3.0]])
+    p = run(OUTPUTS["softmax-xent"].forward, z)
+    np.testing.assert_allclose(p, np.exp(z) / np.exp(z).sum(axis=1, keepdims=True), rtol=1e-15)
