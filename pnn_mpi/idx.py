@@ -84,10 +84,8 @@ def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
-class _RawStream:
-    """Sequential reader over an uncompressed file; seeks where it may."""
-
-    compressed = False
+class _Stream:
+    """What both readers share: the file, its size, the position and an optional hasher."""
 
     def __init__(self, path: Path, fh) -> None:
         self.path = path
@@ -95,6 +93,17 @@ class _RawStream:
         self.size = os.fstat(fh.fileno()).st_size
         self.hasher = None
         self.pos = 0
+
+    def _account(self, data) -> None:
+        self.pos += len(data)
+        if self.hasher is not None:
+            self.hasher.update(data)
+
+
+class _RawStream(_Stream):
+    """Sequential reader over an uncompressed file; seeks where it may."""
+
+    compressed = False
 
     def read(self, n: int) -> bytes:
         data = self._fh.read(n)
@@ -128,13 +137,8 @@ class _RawStream:
     def chunk(self, limit: int) -> bytes:
         return self.read(limit)
 
-    def _account(self, data) -> None:
-        self.pos += len(data)
-        if self.hasher is not None:
-            self.hasher.update(data)
 
-
-class _GzipStream:
+class _GzipStream(_Stream):
     """Sequential reader over a gzip file, decompressing in bounded chunks.
 
     Handles concatenated members and trailing zero padding as gzip(1) does;
@@ -144,11 +148,7 @@ class _GzipStream:
     compressed = True
 
     def __init__(self, path: Path, fh) -> None:
-        self.path = path
-        self._fh = fh
-        self.size = os.fstat(fh.fileno()).st_size
-        self.hasher = None
-        self.pos = 0
+        super().__init__(path, fh)
         self._inflater = None
         self._pending = b""
         self._members = 0
@@ -198,9 +198,7 @@ class _GzipStream:
                         "gzip stream cut short (the file ends inside the compressed data)"
                     )
             if out:
-                self.pos += len(out)
-                if self.hasher is not None:
-                    self.hasher.update(out)
+                self._account(out)
                 return out
 
     def read(self, n: int) -> bytes:

@@ -13,20 +13,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-# What the Makefile exports: Open MPI as root, more ranks than cores, no busy-polling,
-# one BLAS thread per rank.
-LAUNCH_ENV = {
-    "OMPI_ALLOW_RUN_AS_ROOT": "1",
-    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-    "PRTE_MCA_rmaps_default_mapping_policy": ":oversubscribe",
-    "OMPI_MCA_rmaps_base_oversubscribe": "1",
-    "OMPI_MCA_mpi_yield_when_idle": "1",
-    "OMPI_MCA_btl": "^ofi",
-    "OMP_NUM_THREADS": "1",
-    "OPENBLAS_NUM_THREADS": "1",
-}
-
-
 def find_mnist() -> Path | None:
     """The real MNIST: $PNN_MPI_DATA (or its mnist/), or the shared copy beside the checkout."""
     from pnn_mpi.datasets import DATASETS, find_file
@@ -57,11 +43,13 @@ def mpiexec_path() -> str:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The environment for a child job: ours minus any MPI state of this process."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_COMM_", "PMIX_", "PMI_", "OMPI_FILE_", "OMPI_MCA_ess"))}
-    env.update(LAUNCH_ENV)
-    env.setdefault("MPIEXEC_TIMEOUT", "240")
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    """The environment for a child job, as the study builds it: ours minus any MPI
+    state of this process, plus what Open MPI needs here (root, more ranks than
+    cores, no busy-polling), MPIEXEC_TIMEOUT, and this checkout on PYTHONPATH."""
+    from pnn_mpi.study.launch import launch_env
+
+    env = launch_env(os.environ, timeout=240)
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
     env.update(extra)
     return env
 
