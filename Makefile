@@ -5,6 +5,7 @@
 #   make test      install the test extras, run the serial tests, then the MPI tests at 2 and 4 ranks
 #   make bench     samples/s per rank and the cost of a parameter sync, at $(BENCH_NP) ranks
 #   make test-mpich  the MPI tests and the launcher tests again under MPICH (its PyPI wheel, in .venv-mpich)
+#   make test-slurm  the job scripts in jobs/ under a real SLURM it starts and stops (root; installs slurm-wlm)
 #   make install-fast  add numba: a compiled kernel for batch-1 (stochastic) training, compiled once here
 #   make torch-compare  pnn_mpi against PyTorch (CPU) on the same model: needs `pip install torch` in .venv
 #   make study     the paper's study: a grid of real launches, then results.csv, plots and report.md (GRID=default|quick|FILE)
@@ -47,7 +48,7 @@ export OPENBLAS_NUM_THREADS := 1
 MPICH_VENV ?= .venv-mpich
 GRID ?= default
 
-.PHONY: install install-test install-study install-fast torch-compare data train test test-serial test-mpi test-mpich bench study clean
+.PHONY: install install-test install-study install-fast torch-compare data train test test-serial test-mpi test-mpich test-slurm bench study clean
 
 install: $(VENV)/.installed
 
@@ -107,6 +108,9 @@ test-mpich:
 
 study: install-study data
 	$(PY) -m pnn_mpi study --grid $(GRID) $(ARGS)
+
+test-slurm: install-test
+	.ci/slurm-tests
 
 bench: install
 	mpiexec -n $(BENCH_NP) $(PY) -m pnn_mpi bench $(ARGS)

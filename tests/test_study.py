@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import json
 import sys
 import time
 
@@ -180,19 +181,43 @@ def test_launch_env_adds_open_mpi_settings_without_overriding_the_user():
     assert study_launch.launch_env({}, 99)["MPIEXEC_TIMEOUT"] == "99"
 
 
-def test_launcher_is_srun_inside_slurm_else_mpiexec(tmp_path):
+def test_launcher_prefers_mpiexec_and_falls_back_to_srun_inside_slurm(tmp_path, monkeypatch):
+    """mpiexec reads a SLURM allocation itself; a bare srun with the wrong --mpi plugin would start one-rank jobs."""
     srun = tmp_path / "srun"
     srun.write_text("#!/bin/sh\n")
     srun.chmod(0o755)
     inside = {"SLURM_JOB_ID": "42", "PATH": str(tmp_path)}
-    assert study_launch.resolve_launcher("auto", inside) == [str(srun)]
-    assert study_launch.resolve_launcher(None, inside) == [str(srun)]
     beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
     if os.path.exists(beside):
+        assert study_launch.resolve_launcher("auto", inside) == [beside]
         assert study_launch.resolve_launcher(None, {"PATH": str(tmp_path)}) == [beside]
         assert study_launch.resolve_launcher("mpiexec --bind-to none", {}) == [beside, "--bind-to", "none"]
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))  # no mpiexec beside it, none on PATH
+    assert study_launch.resolve_launcher("auto", inside) == [str(srun)]
+    assert study_launch.resolve_launcher(None, inside) == [str(srun)]
+    with pytest.raises(UserError, match="'mpiexec' not found"):
+        study_launch.resolve_launcher("auto", {"PATH": str(tmp_path)})
     with pytest.raises(UserError, match="no-such-launcher"):
         study_launch.resolve_launcher("no-such-launcher -x", {"PATH": str(tmp_path)})
+
+
+def test_no_oversubscribing_map_inside_slurm():
+    """Inside an allocation Open MPI 5's oversubscribe policy would put every rank on the first node."""
+    outside = study_launch.launch_env({}, 10)
+    inside = study_launch.launch_env({"SLURM_JOB_ID": "7"}, 10)
+    assert outside["PRTE_MCA_rmaps_default_mapping_policy"] == ":oversubscribe"
+    assert "PRTE_MCA_rmaps_default_mapping_policy" not in inside
+    assert inside["OMPI_MCA_rmaps_base_oversubscribe"] == "1"
+
+
+def test_a_stop_request_is_passed_to_the_launch(tmp_path):
+    """The launch gets SIGUSR1 when the study is asked to stop, and its exit status comes back."""
+    child = "import signal, sys, time; signal.signal(signal.SIGUSR1, lambda *a: sys.exit(75)); time.sleep(60)"
+    began = time.monotonic()
+    asked = lambda: "SIGUSR1" if time.monotonic() - began > 0.5 else None  # noqa: E731
+    outcome = study_launch.run_command([sys.executable, "-c", child], dict(os.environ), 120, tmp_path / "out", tmp_path / "err", asked)
+    assert outcome.returncode == 75 and not outcome.timed_out
+    assert time.monotonic() - began < 30
 
 
 def test_a_launch_that_outlives_its_timeout_is_killed(tmp_path, monkeypatch):
@@ -401,3 +426,39 @@ def test_dry_run_launches_and_writes_nothing(tmp_path, capsys):
 def test_unknown_grid_is_a_user_error():
     with pytest.raises(UserError, match="no such file"):
         study.main(["--grid", "nonexistent-grid"])
+
+
+def test_a_signalled_study_stops_its_point_and_the_rerun_resumes_it(tmp_path, tiny_data):
+    """SIGUSR1 to the study (a batch system's warning): the running point checkpoints, the study
+    exits 75 without starting the next point, and running it again resumes that point."""
+    import signal
+    import subprocess
+
+    from conftest import REPO, clean_env
+
+    path = tmp_path / "grid.toml"
+    path.write_text(
+        f'[fixed]\ndataset = "custom"\ndata-dir = "{tiny_data}"\nhidden = [16]\nbatch-size = 1\nkernel = "generic"\n'
+        'epochs = 40\nsync = "end"\n\n[grids.g]\naxes = { ranks = [2], seed = [1, 2] }\n'
+    )
+    results = tmp_path / "results"
+    command = [sys.executable, "-m", "pnn_mpi", "study", "--grid", str(path), "--results", str(results), "--no-plots"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(), cwd=REPO)
+    first = load_study(path).points[0]
+    log = results / "runs" / first.id / "stdout.txt"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and "epoch  2/40" not in (log.read_text() if log.exists() else ""):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGUSR1)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 75, err
+    assert "stopped by a signal" in err
+    folder = results / "runs" / first.id
+    assert json.loads((folder / "launch.json").read_text())["status"] == "stopped"
+    assert (folder / "checkpoint.npz").exists()
+    assert not (results / "runs" / load_study(path).points[1].id).exists()
+
+    again = subprocess.run(command, capture_output=True, text=True, env=clean_env(), cwd=REPO, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "resuming from" in (folder / "stdout.txt").read_text()
+    assert [r["status"] for r in read_rows(results / "results.csv")] == ["ok", "ok"]

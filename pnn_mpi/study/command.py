@@ -19,11 +19,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import launch
-from ..cli import Parser
+from ..cli import STOP_EXIT_CODE, Parser
 from ..errors import UserError
 from .grid import STUDIES, Study, load_study, parse_override, shipped_grid
 from .progress import Estimate, duration, label
-from .results import finished_metrics, run_dir
+from .results import STOPPED, finished_metrics, run_dir
 
 
 def build_parser() -> Parser:
@@ -92,6 +92,10 @@ def main(argv: list[str]) -> int:
     from .runner import run_study
 
     outcomes = run_study(study, results, launcher, env)
+    if len(outcomes) < len(study.points) or any(r.status == STOPPED for r in outcomes):
+        print(f"study stopped by a signal after {len(outcomes)} of {len(study.points)} points; "
+              f"run the same command again to continue", file=sys.stderr)
+        return STOP_EXIT_CODE
     machine = detect()
     figures = {} if args.no_plots else draw_figures(study, outcomes, machine, results)
     command = [sys.executable, "-m", "pnn_mpi", "study", *argv]

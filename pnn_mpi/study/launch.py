@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from ..errors import UserError
 
@@ -45,9 +45,15 @@ class Outcome:
 
 
 def launch_env(base: Mapping[str, str], timeout: float) -> dict[str, str]:
-    """The child's environment: ``base`` plus what Open MPI needs, never overriding the user's values."""
+    """The child's environment: ``base`` plus what Open MPI needs, never overriding the user's values.
+
+    Inside a SLURM allocation the oversubscribing mapping policy is left out:
+    Open MPI 5 would then place every rank on the first node.
+    """
     env = {k: v for k, v in base.items() if not k.startswith(_OWN_JOB_PREFIXES)}
     for key, value in OPEN_MPI_ENV.items():
+        if key == "PRTE_MCA_rmaps_default_mapping_policy" and env.get("SLURM_JOB_ID"):
+            continue
         env.setdefault(key, value)
     env.setdefault("MPIEXEC_TIMEOUT", str(max(1, int(timeout))))
     package_root = str(Path(__file__).resolve().parents[2])  # the children import this same pnn_mpi
@@ -56,14 +62,17 @@ def launch_env(base: Mapping[str, str], timeout: float) -> dict[str, str]:
 
 
 def resolve_launcher(choice, env: Mapping[str, str]) -> list[str]:
-    """The launcher's words. ``None``/"auto": srun inside a SLURM allocation, else mpiexec.
+    """The launcher's words. ``None``/"auto": mpiexec, or srun inside a SLURM allocation without one.
 
-    mpiexec and mpirun are looked for beside this interpreter first (the venv's
-    Open MPI wheel puts them there), then on PATH.
+    mpiexec is preferred inside allocations too: it reads the allocation from
+    SLURM, while a bare ``srun`` with the wrong ``--mpi`` plugin (say, with the
+    Open MPI wheel) starts one-rank jobs. mpiexec and mpirun are looked for
+    beside this interpreter first (the venv's MPI wheel puts them there), then
+    on PATH.
     """
     words = shlex.split(choice) if isinstance(choice, str) else list(choice or [])
     if not words or words == ["auto"]:
-        words = ["srun"] if env.get("SLURM_JOB_ID") and _find("srun", env) else ["mpiexec"]
+        words = ["srun"] if env.get("SLURM_JOB_ID") and not _find("mpiexec", env) and _find("srun", env) else ["mpiexec"]
     found = _find(words[0], env)
     if found is None:
         raise UserError(
@@ -84,23 +93,39 @@ def _find(program: str, env: Mapping[str, str]) -> str | None:
 
 
 def launch_command(launcher: Sequence[str], ranks: int, flags: Sequence[str], out: Path) -> list[str]:
-    return [*launcher, "-n", str(ranks), sys.executable, "-m", "pnn_mpi", *flags, "--out", str(out)]
+    """One point's launch. ``--resume`` continues a launch that a signal stopped (a fresh one starts anew)."""
+    return [*launcher, "-n", str(ranks), sys.executable, "-m", "pnn_mpi", *flags, "--out", str(out), "--resume"]
 
 
-def run_command(command: Sequence[str], env: Mapping[str, str], timeout: float, stdout: Path, stderr: Path) -> Outcome:
-    """Run ``command`` with its output in two files; kill its process group if it outlives ``timeout``."""
+def run_command(command: Sequence[str], env: Mapping[str, str], timeout: float, stdout: Path, stderr: Path,
+                stop_requested: Callable[[], str | None] = lambda: None) -> Outcome:
+    """Run ``command`` with its output in two files; kill its process group if it outlives ``timeout``.
+
+    When ``stop_requested()`` turns true (the study was signalled), the launch
+    gets SIGUSR1, which mpiexec passes on to its ranks: they checkpoint and
+    exit with the trainer's stop status, to be resumed by the next study run.
+    """
     with open(stdout, "wb") as out, open(stderr, "wb") as err:
         started = time.perf_counter()
         try:
             proc = subprocess.Popen(list(command), stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=dict(env), start_new_session=True)
         except OSError as exc:
             raise UserError(f"cannot start {command[0]}: {exc.strerror or exc}") from None
-        timed_out = False
+        timed_out, passed_on = False, False
         try:
-            code = proc.wait(timeout=timeout + GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            code = _kill_group(proc)
+            while True:
+                try:
+                    code = proc.wait(timeout=0.2)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                if stop_requested() and not passed_on:
+                    _signal_group(proc, signal.SIGUSR1)
+                    passed_on = True
+                if time.perf_counter() - started > timeout + GRACE_SECONDS:
+                    timed_out = True
+                    code = _kill_group(proc)
+                    break
         except BaseException:  # Ctrl-C: the job is in its own session, so end it ourselves
             _kill_group(proc)
             raise
@@ -108,12 +133,16 @@ def run_command(command: Sequence[str], env: Mapping[str, str], timeout: float, 
     return Outcome(code, wall, timed_out or (code != 0 and wall >= timeout))
 
 
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
 def _kill_group(proc: subprocess.Popen) -> int:
     for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, None)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
+        _signal_group(proc, sig)
         try:
             return proc.wait(timeout=wait)
         except subprocess.TimeoutExpired:

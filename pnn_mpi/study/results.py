@@ -20,8 +20,9 @@ from ..model_io import write_atomically
 from .grid import Point, render
 
 METRICS, LAUNCH, STDOUT, STDERR = "metrics.json", "launch.json", "stdout.txt", "stderr.txt"
+CHECKPOINT = "checkpoint.npz"
 _NEEDED = ("test_accuracy", "test_loss", "local_test_accuracy", "train_seconds", "samples_per_second", "timings", "epochs", "config", "ranks")
-OK, FAILED, TIMEOUT = "ok", "failed", "timeout"
+OK, FAILED, TIMEOUT, STOPPED = "ok", "failed", "timeout", "stopped"
 # Settings that change how a run is carried out, not what it computes: a finished run stays finished.
 _NOT_RESULTS = ("out", "resume", "checkpoint_every", "expect_ranks")
 
@@ -66,9 +67,15 @@ def finished_metrics(folder: Path, point: Point) -> dict | None:
 
 
 def clear_attempt(folder: Path) -> None:
-    """Remove what an earlier attempt left, so the folder reflects only the launch about to happen."""
-    for name in (METRICS, "model.npz", LAUNCH, STDOUT, STDERR):
-        (Path(folder) / name).unlink(missing_ok=True)
+    """Remove what an earlier attempt left, so the folder reflects only the launch about to happen.
+
+    The checkpoint of a launch that was stopped by a signal stays: the next
+    launch resumes from it (every launch passes ``--resume``).
+    """
+    folder = Path(folder)
+    keep_checkpoint = read_launch(folder).get("status") == STOPPED
+    for name in (METRICS, "model.npz", LAUNCH, STDOUT, STDERR) + (() if keep_checkpoint else (CHECKPOINT,)):
+        (folder / name).unlink(missing_ok=True)
 
 
 def write_launch(folder: Path, record: dict) -> None:

@@ -5,6 +5,10 @@ other point is launched. A point that fails is recorded (status, error line,
 its stderr kept in the run folder) and the study goes on: one bad
 combination must not cost the rest of a long study. ``results.csv`` is
 rewritten after every point, so an interrupted study keeps what it measured.
+
+SIGTERM or SIGUSR1 (a batch system's warning) stops the study: the running
+point is passed SIGUSR1, checkpoints and exits, no further point starts, and
+the next run of the study resumes that point where it stopped.
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from ..cli import STOP_EXIT_CODE
+from ..signals import StopRequest
 from . import launch
 from .grid import Study
 from .progress import Estimate, label, line
 from .results import (
-    FAILED, OK, STDERR, STDOUT, TIMEOUT, Result, clear_attempt, error_line, finished_metrics, read_launch, run_dir, tail,
+    FAILED, OK, STDERR, STDOUT, STOPPED, TIMEOUT, Result, clear_attempt, error_line, finished_metrics, read_launch, run_dir, tail,
     write_csv, write_launch,
 )
 
@@ -29,6 +35,7 @@ def run_study(study: Study, results: Path, launcher: list[str], env: dict, log: 
     log(f"study {study.title}: {len(points)} points in {len(study.grids)} grid{'s' * (len(study.grids) != 1)}, "
         f"{len(points) - len(pending)} already done, {len(pending)} to launch; results in {results}")
     estimate = Estimate()
+    stop = StopRequest().install()
     outcomes: list[Result] = []
     for index, point in enumerate(points, 1):
         folder = run_dir(results, point)
@@ -36,27 +43,33 @@ def run_study(study: Study, results: Path, launcher: list[str], env: dict, log: 
         if done[point.id] is not None:
             outcome = Result(point, OK, done[point.id], read_launch(folder).get("wall_seconds"), reused=True)
             text = f"{outcome.metrics['test_accuracy']:.1%}, done before (skipped)"
+        elif stop():
+            break  # stopped between two launches: the rest waits for the next run
         else:
             pending.remove(point)
-            outcome = launch_point(study, point, folder, launcher, env)
+            outcome = launch_point(study, point, folder, launcher, env, stop)
             estimate.record(point, outcome.wall_seconds)
             text = _describe(outcome)
         outcomes.append(outcome)
         write_csv(results / "results.csv", outcomes)
         log(line(index, len(points), what, text, estimate.seconds_left(pending) if pending else None))
+        if outcome.status == STOPPED:
+            break
     return outcomes
 
 
-def launch_point(study: Study, point, folder: Path, launcher: list[str], env: dict) -> Result:
+def launch_point(study: Study, point, folder: Path, launcher: list[str], env: dict, stop=lambda: None) -> Result:
     folder.mkdir(parents=True, exist_ok=True)
     clear_attempt(folder)
     command = launch.launch_command(launcher, point.ranks, point.flags, folder)
     began = time.time()
-    outcome = launch.run_command(command, env, study.timeout, folder / STDOUT, folder / STDERR)
+    outcome = launch.run_command(command, env, study.timeout, folder / STDOUT, folder / STDERR, stop)
     metrics = finished_metrics(folder, point)
     stderr = _read(folder / STDERR)
     if outcome.returncode == 0 and metrics is not None:
         status, error = OK, ""
+    elif outcome.returncode == STOP_EXIT_CODE:
+        status, error = STOPPED, "stopped by a signal; its checkpoint resumes on the next run of the study"
     else:
         status = TIMEOUT if outcome.timed_out else FAILED
         error = error_line(stderr) or f"exit status {outcome.returncode}"
