@@ -29,7 +29,8 @@ def _spread(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
 
 
-def metrics(cfg: TrainConfig, result: TrainResult, data: RankData, ranks: int, mpi: dict[str, str], loads: list[float]) -> dict:
+def metrics(cfg: TrainConfig, result: TrainResult, data: RankData, ranks: int, mpi: dict[str, str], loads: list[float],
+            peaks: list[float]) -> dict:
     """The whole record of a run, as stored in ``metrics.json``."""
     clocks = result.clocks
     syncs = clocks[0].syncs
@@ -70,6 +71,7 @@ def metrics(cfg: TrainConfig, result: TrainResult, data: RankData, ranks: int, m
             "syncs": syncs,
             "seconds_per_sync": statistics.fmean(comm) / syncs if syncs else None,
         },
+        "peak_memory_mib": {**_spread(peaks), "per_rank": peaks},
         "epochs": [asdict(e) for e in result.epochs],
     }
 
@@ -92,6 +94,7 @@ def summary_lines(record: dict) -> list[str]:
         f"seconds per rank (mean/max): load {split('load_seconds')}, compute {split('compute_seconds')},"
         f" communication {split('communication_seconds')} ({syncs}{per_sync}), waiting {split('wait_seconds')},"
         f" evaluation {split('evaluation_seconds')}",
+        f"peak memory per rank {record['peak_memory_mib']['mean']:.0f} MiB (max {record['peak_memory_mib']['max']:.0f})",
     ]
 
 

@@ -28,6 +28,15 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
+def peak_memory_mib() -> float:
+    """This process's peak resident memory so far, in MiB (Linux reports KiB, macOS bytes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
 def default_out_dir(cfg: TrainConfig, ranks: int) -> Path:
     return Path("runs") / f"{cfg.dataset}-n{ranks}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -125,10 +134,11 @@ def run_training(cfg: TrainConfig, world: World | None = None) -> dict | None:
     except Diverged as exc:
         raise UserError(str(exc)) from None
     loads = world.allgather(data.load_seconds)
+    peaks = world.allgather(peak_memory_mib())
     record = None
     if world.rank == 0:
         mpi = {"name": world.library(), "version": world.library_version()}
-        record = metrics(cfg, result, data, world.size, mpi, loads)
+        record = metrics(cfg, result, data, world.size, mpi, loads, peaks)
         for line in summary_lines(record):
             say(line)
 
