@@ -133,8 +133,9 @@ class Cluster:
             time.sleep(0.1)
 
 
-def _script(name: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    proc = subprocess.run(["bash", str(HELPERS / name), *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+def _script(name: str, *args: str, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["bash", str(HELPERS / name), *args], capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL, env=env)
     if proc.returncode != 0:
         raise AssertionError(f"tests/slurm/{name} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
     return proc
@@ -169,8 +170,13 @@ VETHS = ("pnn-veth1", "pnn-veth2")
 
 @pytest.fixture(scope="session")
 def multinode():
-    """Two nodes in network namespaces on a bridge (tests/slurm/multinode-up.sh)."""
-    _script("multinode-up.sh", str(MULTINODE_DIR))
+    """Two nodes in network namespaces on a bridge (tests/slurm/multinode-up.sh).
+
+    The nodes see this checkout (with its .venv) and the data even where those
+    live under /tmp, which each node replaces with its own.
+    """
+    shared = [str(REPO.resolve())] + ([str(Path(os.environ["PNN_MPI_DATA"]).resolve())] if os.environ.get("PNN_MPI_DATA") else [])
+    _script("multinode-up.sh", str(MULTINODE_DIR), env={**os.environ, "PNN_MPI_SLURM_SHARE": ":".join(shared)})
     try:
         yield Cluster(str(MULTINODE_DIR / "slurm.conf"))
     finally:

@@ -10,7 +10,10 @@
 #   tests/slurm/multinode-down.sh [DIR]
 #
 # DIR must not be under /tmp: each node mounts its own /tmp over the real one and
-# would no longer see it. For the same reason jobs must work in folders outside /tmp.
+# would no longer see it. For the same reason jobs must work in folders outside /tmp;
+# folders under /tmp that the nodes must still see (a checkout and its .venv, the
+# data) are listed in PNN_MPI_SLURM_SHARE, colon-separated: each node mounts them
+# back at the same path inside its own /tmp.
 # Network: bridge pnnbr0 = 10.200.0.1/24 (controller "head"), node i = 10.200.0.1i
 # on eth0 of namespace pnn-nodei; the veth's bridge side is pnn-vethi (read its
 # byte counters with `ip -s link show pnn-vethi`).
@@ -83,10 +86,22 @@ for i in $(seq "$nodes"); do
   chmod 1777 "$dir/node$i/tmp" "$dir/node$i/shm"
   nsenter --net="/run/netns/pnn-node$i" unshare --uts --mount --propagation private \
     sh -ec 'hostname "$1"
+            kept= n=0
+            IFS=:
+            for path in $4; do              # hold on to shared folders under /tmp ...
+              case $path/ in /tmp/?*) ;; *) continue;; esac
+              n=$((n + 1)); mkdir -p "$2/$1/keep/$n"; mount --bind "$path" "$2/$1/keep/$n"
+              kept="$kept$n=$path:"
+            done
             mount --bind "$2/$1/tmp" /tmp
+            for entry in $kept; do          # ... and put them back inside the private /tmp
+              [ -n "$entry" ] || continue
+              mkdir -p "${entry#*=}"; mount --bind "$2/$1/keep/${entry%%=*}" "${entry#*=}"
+            done
+            unset IFS
             mount --bind "$2/$1/shm" /dev/shm
             mount --bind "$2/hosts" /etc/hosts
-            exec slurmd -f "$3" -N "$1"' sh "node$i" "$dir" "$conf"
+            exec slurmd -f "$3" -N "$1"' sh "node$i" "$dir" "$conf" "${PNN_MPI_SLURM_SHARE:-}"
 done
 
 if ! wait_idle "$conf" "$nodes" 30; then
