@@ -175,7 +175,9 @@ def multinode():
     The nodes see this checkout (with its .venv) and the data even where those
     live under /tmp, which each node replaces with its own.
     """
-    shared = [str(REPO.resolve())] + ([str(Path(os.environ["PNN_MPI_DATA"]).resolve())] if os.environ.get("PNN_MPI_DATA") else [])
+    data = os.environ.get("PNN_MPI_DATA")
+    # The paths as the jobs will name them (a path through a symbolic link must exist as such inside the node).
+    shared = [str(REPO), os.path.abspath(sys.executable + "/../..")] + ([os.path.abspath(data)] if data else [])
     _script("multinode-up.sh", str(MULTINODE_DIR), env={**os.environ, "PNN_MPI_SLURM_SHARE": ":".join(shared)})
     try:
         yield Cluster(str(MULTINODE_DIR / "slurm.conf"))
