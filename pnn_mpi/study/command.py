@@ -40,7 +40,7 @@ def build_parser() -> Parser:
     p.add_argument("--grid", default="default", metavar="FILE|NAME", help=f"the grid: a TOML file, or a grid shipped with pnn_mpi ({shipped}) (default: default)")
     p.add_argument("--results", metavar="DIR", help="where results, figures, report and run folders go (default: results/GRID)")
     p.add_argument("--launcher", metavar="COMMAND",
-                   help="'auto' (srun inside a SLURM allocation, else mpiexec), 'mpiexec', 'srun', or any command such as "
+                   help="'auto' (mpiexec, which reads a SLURM allocation itself; srun only where no mpiexec is found), 'mpiexec', 'srun', or any command such as "
                         "'mpirun --bind-to none'; -n P is appended (default: the grid's [study] launcher, else auto)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="set a training flag (or ranks) for every point, over the grid's value, e.g. --set train-size=5000 (repeatable)")
