@@ -36,6 +36,7 @@ CHUNK = 1 << 20
 # than this many bytes per compressed byte is certainly truncated; checking it
 # up front avoids allocating a huge output array for a lying header.
 _MAX_DEFLATE_RATIO = 1100
+_MAX_IMAGE_PIXELS = 2**31 - 1  # one image's pixels must fit one array dimension anywhere
 
 _EXPECT = {"images": (IMAGES_MAGIC, 3), "labels": (LABELS_MAGIC, 1)}
 _UNSIGNED_BYTE = 0x08
@@ -305,6 +306,12 @@ def _parse_header(path: Path, stream, expect: str) -> IdxHeader:
         raise UserError(
             f"{path}: bad image dimensions {shape[1]}x{shape[2]}: "
             f"rows and columns must be at least 1"
+        )
+    if expect == "images" and shape[1] * shape[2] > _MAX_IMAGE_PIXELS:
+        # Even a file of no images must not claim records no array could hold.
+        raise UserError(
+            f"{path}: bad image dimensions {shape[1]}x{shape[2]}: "
+            f"more than {_MAX_IMAGE_PIXELS} pixels per image"
         )
     return IdxHeader(path=path, magic=magic, shape=shape, header_bytes=needed)
 

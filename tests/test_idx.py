@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import os
 import zlib
 from pathlib import Path
 
@@ -177,6 +176,13 @@ def test_bad_image_dimensions(tmp_path, suffix):
 
 
 @pytest.mark.parametrize("suffix", SUFFIXES)
+def test_images_too_large_for_an_array(tmp_path, suffix):
+    """Zero records of 2**32 x 2**32 pixels: the payload size is right (0 bytes), the shape is not."""
+    path = put(tmp_path / f"x{suffix}", header(8, [0, 0x8C103395, 0xE9F38DF8]))
+    expect_error(r"bad image dimensions 2349872021x3925052920: more than 2147483647 pixels", idx.read_records, path, expect="images")
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
 def test_wrong_type_code(tmp_path, suffix):
     path = put(tmp_path / f"x{suffix}", header(0x0D, [2, 2, 2]) + bytes(32))
     expect_error(r"unsupported element type 0x0D \(32-bit float\)", idx.read_header, path, "images")
@@ -227,11 +233,12 @@ def test_oversized_payload(tmp_path, suffix):
 
 
 def test_lying_header_does_not_allocate_huge_arrays(tmp_path):
-    # 2**32-1 records of 2**32-1 x 2**32-1 bytes: must fail fast, not MemoryError.
-    big = header(8, [2**32 - 1, 2**32 - 1, 2**32 - 1]) + bytes(100)
-    for name in ("x", "x.gz"):
-        path = put(tmp_path / name, big)
-        expect_error("truncated payload", idx.read_records, path, expect="images")
+    # Must fail fast, not with a MemoryError: 2**32-1 records of 28x28 bytes in 100 bytes,
+    # and 2**32-1 records of 2**32-1 x 2**32-1 bytes (refused by its shape alone).
+    for dims, fault in (([2**32 - 1, 28, 28], "truncated payload"), ([2**32 - 1, 2**32 - 1, 2**32 - 1], "bad image dimensions")):
+        for name in ("x", "x.gz"):
+            path = put(tmp_path / name, header(8, dims) + bytes(100))
+            expect_error(fault, idx.read_records, path, expect="images")
 
 
 @pytest.mark.parametrize("suffix", SUFFIXES)
