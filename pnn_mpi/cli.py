@@ -14,7 +14,6 @@ import sys
 import time
 import tomllib
 import traceback
-from pathlib import Path
 
 from .activations import ACTIVATIONS
 from .config import DTYPES, FULL_BATCH, KERNELS, TrainConfig

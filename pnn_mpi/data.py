@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import datasets, idx
+from . import datasets
 from .comm import World, agree
 from .config import TrainConfig
 from .errors import UserError
@@ -45,10 +45,9 @@ def load_rank_data(cfg: TrainConfig, world: World) -> RankData:
     directory = agree(world, lambda: datasets.locate(cfg.dataset, cfg.data_dir))
 
     def sizes() -> tuple[int, int, tuple[int, ...]]:
-        train_n = datasets.split_count(spec, directory, "train")
-        test_n = datasets.split_count(spec, directory, "test")
-        train_header = idx.read_header(datasets.find_file(directory, spec.files["train-images"]), "images")
-        test_header = idx.read_header(datasets.find_file(directory, spec.files["test-images"]), "images")
+        train_header, _ = datasets.split_headers(spec, directory, "train")
+        test_header, _ = datasets.split_headers(spec, directory, "test")
+        train_n, test_n = train_header.count, test_header.count
         if train_n == 0:
             raise UserError(f"{train_header.path}: the training set is empty (0 records)")
         if test_n == 0:

@@ -195,7 +195,8 @@ def _split_paths(spec: DatasetSpec, directory: Path, split: str) -> tuple[Path, 
     return paths[0], paths[1]
 
 
-def _checked_headers(spec: DatasetSpec, directory: Path, split: str):
+def split_headers(spec: DatasetSpec, directory: str | os.PathLike, split: str) -> tuple[idx.IdxHeader, idx.IdxHeader]:
+    """The (images, labels) headers of a split, checked to agree on the record count."""
     images_path, labels_path = _split_paths(spec, Path(directory), split)
     images = idx.read_header(images_path, "images")
     labels = idx.read_header(labels_path, "labels")
@@ -209,7 +210,7 @@ def _checked_headers(spec: DatasetSpec, directory: Path, split: str):
 
 def split_count(spec: DatasetSpec, directory: str | os.PathLike, split: str) -> int:
     """Records in a split, read from the headers, so ranks can size their slices."""
-    images, _ = _checked_headers(spec, Path(directory), split)
+    images, _ = split_headers(spec, Path(directory), split)
     return images.count
 
 
@@ -228,7 +229,7 @@ def load_split(
     ``verify`` checks each file against its canonical payload MD5 (which
     decompresses whole files); otherwise only the slice is read.
     """
-    images, labels = _checked_headers(spec, Path(directory), split)
+    images, labels = split_headers(spec, Path(directory), split)
 
     def md5_of(header: idx.IdxHeader) -> str | None:
         return spec.md5.get(header.path.name.removesuffix(".gz")) if verify else None

@@ -7,6 +7,8 @@ network and its metrics.
 
 from __future__ import annotations
 
+import resource
+import sys
 import time
 from pathlib import Path
 
@@ -30,9 +32,6 @@ def say(text: str) -> None:
 
 def peak_memory_mib() -> float:
     """This process's peak resident memory so far, in MiB (Linux reports KiB, macOS bytes)."""
-    import resource
-    import sys
-
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 

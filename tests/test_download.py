@@ -11,7 +11,6 @@ import functools
 import gzip
 import http.server
 import io
-import os
 import socket
 import threading
 from pathlib import Path

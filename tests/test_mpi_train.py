@@ -17,7 +17,7 @@ from pnn_mpi.comm import SerialWorld, World, agree
 from pnn_mpi.config import TrainConfig
 from pnn_mpi.data import load_rank_data
 from pnn_mpi.errors import UserError
-from pnn_mpi.slicing import slice_bounds
+from pnn_mpi.slicing import slice_bounds, slice_sizes
 from pnn_mpi.train import build_network, train
 
 from conftest import learnable_images, write_dataset
@@ -73,7 +73,7 @@ def test_grad_sync_equals_one_rank_with_p_times_the_batch(world, n, batch, momen
     rng = np.random.default_rng(21)
     images, labels = learnable_images(n, rng)
     test_images, test_labels = learnable_images(30, rng)
-    sizes = [hi - lo for lo, hi in (slice_bounds(n, world.size, r) for r in range(world.size))]
+    sizes = slice_sizes(n, world.size)
     lo, hi = slice_bounds(n, world.size, world.rank)
     common = dict(hidden=(9,), epochs=3, lr=0.2, momentum=momentum, dtype="float64", shuffle=False, eval_every=0)
 
@@ -100,7 +100,7 @@ def test_parameter_averaging_equals_mean_of_local_networks(world, sync):
     n = 40 * world.size + 1
     images, labels = learnable_images(n, rng)
     test_images, test_labels = learnable_images(25, rng)
-    sizes = [b - a for a, b in (slice_bounds(n, world.size, r) for r in range(world.size))]
+    sizes = slice_sizes(n, world.size)
     lo, hi = slice_bounds(n, world.size, world.rank)
     cfg = TrainConfig(hidden=(8,), epochs=2, batch_size=5, lr=0.1, dtype="float64", sync=sync, shuffle=False)
     result = train(cfg, world, rank_data(images[lo:hi], labels[lo:hi], test_images, test_labels, sizes=sizes, start=lo), log=_quiet)
@@ -183,7 +183,7 @@ def test_a_stop_seen_by_one_rank_checkpoints_all_and_resumes_bit_identically(wor
     n = 50 * world.size + 3
     images, labels = learnable_images(n, rng)
     test_images, test_labels = learnable_images(20, rng)
-    sizes = [b - a for a, b in (slice_bounds(n, world.size, r) for r in range(world.size))]
+    sizes = slice_sizes(n, world.size)
     lo, hi = slice_bounds(n, world.size, world.rank)
     cfg = TrainConfig(hidden=(8,), epochs=3, batch_size=3, momentum=0.9, sync="end", out=str(out))
 
