@@ -11,7 +11,7 @@ import os
 def run() -> int:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
-    from .cli import main
+    from .cli import main  # after the variables are set: numpy reads them when it is first imported
 
     return main()
 

@@ -15,18 +15,25 @@ rank's memory is broken down so that RSS can be checked against its parts.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import os
+import resource
 import statistics
 import time
 from typing import Callable
 
 import numpy as np
 
-from .cli import Parser, _positive_int
+from . import datasets
+from .comm import Communicator, World
 from .config import DTYPES, TrainConfig
 from .errors import UserError
+from .evaluate import to_inputs
+from .kernels import SampleStepper, numba_available
 from .optim import SGD
+from .options import Parser, positive_int
 from .train import build_network, gradients
 
 PIXELS = 784
@@ -39,9 +46,6 @@ def _sample_images(world, n: int) -> tuple[np.ndarray, np.ndarray]:
     The sparsity of real digits (about 19% of pixels non-zero) matters to
     kernels that skip zero pixels, so real data is preferred.
     """
-    from . import datasets
-    from .evaluate import to_inputs
-
     try:
         spec = datasets.get_spec("mnist")
         directory = datasets.locate("mnist")
@@ -95,8 +99,6 @@ def _kernel_run(cfg: TrainConfig, x, y, backend: str, chunk: int = 256) -> tuple
 
     The set-up (numba's compile or cache load, the numpy backend's sparse index) is not timed.
     """
-    from .kernels import SampleStepper
-
     net = build_network(cfg, x.shape[1])
     opt = SGD(net.params, cfg.momentum)
     began = time.perf_counter()
@@ -173,8 +175,6 @@ def _sync_seconds(world, size: int, dtype, calls: int, repeats: int) -> dict[str
     back, which a bare Allreduce never does, but a training step after it then
     would. Net of the step, the two show what a sync adds to training.
     """
-    from mpi4py import MPI
-
     buf = np.ones(size, dtype=dtype)
     small = np.full(size, 1e-6, dtype=dtype)
 
@@ -182,7 +182,7 @@ def _sync_seconds(world, size: int, dtype, calls: int, repeats: int) -> dict[str
         buf.__isub__(small)
 
     def bare() -> None:
-        world.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+        world.sum_(buf)  # World.sum_ is one in-place Allreduce and nothing else
 
     def ours() -> None:
         world.average_(buf)
@@ -209,16 +209,11 @@ def _memory() -> dict[str, int]:
             fields = dict(line.split(":", 1) for line in handle if line.startswith(("VmRSS", "RssFile")))
         return {"rss": int(fields["VmRSS"].split()[0]) * 1024, "file": int(fields["RssFile"].split()[0]) * 1024}
     except (OSError, KeyError, ValueError):
-        import resource
-
         return {"rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "file": 0}
 
 
 def _release_freed_memory() -> None:
     """Return freed heap pages to the OS (glibc), so that RSS shows what is alive."""
-    import ctypes
-    import gc
-
     gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -234,24 +229,22 @@ def _parser() -> Parser:
                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                epilog="Batch 1 is also measured through the batch-1 kernels (numpy, and numba when it is installed). "
                       "Run under mpiexec to measure at several ranks.")
-    p.add_argument("--hidden", type=_positive_int, nargs="+", default=[128], metavar="N", help="hidden layer widths")
-    p.add_argument("--batch-sizes", type=_positive_int, nargs="+", default=[1, 32], metavar="B", help="batch sizes to measure")
+    p.add_argument("--hidden", type=positive_int, nargs="+", default=[128], metavar="N", help="hidden layer widths")
+    p.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 32], metavar="B", help="batch sizes to measure")
     p.add_argument("--momentum", type=float, default=0.0, help="SGD momentum of the measured steps (0 lets batch-1 kernels update sparsely)")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="inputs and parameters")
     p.add_argument("--seconds", type=float, default=0.3, help="length of one timing window")
-    p.add_argument("--repeats", type=_positive_int, default=5, help="timing windows per candidate; the best counts")
-    p.add_argument("--sync-calls", type=_positive_int, default=50, help="Allreduce calls per timing of a sync")
+    p.add_argument("--repeats", type=positive_int, default=5, help="timing windows per candidate; the best counts")
+    p.add_argument("--sync-calls", type=positive_int, default=50, help="Allreduce calls per timing of a sync")
     p.add_argument("--json", metavar="FILE", help="also write the figures to FILE (rank 0)")
     return p
 
 
-def main(argv: list[str], world=None) -> int:
+def main(argv: list[str], world: Communicator | None = None) -> int:
     args = _parser().parse_args(argv)
     if not 0 <= args.momentum < 1:
         raise UserError(f"--momentum {args.momentum}: expected a value in [0, 1)")
     if world is None:
-        from .comm import World
-
         world = World()
     baseline = _memory()["rss"]  # interpreter, numpy, mpi4py and MPI, before any data
     x, y = _sample_images(world, SAMPLES)
@@ -271,8 +264,6 @@ def main(argv: list[str], world=None) -> int:
         else:
             runs["reference"], what = _matmul_run(sizes, batch, np.dtype(args.dtype)), "bare matrix products"
         if batch == 1:
-            from .kernels import numba_available
-
             for backend in ("numpy", "numba") if numba_available() else ("numpy",):
                 if backend == "numba":
                     _release_freed_memory()
@@ -292,7 +283,7 @@ def main(argv: list[str], world=None) -> int:
                 add_row(f"batch-1 kernel, {backend}", rates[backend], rates["reference"], what)
 
     params = build_network(TrainConfig(hidden=tuple(args.hidden), dtype=args.dtype), PIXELS).params
-    if hasattr(world, "comm"):
+    if world.mpi:
         t = {k: max(world.allgather(v)) * 1e6 for k, v in _sync_seconds(world, params.size, np.dtype(args.dtype), args.sync_calls, args.repeats).items()}
         add_row(f"parameter sync ({params.size:,} {args.dtype})", t["step+average"] - t["step"], t["step+allreduce"] - t["step"],
                 "bare in-place Allreduce, in a training loop", unit="us per sync")

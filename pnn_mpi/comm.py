@@ -1,14 +1,16 @@
 """The MPI surface training needs, in the spirit of Horovod's tiny API.
 
-``World`` wraps a communicator: ``rank``, ``size``, in-place averaging of one
-contiguous buffer, and a few object collectives for metrics. ``agree`` turns an
-error seen on some ranks into the same clean error on all ranks, so a bad file
-that only the last rank's slice reaches cannot leave the others blocked.
+``Communicator`` is that surface: ``rank``, ``size``, in-place summing and
+averaging of one contiguous buffer, and a few object collectives for metrics.
+``World`` implements it on an MPI communicator, ``SerialWorld`` for one process
+without MPI. ``fail_together`` turns an error seen on some ranks into the same
+clean error on all ranks, so a bad file that only the last rank's slice reaches
+cannot leave the others blocked.
 """
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from typing import Callable, Protocol, TypeVar
 
 import numpy as np
 
@@ -17,8 +19,42 @@ from .errors import UserError
 T = TypeVar("T")
 
 
+class Communicator(Protocol):
+    """What the trainer, the data loader and the tools ask of the ranks they run on."""
+
+    rank: int
+    size: int
+    mpi: bool  # whether collectives go through an MPI library (False: one process, in-process)
+
+    def sum_(self, buf: np.ndarray) -> None:
+        """Sum ``buf`` over all ranks, in place."""
+
+    def average_(self, buf: np.ndarray) -> None:
+        """Replace ``buf`` by its mean over all ranks, in place."""
+
+    def allgather(self, obj: T) -> list[T]: ...
+
+    def bcast(self, obj: T, root: int = 0) -> T: ...
+
+    def gather(self, obj: T, root: int = 0) -> list[T] | None: ...
+
+    def scatter(self, objs: list[T] | None, root: int = 0) -> T: ...
+
+    def barrier(self) -> None: ...
+
+    def abort(self, code: int) -> None: ...
+
+    def library(self) -> str:
+        """The MPI library's name and version, e.g. 'Open MPI 5.0.11'."""
+
+    def library_version(self) -> str:
+        """The MPI library's own first line of version text."""
+
+
 class World:
-    """Rank, size and the collectives of one MPI communicator."""
+    """Rank, size and the collectives of one MPI communicator (a ``Communicator``)."""
+
+    mpi = True
 
     def __init__(self, comm=None):
         from mpi4py import MPI  # imported here: evaluate/predict/download run without MPI
@@ -75,6 +111,7 @@ class SerialWorld:
 
     rank = 0
     size = 1
+    mpi = False
 
     def sum_(self, buf: np.ndarray) -> None:
         pass
@@ -91,7 +128,8 @@ class SerialWorld:
     def gather(self, obj: T, root: int = 0) -> list[T]:
         return [obj]
 
-    def scatter(self, objs: list[T], root: int = 0) -> T:
+    def scatter(self, objs: list[T] | None, root: int = 0) -> T:
+        assert objs is not None, "the root's scatter needs its objects"
         return objs[0]
 
     def barrier(self) -> None:
@@ -107,7 +145,7 @@ class SerialWorld:
         return "no MPI (in-process, one rank)"
 
 
-def agree(world: World, action: Callable[[], T]) -> T:
+def fail_together(world: Communicator, action: Callable[[], T]) -> T:
     """Run ``action`` on every rank; a UserError on any rank is raised on all.
 
     Every rank then exits cleanly with the message of the lowest failing rank,

@@ -13,6 +13,7 @@ from typing import Union
 from .activations import ACTIVATIONS
 from .errors import UserError
 from .initializers import INITIALIZERS
+from .kernels import numba_available
 from .losses import OUTPUTS
 from .sync import Sync
 
@@ -82,8 +83,6 @@ class TrainConfig:
         need(self.dtype in DTYPES, f"--dtype {self.dtype!r}: choose from {', '.join(DTYPES)}")
         need(self.kernel in KERNELS, f"--kernel {self.kernel!r}: choose from {', '.join(KERNELS)}")
         if self.kernel == "numba":
-            from .kernels import numba_available
-
             need(numba_available(), "--kernel numba: numba is not installed (pip install 'pnn_mpi[fast]')")
         need(self.train_size is None or self.train_size >= 1, f"--train-size {self.train_size}: expected a positive count")
         need(self.test_size is None or self.test_size >= 1, f"--test-size {self.test_size}: expected a positive count")

@@ -29,6 +29,8 @@ import types
 
 import numpy as np
 
+from .activations import LEAKY_SLOPE
+from .losses import TINY
 from .network import Network
 
 BACKENDS = ("auto", "numba", "numpy")
@@ -209,9 +211,6 @@ class _NumpySteps:
 
 class _CompiledSteps:
     def __init__(self, net: Network, x: np.ndarray, backend: str):
-        from .activations import LEAKY_SLOPE
-        from .losses import _TINY
-
         self.net, self.x = net, x
         self.kernel = _compiled() if backend == "numba" else _k_run
         sizes = np.array(net.sizes, dtype=np.int64)
@@ -223,7 +222,7 @@ class _CompiledSteps:
         self.layout = (sizes, np.array(w_at, np.int64), np.array(b_at, np.int64), np.cumsum([0, *net.sizes[1:]]).astype(np.int64))
         self.acts = np.zeros(sum(net.sizes[1:]), net.dtype)
         self.deltas = np.zeros_like(self.acts)
-        self.consts = np.array([0.0, 1.0, 0.5, LEAKY_SLOPE, _TINY], dtype=net.dtype)
+        self.consts = np.array([0.0, 1.0, 0.5, LEAKY_SLOPE, TINY], dtype=net.dtype)
         self.codes = (_ACTIVATION_CODES[net.activation_name], _OUTPUT_CODES[net.output_name])
         self.no_velocity = np.zeros(0, net.dtype)
         self.run(None, np.zeros(1, np.intp), np.zeros(1, np.intp), 0, 0, 0.0, 0.0)  # compile (or load) now, not mid-epoch

@@ -19,7 +19,7 @@ import numpy as np
 
 from .activations import ACTIVATIONS
 
-_TINY = 1e-12
+TINY = 1e-12
 
 
 @dataclass
@@ -92,7 +92,7 @@ def _total(values: np.ndarray, rows: RowScratch) -> float:
 
 def _neg_log_sum(values: np.ndarray, rows: RowScratch) -> float:
     """-sum(log(max(values, tiny))), computed in place in ``values``."""
-    np.maximum(values, _TINY, out=values)
+    np.maximum(values, TINY, out=values)
     np.log(values, out=values)
     return -_total(values, rows)
 

@@ -16,14 +16,14 @@ import numpy as np
 
 from . import __version__, checkpoint
 from .checkpoint import Progress, RankState
-from .comm import World, agree
+from .comm import Communicator, World, fail_together
 from .config import TrainConfig
-from .data import RankData, load_rank_data
-from .errors import UserError
+from .errors import Diverged, UserError
+from .metrics import metrics, summary_lines, write_metrics
 from .model_io import save_model
-from .report import metrics, summary_lines, write_metrics
+from .rank_data import RankData, load_rank_data
 from .signals import StopRequest
-from .train import Diverged, Hooks, train
+from .train import Hooks, train
 
 
 def say(text: str) -> None:
@@ -51,7 +51,7 @@ def prepare_out_dir(out: Path) -> None:
         raise UserError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
 
 
-def header_lines(cfg: TrainConfig, world: World, data: RankData) -> list[str]:
+def header_lines(cfg: TrainConfig, world: Communicator, data: RankData) -> list[str]:
     sizes = "-".join(str(n) for n in (data.x.shape[1], *cfg.hidden, 10))
     per_rank = min(data.slice_sizes) if min(data.slice_sizes) == max(data.slice_sizes) else f"{min(data.slice_sizes)}-{max(data.slice_sizes)}"
     return [
@@ -62,7 +62,7 @@ def header_lines(cfg: TrainConfig, world: World, data: RankData) -> list[str]:
     ]
 
 
-def check_world_size(cfg: TrainConfig, world: World) -> None:
+def check_world_size(cfg: TrainConfig, world: Communicator) -> None:
     if cfg.expect_ranks is not None and world.size != cfg.expect_ranks:
         raise UserError(
             f"expected {cfg.expect_ranks} ranks (--expect-ranks) but MPI started {world.size} in this job: the launcher "
@@ -70,7 +70,7 @@ def check_world_size(cfg: TrainConfig, world: World) -> None:
         )
 
 
-def resume_point(cfg: TrainConfig, world: World, out: Path) -> tuple[Progress, RankState] | None:
+def resume_point(cfg: TrainConfig, world: Communicator, out: Path) -> tuple[Progress, RankState] | None:
     """Where a ``--resume`` run continues: rank 0 reads the checkpoint, every rank gets its own state."""
 
     def read():
@@ -79,14 +79,14 @@ def resume_point(cfg: TrainConfig, world: World, out: Path) -> tuple[Progress, R
             return None
         return checkpoint.load(path, cfg, world.size)
 
-    found = agree(world, read)
+    found = fail_together(world, read)
     if not world.bcast(found is not None):
         return None
     progress, states = found if world.rank == 0 else (None, None)
     return world.bcast(progress), world.scatter(states)
 
 
-def checkpoint_writer(cfg: TrainConfig, world: World, out: Path):
+def checkpoint_writer(cfg: TrainConfig, world: Communicator, out: Path):
     """A collective that gathers every rank's state to rank 0, which writes it atomically."""
 
     def write(progress: Progress, state: RankState) -> None:
@@ -99,12 +99,12 @@ def checkpoint_writer(cfg: TrainConfig, world: World, out: Path):
                 except OSError as exc:
                     raise UserError(f"--out {out}: cannot write the checkpoint ({exc.strerror or exc}); the previous one is intact") from None
 
-        agree(world, save)
+        fail_together(world, save)
 
     return write
 
 
-def run_training(cfg: TrainConfig, world: World | None = None) -> dict | None:
+def run_training(cfg: TrainConfig, world: Communicator | None = None) -> dict | None:
     """Train as configured; rank 0 returns the metrics record, other ranks None."""
     world = world or World()
     check_world_size(cfg, world)
@@ -112,7 +112,7 @@ def run_training(cfg: TrainConfig, world: World | None = None) -> dict | None:
     if cfg.resume and not cfg.out:
         raise UserError("--resume needs --out DIR: the folder of the run to continue")
     out = Path(cfg.out) if cfg.out else default_out_dir(cfg, world.size)
-    agree(world, lambda: prepare_out_dir(out) if world.rank == 0 else None)
+    fail_together(world, lambda: prepare_out_dir(out) if world.rank == 0 else None)
     data = load_rank_data(cfg, world)
     if cfg.batch_size != "full" and cfg.batch_size > min(data.slice_sizes):
         raise UserError(
@@ -126,7 +126,7 @@ def run_training(cfg: TrainConfig, world: World | None = None) -> dict | None:
             say(line)
         if resume:
             say(f"resuming from {out / checkpoint.FILE}: epoch {resume[0].epoch + 1}, step {resume[0].step}")
-    hooks = Hooks(stop_requested=stop, checkpoint=checkpoint_writer(cfg, world, out), resume=resume)
+    hooks = Hooks(stop_reason=stop, checkpoint=checkpoint_writer(cfg, world, out), resume=resume)
     try:
         with np.errstate(all="ignore"):  # a diverging run is reported once, by the loop's own check
             result = train(cfg, world, data, log=say, hooks=hooks)
@@ -151,5 +151,5 @@ def run_training(cfg: TrainConfig, world: World | None = None) -> dict | None:
                 raise UserError(f"--out {out}: cannot save the results ({exc.strerror or exc})") from None
             say(f"saved {out / 'model.npz'} and {out / 'metrics.json'}")
 
-    agree(world, save)  # a failed save on rank 0 fails every rank alike
+    fail_together(world, save)  # a failed save on rank 0 fails every rank alike
     return record

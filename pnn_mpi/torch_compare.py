@@ -35,11 +35,11 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from .cli import Parser, _positive_int  # noqa: E402
 from .comm import World  # noqa: E402
 from .config import TrainConfig  # noqa: E402
-from .data import load_rank_data  # noqa: E402
 from .errors import UserError  # noqa: E402
+from .options import Parser, positive_int  # noqa: E402
+from .rank_data import load_rank_data  # noqa: E402
 from .train import build_network, train  # noqa: E402
 
 GOALS = {"end": 2.0, "grad": 4.0}  # pnn_mpi / PyTorch samples/s the project aims for
@@ -48,13 +48,13 @@ GOALS = {"end": 2.0, "grad": 4.0}  # pnn_mpi / PyTorch samples/s the project aim
 def _parser() -> Parser:
     p = Parser(prog="python -m pnn_mpi.torch_compare", description=__doc__.split("\n\n")[0],
                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--epochs", type=_positive_int, default=2)
-    p.add_argument("--hidden", type=_positive_int, default=128)
-    p.add_argument("--train-size", type=_positive_int, help="use only the first N training samples (default: all)")
-    p.add_argument("--repeats", type=_positive_int, default=2, help="runs of each side per mode; the best counts")
+    p.add_argument("--epochs", type=positive_int, default=2)
+    p.add_argument("--hidden", type=positive_int, default=128)
+    p.add_argument("--train-size", type=positive_int, help="use only the first N training samples (default: all)")
+    p.add_argument("--repeats", type=positive_int, default=2, help="runs of each side per mode; the best counts")
     p.add_argument("--modes", nargs="+", choices=list(GOALS), default=list(GOALS), help="end: local SGD, one average; grad: DDP-style")
     return p
 

@@ -1,40 +1,103 @@
 """The training loop: local SGD on each rank's slice, averaged across ranks.
 
-Reads top to bottom: build the same network on every rank, then per epoch
-shuffle the local slice, take SGD steps, synchronise as the schedule says, and
-report; at the end score the local networks, average them once more into the
-parallel network and score that on rank 0.
+``train`` reads top to bottom: build the same network on every rank, then per
+epoch shuffle the local slice, take SGD steps, synchronise as the schedule
+says, score and report; at the end score the local networks, average them once
+more into the parallel network and score that on rank 0.
+
+Everything the loop changes lives in one ``LoopState`` (network, optimizer,
+order, shuffler, progress, loss sum, clock, history), which ``snapshot`` copies
+and ``restore`` puts back: a checkpoint is a snapshot, a resume a restore.
+What stays fixed during a run lives in ``Run`` (settings, world, data, batch
+plan, hooks); its ``world`` is only ever read through ``run.world``, so it can be
+replaced between steps. Time is charged through ``Phases``, the one place where
+phases (compute, comm, wait, eval, checkpoint, ...) begin and end.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, replace
-from typing import Callable
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 
 from .checkpoint import Progress, RankState
-from .comm import World
+from .comm import Communicator
 from .config import TrainConfig
-from .data import RankData
+from .errors import Diverged, Interrupted
 from .evaluate import evaluate, score
 from .faults import planned_fault
+from .kernels import SampleStepper
 from .network import Network, Workspace
 from .optim import SGD, learning_rate
+from .rank_data import RankData
 from .slicing import slice_bounds
+from .sync import Sync
 
 
 @dataclass
 class Clock:
-    """Seconds this rank spent in each kind of work."""
+    """Seconds this rank spent in each kind of work (charged by ``Phases``)."""
 
     compute: float = 0.0  # forward, backward and update steps
     comm: float = 0.0  # synchronisation Allreduces
     wait: float = 0.0  # idle at the end of an epoch, waiting for slower ranks
     eval: float = 0.0  # scoring, and the collectives that only feed a score
     syncs: int = 0
+
+
+CLOCKED = tuple(f.name for f in fields(Clock) if f.type == "float")  # the phases with a total in Clock
+
+
+class Phases:
+    """Where the loop's phases begin and end; every second goes to the innermost clocked phase.
+
+    ``with phases("comm"):`` inside ``with phases("compute"):`` pauses compute
+    while comm runs, so the totals in ``clock`` add up to the time spent. Phases
+    without a total in ``Clock`` (checkpoint, check, ...) are reported to the
+    listeners but charge their time to the clocked phase around them. Each
+    listener is called ``listener(phase, began, ended)`` with perf_counter
+    seconds when a phase ends (spans nest): a timeline hooks in here.
+    """
+
+    def __init__(self, clock: Clock):
+        self.clock = clock
+        self.listeners: list[Callable[[str, float, float], None]] = []
+        self._open: list[tuple[str, float]] = []
+        self._charging: list = []  # [phase, since] of the innermost open clocked phase, or empty
+
+    def begin(self, phase: str) -> None:
+        now = time.perf_counter()
+        self._open.append((phase, now))
+        if phase in CLOCKED:
+            self._charge(now)
+            self._charging = [phase, now]
+
+    def end(self) -> None:
+        now = time.perf_counter()
+        phase, began = self._open.pop()
+        if phase in CLOCKED:
+            self._charge(now)
+            outer = next((name for name, _ in reversed(self._open) if name in CLOCKED), None)
+            self._charging = [outer, now] if outer else []
+        for listener in self.listeners:
+            listener(phase, began, now)
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        self.begin(phase)
+        try:
+            yield
+        finally:
+            self.end()
+
+    def _charge(self, now: float) -> None:
+        if self._charging:
+            phase, since = self._charging
+            setattr(self.clock, phase, getattr(self.clock, phase) + now - since)
 
 
 @dataclass
@@ -60,6 +123,12 @@ class TrainResult:
     steps_per_epoch: int
 
 
+class BatchPlan(NamedTuple):
+    batch: int  # samples per step on a rank (a shorter slice's last batch may hold fewer)
+    steps: int  # steps per epoch, the same on every rank
+    step_samples: np.ndarray  # samples summed over all ranks at each step of an epoch
+
+
 def build_network(cfg: TrainConfig, inputs: int) -> Network:
     """The starting network: the same on every rank, because the seed is."""
     net = Network((inputs, *cfg.hidden, 10), cfg.activation, cfg.output, cfg.dtype)
@@ -67,8 +136,8 @@ def build_network(cfg: TrainConfig, inputs: int) -> Network:
     return net
 
 
-def batch_plan(cfg: TrainConfig, sizes: list[int]) -> tuple[int, int, np.ndarray]:
-    """(batch size, steps per epoch, samples summed over ranks at each step).
+def batch_plan(cfg: TrainConfig, sizes: list[int]) -> BatchPlan:
+    """The batch size, the steps per epoch and the samples of each step over all ranks.
 
     Every rank takes the same number of steps per epoch, so collectives line
     up; a rank whose slice is one sample shorter takes a smaller last batch.
@@ -76,8 +145,8 @@ def batch_plan(cfg: TrainConfig, sizes: list[int]) -> tuple[int, int, np.ndarray
     batch = max(sizes) if cfg.full_batch else min(int(cfg.batch_size), max(sizes))
     steps = math.ceil(max(sizes) / batch)
     starts = np.arange(steps) * batch
-    global_batch = sum(np.clip(n - starts, 0, batch) for n in sizes)
-    return batch, steps, global_batch
+    step_samples = sum(np.clip(n - starts, 0, batch) for n in sizes)
+    return BatchPlan(batch, steps, np.asarray(step_samples))
 
 
 def gradients(net: Network, ws: Workspace, x_all: np.ndarray, y_all: np.ndarray, picked: np.ndarray, scale: float) -> float:
@@ -95,28 +164,16 @@ def gradients(net: Network, ws: Workspace, x_all: np.ndarray, y_all: np.ndarray,
     return net.backward(x, y, ws, scale)
 
 
-class Interrupted(Exception):
-    """Training stopped on request (a signal) after writing a checkpoint."""
-
-    def __init__(self, reason: str, epoch: int, step: int):
-        super().__init__(f"{reason}: stopped in epoch {epoch + 1} after step {step}")
-        self.reason, self.epoch, self.step = reason, epoch, step
-
-
-class Diverged(Exception):
-    """The training loss became NaN or infinite on some rank."""
-
-
 @dataclass
 class Hooks:
     """How a run talks to the world outside the loop (all optional).
 
-    ``stop_requested()`` says whether this rank was asked to stop (a signal);
-    ``checkpoint(progress, state)`` is a collective that saves every rank's
-    state; ``resume`` is where a checkpointed run left off.
+    ``stop_reason()`` names why this rank was asked to stop (a signal), or is
+    None; ``checkpoint(progress, state)`` is a collective that saves every
+    rank's state; ``resume`` is where a checkpointed run left off.
     """
 
-    stop_requested: Callable[[], str | None] = lambda: None
+    stop_reason: Callable[[], str | None] = lambda: None
     checkpoint: Callable[[Progress, RankState], None] | None = None
     resume: tuple[Progress, RankState] | None = None
 
@@ -126,7 +183,7 @@ def check_interval(batch: int) -> int:
     return max(1, 2048 // batch)
 
 
-def segment_end(start: int, steps: int, every: int, sync, global_step: int) -> int:
+def segment_end(start: int, steps: int, every: int, sync: Sync, global_step: int) -> int:
     """Where a run of batch-1 steps from ``start`` must stop: at the next check for a
     stop request, the next parameter average of ``steps:K``, or the epoch's end.
     ``global_step`` counts the steps taken before ``start``."""
@@ -136,174 +193,208 @@ def segment_end(start: int, steps: int, every: int, sync, global_step: int) -> i
     return stop
 
 
-def train(cfg: TrainConfig, world: World, data: RankData, log=print, hooks: Hooks | None = None) -> TrainResult:
+@dataclass
+class LoopState:
+    """Everything the training loop changes as it runs, on one rank."""
+
+    net: Network
+    opt: SGD
+    order: np.ndarray  # this epoch's order of the rank's slice
+    shuffler: np.random.Generator
+    progress: Progress = field(default_factory=Progress)
+    loss_sum: float = 0.0  # summed training loss of the epoch so far
+    clock: Clock = field(default_factory=Clock)
+    history: list[EpochRecord] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, cfg: TrainConfig, rank: int, data: RankData) -> "LoopState":
+        """The state before the first step: the seeded network, zero momentum, the slice in file order."""
+        net = build_network(cfg, data.x.shape[1])
+        return cls(net, SGD(net.params, cfg.momentum), np.arange(len(data.y)), np.random.default_rng([cfg.seed, rank]))
+
+    def snapshot(self) -> tuple[Progress, RankState]:
+        """A copy of where this rank stands, taken without any collective.
+
+        The progress carries the history and this rank's clock alone in
+        ``clocks``; a checkpoint replaces that by every rank's clock.
+        """
+        progress = replace(self.progress, history=[asdict(r) for r in self.history], clocks=[asdict(self.clock)])
+        velocity = None if self.opt.velocity is None else self.opt.velocity.copy()
+        return progress, RankState(self.net.params.copy(), velocity, self.order.copy(), self.shuffler.bit_generator.state, self.loss_sum)
+
+    def restore(self, progress: Progress, state: RankState, clock: dict | None = None) -> None:
+        """Put back a snapshot (or a checkpoint's share of this rank); ``clock`` as well when given."""
+        self.net.params[...] = state.params
+        if self.opt.velocity is not None:
+            self.opt.velocity[...] = state.velocity
+        self.order[...] = state.order
+        self.shuffler.bit_generator.state = state.rng
+        self.loss_sum = state.loss_sum
+        self.progress = replace(progress, history=[], clocks=[])
+        self.history = [EpochRecord(**record) for record in progress.history]
+        for name, value in (clock or {}).items():
+            setattr(self.clock, name, value)  # in place: Phases holds this clock
+
+
+@dataclass
+class Run:
+    """What stays fixed while the loop runs (but ``world``, which is read afresh at every use)."""
+
+    cfg: TrainConfig
+    world: Communicator
+    data: RankData
+    hooks: Hooks
+    log: Callable[[str], None]
+    plan: BatchPlan
+    sync: Sync
+    ws: Workspace
+    stepper: SampleStepper | None  # batch 1 without per-step collectives: many samples per call
+    check_every: int
+    phases: Phases
+
+    @classmethod
+    def prepare(cls, cfg: TrainConfig, world: Communicator, data: RankData, state: LoopState, hooks: Hooks, log) -> "Run":
+        plan = batch_plan(cfg, data.slice_sizes)
+        sync = cfg.schedule
+        stepper = None
+        if plan.batch == 1 and not sync.averages_gradients and cfg.kernel != "generic":
+            stepper = SampleStepper(state.net, data.x, cfg.kernel)  # index built, numba loaded: before the clock starts
+        return cls(cfg, world, data, hooks, log, plan, sync, state.net.workspace(plan.batch), stepper,
+                   check_interval(plan.batch), Phases(state.clock))
+
+
+def train(cfg: TrainConfig, world: Communicator, data: RankData, log=print, hooks: Hooks | None = None) -> TrainResult:
     hooks = hooks or Hooks()
-    net = build_network(cfg, data.x.shape[1])
-    opt = SGD(net.params, cfg.momentum)
-    sync = cfg.schedule
-    batch, steps, global_batch = batch_plan(cfg, data.slice_sizes)
-    ws = net.workspace(batch)
-    order = np.arange(len(data.y))
-    shuffler = np.random.default_rng([cfg.seed, world.rank])
-    clock = Clock()
-    progress = Progress()
-    loss_sum = 0.0
+    state = LoopState.start(cfg, world.rank, data)
     if hooks.resume:
-        progress, state = hooks.resume
-        net.params[...] = state.params
-        if opt.velocity is not None:
-            opt.velocity[...] = state.velocity
-        order[...] = state.order
-        shuffler.bit_generator.state = state.rng
-        loss_sum = state.loss_sum
-        clock = Clock(**progress.clocks[world.rank])
-    history = [EpochRecord(**record) for record in progress.history]
-    every = check_interval(batch)
-    stepper = None  # batch 1 without per-step collectives: many samples per call (kernels.py)
-    if batch == 1 and not sync.averages_gradients and cfg.kernel != "generic":
-        from .kernels import SampleStepper
-
-        stepper = SampleStepper(net, data.x, cfg.kernel)  # index built, numba loaded: before the clock starts
-
-    def synchronise(buffer: np.ndarray, average: bool = True) -> None:
-        t0 = time.perf_counter()
-        world.average_(buffer) if average else world.sum_(buffer)
-        clock.comm += time.perf_counter() - t0
-        clock.syncs += 1
-
-    def one_step(s: int, lr: float) -> float:
-        """Step ``s`` of the epoch on this rank's batch; returns the batch's summed loss."""
-        picked = order[s * batch : (s + 1) * batch]
-        loss = 0.0
-        if len(picked):  # a slice one sample short may have an empty last batch
-            scale = 1.0 / (global_batch[s] if sync.averages_gradients else len(picked))
-            loss = gradients(net, ws, data.x, data.y, picked, scale)
-        else:
-            net.grads.fill(0.0)
-        if sync.averages_gradients:
-            synchronise(net.grads, average=False)  # already scaled by the global batch
-        if len(picked) or sync.averages_gradients:
-            opt.step(net.params, net.grads, lr)
-        return loss
-
-    def snapshot() -> RankState:
-        progress.clocks = world.allgather(asdict(clock))
-        progress.history = [asdict(r) for r in history]
-        velocity = None if opt.velocity is None else opt.velocity.copy()
-        return RankState(net.params.copy(), velocity, order.copy(), shuffler.bit_generator.state, loss_sum)
-
-    def check(epoch: int, step: int) -> None:
-        """Agree on stopping: any rank's signal or non-finite loss stops all ranks at this step."""
-        flags = np.array([hooks.stop_requested() is not None, not math.isfinite(loss_sum)], dtype=np.float64)
-        world.sum_(flags)
-        if flags[1]:
-            raise Diverged(f"training diverged in epoch {epoch + 1}: the loss became NaN or infinite; try a smaller --lr (now {cfg.lr})")
-        if flags[0]:
-            reason = world.allgather(hooks.stop_requested())
-            if hooks.checkpoint:
-                state = snapshot()  # fills progress.clocks and .history first
-                hooks.checkpoint(replace(progress, epoch=epoch, step=step), state)
-            raise Interrupted(next(r for r in reason if r), epoch, step)
-
+        progress, rank_state = hooks.resume
+        state.restore(progress, rank_state, progress.clocks[world.rank])
+    run = Run.prepare(cfg, world, data, state, hooks, log)
     fault = planned_fault()
     world.barrier()
-    for epoch in range(progress.epoch, cfg.epochs):
+    for epoch in range(state.progress.epoch, cfg.epochs):
         if fault:
-            fault.fire(world.rank, epoch + 1)
-        began = time.perf_counter()
-        comm_before = clock.comm
+            fault.fire(run.world.rank, epoch + 1)
         lr = learning_rate(cfg.lr, cfg.lr_decay, epoch)
-        final_epoch = epoch == cfg.epochs - 1
+        train_epoch(run, state, epoch, lr)
+        report_epoch(run, state, score_epoch(run, state, epoch, lr))
+        end_epoch(run, state, epoch)
+    return finish(run, state)
+
+
+# --- one epoch ---------------------------------------------------------------------------
+
+
+def train_epoch(run: Run, state: LoopState, epoch: int, lr: float) -> None:
+    """Every step of ``epoch`` on this rank, the syncs the schedule asks for, then meet the other ranks."""
+    progress, final = state.progress, epoch == run.cfg.epochs - 1
+    began = time.perf_counter()
+    with run.phases("compute"):
         if progress.step == 0:  # a fresh epoch, not one resumed midway
-            loss_sum = 0.0
-            if cfg.shuffle:
-                shuffler.shuffle(order)
+            state.loss_sum = 0.0
+            if run.cfg.shuffle:
+                state.shuffler.shuffle(state.order)
         s = progress.step
-        while s < steps:
-            # One step, or with a batch-1 kernel every step up to the next collective.
-            stop = segment_end(s, steps, every, sync, progress.global_step) if stepper else s + 1
-            if stepper:
-                loss_sum += stepper.run(opt.velocity, data.y, order, s, stop, lr, cfg.momentum)  # fewer on a short slice
-            else:
-                loss_sum += one_step(s, lr)
-            progress.global_step += stop - s
-            progress.in_sync = sync.averages_gradients  # some rank stepped (the global batch is never empty)
-            if sync.averages_after_step(progress.global_step) and not (final_epoch and stop == steps):
-                synchronise(net.params)
-                progress.in_sync = True
-            if stop % every == 0 or stop == steps:
+        while s < run.plan.steps:
+            stop = take_steps(run, state, s, lr)
+            if run.sync.averages_after_step(progress.global_step) and not (final and stop == run.plan.steps):
+                sync_parameters(run, state)
+            if stop % run.check_every == 0 or stop == run.plan.steps:
                 progress.step = stop
-                check(epoch, stop)
+                check_stop(run, state, epoch, stop)
             s = stop
-        if sync.averages_after_epoch and not final_epoch:
-            synchronise(net.params)
-            progress.in_sync = True
-        worked = time.perf_counter()
-        world.barrier()
-        ended = time.perf_counter()
-        clock.compute += worked - began - (clock.comm - comm_before)
-        clock.wait += ended - worked
-        progress.train_seconds += ended - began
-
-        history.append(_score_epoch(cfg, world, net, data, clock, epoch, lr, loss_sum, progress.in_sync, progress.train_seconds))
-        if world.rank == 0 and not final_epoch:
-            log(_epoch_line(cfg, history[-1]))
-        progress.epoch, progress.step = epoch + 1, 0
-        if hooks.checkpoint and cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0 and not final_epoch:
-            state = snapshot()
-            hooks.checkpoint(progress, state)
-
-    # Score the local networks as they are, then average them into the parallel one.
-    t0 = time.perf_counter()
-    local_accuracy, _ = evaluate(net, data.test_images, data.test_labels)
-    clock.eval += time.perf_counter() - t0
-    train_seconds = progress.train_seconds
-    if not progress.in_sync:
-        world.barrier()
-        t0 = time.perf_counter()
-        synchronise(net.params)
-        train_seconds += time.perf_counter() - t0
-
-    accuracy = loss = float("nan")
-    if world.rank == 0:
-        t0 = time.perf_counter()
-        accuracy, loss = evaluate(net, data.test_images, data.test_labels)
-        clock.eval += time.perf_counter() - t0
-        history[-1].test_accuracy, history[-1].test_loss = accuracy, loss
-        history[-1].train_seconds = train_seconds
-        log(_epoch_line(cfg, history[-1]))
-    return TrainResult(
-        net=net,
-        epochs=history,
-        test_accuracy=accuracy,
-        test_loss=loss,
-        local_accuracies=world.allgather(local_accuracy),
-        clocks=world.allgather(clock),
-        train_seconds=world.bcast(train_seconds),
-        samples_seen=data.train_total * cfg.epochs,
-        steps_per_epoch=steps,
-    )
+        if run.sync.averages_after_epoch and not final:
+            sync_parameters(run, state)
+    with run.phases("wait"):
+        run.world.barrier()
+    progress.train_seconds += time.perf_counter() - began
 
 
-def _score_epoch(cfg, world, net, data, clock, epoch, lr, loss_sum, in_sync, train_seconds) -> EpochRecord:
+def take_steps(run: Run, state: LoopState, s: int, lr: float) -> int:
+    """Step ``s`` of the epoch, or with a batch-1 kernel every step up to the next collective; returns where it stopped."""
+    if run.stepper:
+        stop = segment_end(s, run.plan.steps, run.check_every, run.sync, state.progress.global_step)
+        state.loss_sum += run.stepper.run(state.opt.velocity, run.data.y, state.order, s, stop, lr, run.cfg.momentum)  # fewer on a short slice
+    else:
+        stop = s + 1
+        state.loss_sum += one_step(run, state, s, lr)
+    state.progress.global_step += stop - s
+    state.progress.in_sync = run.sync.averages_gradients  # some rank stepped (a step's samples are never 0 over all ranks)
+    return stop
+
+
+def one_step(run: Run, state: LoopState, s: int, lr: float) -> float:
+    """Step ``s`` of the epoch on this rank's batch; returns the batch's summed loss."""
+    net, batch, by_gradients = state.net, run.plan.batch, run.sync.averages_gradients
+    picked = state.order[s * batch : (s + 1) * batch]
+    loss = 0.0
+    if len(picked):  # a slice one sample short may have an empty last batch
+        scale = 1.0 / (run.plan.step_samples[s] if by_gradients else len(picked))
+        loss = gradients(net, run.ws, run.data.x, run.data.y, picked, scale)
+    else:
+        net.grads.fill(0.0)
+    if by_gradients:
+        sync_buffer(run, state, net.grads, average=False)  # already scaled by the step's samples over all ranks
+    if len(picked) or by_gradients:
+        state.opt.step(net.params, net.grads, lr)
+    return loss
+
+
+def sync_buffer(run: Run, state: LoopState, buffer: np.ndarray, average: bool = True) -> None:
+    """The sync: one in-place Allreduce of ``buffer`` (averaged, or summed)."""
+    with run.phases("comm"):
+        run.world.average_(buffer) if average else run.world.sum_(buffer)
+    state.clock.syncs += 1
+
+
+def sync_parameters(run: Run, state: LoopState) -> None:
+    """Average the parameters: every rank then holds the same network."""
+    sync_buffer(run, state, state.net.params)
+    state.progress.in_sync = True
+
+
+def check_stop(run: Run, state: LoopState, epoch: int, step: int) -> None:
+    """Agree on stopping: any rank's signal or non-finite loss stops all ranks at this step."""
+    reason = run.hooks.stop_reason()
+    flags = np.array([reason is not None, not math.isfinite(state.loss_sum)], dtype=np.float64)
+    run.world.sum_(flags)
+    if flags[1]:
+        raise Diverged(f"training diverged in epoch {epoch + 1}: the loss became NaN or infinite; try a smaller --lr (now {run.cfg.lr})")
+    if flags[0]:
+        reasons = run.world.allgather(reason)
+        save_checkpoint(run, state)
+        raise Interrupted(next(r for r in reasons if r), epoch, step)
+
+
+def save_checkpoint(run: Run, state: LoopState) -> None:
+    """Hand every rank's snapshot to the checkpoint hook (a collective), if there is one."""
+    if run.hooks.checkpoint is None:
+        return
+    with run.phases("checkpoint"):
+        progress, rank_state = state.snapshot()
+        progress.clocks = run.world.allgather(progress.clocks[0])
+        run.hooks.checkpoint(progress, rank_state)
+
+
+def score_epoch(run: Run, state: LoopState, epoch: int, lr: float) -> EpochRecord:
     """The epoch's mean training loss over all ranks and, when due, the parallel network's test score.
 
     Between averages the parallel network exists only as the mean of the local
     ones; it is formed in a copy, so scoring never alters training. Each rank
     scores its share of the test set and the counts are summed.
     """
-    t0 = time.perf_counter()
-    totals = np.array([loss_sum, 0.0, 0.0])
-    due = cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and epoch < cfg.epochs - 1
-    if due:
-        candidate = net
-        if not in_sync:
-            candidate = net.copy()
-            world.average_(candidate.params)
-        lo, hi = slice_bounds(len(data.test_labels), world.size, world.rank)
-        totals[1:] = score(candidate, data.test_images[lo:hi], data.test_labels[lo:hi])
-    world.sum_(totals)
-    clock.eval += time.perf_counter() - t0
+    cfg, data, world = run.cfg, run.data, run.world
+    with run.phases("eval"):
+        totals = np.array([state.loss_sum, 0.0, 0.0])
+        due = cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and epoch < cfg.epochs - 1
+        if due:
+            candidate = state.net
+            if not state.progress.in_sync:
+                candidate = state.net.copy()
+                world.average_(candidate.params)
+            lo, hi = slice_bounds(len(data.test_labels), world.size, world.rank)
+            totals[1:] = score(candidate, data.test_images[lo:hi], data.test_labels[lo:hi])
+        world.sum_(totals)
     tested = len(data.test_labels)
     return EpochRecord(
         epoch=epoch + 1,
@@ -311,11 +402,61 @@ def _score_epoch(cfg, world, net, data, clock, epoch, lr, loss_sum, in_sync, tra
         train_loss=float(totals[0]) / data.train_total,
         test_accuracy=float(totals[1]) / tested if due else None,
         test_loss=float(totals[2]) / tested if due else None,
-        train_seconds=train_seconds,
+        train_seconds=state.progress.train_seconds,
     )
 
 
-def _epoch_line(cfg: TrainConfig, record: EpochRecord) -> str:
+def report_epoch(run: Run, state: LoopState, record: EpochRecord) -> None:
+    """The one place an epoch is reported: kept in the history, printed by rank 0 (the last epoch by ``finish``)."""
+    state.history.append(record)
+    if run.world.rank == 0 and record.epoch < run.cfg.epochs:
+        run.log(epoch_line(run.cfg, record))
+
+
+def end_epoch(run: Run, state: LoopState, epoch: int) -> None:
+    """Move on to the next epoch, checkpointing first when one is due (none after the last: the model is saved then)."""
+    state.progress.epoch, state.progress.step = epoch + 1, 0
+    every = run.cfg.checkpoint_every
+    if every and (epoch + 1) % every == 0 and epoch < run.cfg.epochs - 1:
+        save_checkpoint(run, state)
+
+
+# --- the end -----------------------------------------------------------------------------
+
+
+def finish(run: Run, state: LoopState) -> TrainResult:
+    """Score the local networks as they are, average them into the parallel one, score that on rank 0."""
+    world, data, net = run.world, run.data, state.net
+    with run.phases("eval"):
+        local_accuracy, _ = evaluate(net, data.test_images, data.test_labels)
+    train_seconds = state.progress.train_seconds
+    if not state.progress.in_sync:
+        world.barrier()
+        began = time.perf_counter()
+        sync_parameters(run, state)
+        train_seconds += time.perf_counter() - began
+
+    accuracy = loss = float("nan")
+    if world.rank == 0:
+        with run.phases("eval"):
+            accuracy, loss = evaluate(net, data.test_images, data.test_labels)
+        last = state.history[-1]
+        last.test_accuracy, last.test_loss, last.train_seconds = accuracy, loss, train_seconds
+        run.log(epoch_line(run.cfg, last))
+    return TrainResult(
+        net=net,
+        epochs=state.history,
+        test_accuracy=accuracy,
+        test_loss=loss,
+        local_accuracies=world.allgather(local_accuracy),
+        clocks=world.allgather(state.clock),
+        train_seconds=world.bcast(train_seconds),
+        samples_seen=data.train_total * run.cfg.epochs,
+        steps_per_epoch=run.plan.steps,
+    )
+
+
+def epoch_line(cfg: TrainConfig, record: EpochRecord) -> str:
     tested = f"  test {record.test_accuracy:7.2%}" if record.test_accuracy is not None else ""
     return (
         f"epoch {record.epoch:>{len(str(cfg.epochs))}}/{cfg.epochs}  lr {record.lr:.4g}"

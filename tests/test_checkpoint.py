@@ -11,8 +11,8 @@ from pnn_mpi import checkpoint
 from pnn_mpi.checkpoint import Progress, RankState
 from pnn_mpi.comm import SerialWorld
 from pnn_mpi.config import TrainConfig
-from pnn_mpi.errors import UserError
-from pnn_mpi.train import Hooks, Interrupted, check_interval, train
+from pnn_mpi.errors import Interrupted, UserError
+from pnn_mpi.train import Hooks, check_interval, train
 
 from conftest import learnable_images
 from test_train import rank_data
@@ -144,7 +144,7 @@ def test_interrupt_then_resume_is_bit_identical(data, settings, interval, checks
 
     recorder = Recorder()
     with pytest.raises(Interrupted) as stopped:
-        train(cfg, SerialWorld(), fresh(), log=lambda *_: None, hooks=Hooks(stop_requested=_stop_at(checks_before_stop), checkpoint=recorder))
+        train(cfg, SerialWorld(), fresh(), log=lambda *_: None, hooks=Hooks(stop_reason=_stop_at(checks_before_stop), checkpoint=recorder))
     assert stopped.value.reason == "SIGTERM"
     progress, state = recorder.saved
     assert (progress.epoch, progress.step) == (stopped.value.epoch, stopped.value.step)

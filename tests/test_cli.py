@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
-import types
 
 import pytest
 
 from pnn_mpi import cli
-from pnn_mpi.cli import main, parse_train_args, train_parser
+from pnn_mpi.cli import main
+from pnn_mpi.options import parse_train_args, train_parser
 from pnn_mpi.config import TrainConfig
 from pnn_mpi.errors import UserError
 
@@ -21,11 +20,9 @@ ALL_FLAGS = (
 
 @pytest.fixture
 def fake_training(monkeypatch):
-    """Replace pnn_mpi.run by a stub recording the config, so no MPI or data is ever touched."""
+    """Replace run_training by a stub recording the config, so no MPI or data is ever touched."""
     calls: list[TrainConfig] = []
-    stub = types.ModuleType("pnn_mpi.run")
-    stub.run_training = calls.append
-    monkeypatch.setitem(sys.modules, "pnn_mpi.run", stub)
+    monkeypatch.setattr("pnn_mpi.run.run_training", calls.append)
     return calls
 
 
@@ -256,11 +253,9 @@ def test_parser_defaults_are_config_defaults():
 
 def test_commands_table():
     """The other commands exist alongside the default 'train', each with its own function."""
-    from pnn_mpi import commands
-
     assert set(cli.COMMANDS) == {"train", "download", "evaluate", "predict", "bench", "study"}
     for name in set(cli.COMMANDS) - {"train"}:
-        assert callable(getattr(commands, f"cmd_{name}"))
+        assert callable(cli.COMMANDS[name]) and cli.COMMANDS[name] is not cli.COMMANDS["train"]
 
 
 @pytest.mark.parametrize(

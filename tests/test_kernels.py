@@ -21,7 +21,7 @@ from pnn_mpi import train as train_module
 from pnn_mpi.activations import ACTIVATIONS
 from pnn_mpi.comm import SerialWorld
 from pnn_mpi.config import TrainConfig
-from pnn_mpi.data import RankData
+from pnn_mpi.rank_data import RankData
 from pnn_mpi.evaluate import to_inputs
 from pnn_mpi.losses import OUTPUTS
 from pnn_mpi.network import Network
@@ -192,7 +192,7 @@ def test_precompile_fills_the_cache():
 
 def test_importing_the_package_does_not_import_numba():
     """numba stays optional and costs nothing until the numba backend runs."""
-    code = ("import sys, pnn_mpi, pnn_mpi.kernels, pnn_mpi.train, pnn_mpi.bench, pnn_mpi.commands\n"
+    code = ("import sys, pnn_mpi, pnn_mpi.kernels, pnn_mpi.train, pnn_mpi.bench, pnn_mpi.file_commands, pnn_mpi.cli\n"
             "assert 'numba' not in sys.modules, 'numba imported'\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=60)
 

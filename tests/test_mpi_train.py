@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from pnn_mpi.comm import SerialWorld, World, agree
+from pnn_mpi.comm import SerialWorld, World, fail_together
 from pnn_mpi.config import TrainConfig
-from pnn_mpi.data import load_rank_data
+from pnn_mpi.rank_data import load_rank_data
 from pnn_mpi.errors import UserError
 from pnn_mpi.slicing import slice_bounds, slice_sizes
 from pnn_mpi.train import build_network, train
@@ -157,8 +157,8 @@ def test_a_fault_seen_by_one_rank_fails_every_rank_alike(world, tmp_path_factory
     assert len(set(messages)) == 1 and "42" in messages[0]
 
 
-def test_agree_passes_results_through(world):
-    assert agree(world, lambda: world.rank * 2) == world.rank * 2
+def test_fail_together_passes_results_through(world):
+    assert fail_together(world, lambda: world.rank * 2) == world.rank * 2
 
 
 def test_more_ranks_than_samples_is_a_user_error(world, tmp_path_factory):
@@ -174,7 +174,8 @@ def test_a_stop_seen_by_one_rank_checkpoints_all_and_resumes_bit_identically(wor
     """Rank 1 alone is signalled; every rank stops at the same step, rank 0 writes every
     rank's state, and the resumed run ends with the parameters of an uninterrupted one."""
     from pnn_mpi.run import checkpoint_writer, resume_point
-    from pnn_mpi.train import Hooks, Interrupted
+    from pnn_mpi.errors import Interrupted
+    from pnn_mpi.train import Hooks
 
     monkeypatch.setattr("pnn_mpi.train.check_interval", lambda batch: 4)
     out = _shared_tmp(world, tmp_path_factory) / "run"
@@ -198,7 +199,7 @@ def test_a_stop_seen_by_one_rank_checkpoints_all_and_resumes_bit_identically(wor
         return "SIGTERM" if world.rank == 1 and checks["n"] >= 5 else None
 
     with pytest.raises(Interrupted) as stopped:
-        train(cfg, world, mine(), log=_quiet, hooks=Hooks(stop_requested=only_rank_one, checkpoint=checkpoint_writer(cfg, world, out)))
+        train(cfg, world, mine(), log=_quiet, hooks=Hooks(stop_reason=only_rank_one, checkpoint=checkpoint_writer(cfg, world, out)))
     assert len(set(world.allgather((stopped.value.epoch, stopped.value.step)))) == 1
     resume = resume_point(cfg, world, out)
     assert resume is not None and resume[0].step == stopped.value.step

@@ -17,7 +17,7 @@ import pytest
 
 from pnn_mpi import study
 from pnn_mpi.study import launch as study_launch, machine as study_machine
-from pnn_mpi.cli import parse_train_args
+from pnn_mpi.options import parse_train_args
 from pnn_mpi.errors import UserError
 from pnn_mpi.study.findings import accuracy_findings, oversubscription, speedup_findings
 from pnn_mpi.study.grid import SETTINGS, load_study, parse_override, shipped_grid

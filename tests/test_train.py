@@ -14,7 +14,7 @@ import pytest
 
 from pnn_mpi.comm import SerialWorld
 from pnn_mpi.config import TrainConfig
-from pnn_mpi.data import RankData
+from pnn_mpi.rank_data import RankData
 from pnn_mpi.evaluate import evaluate, to_inputs
 from pnn_mpi.network import Network
 from pnn_mpi.train import batch_plan, build_network, train
@@ -178,9 +178,9 @@ def test_epoch_lines_are_logged_by_rank_zero(small):
 def test_batch_plan(sizes, batch, expected):
     """Every rank takes the same number of steps; the global batch counts every rank's samples."""
     cfg = TrainConfig(batch_size=batch)
-    size, steps, global_batch = batch_plan(cfg, sizes)
-    assert (size, steps, list(global_batch)) == (expected[0], expected[1], expected[2])
-    assert sum(global_batch) == sum(sizes)
+    size, steps, step_samples = batch_plan(cfg, sizes)
+    assert (size, steps, list(step_samples)) == (expected[0], expected[1], expected[2])
+    assert sum(step_samples) == sum(sizes)
 
 
 def test_build_network_is_the_seeded_initialisation():

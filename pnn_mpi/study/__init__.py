@@ -4,6 +4,6 @@ grid (TOML -> points) -> launch (mpiexec/srun per point) -> runner (resumable lo
 -> results (CSV rows) -> stats/findings -> figures/plots and report.md.
 """
 
-from .command import main
+from .entry import main
 
 __all__ = ["main"]

@@ -11,7 +11,7 @@ from pathlib import Path
 from .grid import Study
 from .machine import Machine
 from .results import Result
-from . import stats
+from . import plots, stats
 
 TITLES = {
     "accuracy": "test accuracy vs ranks",
@@ -27,8 +27,6 @@ def figure_name(grid: str, plot: str) -> str:
 
 def draw_figures(study: Study, results: list[Result], machine: Machine, folder: Path) -> dict[tuple[str, str], str]:
     """Draw every figure that has at least one successful run; (grid, plot) -> file name."""
-    from . import plots
-
     drawn = {}
     for grid in study.grids:
         if not stats.successes(grid, results):

@@ -35,9 +35,9 @@ import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from ..cli import parse_train_args
 from ..config import TrainConfig
 from ..errors import UserError
+from ..options import parse_train_args
 
 RANKS = "ranks"
 SEED = "seed"

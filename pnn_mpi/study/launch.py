@@ -98,10 +98,10 @@ def launch_command(launcher: Sequence[str], ranks: int, flags: Sequence[str], ou
 
 
 def run_command(command: Sequence[str], env: Mapping[str, str], timeout: float, stdout: Path, stderr: Path,
-                stop_requested: Callable[[], str | None] = lambda: None) -> Outcome:
+                stop_reason: Callable[[], str | None] = lambda: None) -> Outcome:
     """Run ``command`` with its output in two files; kill its process group if it outlives ``timeout``.
 
-    When ``stop_requested()`` turns true (the study was signalled), the launch
+    When ``stop_reason()`` names a signal (the study was signalled), the launch
     gets SIGUSR1, which mpiexec passes on to its ranks: they checkpoint and
     exit with the trainer's stop status, to be resumed by the next study run.
     """
@@ -119,7 +119,7 @@ def run_command(command: Sequence[str], env: Mapping[str, str], timeout: float, 
                     break
                 except subprocess.TimeoutExpired:
                     pass
-                if stop_requested() and not passed_on:
+                if stop_reason() and not passed_on:
                     _signal_group(proc, signal.SIGUSR1)
                     passed_on = True
                 if time.perf_counter() - started > timeout + GRACE_SECONDS:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ..cli import STOP_EXIT_CODE
+from ..errors import STOP_EXIT_CODE
 from ..signals import StopRequest
 from . import launch
 from .grid import Study

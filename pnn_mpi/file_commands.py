@@ -1,7 +1,7 @@
-"""The commands besides training: download, evaluate, predict, bench, study.
+"""The commands that work on files, without a launcher: download, evaluate, predict.
 
-None of them needs a launcher; ``bench`` starts MPI (for its Allreduce timing)
-and ``study`` starts launchers of its own, each only when it is run.
+``download`` fetches dataset files; ``evaluate`` and ``predict`` load a saved
+model and score it or apply it. (``bench`` and ``study`` have modules of their own.)
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from . import datasets, idx
-from .cli import Parser, _positive_int
+from .download import download
 from .errors import UserError
 from .evaluate import evaluate, predict
 from .model_io import load_model
+from .options import Parser, positive_int
 
 
 def cmd_download(argv: list[str]) -> int:
@@ -37,8 +38,6 @@ def cmd_download(argv: list[str]) -> int:
         else:
             print(f"{args.dataset}: found in {found}")
             return 0
-    from .download import download
-
     where = download(args.dataset, args.dir, args.mirror)
     print(f"{args.dataset}: all files verified in {where}")
     return 0
@@ -61,7 +60,7 @@ def cmd_evaluate(argv: list[str]) -> int:
     p.add_argument("--model", required=True, metavar="FILE", help="a model.npz saved by training")
     p.add_argument("--dataset", choices=list(datasets.DATASETS), help="test set to use (default: the one the model was trained on)")
     p.add_argument("--data-dir", metavar="DIR", help="folder holding the dataset (default: searched as for training)")
-    p.add_argument("--test-size", type=_positive_int, metavar="N", help="use only the first N test samples")
+    p.add_argument("--test-size", type=positive_int, metavar="N", help="use only the first N test samples")
     p.add_argument("--images", metavar="FILE", help="an IDX image file to score instead of a dataset's test set (needs --labels)")
     p.add_argument("--labels", metavar="FILE", help="the IDX label file that goes with --images")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
@@ -136,14 +135,3 @@ def cmd_predict(argv: list[str]) -> int:
             raise UserError(f"--out {args.out}: cannot write there ({exc.strerror or exc})") from None
     return 0
 
-
-def cmd_study(argv: list[str]) -> int:
-    from .study import main
-
-    return main(argv)
-
-
-def cmd_bench(argv: list[str]) -> int:
-    from .bench import main
-
-    return main(argv)

@@ -18,12 +18,16 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from . import launch
-from ..cli import STOP_EXIT_CODE, Parser
-from ..errors import UserError
+from . import launch, machine, plots
+from ..datasets import locate
+from ..errors import STOP_EXIT_CODE, UserError
+from ..options import Parser
+from .figures import draw_figures
 from .grid import STUDIES, Study, load_study, parse_override, shipped_grid
 from .progress import Estimate, duration, label
+from .report import write_report
 from .results import STOPPED, finished_metrics, run_dir
+from .runner import run_study
 
 
 def build_parser() -> Parser:
@@ -76,8 +80,6 @@ def main(argv: list[str]) -> int:
 
     launcher = launch.resolve_launcher(args.launcher or study.launcher, env)
     if not args.no_plots:
-        from . import plots
-
         plots.require()  # before an hour of launches, not after
     _check_data(study)
     try:
@@ -86,20 +88,15 @@ def main(argv: list[str]) -> int:
     except OSError as exc:
         raise UserError(f"--results {results}: cannot write there ({exc.strerror or exc})") from None
 
-    from .figures import draw_figures
-    from .machine import detect
-    from .report import write_report
-    from .runner import run_study
-
     outcomes = run_study(study, results, launcher, env)
     if len(outcomes) < len(study.points) or any(r.status == STOPPED for r in outcomes):
         print(f"study stopped by a signal after {len(outcomes)} of {len(study.points)} points; "
               f"run the same command again to continue", file=sys.stderr)
         return STOP_EXIT_CODE
-    machine = detect()
-    figures = {} if args.no_plots else draw_figures(study, outcomes, machine, results)
+    found = machine.detect()  # through the module: tests replace detect
+    figures = {} if args.no_plots else draw_figures(study, outcomes, found, results)
     command = [sys.executable, "-m", "pnn_mpi", "study", *argv]
-    write_report(results / "report.md", study, outcomes, machine, figures, command)
+    write_report(results / "report.md", study, outcomes, found, figures, command)
     failed = [r for r in outcomes if not r.ok]
     print(f"wrote {results / 'results.csv'}, {len(figures)} figure{'s' * (len(figures) != 1)} and {results / 'report.md'}"
           + (f"; {len(failed)} of {len(outcomes)} points failed (listed in the report)" if failed else ""))
@@ -108,8 +105,6 @@ def main(argv: list[str]) -> int:
 
 def _check_data(study: Study) -> None:
     """Every dataset the grid names must be findable now, not at the first launch that needs it."""
-    from ..datasets import locate
-
     for dataset, data_dir in sorted({(p.config["dataset"], p.config["data_dir"]) for p in study.points}, key=str):
         locate(dataset, data_dir)
 

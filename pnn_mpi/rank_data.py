@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import datasets
-from .comm import World, agree
+from .comm import Communicator, fail_together
 from .config import TrainConfig
 from .errors import UserError
 from .evaluate import to_inputs
@@ -38,11 +38,11 @@ class RankData:
     load_seconds: float
 
 
-def load_rank_data(cfg: TrainConfig, world: World) -> RankData:
+def load_rank_data(cfg: TrainConfig, world: Communicator) -> RankData:
     """Locate the dataset and load this rank's slice; errors are agreed on by all ranks."""
     began = time.perf_counter()
     spec = datasets.get_spec(cfg.dataset)
-    directory = agree(world, lambda: datasets.locate(cfg.dataset, cfg.data_dir))
+    directory = fail_together(world, lambda: datasets.locate(cfg.dataset, cfg.data_dir))
 
     def sizes() -> tuple[int, int, tuple[int, ...]]:
         train_header, _ = datasets.split_headers(spec, directory, "train")
@@ -62,7 +62,7 @@ def load_rank_data(cfg: TrainConfig, world: World) -> RankData:
         check_enough_samples(train_n, world.size)
         return train_n, test_n, train_header.shape[1:]
 
-    train_n, test_n, shape = agree(world, sizes)
+    train_n, test_n, shape = fail_together(world, sizes)
     start, stop = slice_bounds(train_n, world.size, world.rank)
     lead, last = world.rank == 0, world.rank == world.size - 1
 
@@ -71,7 +71,7 @@ def load_rank_data(cfg: TrainConfig, world: World) -> RankData:
         test_images, test_labels = datasets.load_split(spec, directory, "test", 0, test_n, verify=lead, check_end=last)
         return images, labels, test_images, test_labels
 
-    images, labels, test_images, test_labels = agree(world, read)
+    images, labels, test_images, test_labels = fail_together(world, read)
     return RankData(
         directory=directory,
         train_total=train_n,

@@ -19,9 +19,9 @@ import numpy as np
 
 from . import __version__
 from .config import TrainConfig
-from .data import RankData
 from .model_io import write_atomically
 from .network import parameter_count
+from .rank_data import RankData
 from .train import TrainResult
 
 
