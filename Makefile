@@ -8,6 +8,7 @@
 #   make test-slurm  the job scripts in jobs/ under a real SLURM it starts and stops (root; installs slurm-wlm)
 #   make install-fast  add numba: a compiled kernel for batch-1 (stochastic) training, compiled once here
 #   make torch-compare  pnn_mpi against PyTorch (CPU) on the same model: needs `pip install torch` in .venv
+#   make lint      ruff (lint, import order, format) and mypy, installed into .venv by the lint extra; and the import-graph check
 #   make study     the paper's study: a grid of real launches, then results.csv, plots and report.md (GRID=default|quick|FILE)
 #
 # Variables: NP (ranks, default 4), ARGS (training flags), PYTHON (the interpreter that makes .venv).
@@ -48,7 +49,7 @@ export OPENBLAS_NUM_THREADS := 1
 MPICH_VENV ?= .venv-mpich
 GRID ?= default
 
-.PHONY: install install-test install-study install-fast torch-compare data train test test-serial test-mpi test-mpich test-slurm bench study clean
+.PHONY: install install-test install-study install-fast install-lint lint torch-compare data train test test-serial test-mpi test-mpich test-slurm bench study clean
 
 install: $(VENV)/.installed
 
@@ -71,6 +72,27 @@ $(VENV)/.installed-test: $(VENV)/.installed
 install-fast: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[fast]'
 	$(PY) -c 'from pnn_mpi.kernels import precompile; precompile()'
+
+install-lint: $(VENV)/.installed-lint
+
+$(VENV)/.installed-lint: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[lint]'
+	@touch $@
+
+# Files kept in ruff's format. Until the whole tree is formatted once (ruff format pnn_mpi tests, then
+# FORMAT_CHECKED := pnn_mpi tests), only these are checked, so parallel branches are not reformatted under each other.
+FORMAT_CHECKED ?= pnn_mpi/__init__.py pnn_mpi/__main__.py pnn_mpi/activations.py pnn_mpi/checkpoint.py pnn_mpi/cli.py pnn_mpi/comm.py \
+   pnn_mpi/config.py pnn_mpi/errors.py pnn_mpi/evaluate.py pnn_mpi/faults.py pnn_mpi/initializers.py pnn_mpi/losses.py pnn_mpi/model_io.py \
+   pnn_mpi/network.py pnn_mpi/optim.py pnn_mpi/rank_data.py pnn_mpi/signals.py pnn_mpi/slicing.py pnn_mpi/study/__init__.py pnn_mpi/study/figures.py \
+   pnn_mpi/study/machine.py pnn_mpi/study/progress.py pnn_mpi/sync.py tests/test_activations.py tests/test_evaluate.py tests/test_imports.py \
+   tests/test_initializers.py tests/test_losses.py tests/test_mpi_train.py tests/test_network.py tests/test_optim.py tests/test_slicing.py \
+   tests/test_sync.py tests/test_train.py
+
+lint: install-lint
+	$(VENV_BIN)/ruff check pnn_mpi tests
+	$(VENV_BIN)/ruff format --check $(FORMAT_CHECKED)
+	$(VENV_BIN)/mypy
+	$(PY) tests/test_imports.py
 
 install-study: $(VENV)/.installed-study
 

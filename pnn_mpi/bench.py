@@ -22,7 +22,7 @@ import os
 import resource
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -187,8 +187,15 @@ def _sync_seconds(world, size: int, dtype, calls: int, repeats: int) -> dict[str
     def ours() -> None:
         world.average_(buf)
 
-    candidates = {"average": ours, "allreduce": bare, "step": step,
-                  "step+average": lambda: (step(), ours()), "step+allreduce": lambda: (step(), bare())}
+    def step_average() -> None:
+        step()
+        ours()
+
+    def step_allreduce() -> None:
+        step()
+        bare()
+
+    candidates = {"average": ours, "allreduce": bare, "step": step, "step+average": step_average, "step+allreduce": step_allreduce}
     best = dict.fromkeys(candidates, float("inf"))
     for _ in range(repeats):
         for name, call in candidates.items():

@@ -12,7 +12,7 @@ import os
 import sys
 import time
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 from . import bench, file_commands, run, study
 from .errors import STOP_EXIT_CODE, Interrupted, UserError

@@ -10,7 +10,8 @@ cannot leave the others blocked.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, TypeVar
+from collections.abc import Callable
+from typing import Protocol, TypeVar, cast
 
 import numpy as np
 
@@ -159,4 +160,4 @@ def fail_together(world: Communicator, action: Callable[[], T]) -> T:
     first = next((m for m in messages if m), None)
     if first is not None:
         raise UserError(first)
-    return result
+    return cast(T, result)

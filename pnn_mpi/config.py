@@ -89,7 +89,7 @@ class TrainConfig:
         need(self.eval_every >= 0, f"--eval-every {self.eval_every}: expected 0 (final only) or a positive epoch count")
         need(self.checkpoint_every >= 0, f"--checkpoint-every {self.checkpoint_every}: expected 0 or a positive epoch count")
         need(self.expect_ranks is None or self.expect_ranks >= 1, f"--expect-ranks {self.expect_ranks}: expected a positive count")
-        self.schedule  # parses, or raises a UserError naming the value
+        Sync.parse(self.sync)  # parses, or raises a UserError naming the value
 
     def as_dict(self) -> dict:
         record = asdict(self)

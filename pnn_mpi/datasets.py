@@ -9,9 +9,9 @@ every place that was tried and how to get the data.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
@@ -255,6 +255,7 @@ def verify_files(spec: DatasetSpec, directory: str | os.PathLike) -> None:
         if want is None:  # a user's own files: no canonical sum to compare with
             continue
         path = find_file(directory, basename)
+        assert path is not None, basename  # the check for missing files above found it
         got = idx.payload_md5(path)
         if got != want:
             raise UserError(

@@ -17,8 +17,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Callable, Sequence
+from typing import IO
 
 from pnn_mpi import __version__, datasets, idx
 from pnn_mpi.errors import UserError
@@ -253,11 +254,11 @@ def download(
     if not spec.md5:
         raise UserError(f"{spec.name}: nothing to download (no canonical files); point --data-dir at your IDX files")
     dest = Path.cwd() / "data" / spec.name if dest is None else Path(dest).expanduser()
-    mirrors = list(spec.mirrors if mirrors is None else mirrors)
+    sources = [str(m) for m in (spec.mirrors if mirrors is None else mirrors)]  # URLs and folders, as text
     try:
         dest.mkdir(parents=True, exist_ok=True)
         for basename in spec.files.values():
-            _fetch_one(spec, basename, dest, mirrors, out)
+            _fetch_one(spec, basename, dest, sources, out)
     except OSError as exc:
         where = exc.filename or dest
         raise UserError(f"{where}: cannot write: {_one_line(exc.strerror or exc)}") from None

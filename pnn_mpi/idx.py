@@ -17,9 +17,10 @@ import math
 import operator
 import os
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -92,7 +93,7 @@ class _Stream:
         self.path = path
         self._fh = fh
         self.size = os.fstat(fh.fileno()).st_size
-        self.hasher = None
+        self.hasher: Any = None  # a hashlib object when the payload is checksummed
         self.pos = 0
 
     def _account(self, data) -> None:
@@ -150,7 +151,7 @@ class _GzipStream(_Stream):
 
     def __init__(self, path: Path, fh) -> None:
         super().__init__(path, fh)
-        self._inflater = None
+        self._inflater: Any = None
         self._pending = b""
         self._members = 0
 
@@ -405,7 +406,7 @@ def read_records(
         if skipped < start * rb:
             raise _truncated(header, expect, skipped)
         out = np.empty((stop - start) * rb, dtype=np.uint8)
-        got = stream.readinto(memoryview(out))
+        got = stream.readinto(out.data)
         if got < out.size:
             raise _truncated(header, expect, start * rb + got)
         if md5 is not None or check_end or stop == header.count:

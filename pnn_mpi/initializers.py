@@ -7,7 +7,7 @@ ranks seed the generator alike, so all ranks start from the same network.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

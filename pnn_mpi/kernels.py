@@ -60,7 +60,7 @@ def resolve(backend: str) -> str:
 
 
 def local_steps(net: Network, velocity, x, y, order, start: int, stop: int, lr: float, momentum: float,
-                *, backend: str = "auto", stepper: "SampleStepper | None" = None) -> float:
+                *, backend: str = "auto", stepper: SampleStepper | None = None) -> float:
     """Per-sample SGD on ``order[start:stop]``, updating ``net.params`` (and ``velocity``) in place.
 
     Equal to running, for each sample, ``gradients`` with scale 1 and then
@@ -248,7 +248,7 @@ def precompile() -> None:
 _KERNEL_FUNCTIONS = ("_k_activate", "_k_scale_by_grad", "_k_output", "_k_layer_forward", "_k_update", "_k_run")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled():
     """The numba-compiled ``_k_run``, compiled on first call (cached on disk by numba).
 

@@ -12,8 +12,9 @@ own, which is convenient in tests and tools.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -42,7 +43,7 @@ class RowScratch:
     row_ones: np.ndarray  # (capacity,) dtype: sums over rows as a dot product
 
     @classmethod
-    def allocate(cls, capacity: int, classes: int, dtype) -> "RowScratch":
+    def allocate(cls, capacity: int, classes: int, dtype) -> RowScratch:
         return cls(
             classes=int(classes),
             offsets=np.arange(capacity, dtype=np.intp) * int(classes),

@@ -162,7 +162,7 @@ class Network:
             inputs[...] = x
         return inputs
 
-    def copy(self) -> "Network":
+    def copy(self) -> Network:
         twin = Network(self.sizes, self.activation_name, self.output_name, self.dtype)
         twin.params[...] = self.params
         return twin

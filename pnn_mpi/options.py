@@ -10,6 +10,7 @@ file (turned into the same flags, flags typed after it win) into one
 from __future__ import annotations
 
 import argparse
+
 import tomllib
 
 from .activations import ACTIVATIONS

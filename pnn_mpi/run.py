@@ -11,6 +11,7 @@ import resource
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -82,8 +83,8 @@ def resume_point(cfg: TrainConfig, world: Communicator, out: Path) -> tuple[Prog
     found = fail_together(world, read)
     if not world.bcast(found is not None):
         return None
-    progress, states = found if world.rank == 0 else (None, None)
-    return world.bcast(progress), world.scatter(states)
+    progress, states = found if found is not None else (None, None)  # found on rank 0 only
+    return cast(Progress, world.bcast(progress)), world.scatter(states)
 
 
 def checkpoint_writer(cfg: TrainConfig, world: Communicator, out: Path):
@@ -94,6 +95,7 @@ def checkpoint_writer(cfg: TrainConfig, world: Communicator, out: Path):
 
         def save() -> None:
             if world.rank == 0:
+                assert states is not None  # gathered to rank 0
                 try:
                     checkpoint.save(out / checkpoint.FILE, cfg, world.size, progress, states)
                 except OSError as exc:
@@ -114,7 +116,7 @@ def run_training(cfg: TrainConfig, world: Communicator | None = None) -> dict | 
     out = Path(cfg.out) if cfg.out else default_out_dir(cfg, world.size)
     fail_together(world, lambda: prepare_out_dir(out) if world.rank == 0 else None)
     data = load_rank_data(cfg, world)
-    if cfg.batch_size != "full" and cfg.batch_size > min(data.slice_sizes):
+    if not cfg.full_batch and int(cfg.batch_size) > min(data.slice_sizes):
         raise UserError(
             f"--batch-size {cfg.batch_size} is larger than a rank's slice ({min(data.slice_sizes)} samples"
             f" with {world.size} rank{'s' * (world.size > 1)}): use a smaller batch, --batch-size full"
@@ -146,7 +148,7 @@ def run_training(cfg: TrainConfig, world: Communicator | None = None) -> dict | 
             meta = {"dataset": cfg.dataset, "image_shape": "x".join(map(str, data.image_shape)), "ranks": str(world.size)}
             try:
                 save_model(out / "model.npz", result.net, meta)
-                write_metrics(out / "metrics.json", record)
+                write_metrics(out / "metrics.json", record or {})  # rank 0 always has its record
             except OSError as exc:
                 raise UserError(f"--out {out}: cannot save the results ({exc.strerror or exc})") from None
             say(f"saved {out / 'model.npz'} and {out / 'metrics.json'}")

@@ -20,7 +20,7 @@ class StopRequest:
     def __init__(self) -> None:
         self.received: str | None = None
 
-    def install(self) -> "StopRequest":
+    def install(self) -> StopRequest:
         for sig in SIGNALS:
             signal.signal(sig, self._note)
         return self

@@ -22,7 +22,7 @@ class Sync:
     every: int = 0  # steps between averages, for kind "steps"
 
     @classmethod
-    def parse(cls, text: str) -> "Sync":
+    def parse(cls, text: str) -> Sync:
         name, _, arg = str(text).partition(":")
         if name == "steps":
             try:

@@ -100,7 +100,7 @@ def _torch_run(torch, dist, world: World, cfg: TrainConfig, data, mode: str) -> 
     net = torch.nn.parallel.DistributedDataParallel(model) if mode == "grad" else model
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     x, y = torch.from_numpy(data.x), torch.from_numpy(data.y.astype(np.int64))
-    batch = cfg.batch_size
+    batch = int(cfg.batch_size)  # this tool's --batch-size is a number
     # DDP needs the same number of steps on every rank: the smallest slice's.
     steps = math.ceil(len(y) / batch) if mode == "end" else min(world.allgather(math.ceil(len(y) / batch)))
     shuffler = np.random.default_rng([cfg.seed, world.rank])
@@ -176,4 +176,4 @@ if __name__ == "__main__":
         raise SystemExit(main())
     except UserError as exc:
         print(f"pnn_mpi.torch_compare: error: {exc}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(2) from None

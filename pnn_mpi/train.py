@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Callable, Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -207,7 +208,7 @@ class LoopState:
     history: list[EpochRecord] = field(default_factory=list)
 
     @classmethod
-    def start(cls, cfg: TrainConfig, rank: int, data: RankData) -> "LoopState":
+    def start(cls, cfg: TrainConfig, rank: int, data: RankData) -> LoopState:
         """The state before the first step: the seeded network, zero momentum, the slice in file order."""
         net = build_network(cfg, data.x.shape[1])
         return cls(net, SGD(net.params, cfg.momentum), np.arange(len(data.y)), np.random.default_rng([cfg.seed, rank]))
@@ -220,7 +221,7 @@ class LoopState:
         """
         progress = replace(self.progress, history=[asdict(r) for r in self.history], clocks=[asdict(self.clock)])
         velocity = None if self.opt.velocity is None else self.opt.velocity.copy()
-        return progress, RankState(self.net.params.copy(), velocity, self.order.copy(), self.shuffler.bit_generator.state, self.loss_sum)
+        return progress, RankState(self.net.params.copy(), velocity, self.order.copy(), dict(self.shuffler.bit_generator.state), self.loss_sum)
 
     def restore(self, progress: Progress, state: RankState, clock: dict | None = None) -> None:
         """Put back a snapshot (or a checkpoint's share of this rank); ``clock`` as well when given."""
@@ -253,7 +254,7 @@ class Run:
     phases: Phases
 
     @classmethod
-    def prepare(cls, cfg: TrainConfig, world: Communicator, data: RankData, state: LoopState, hooks: Hooks, log) -> "Run":
+    def prepare(cls, cfg: TrainConfig, world: Communicator, data: RankData, state: LoopState, hooks: Hooks, log) -> Run:
         plan = batch_plan(cfg, data.slice_sizes)
         sync = cfg.schedule
         stepper = None

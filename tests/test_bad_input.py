@@ -25,20 +25,19 @@ import gzip
 import os
 import pickle
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
 
+from conftest import find_mnist, learnable_images, run_pnn, write_dataset
 from pnn_mpi.cli import main
 from pnn_mpi.datasets import DATASETS, find_file
 from pnn_mpi.idx import read_records, write_idx
 from pnn_mpi.model_io import model_arrays, npz_bytes
 from pnn_mpi.network import Network
-
-from conftest import find_mnist, learnable_images, run_pnn, write_dataset
 
 PREFIX = "pnn_mpi: error: "
 TRAIN_N, TEST_N = 60, 20  # the small dataset every case starts from: 6x6 images

@@ -11,10 +11,9 @@ import math
 
 import pytest
 
+from conftest import run_pnn
 from pnn_mpi import bench, kernels
 from pnn_mpi.comm import SerialWorld
-
-from conftest import run_pnn
 
 QUICK = ["--seconds", "0.02", "--repeats", "1", "--sync-calls", "2", "--hidden", "16"]
 

@@ -7,14 +7,13 @@ import os
 import numpy as np
 import pytest
 
+from conftest import learnable_images
 from pnn_mpi import checkpoint
 from pnn_mpi.checkpoint import Progress, RankState
 from pnn_mpi.comm import SerialWorld
 from pnn_mpi.config import TrainConfig
 from pnn_mpi.errors import Interrupted, UserError
 from pnn_mpi.train import Hooks, check_interval, train
-
-from conftest import learnable_images
 from test_train import rank_data
 
 

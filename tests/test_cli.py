@@ -8,9 +8,9 @@ import pytest
 
 from pnn_mpi import cli
 from pnn_mpi.cli import main
-from pnn_mpi.options import parse_train_args, train_parser
 from pnn_mpi.config import TrainConfig
 from pnn_mpi.errors import UserError
+from pnn_mpi.options import parse_train_args, train_parser
 
 ALL_FLAGS = (
     "--hidden --activation --output --init --bias-init --batch-size --lr --momentum --lr-decay --epochs "

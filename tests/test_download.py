@@ -18,12 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import find_mnist
 from pnn_mpi import datasets, idx
 from pnn_mpi.datasets import DatasetSpec
 from pnn_mpi.download import download
 from pnn_mpi.errors import UserError
-
-from conftest import find_mnist
 
 BASENAMES = list(datasets.DATASETS["mnist"].files.values())
 

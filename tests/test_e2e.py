@@ -15,9 +15,8 @@ import time
 import numpy as np
 import pytest
 
-from pnn_mpi.idx import read_records
-
 from conftest import REPO, clean_env, learnable_images, run_pnn, write_dataset
+from pnn_mpi.idx import read_records
 
 
 @pytest.fixture(scope="module")

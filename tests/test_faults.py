@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REPO, clean_env, mpiexec_path, run_pnn, write_dataset
 from pnn_mpi import checkpoint
 from pnn_mpi.config import TrainConfig
-
-from conftest import REPO, clean_env, mpiexec_path, run_pnn, write_dataset
 
 STOPPED = 75
 

@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import find_mnist
 from pnn_mpi import idx
 from pnn_mpi.errors import UserError
-
-from conftest import find_mnist
 
 MNIST_MD5 = {
     "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",

@@ -16,19 +16,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import REPO, learnable_images
 from pnn_mpi import kernels
 from pnn_mpi import train as train_module
 from pnn_mpi.activations import ACTIVATIONS
 from pnn_mpi.comm import SerialWorld
 from pnn_mpi.config import TrainConfig
-from pnn_mpi.rank_data import RankData
 from pnn_mpi.evaluate import to_inputs
 from pnn_mpi.losses import OUTPUTS
 from pnn_mpi.network import Network
 from pnn_mpi.optim import SGD
+from pnn_mpi.rank_data import RankData
 from pnn_mpi.train import gradients
-
-from conftest import REPO, learnable_images
 
 SAMPLES = 24
 LR = 0.2

@@ -13,14 +13,13 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
+from conftest import learnable_images, write_dataset
 from pnn_mpi.comm import SerialWorld, World, fail_together
 from pnn_mpi.config import TrainConfig
-from pnn_mpi.rank_data import load_rank_data
 from pnn_mpi.errors import UserError
+from pnn_mpi.rank_data import load_rank_data
 from pnn_mpi.slicing import slice_bounds, slice_sizes
 from pnn_mpi.train import build_network, train
-
-from conftest import learnable_images, write_dataset
 from test_train import rank_data
 
 pytestmark = pytest.mark.mpi(min_size=2)
@@ -173,8 +172,8 @@ def test_more_ranks_than_samples_is_a_user_error(world, tmp_path_factory):
 def test_a_stop_seen_by_one_rank_checkpoints_all_and_resumes_bit_identically(world, tmp_path_factory, monkeypatch):
     """Rank 1 alone is signalled; every rank stops at the same step, rank 0 writes every
     rank's state, and the resumed run ends with the parameters of an uninterrupted one."""
-    from pnn_mpi.run import checkpoint_writer, resume_point
     from pnn_mpi.errors import Interrupted
+    from pnn_mpi.run import checkpoint_writer, resume_point
     from pnn_mpi.train import Hooks
 
     monkeypatch.setattr("pnn_mpi.train.check_interval", lambda batch: 4)

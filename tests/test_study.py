@@ -7,26 +7,26 @@ so the whole file runs in well under a minute; nothing asserts on timings.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
-import json
 import sys
 import time
 
 import pytest
 
+from conftest import write_dataset
 from pnn_mpi import study
-from pnn_mpi.study import launch as study_launch, machine as study_machine
-from pnn_mpi.options import parse_train_args
 from pnn_mpi.errors import UserError
+from pnn_mpi.options import parse_train_args
+from pnn_mpi.study import launch as study_launch
+from pnn_mpi.study import machine as study_machine
 from pnn_mpi.study.findings import accuracy_findings, oversubscription, speedup_findings
 from pnn_mpi.study.grid import SETTINGS, load_study, parse_override, shipped_grid
 from pnn_mpi.study.machine import Machine, parse_cpuinfo, parse_lscpu
 from pnn_mpi.study.progress import Estimate, cost, duration
 from pnn_mpi.study.results import Result, error_line
 from pnn_mpi.study.stats import accuracy_table, speedup_table
-
-from conftest import write_dataset
 
 PNG = b"\x89PNG\r\n\x1a\n"
 # Figures need matplotlib (the "study" extra); without it the real studies run with --no-plots.

@@ -12,14 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import learnable_images
 from pnn_mpi.comm import SerialWorld
 from pnn_mpi.config import TrainConfig
-from pnn_mpi.rank_data import RankData
 from pnn_mpi.evaluate import evaluate, to_inputs
 from pnn_mpi.network import Network
+from pnn_mpi.rank_data import RankData
 from pnn_mpi.train import batch_plan, build_network, train
-
-from conftest import learnable_images
 
 _F = {
     "sigmoid": (lambda z: 1 / (1 + np.exp(-z)), lambda z: np.exp(-z) / (1 + np.exp(-z)) ** 2),

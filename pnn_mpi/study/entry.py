@@ -18,10 +18,10 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from . import launch, machine, plots
 from ..datasets import locate
 from ..errors import STOP_EXIT_CODE, UserError
 from ..options import Parser
+from . import launch, machine, plots
 from .figures import draw_figures
 from .grid import STUDIES, Study, load_study, parse_override, shipped_grid
 from .progress import Estimate, duration, label

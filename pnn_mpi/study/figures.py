@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import plots, stats
 from .grid import Study
 from .machine import Machine
 from .results import Result
-from . import plots, stats
 
 TITLES = {
     "accuracy": "test accuracy vs ranks",

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 
+from .grid import render
 from .machine import Machine
 from .stats import AccuracyCell, Curve, Heat, Line, SpeedRow, Stat, line_label
-from .grid import render
 
 
 def pct(s: Stat, seeds: bool = True) -> str:
@@ -102,8 +102,8 @@ def heat_findings(heat: Heat) -> list[str]:
            f" {r}={render(worst[0])} with {c}={render(worst[1])}: {pct(worst[2])}."]
     for axis, other, means in ((r, c, _margins(heat, rows=True)), (c, r, _margins(heat, rows=False))):
         if len(means) > 1:
-            hi = max(means, key=means.get)
-            lo = min(means, key=means.get)
+            hi = max(means, key=lambda k: means[k])
+            lo = min(means, key=lambda k: means[k])
             out.append(f"Averaged over {other}, {axis}={render(hi)} did best ({means[hi]:.1%}) and {axis}={render(lo)} worst ({means[lo]:.1%}).")
     missing = sum(cell is None for row in heat.cells for cell in row)
     if missing:

@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import itertools
 import re
-import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
+
+import tomllib
 
 from ..config import TrainConfig
 from ..errors import UserError

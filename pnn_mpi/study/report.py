@@ -15,16 +15,16 @@ from dataclasses import fields
 from pathlib import Path
 
 from .. import __version__
-from . import stats
 from ..config import TrainConfig
 from ..model_io import write_atomically
+from . import stats
 from .figures import TITLES
 from .findings import accuracy_findings, curve_findings, heat_findings, oversubscription, speedup_findings
 from .grid import RANKS, Grid, Study, render
 from .machine import Machine
 from .results import Result
 
-_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
+_DEFAULTS: dict = {f.name: f.default for f in fields(TrainConfig)}
 
 
 def write_report(path: Path, study: Study, results: list[Result], machine: Machine, figures: dict, command: list[str]) -> None:
@@ -52,7 +52,7 @@ def report_lines(study: Study, results: list[Result], machine: Machine, figures:
 
 def _setting(study: Study, results: list[Result], machine: Machine, ok: list[Result], failed: list[Result]) -> list[str]:
     def seen(key: str) -> str:
-        values = sorted({str(r.metrics.get(key, "?")) for r in ok})
+        values = sorted({str((r.metrics or {}).get(key, "?")) for r in ok})
         return " / ".join(values) if values else "unknown"
 
     wall = sum(r.wall_seconds for r in results if r.wall_seconds)
@@ -115,8 +115,8 @@ def _plot_text(plot: str, grid: Grid, results: list[Result], machine: Machine, r
         table = stats.accuracy_table(grid, results)
         return accuracy_findings(table), _accuracy_rows(table)
     if plot == "speedup":
-        table = stats.speedup_table(grid, results)
-        return speedup_findings(table, machine, _work(runs[0])), _speed_rows(table, machine)
+        speeds = stats.speedup_table(grid, results)
+        return speedup_findings(speeds, machine, _work(runs[0])), _speed_rows(speeds, machine)
     if plot == "heatmap":
         heat = stats.heat_table(grid, results)
         return heat_findings(heat), _heat_rows(heat)
@@ -125,7 +125,7 @@ def _plot_text(plot: str, grid: Grid, results: list[Result], machine: Machine, r
 
 
 def _work(run: Result) -> str:
-    m = run.metrics
+    m = run.metrics or {}
     return f"{m['dataset']['train_samples']:,} training samples \u00d7 {m['config']['epochs']} epochs, split across the ranks"
 
 

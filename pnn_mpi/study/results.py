@@ -92,7 +92,9 @@ def read_launch(folder: Path) -> dict:
 
 def error_line(stderr: str) -> str:
     """The line that says what went wrong, skipping Open MPI's boxed notices and teardown noise."""
-    mine, boxed, in_box = [], [], False
+    mine: list[str] = []
+    boxed: list[str] = []
+    in_box = False
     for line in stderr.splitlines():
         text = line.strip()
         if len(text) > 20 and set(text) == {"-"}:

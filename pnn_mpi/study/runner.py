@@ -14,8 +14,8 @@ the next run of the study resumes that point where it stopped.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..errors import STOP_EXIT_CODE
 from ..signals import StopRequest
@@ -23,8 +23,21 @@ from . import launch
 from .grid import Study
 from .progress import Estimate, label, line
 from .results import (
-    FAILED, OK, STDERR, STDOUT, STOPPED, TIMEOUT, Result, clear_attempt, error_line, finished_metrics, read_launch, run_dir, tail,
-    write_csv, write_launch,
+    FAILED,
+    OK,
+    STDERR,
+    STDOUT,
+    STOPPED,
+    TIMEOUT,
+    Result,
+    clear_attempt,
+    error_line,
+    finished_metrics,
+    read_launch,
+    run_dir,
+    tail,
+    write_csv,
+    write_launch,
 )
 
 
@@ -40,15 +53,17 @@ def run_study(study: Study, results: Path, launcher: list[str], env: dict, log: 
     for index, point in enumerate(points, 1):
         folder = run_dir(results, point)
         what = label(point, study.grid(point.grid).varying)
-        if done[point.id] is not None:
-            outcome = Result(point, OK, done[point.id], read_launch(folder).get("wall_seconds"), reused=True)
-            text = f"{outcome.metrics['test_accuracy']:.1%}, done before (skipped)"
+        earlier = done[point.id]
+        if earlier is not None:
+            outcome = Result(point, OK, earlier, read_launch(folder).get("wall_seconds"), reused=True)
+            text = f"{earlier['test_accuracy']:.1%}, done before (skipped)"
         elif stop():
             break  # stopped between two launches: the rest waits for the next run
         else:
             pending.remove(point)
             outcome = launch_point(study, point, folder, launcher, env, stop)
-            estimate.record(point, outcome.wall_seconds)
+            if outcome.wall_seconds is not None:  # a launch always has one
+                estimate.record(point, outcome.wall_seconds)
             text = _describe(outcome)
         outcomes.append(outcome)
         write_csv(results / "results.csv", outcomes)
@@ -88,7 +103,7 @@ def launch_point(study: Study, point, folder: Path, launcher: list[str], env: di
 
 def _describe(result: Result) -> str:
     if result.ok:
-        return f"{result.metrics['test_accuracy']:.1%} in {result.wall_seconds:.1f} s"
+        return f"{(result.metrics or {})['test_accuracy']:.1%} in {result.wall_seconds:.1f} s"
     return f"{result.status.upper()} after {result.wall_seconds:.1f} s: {result.error}"
 
 

@@ -167,7 +167,7 @@ def heat_table(grid: Grid, results: list[Result]) -> Heat:
     row_axis, col_axis = grid.varying[:2]
     groups = _grouped(successes(grid, results), [row_axis, col_axis])
     rows, cols = list(grid.axes[row_axis]), list(grid.axes[col_axis])
-    cells = []
+    cells: list[list] = []
     for rv in rows:
         cells.append([])
         for cv in cols:
