@@ -1,4 +1,4 @@
-"""Hidden-layer activations: a table of (function, derivative) pairs.
+"""Hidden-layer activations: a table of (function, derivative, kernel code) entries.
 
 Every function writes into a caller's buffer (never the input itself), so a
 training step allocates nothing. Each derivative is written in terms of the activation's *output*
@@ -7,6 +7,10 @@ training step allocates nothing. Each derivative is written in terms of the acti
 Only ufuncs of same-shaped arrays and scalars are used: a ufunc that casts
 (bool to float) or broadcasts runs through numpy's buffered iterator, which
 allocates its buffers on every call.
+
+The compiled batch-1 kernel (kernels.py) cannot call these functions: it
+branches on each entry's ``code`` (the constants below) and writes the same
+arithmetic for one sample, in the same order of operations.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 
 LEAKY_SLOPE = 0.01
+
+# Kernel codes, one per entry of ACTIVATIONS.
+SIGMOID, TANH, RELU, LEAKY_RELU = range(4)
 
 
 def _sigmoid(z: np.ndarray, out: np.ndarray) -> None:
@@ -62,19 +69,20 @@ def _leaky_relu_grad(a: np.ndarray, out: np.ndarray) -> None:
 
 @dataclass(frozen=True)
 class Activation:
-    """An activation ``f`` with ``f'`` expressed through ``a = f(z)``."""
+    """An activation ``f`` with ``f'`` expressed through ``a = f(z)``, and its code in the compiled kernel."""
 
     name: str
     forward: Callable[[np.ndarray, np.ndarray], None]
     grad_from_output: Callable[[np.ndarray, np.ndarray], None]
+    code: int
 
 
 ACTIVATIONS: dict[str, Activation] = {
     a.name: a
     for a in (
-        Activation("sigmoid", _sigmoid, _sigmoid_grad),
-        Activation("tanh", _tanh, _tanh_grad),
-        Activation("relu", _relu, _relu_grad),
-        Activation("leaky-relu", _leaky_relu, _leaky_relu_grad),
+        Activation("sigmoid", _sigmoid, _sigmoid_grad, SIGMOID),
+        Activation("tanh", _tanh, _tanh_grad, TANH),
+        Activation("relu", _relu, _relu_grad, RELU),
+        Activation("leaky-relu", _leaky_relu, _leaky_relu_grad, LEAKY_RELU),
     )
 }

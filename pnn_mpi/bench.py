@@ -7,7 +7,10 @@ printed as a ratio: the trainer's step against the bare numpy matrix products
 it contains (mini-batch) or a straightforward per-sample numpy loop (batch 1,
 also for the batch-1 kernels), and the trainer's parameter sync against a bare
 in-place Allreduce of the same buffer (what each adds to a loop of SGD-like
-updates, and back to back: see ``_sync_seconds``). All ranks measure at once,
+updates, and back to back: see ``_sync_seconds``). A mini-batch size also gets
+a "whole run" row: whole epochs through the trainer's own loop (shuffling,
+batching, loss bookkeeping, stop checks, the per-epoch sync; no scoring)
+against the bare step, measured in the same interleaved windows. All ranks measure at once,
 so per-rank figures include the sharing of cores that a real run has. Each
 rank's memory is broken down so that RSS can be checked against its parts.
 """
@@ -23,6 +26,8 @@ import resource
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -34,7 +39,8 @@ from .evaluate import to_inputs
 from .kernels import SampleStepper, numba_available
 from .optim import SGD
 from .options import Parser, positive_int
-from .train import build_network, gradients
+from .rank_data import RankData
+from .train import Hooks, LoopState, Run, build_network, end_epoch, one_step, train_epoch
 
 PIXELS = 784
 SAMPLES = 4096  # each rank's stand-in slice
@@ -75,23 +81,46 @@ def _best_rates(world, seconds: float, repeats: int, runs: dict[str, Callable[[]
     return best
 
 
-def _step_run(cfg: TrainConfig, x, y) -> Callable[[], int]:
-    """The trainer's step: ``gradients`` and ``SGD.step`` on the next batch of a fixed order."""
-    net = build_network(cfg, x.shape[1])
-    opt = SGD(net.params, cfg.momentum)
-    batch = int(cfg.batch_size)
-    ws = net.workspace(batch)
-    order = np.arange(len(y))
-    steps = len(y) // batch
+def _bench_data(world: Communicator, x: np.ndarray, y: np.ndarray) -> RankData:
+    """Every rank's stand-in slice as the trainer takes it (no test set: scoring is not measured)."""
+    sizes = world.allgather(len(y))
+    return RankData(directory=Path("."), train_total=sum(sizes), slice_sizes=sizes, start=0, x=x, y=y,
+                    test_images=np.zeros((0, x.shape[1]), np.uint8), test_labels=np.zeros(0, np.intp),
+                    image_shape=(28, 28), classes=max(world.allgather(int(y.max()))) + 1, load_seconds=0.0)
+
+
+def _trainer(cfg: TrainConfig, world: Communicator, data: RankData) -> tuple[Run, LoopState]:
+    state = LoopState.start(cfg, world.rank, data)
+    return Run.prepare(cfg, world, data, state, Hooks(), log=lambda _: None), state
+
+
+def _step_run(cfg: TrainConfig, world: Communicator, data: RankData) -> Callable[[], int]:
+    """The trainer's step (``train.one_step``: gather, forward, backward, SGD) on the next batch of a fixed order."""
+    run, state = _trainer(replace(cfg, kernel="generic", shuffle=False), world, data)
+    steps = len(data.y) // run.plan.batch
     at = [0]
 
-    def run() -> int:
+    def step() -> int:
         s = at[0] = (at[0] + 1) % steps
-        gradients(net, ws, x, y, order[s * batch : (s + 1) * batch], 1.0 / batch)
-        opt.step(net.params, net.grads, cfg.lr)
-        return batch
+        one_step(run, state, s, cfg.lr)
+        return run.plan.batch
 
-    return run
+    return step
+
+
+def _epoch_run(cfg: TrainConfig, world: Communicator, data: RankData) -> Callable[[], int]:
+    """A whole training epoch as ``train`` runs it: shuffling, batching, loss bookkeeping, the checks
+    for stop requests, the per-epoch parameter sync and the meeting at its end; no scoring."""
+    run, state = _trainer(replace(cfg, sync="epoch", epochs=2**31 - 1, eval_every=0), world, data)
+    epoch = [0]
+
+    def whole() -> int:
+        train_epoch(run, state, epoch[0], cfg.lr)
+        end_epoch(run, state, epoch[0])
+        epoch[0] += 1
+        return len(data.y)
+
+    return whole
 
 
 def _kernel_run(cfg: TrainConfig, x, y, backend: str, chunk: int = 256) -> tuple[Callable[[], int], float]:
@@ -99,7 +128,7 @@ def _kernel_run(cfg: TrainConfig, x, y, backend: str, chunk: int = 256) -> tuple
 
     The set-up (numba's compile or cache load, the numpy backend's sparse index) is not timed.
     """
-    net = build_network(cfg, x.shape[1])
+    net = build_network(cfg, x.shape[1], int(y.max()) + 1)
     opt = SGD(net.params, cfg.momentum)
     began = time.perf_counter()
     stepper = SampleStepper(net, x, backend)
@@ -139,12 +168,12 @@ def _matmul_run(sizes: tuple[int, ...], batch: int, dtype) -> Callable[[], int]:
     return run
 
 
-def _naive_run(x, y, hidden: int, lr: float) -> Callable[[], int]:
+def _naive_run(x, y, hidden: int, classes: int, lr: float) -> Callable[[], int]:
     """A straightforward per-sample numpy loop for one hidden layer (matmul, outer product, update)."""
     rng = np.random.default_rng(0)
     w1 = rng.normal(0, 0.05, (x.shape[1], hidden)).astype(x.dtype)
-    w2 = rng.normal(0, 0.05, (hidden, 10)).astype(x.dtype)
-    b1, b2 = np.zeros(hidden, x.dtype), np.zeros(10, x.dtype)
+    w2 = rng.normal(0, 0.05, (hidden, classes)).astype(x.dtype)
+    b1, b2 = np.zeros(hidden, x.dtype), np.zeros(classes, x.dtype)
     at = [0]
 
     def run() -> int:
@@ -247,68 +276,90 @@ def _parser() -> Parser:
     return p
 
 
+@dataclass
+class Table:
+    """The rows and notes a bench run prints, each row averaged over the ranks."""
+
+    world: Communicator
+    rows: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    numba_bytes: int = 0  # resident memory the numba kernel added
+
+    def add(self, what: str, ours: float, reference: float, reference_is: str, unit: str = "samples/s per rank") -> None:
+        self.rows.append({"what": what, "unit": unit, "value": statistics.fmean(self.world.allgather(ours)),
+                          "reference": statistics.fmean(self.world.allgather(reference)), "reference_is": reference_is})
+
+
 def main(argv: list[str], world: Communicator | None = None) -> int:
     args = _parser().parse_args(argv)
     if not 0 <= args.momentum < 1:
         raise UserError(f"--momentum {args.momentum}: expected a value in [0, 1)")
-    if world is None:
-        world = World()
+    world = world or World()
     baseline = _memory()["rss"]  # interpreter, numpy, mpi4py and MPI, before any data
     x, y = _sample_images(world, SAMPLES)
-    x = x.astype(args.dtype, copy=False)
-    sizes = (PIXELS, *args.hidden, 10)
-    rows, notes, kernel_bytes = [], [], 0
-
-    def add_row(what: str, ours: float, reference: float, reference_is: str, unit: str = "samples/s per rank") -> None:
-        rows.append({"what": what, "unit": unit, "value": statistics.fmean(world.allgather(ours)),
-                     "reference": statistics.fmean(world.allgather(reference)), "reference_is": reference_is})
-
+    data = _bench_data(world, x.astype(args.dtype, copy=False), y)
+    sizes = (PIXELS, *args.hidden, data.classes)
+    table = Table(world)
     for batch in args.batch_sizes:
-        cfg = TrainConfig(hidden=tuple(args.hidden), batch_size=batch, momentum=args.momentum, lr=0.01, dtype=args.dtype)
-        runs = {"step": _step_run(cfg, x, y)}
-        if batch == 1 and len(args.hidden) == 1:
-            runs["reference"], what = _naive_run(x, y, args.hidden[0], 0.01), "per-sample numpy loop"
-        else:
-            runs["reference"], what = _matmul_run(sizes, batch, np.dtype(args.dtype)), "bare matrix products"
-        if batch == 1:
-            for backend in ("numpy", "numba") if numba_available() else ("numpy",):
-                if backend == "numba":
-                    _release_freed_memory()
-                    before = _memory()["rss"]
-                runs[backend], first = _kernel_run(cfg, x, y, backend)
-                if backend == "numba":
-                    _release_freed_memory()
-                    kernel_bytes = _memory()["rss"] - before
-                    notes.append(f"numba kernel ready in {max(world.allgather(first)):.2f} s (compiled, or loaded from numba's cache)")
-            if not numba_available():
-                notes.append("numba is not installed: no numba row (pip install numba, or the fast extra)")
-        rates = _best_rates(world, args.seconds, args.repeats, runs)
-        del runs
-        add_row(f"train step, batch {batch}", rates["step"], rates["reference"], what)
-        for backend in ("numpy", "numba"):
-            if backend in rates:
-                add_row(f"batch-1 kernel, {backend}", rates[backend], rates["reference"], what)
-
-    params = build_network(TrainConfig(hidden=tuple(args.hidden), dtype=args.dtype), PIXELS).params
-    if world.mpi:
-        t = {k: max(world.allgather(v)) * 1e6 for k, v in _sync_seconds(world, params.size, np.dtype(args.dtype), args.sync_calls, args.repeats).items()}
-        add_row(f"parameter sync ({params.size:,} {args.dtype})", t["step+average"] - t["step"], t["step+allreduce"] - t["step"],
-                "bare in-place Allreduce, in a training loop", unit="us per sync")
-        add_row("parameter sync, back to back", t["average"], t["allreduce"], "bare in-place Allreduce, back to back", unit="us per sync")
-    else:
-        notes.append("no MPI communicator: no sync row")
-
+        _measure_batch(args, data, sizes, batch, table)
+    params = build_network(TrainConfig(hidden=tuple(args.hidden), dtype=args.dtype), PIXELS, data.classes).params
+    _measure_sync(args, params, table)
     _release_freed_memory()
-    memory = world.allgather({"baseline": baseline, "slice": x.nbytes + y.nbytes, "params": params.nbytes,
-                              "numba": kernel_bytes, **_memory()})
+    memory = world.allgather({"baseline": baseline, "slice": data.x.nbytes + data.y.nbytes, "params": params.nbytes,
+                              "numba": table.numba_bytes, **_memory()})
     if world.rank == 0:
-        _print(world, args, sizes, rows, notes, memory)
+        _print(world, args, sizes, table.rows, table.notes, memory)
         if args.json:
             with open(args.json, "w") as handle:
                 json.dump({"ranks": world.size, "mpi": world.library(), "network": list(sizes), "dtype": args.dtype,
-                           "momentum": args.momentum, "rows": rows, "notes": notes, "memory_bytes": memory,
+                           "momentum": args.momentum, "rows": table.rows, "notes": table.notes, "memory_bytes": memory,
                            "resident_mib": [m["rss"] / 2**20 for m in memory]}, handle, indent=2)
     return 0
+
+
+def _measure_batch(args: argparse.Namespace, data: RankData, sizes: tuple[int, ...], batch: int, table: Table) -> None:
+    """The rows of one batch size: the step against its reference, the batch-1 kernels, the whole run against the step."""
+    world, x, y = table.world, data.x, data.y
+    cfg = TrainConfig(hidden=tuple(args.hidden), batch_size=batch, momentum=args.momentum, lr=0.01, dtype=args.dtype)
+    runs = {"step": _step_run(cfg, world, data)}
+    if batch == 1 and len(args.hidden) == 1:
+        runs["reference"], what = _naive_run(x, y, args.hidden[0], data.classes, 0.01), "per-sample numpy loop"
+    else:
+        runs["reference"], what = _matmul_run(sizes, batch, np.dtype(args.dtype)), "bare matrix products"
+    if batch > 1:
+        runs["whole run"] = _epoch_run(cfg, world, data)
+    if batch == 1:
+        for backend in ("numpy", "numba") if numba_available() else ("numpy",):
+            if backend == "numba":
+                _release_freed_memory()
+                before = _memory()["rss"]
+            runs[backend], first = _kernel_run(cfg, x, y, backend)
+            if backend == "numba":
+                _release_freed_memory()
+                table.numba_bytes = _memory()["rss"] - before
+                table.notes.append(f"numba kernel ready in {max(world.allgather(first)):.2f} s (compiled, or loaded from numba's cache)")
+        if not numba_available():
+            table.notes.append("numba is not installed: no numba row (pip install numba, or the fast extra)")
+    rates = _best_rates(world, args.seconds, args.repeats, runs)
+    del runs
+    table.add(f"train step, batch {batch}", rates["step"], rates["reference"], what)
+    for backend in ("numpy", "numba"):
+        if backend in rates:
+            table.add(f"batch-1 kernel, {backend}", rates[backend], rates["reference"], what)
+    if "whole run" in rates:
+        table.add(f"whole run, batch {batch}", rates["whole run"], rates["step"], "train step alone (epochs: shuffle, steps, loss, sync)")
+
+
+def _measure_sync(args: argparse.Namespace, params: np.ndarray, table: Table) -> None:
+    world = table.world
+    if not world.mpi:
+        table.notes.append("no MPI communicator: no sync row")
+        return
+    seconds = _sync_seconds(world, params.size, np.dtype(args.dtype), args.sync_calls, args.repeats)
+    t = {k: max(world.allgather(v)) * 1e6 for k, v in seconds.items()}
+    table.add(f"parameter sync ({params.size:,} {args.dtype})", t["step+average"] - t["step"], t["step+allreduce"] - t["step"],
+              "bare in-place Allreduce, in a training loop", unit="us per sync")
+    table.add("parameter sync, back to back", t["average"], t["allreduce"], "bare in-place Allreduce, back to back", unit="us per sync")
 
 
 def _print(world, args, sizes, rows, notes, memory) -> None:

@@ -29,15 +29,21 @@ import types
 
 import numpy as np
 
-from .activations import LEAKY_SLOPE
-from .losses import TINY
-from .network import Network
+from .activations import LEAKY_RELU, LEAKY_SLOPE, RELU, SIGMOID, TANH
+from .losses import SOFTMAX_XENT, TINY
+from .network import Network, layout
+from .optim import heavy_ball, sgd_step
 
 BACKENDS = ("auto", "numba", "numpy")
 
-# Codes the compiled kernel branches on, one per entry of the activation and output tables.
-_ACTIVATION_CODES = {"sigmoid": 0, "tanh": 1, "relu": 2, "leaky-relu": 3}
-_OUTPUT_CODES = {"softmax-xent": 0, "sigmoid-mse": 1}
+# Positions in the constants array the compiled kernel gets (see _constants).
+ZERO, ONE, HALF, SLOPE, LOG_FLOOR = range(5)
+
+
+def _constants(dtype) -> np.ndarray:
+    """The kernel's constants in the parameters' dtype, so float32 networks compute in float32 as numpy does."""
+    values = {ZERO: 0.0, ONE: 1.0, HALF: 0.5, SLOPE: LEAKY_SLOPE, LOG_FLOOR: TINY}
+    return np.array([values[i] for i in range(len(values))], dtype=dtype)
 
 
 def numba_available() -> bool:
@@ -192,10 +198,7 @@ class _NumpySteps:
             inputs[0] = x[i]
             net.forward(inputs, ws)
             total += net.backward(inputs, y[i : i + 1], ws, 1.0)
-            velocity *= momentum
-            velocity += grads
-            np.multiply(velocity, lr, out=grads)
-            net.params -= grads
+            sgd_step(net.params, grads, lr, velocity, momentum)
         return total
 
 
@@ -205,25 +208,26 @@ class _NumpySteps:
 # on flat arrays) and also run, slowly, as plain Python: the "python" backend
 # runs them uncompiled so their logic is tested where numba is missing. Each
 # mirrors the numpy code's order of operations, so results agree to rounding.
-# Constants come in the array ``c``, in the parameters' dtype, so float32
-# networks compute in float32 as numpy does: c = [0, 1, 1/2, leaky slope, tiny].
+# Constants come in the array ``c`` (see _constants), indexed by ZERO, ONE, ...;
+# the activation and output codes are the tables' own (activations.py, losses.py),
+# and numba compiles the module-level names in as constants.
 
 
 class _CompiledSteps:
     def __init__(self, net: Network, x: np.ndarray, backend: str):
         self.net, self.x = net, x
         self.kernel = _compiled() if backend == "numba" else _k_run
-        sizes = np.array(net.sizes, dtype=np.int64)
-        w_at, b_at, at = [], [], 0
-        for n_in, n_out in zip(net.sizes[:-1], net.sizes[1:]):
-            w_at.append(at)
-            b_at.append(at + n_in * n_out)
-            at += n_in * n_out + n_out
-        self.layout = (sizes, np.array(w_at, np.int64), np.array(b_at, np.int64), np.cumsum([0, *net.sizes[1:]]).astype(np.int64))
+        slots = layout(net.sizes)
+        self.layout = (
+            np.array(net.sizes, dtype=np.int64),
+            np.array([s.weights_at for s in slots], np.int64),
+            np.array([s.bias_at for s in slots], np.int64),
+            np.cumsum([0, *net.sizes[1:]]).astype(np.int64),  # where each layer's activations start in acts/deltas
+        )
         self.acts = np.zeros(sum(net.sizes[1:]), net.dtype)
         self.deltas = np.zeros_like(self.acts)
-        self.consts = np.array([0.0, 1.0, 0.5, LEAKY_SLOPE, TINY], dtype=net.dtype)
-        self.codes = (_ACTIVATION_CODES[net.activation_name], _OUTPUT_CODES[net.output_name])
+        self.consts = _constants(net.dtype)
+        self.codes = (net.activation.code, net.output.code)
         self.no_velocity = np.zeros(0, net.dtype)
         self.run(None, np.zeros(1, np.intp), np.zeros(1, np.intp), 0, 0, 0.0, 0.0)  # compile (or load) now, not mid-epoch
 
@@ -245,7 +249,7 @@ def precompile() -> None:
         SampleStepper(net, np.zeros((1, 2), dtype), "numba")
 
 
-_KERNEL_FUNCTIONS = ("_k_activate", "_k_scale_by_grad", "_k_output", "_k_layer_forward", "_k_update", "_k_run")
+_KERNEL_FUNCTIONS = ("heavy_ball", "_k_activate", "_k_scale_by_grad", "_k_output", "_k_layer_forward", "_k_update", "_k_run")
 
 
 @functools.cache
@@ -267,15 +271,15 @@ def _compiled():
 
 
 def _k_activate(kind, z, c):
-    """z = f(z) in place for hidden activation ``kind`` (codes as _ACTIVATION_CODES)."""
-    zero, half, slope = c[0], c[2], c[3]
+    """z = f(z) in place for hidden activation ``kind`` (an Activation's code)."""
+    zero, half, slope = c[ZERO], c[HALF], c[SLOPE]
     for j in range(z.shape[0]):
         v = z[j]
-        if kind == 0:  # sigmoid as 1/2 + tanh(z/2)/2, like activations._sigmoid
+        if kind == SIGMOID:  # as 1/2 + tanh(z/2)/2, like activations._sigmoid
             z[j] = np.tanh(v * half) * half + half
-        elif kind == 1:
+        elif kind == TANH:
             z[j] = np.tanh(v)
-        elif kind == 2:
+        elif kind == RELU:
             if v < zero:
                 z[j] = zero
         else:
@@ -286,30 +290,30 @@ def _k_activate(kind, z, c):
 
 def _k_scale_by_grad(kind, a, back, c):
     """back *= f'(a), with f' written through the output a = f(z) as in activations.py."""
-    zero, one, slope = c[0], c[1], c[3]
+    zero, one, slope = c[ZERO], c[ONE], c[SLOPE]
     for p in range(a.shape[0]):
         v = a[p]
-        if kind == 0:
+        if kind == SIGMOID:
             g = (one - v) * v
-        elif kind == 1:
+        elif kind == TANH:
             g = one - v * v
         else:
             g = one if v > zero else (-one if v < zero else v)  # np.sign (0 and NaN stay)
-            if kind == 3 and not g > slope:
+            if kind == LEAKY_RELU and not g > slope:
                 g = slope if g == g else g
         back[p] = back[p] * g
 
 
 def _k_output(kind, z, label, delta, c):
     """Outputs in place, delta = dLoss/dz (scale 1); returns the loss (as losses.py)."""
-    one, half, tiny = c[1], c[2], c[4]
+    one, half, tiny = c[ONE], c[HALF], c[LOG_FLOOR]
     n = z.shape[0]
-    if kind == 0:  # softmax + cross-entropy
+    if kind == SOFTMAX_XENT:
         m = z[0]
         for j in range(1, n):
             if z[j] > m:
                 m = z[j]
-        s = c[0]
+        s = c[ZERO]
         for j in range(n):
             z[j] = np.exp(z[j] - m)
             s += z[j]
@@ -319,8 +323,8 @@ def _k_output(kind, z, label, delta, c):
         delta[label] = delta[label] - one
         t = z[label]
         return -float(np.log(t if t > tiny else tiny))
-    squares = c[0]
-    for j in range(n):  # sigmoid + 1/2 squared error
+    squares = c[ZERO]
+    for j in range(n):  # otherwise sigmoid + 1/2 squared error
         z[j] = np.tanh(z[j] * half) * half + half
         squares += z[j] * z[j]
         delta[j] = ((one - z[j]) * z[j]) * z[j]
@@ -333,7 +337,7 @@ def _k_layer_forward(params, w_at, b_at, below, z, c):
     """z = below @ W + b, skipping zero inputs (their terms are exactly zero)."""
     n_out = z.shape[0]
     for j in range(n_out):
-        z[j] = c[0]
+        z[j] = c[ZERO]
     for p in range(below.shape[0]):
         v = below[p]
         if v != 0:
@@ -358,11 +362,11 @@ def _k_update(params, velocity, w_at, b_at, below, delta, lr, mu):
             w = params[w_at + p * n_out : w_at + (p + 1) * n_out]
             m = velocity[w_at + p * n_out : w_at + (p + 1) * n_out]
             for j in range(n_out):
-                m[j] = m[j] * mu + v * delta[j]
+                m[j] = heavy_ball(m[j], v * delta[j], mu)
                 w[j] -= m[j] * lr
         bias, m = params[b_at : b_at + n_out], velocity[b_at : b_at + n_out]
         for j in range(n_out):
-            m[j] = m[j] * mu + delta[j]
+            m[j] = heavy_ball(m[j], delta[j], mu)
             bias[j] -= m[j] * lr
     else:
         for p in range(below.shape[0]):
@@ -399,7 +403,7 @@ def _k_run(params, velocity, sizes, w_at, b_at, a_at, x, y, order, start, stop, 
                 n_out = delta.shape[0]
                 for p in range(back.shape[0]):
                     base = w_at[layer] + p * n_out
-                    s = c[0]
+                    s = c[ZERO]
                     for j in range(n_out):
                         s += delta[j] * params[base + j]
                     back[p] = s

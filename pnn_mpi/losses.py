@@ -20,7 +20,10 @@ import numpy as np
 
 from .activations import ACTIVATIONS
 
-TINY = 1e-12
+TINY = 1e-12  # the smallest probability whose log is taken
+
+# Kernel codes, one per entry of OUTPUTS (the compiled batch-1 kernel branches on them).
+SOFTMAX_XENT, SIGMOID_MSE = range(2)
 
 
 @dataclass
@@ -172,19 +175,20 @@ class OutputLoss:
     ``forward(z, out, rows=None)`` writes the network's outputs;
     ``loss_sum(out, labels, rows=None)`` is the loss summed over samples;
     ``backward(out, labels, scale, delta, rows=None)`` writes ``scale * dLoss/dz``
-    into ``delta`` and returns the summed loss.
+    into ``delta`` and returns the summed loss; ``code`` names it in the compiled kernel.
     """
 
     name: str
     forward: Callable[..., None]
     loss_sum: Callable[..., float]
     backward: Callable[..., float]
+    code: int
 
 
 OUTPUTS: dict[str, OutputLoss] = {
     o.name: o
     for o in (
-        OutputLoss("softmax-xent", _softmax, _xent_sum, _softmax_xent_backward),
-        OutputLoss("sigmoid-mse", _sigmoid, _mse_sum, _sigmoid_mse_backward),
+        OutputLoss("softmax-xent", _softmax, _xent_sum, _softmax_xent_backward, SOFTMAX_XENT),
+        OutputLoss("sigmoid-mse", _sigmoid, _mse_sum, _sigmoid_mse_backward, SIGMOID_MSE),
     )
 }

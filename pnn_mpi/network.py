@@ -14,6 +14,7 @@ iterator allocates on every broadcasting call.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,19 +24,39 @@ from .initializers import INITIALIZERS
 from .losses import OUTPUTS, RowScratch
 
 
+@dataclass(frozen=True)
+class LayerSlot:
+    """Where one layer sits in the flat buffer: its (n_in, n_out) weights row-major from ``weights_at``, then its bias."""
+
+    n_in: int
+    n_out: int
+    weights_at: int
+    bias_at: int
+
+
+def layout(sizes: tuple[int, ...]) -> list[LayerSlot]:
+    """The flat buffer's layout for layer widths ``sizes`` (input first): layer after layer, weights then bias.
+
+    The one definition of it: the network's views, the compiled kernel's
+    offsets and the parameter count all come from here.
+    """
+    slots, at = [], 0
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        slots.append(LayerSlot(n_in, n_out, at, at + n_in * n_out))
+        at += n_in * n_out + n_out
+    return slots
+
+
 def parameter_count(sizes: tuple[int, ...]) -> int:
     """Weights plus biases of an MLP with layer widths ``sizes`` (input first)."""
-    return sum(n_in * n_out + n_out for n_in, n_out in zip(sizes[:-1], sizes[1:]))
+    return sum(s.n_in * s.n_out + s.n_out for s in layout(sizes))
 
 
-def layer_views(flat: np.ndarray, sizes: tuple[int, ...]):
+def layer_views(flat: np.ndarray, sizes: tuple[int, ...]) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Split a flat parameter-shaped array into per-layer (weight, bias) views."""
-    weights, biases, at = [], [], 0
-    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
-        weights.append(flat[at : at + n_in * n_out].reshape(n_in, n_out))
-        at += n_in * n_out
-        biases.append(flat[at : at + n_out])
-        at += n_out
+    slots = layout(sizes)
+    weights = [flat[s.weights_at : s.bias_at].reshape(s.n_in, s.n_out) for s in slots]
+    biases = [flat[s.bias_at : s.bias_at + s.n_out] for s in slots]
     return weights, biases
 
 
@@ -128,10 +149,14 @@ class Network:
             a = out
         return a
 
-    def backward(self, x: np.ndarray, labels: np.ndarray, ws: Workspace, scale: float) -> float:
+    def backward(self, x: np.ndarray, labels: np.ndarray, ws: Workspace, scale: float, done: Callable[[int], None] | None = None) -> float:
         """Fill ``grads`` with ``scale`` times the summed loss gradient of the batch.
 
         Must follow ``forward(x, ws)``. Returns the batch's summed loss.
+        ``done(layer)``, when given, is called as soon as a layer's gradients
+        are complete and its weights are no longer needed (top layer first):
+        an optimizer can update the layer there while its gradient is still in
+        cache, instead of in a separate pass over the whole buffer.
         """
         b = len(x)
         x = self._in_dtype(x, ws, copied=True)
@@ -150,6 +175,10 @@ class Network:
             self.activation.grad_from_output(below, deriv)
             back *= deriv
             delta = back
+            if done is not None:
+                done(layer)
+        if done is not None:
+            done(0)
         return loss
 
     def _in_dtype(self, x: np.ndarray, ws: Workspace, copied: bool = False) -> np.ndarray:

@@ -35,6 +35,7 @@ class RankData:
     test_images: np.ndarray  # uint8, scaled chunk by chunk when evaluating
     test_labels: np.ndarray
     image_shape: tuple[int, ...]  # (rows, cols) of one image
+    classes: int  # outputs of the network: one more than the largest label of any rank's slice or the test set
     load_seconds: float
 
 
@@ -72,6 +73,8 @@ def load_rank_data(cfg: TrainConfig, world: Communicator) -> RankData:
         return images, labels, test_images, test_labels
 
     images, labels, test_images, test_labels = fail_together(world, read)
+    largest = max(int(labels.max(initial=0)), int(test_labels.max(initial=0)))
+    classes = max(world.allgather(largest)) + 1
     return RankData(
         directory=directory,
         train_total=train_n,
@@ -82,5 +85,6 @@ def load_rank_data(cfg: TrainConfig, world: Communicator) -> RankData:
         test_images=test_images,
         test_labels=test_labels.astype(np.intp),
         image_shape=shape,
+        classes=classes,
         load_seconds=time.perf_counter() - began,
     )

@@ -53,7 +53,7 @@ def prepare_out_dir(out: Path) -> None:
 
 
 def header_lines(cfg: TrainConfig, world: Communicator, data: RankData) -> list[str]:
-    sizes = "-".join(str(n) for n in (data.x.shape[1], *cfg.hidden, 10))
+    sizes = "-".join(str(n) for n in (data.x.shape[1], *cfg.hidden, data.classes))
     per_rank = min(data.slice_sizes) if min(data.slice_sizes) == max(data.slice_sizes) else f"{min(data.slice_sizes)}-{max(data.slice_sizes)}"
     return [
         f"pnn_mpi {__version__}: {world.size} rank{'s' * (world.size > 1)}, {world.library()}",

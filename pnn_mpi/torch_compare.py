@@ -83,10 +83,10 @@ def _torch_setup(world: World):
     return torch, dist
 
 
-def _torch_model(torch, cfg: TrainConfig, inputs: int):
+def _torch_model(torch, cfg: TrainConfig, inputs: int, classes: int):
     """The MLP of ``cfg`` with pnn_mpi's initial weights (nn.Linear keeps W transposed)."""
-    start = build_network(cfg, inputs)
-    model = torch.nn.Sequential(torch.nn.Linear(inputs, cfg.hidden[0]), torch.nn.ReLU(), torch.nn.Linear(cfg.hidden[0], 10))
+    start = build_network(cfg, inputs, classes)
+    model = torch.nn.Sequential(torch.nn.Linear(inputs, cfg.hidden[0]), torch.nn.ReLU(), torch.nn.Linear(cfg.hidden[0], classes))
     with torch.no_grad():
         for linear, w, b in zip((model[0], model[2]), start.weights, start.biases):
             linear.weight.copy_(torch.from_numpy(w.T.copy()))
@@ -96,7 +96,7 @@ def _torch_model(torch, cfg: TrainConfig, inputs: int):
 
 def _torch_run(torch, dist, world: World, cfg: TrainConfig, data, mode: str) -> tuple[float, float]:
     """(samples/s over all ranks, parallel network's test accuracy) of PyTorch on this job."""
-    model = _torch_model(torch, cfg, data.x.shape[1])
+    model = _torch_model(torch, cfg, data.x.shape[1], data.classes)
     net = torch.nn.parallel.DistributedDataParallel(model) if mode == "grad" else model
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     x, y = torch.from_numpy(data.x), torch.from_numpy(data.y.astype(np.int64))

@@ -130,9 +130,9 @@ class BatchPlan(NamedTuple):
     step_samples: np.ndarray  # samples summed over all ranks at each step of an epoch
 
 
-def build_network(cfg: TrainConfig, inputs: int) -> Network:
+def build_network(cfg: TrainConfig, inputs: int, classes: int) -> Network:
     """The starting network: the same on every rank, because the seed is."""
-    net = Network((inputs, *cfg.hidden, 10), cfg.activation, cfg.output, cfg.dtype)
+    net = Network((inputs, *cfg.hidden, classes), cfg.activation, cfg.output, cfg.dtype)
     net.initialize(cfg.init, cfg.bias_init, cfg.seed)
     return net
 
@@ -150,7 +150,8 @@ def batch_plan(cfg: TrainConfig, sizes: list[int]) -> BatchPlan:
     return BatchPlan(batch, steps, np.asarray(step_samples))
 
 
-def gradients(net: Network, ws: Workspace, x_all: np.ndarray, y_all: np.ndarray, picked: np.ndarray, scale: float) -> float:
+def gradients(net: Network, ws: Workspace, x_all: np.ndarray, y_all: np.ndarray, picked: np.ndarray, scale: float,
+              done: Callable[[int], None] | None = None) -> float:
     """Gather the samples ``picked`` into the workspace, then forward and backward.
 
     Leaves ``scale`` times the batch's summed gradient in ``net.grads`` and
@@ -158,11 +159,12 @@ def gradients(net: Network, ws: Workspace, x_all: np.ndarray, y_all: np.ndarray,
     preallocated rows by the ndarray ``take`` method in mode "clip" (``np.take``
     in its default mode "raise" buffers the whole output, an allocation per
     step; the indices come from a permutation, so they are always valid).
+    ``done(layer)`` is passed on to ``Network.backward``.
     """
     x = x_all.take(picked, 0, ws.inputs[: len(picked)], "clip")
     y = y_all.take(picked, 0, ws.labels[: len(picked)], "clip")
     net.forward(x, ws)
-    return net.backward(x, y, ws, scale)
+    return net.backward(x, y, ws, scale, done)
 
 
 @dataclass
@@ -210,7 +212,7 @@ class LoopState:
     @classmethod
     def start(cls, cfg: TrainConfig, rank: int, data: RankData) -> LoopState:
         """The state before the first step: the seeded network, zero momentum, the slice in file order."""
-        net = build_network(cfg, data.x.shape[1])
+        net = build_network(cfg, data.x.shape[1], data.classes)
         return cls(net, SGD(net.params, cfg.momentum), np.arange(len(data.y)), np.random.default_rng([cfg.seed, rank]))
 
     def snapshot(self) -> tuple[Progress, RankState]:
@@ -325,19 +327,26 @@ def take_steps(run: Run, state: LoopState, s: int, lr: float) -> int:
 
 
 def one_step(run: Run, state: LoopState, s: int, lr: float) -> float:
-    """Step ``s`` of the epoch on this rank's batch; returns the batch's summed loss."""
-    net, batch, by_gradients = state.net, run.plan.batch, run.sync.averages_gradients
+    """Step ``s`` of the epoch on this rank's batch; returns the batch's summed loss.
+
+    Without gradient averaging each layer is updated as soon as backprop is done
+    with it (``SGD.step_layer``: the same arithmetic as ``SGD.step``, while the
+    layer's gradient is still in cache); with it, the summed gradient is
+    complete only after the Allreduce, and the whole buffer steps at once.
+    """
+    net, opt, batch = state.net, state.opt, run.plan.batch
     picked = state.order[s * batch : (s + 1) * batch]
+    if not run.sync.averages_gradients:
+        if not len(picked):  # a slice one sample short may have an empty last batch
+            return 0.0
+        return gradients(net, run.ws, run.data.x, run.data.y, picked, 1.0 / len(picked), lambda layer: opt.step_layer(net, layer, lr))
     loss = 0.0
-    if len(picked):  # a slice one sample short may have an empty last batch
-        scale = 1.0 / (run.plan.step_samples[s] if by_gradients else len(picked))
-        loss = gradients(net, run.ws, run.data.x, run.data.y, picked, scale)
+    if len(picked):
+        loss = gradients(net, run.ws, run.data.x, run.data.y, picked, 1.0 / run.plan.step_samples[s])
     else:
         net.grads.fill(0.0)
-    if by_gradients:
-        sync_buffer(run, state, net.grads, average=False)  # already scaled by the step's samples over all ranks
-    if len(picked) or by_gradients:
-        state.opt.step(net.params, net.grads, lr)
+    sync_buffer(run, state, net.grads, average=False)  # already scaled by the step's samples over all ranks
+    opt.step(net.params, net.grads, lr)
     return loss
 
 

@@ -86,3 +86,32 @@ def write_dataset(folder: Path, train: int, test: int, seed: int = 0, gz: bool =
         write_idx(folder / f"{prefix}-images-idx3-ubyte{suffix}", images)
         write_idx(folder / f"{prefix}-labels-idx1-ubyte{suffix}", labels)
     return folder
+
+
+CLASSES = 10  # learnable_images draws labels 0..9
+
+
+def rank_data(images, labels, test_images, test_labels, dtype="float64", sizes=None, start=0, classes=CLASSES):
+    """In-memory RankData, as load_rank_data would build it (``classes``: learnable_images' ten)."""
+    from pnn_mpi.evaluate import to_inputs
+    from pnn_mpi.rank_data import RankData
+
+    return RankData(
+        directory=Path("."),
+        train_total=sum(sizes) if sizes else len(labels),
+        slice_sizes=list(sizes) if sizes else [len(labels)],
+        start=start,
+        x=to_inputs(images.reshape(len(images), -1), dtype),
+        y=labels.astype(np.intp),
+        test_images=test_images.reshape(len(test_images), -1),
+        test_labels=test_labels.astype(np.intp),
+        image_shape=images.shape[1:],
+        classes=classes,
+        load_seconds=0.0,
+    )
+
+
+@pytest.fixture
+def make_rank_data():
+    """``make_rank_data(images, labels, test_images, test_labels, dtype, sizes=, start=)``: an in-memory RankData."""
+    return rank_data

@@ -14,7 +14,6 @@ from pnn_mpi.comm import SerialWorld
 from pnn_mpi.config import TrainConfig
 from pnn_mpi.errors import Interrupted, UserError
 from pnn_mpi.train import Hooks, check_interval, train
-from test_train import rank_data
 
 
 def _state(seed: int) -> RankState:
@@ -129,7 +128,7 @@ def _stop_at(step: int):
     ],
 )
 @pytest.mark.parametrize("interval, checks_before_stop", [(None, 1), (None, 4), (3, 2), (3, 5)])
-def test_interrupt_then_resume_is_bit_identical(data, settings, interval, checks_before_stop, monkeypatch):
+def test_interrupt_then_resume_is_bit_identical(make_rank_data, data, settings, interval, checks_before_stop, monkeypatch):
     """Stopped at an epoch's end or (checking every 3 steps) in the middle of one, then resumed."""
     if interval:
         monkeypatch.setattr("pnn_mpi.train.check_interval", lambda batch: interval)
@@ -137,7 +136,7 @@ def test_interrupt_then_resume_is_bit_identical(data, settings, interval, checks
     cfg = TrainConfig(hidden=(10,), epochs=5, lr=0.05, **settings)
 
     def fresh():
-        return rank_data(images, labels, test_images, test_labels, "float32")
+        return make_rank_data(images, labels, test_images, test_labels, "float32")
 
     whole = train(cfg, SerialWorld(), fresh(), log=lambda *_: None)
 
@@ -153,15 +152,15 @@ def test_interrupt_then_resume_is_bit_identical(data, settings, interval, checks
     assert [e.train_loss for e in resumed.epochs] == [e.train_loss for e in whole.epochs]
 
 
-def test_periodic_checkpoints_resume_bit_identically(data):
+def test_periodic_checkpoints_resume_bit_identically(make_rank_data, data):
     images, labels, test_images, test_labels = data
     cfg = TrainConfig(hidden=(10,), epochs=4, batch_size=5, checkpoint_every=1)
     saved = []
-    whole = train(cfg, SerialWorld(), rank_data(images, labels, test_images, test_labels), log=lambda *_: None,
+    whole = train(cfg, SerialWorld(), make_rank_data(images, labels, test_images, test_labels), log=lambda *_: None,
                   hooks=Hooks(checkpoint=lambda p, s: saved.append((Progress(**vars(p)), s))))
     assert [p.epoch for p, _ in saved] == [1, 2, 3]  # none after the last epoch: the model is saved then
     for progress, state in saved:
-        again = train(cfg, SerialWorld(), rank_data(images, labels, test_images, test_labels), log=lambda *_: None, hooks=Hooks(resume=(progress, state)))
+        again = train(cfg, SerialWorld(), make_rank_data(images, labels, test_images, test_labels), log=lambda *_: None, hooks=Hooks(resume=(progress, state)))
         assert again.net.params.tobytes() == whole.net.params.tobytes()
 
 

@@ -218,7 +218,7 @@ def small_rank_data(n: int = 45) -> RankData:
     return RankData(directory=Path("."), train_total=n, slice_sizes=[n], start=0,
                     x=to_inputs(images.reshape(n, -1), "float64"), y=labels.astype(np.intp),
                     test_images=test_images.reshape(20, -1), test_labels=test_labels.astype(np.intp),
-                    image_shape=images.shape[1:], load_seconds=0.0)
+                    image_shape=images.shape[1:], classes=10, load_seconds=0.0)
 
 
 needs_kernel_option = pytest.mark.skipif("kernel" not in TrainConfig.__dataclass_fields__,

@@ -20,7 +20,6 @@ from pnn_mpi.errors import UserError
 from pnn_mpi.rank_data import load_rank_data
 from pnn_mpi.slicing import slice_bounds, slice_sizes
 from pnn_mpi.train import build_network, train
-from test_train import rank_data
 
 pytestmark = pytest.mark.mpi(min_size=2)
 
@@ -42,7 +41,7 @@ def _shared_tmp(world: World, tmp_path_factory) -> Path:
 
 def test_initial_parameters_identical_on_all_ranks(world):
     cfg = TrainConfig(hidden=(64, 32), init="xavier-normal", seed=7)
-    params = build_network(cfg, 784).params
+    params = build_network(cfg, 784, 10).params
     for other in world.allgather(params):
         assert other.tobytes() == params.tobytes()
 
@@ -64,7 +63,7 @@ def _interleaved(slices: list[np.ndarray], batch: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("n, batch, momentum", [(48, 3, 0.0), (50, 4, 0.9), (47, 1, 0.5)])
-def test_grad_sync_equals_one_rank_with_p_times_the_batch(world, n, batch, momentum):
+def test_grad_sync_equals_one_rank_with_p_times_the_batch(make_rank_data, world, n, batch, momentum):
     """`grad` with P ranks and batch b takes the steps of one rank with batch P*b on the same samples.
 
     (50 and 47 samples split unevenly, so short ranks take smaller last batches.)
@@ -76,12 +75,12 @@ def test_grad_sync_equals_one_rank_with_p_times_the_batch(world, n, batch, momen
     lo, hi = slice_bounds(n, world.size, world.rank)
     common = dict(hidden=(9,), epochs=3, lr=0.2, momentum=momentum, dtype="float64", shuffle=False, eval_every=0)
 
-    mine = rank_data(images[lo:hi], labels[lo:hi], test_images, test_labels, sizes=sizes, start=lo)
+    mine = make_rank_data(images[lo:hi], labels[lo:hi], test_images, test_labels, sizes=sizes, start=lo)
     parallel = train(TrainConfig(**common, batch_size=batch, sync="grad"), world, mine, log=_quiet)
 
     bounds = [slice_bounds(n, world.size, r) for r in range(world.size)]
     order = _interleaved([np.arange(a, b) for a, b in bounds], batch)
-    alone = rank_data(images[order], labels[order], test_images, test_labels)
+    alone = make_rank_data(images[order], labels[order], test_images, test_labels)
     single = train(TrainConfig(**common, batch_size=batch * world.size, sync="end"), World(MPI.COMM_SELF), alone, log=_quiet)
 
     np.testing.assert_allclose(parallel.net.params, single.net.params, rtol=1e-10, atol=1e-13)
@@ -89,7 +88,7 @@ def test_grad_sync_equals_one_rank_with_p_times_the_batch(world, n, batch, momen
 
 
 @pytest.mark.parametrize("sync", ["end", "epoch", "steps:2"])
-def test_parameter_averaging_equals_mean_of_local_networks(world, sync):
+def test_parameter_averaging_equals_mean_of_local_networks(make_rank_data, world, sync):
     """The parallel network is the mean of the local networks trained alone on each slice.
 
     With `end` this is literal: each rank's network trained by itself, then averaged.
@@ -102,24 +101,24 @@ def test_parameter_averaging_equals_mean_of_local_networks(world, sync):
     sizes = slice_sizes(n, world.size)
     lo, hi = slice_bounds(n, world.size, world.rank)
     cfg = TrainConfig(hidden=(8,), epochs=2, batch_size=5, lr=0.1, dtype="float64", sync=sync, shuffle=False)
-    result = train(cfg, world, rank_data(images[lo:hi], labels[lo:hi], test_images, test_labels, sizes=sizes, start=lo), log=_quiet)
+    result = train(cfg, world, make_rank_data(images[lo:hi], labels[lo:hi], test_images, test_labels, sizes=sizes, start=lo), log=_quiet)
     for other in world.allgather(result.net.params):
         assert other.tobytes() == result.net.params.tobytes()
     if sync == "end":
-        mine = rank_data(images[lo:hi], labels[lo:hi], test_images, test_labels)
+        mine = make_rank_data(images[lo:hi], labels[lo:hi], test_images, test_labels)
         alone = train(cfg, SerialWorld(), mine, log=_quiet).net.params
         mean = np.mean(world.allgather(alone), axis=0)
         np.testing.assert_allclose(result.net.params, mean, rtol=1e-10, atol=1e-13)
 
 
-def test_local_accuracies_are_gathered_from_every_rank(world):
+def test_local_accuracies_are_gathered_from_every_rank(make_rank_data, world):
     rng = np.random.default_rng(4)
     n = 30 * world.size
     images, labels = learnable_images(n, rng)
     test_images, test_labels = learnable_images(25, rng)
     lo, hi = slice_bounds(n, world.size, world.rank)
     cfg = TrainConfig(hidden=(8,), epochs=2, batch_size=5, sync="end")
-    result = train(cfg, world, rank_data(images[lo:hi], labels[lo:hi], test_images, test_labels, "float32", sizes=[30] * world.size, start=lo), log=_quiet)
+    result = train(cfg, world, make_rank_data(images[lo:hi], labels[lo:hi], test_images, test_labels, "float32", sizes=[30] * world.size, start=lo), log=_quiet)
     assert len(result.local_accuracies) == world.size == len(result.clocks)
     assert world.allgather(result.local_accuracies) == [result.local_accuracies] * world.size
 
@@ -169,7 +168,7 @@ def test_more_ranks_than_samples_is_a_user_error(world, tmp_path_factory):
         load_rank_data(TrainConfig(dataset="custom", data_dir=str(folder)), world)
 
 
-def test_a_stop_seen_by_one_rank_checkpoints_all_and_resumes_bit_identically(world, tmp_path_factory, monkeypatch):
+def test_a_stop_seen_by_one_rank_checkpoints_all_and_resumes_bit_identically(make_rank_data, world, tmp_path_factory, monkeypatch):
     """Rank 1 alone is signalled; every rank stops at the same step, rank 0 writes every
     rank's state, and the resumed run ends with the parameters of an uninterrupted one."""
     from pnn_mpi.errors import Interrupted
@@ -188,7 +187,7 @@ def test_a_stop_seen_by_one_rank_checkpoints_all_and_resumes_bit_identically(wor
     cfg = TrainConfig(hidden=(8,), epochs=3, batch_size=3, momentum=0.9, sync="end", out=str(out))
 
     def mine():
-        return rank_data(images[lo:hi], labels[lo:hi], test_images, test_labels, "float32", sizes=sizes, start=lo)
+        return make_rank_data(images[lo:hi], labels[lo:hi], test_images, test_labels, "float32", sizes=sizes, start=lo)
 
     whole = train(cfg, world, mine(), log=_quiet)
     checks = {"n": 0}

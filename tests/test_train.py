@@ -7,17 +7,14 @@ from outputs, flat parameters) must reach the same parameters.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from conftest import learnable_images
 from pnn_mpi.comm import SerialWorld
 from pnn_mpi.config import TrainConfig
-from pnn_mpi.evaluate import evaluate, to_inputs
+from pnn_mpi.evaluate import evaluate
 from pnn_mpi.network import Network
-from pnn_mpi.rank_data import RankData
 from pnn_mpi.train import batch_plan, build_network, train
 
 _F = {
@@ -30,7 +27,7 @@ _F = {
 
 def reference_params(cfg: TrainConfig, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Train the textbook way; return the parameters flattened layer by layer (W, b)."""
-    start = build_network(cfg, x.shape[1])
+    start = build_network(cfg, x.shape[1], 10)
     ws = [w.astype(float) for w in start.weights]
     bs = [b.astype(float) for b in start.biases]
     vw = [np.zeros_like(w) for w in ws]
@@ -69,22 +66,6 @@ def reference_params(cfg: TrainConfig, x: np.ndarray, y: np.ndarray) -> np.ndarr
     return np.concatenate([a.ravel() for pair in zip(ws, bs) for a in pair])
 
 
-def rank_data(images, labels, test_images, test_labels, dtype="float64", sizes=None, start=0) -> RankData:
-    """In-memory RankData, as load_rank_data would build it."""
-    return RankData(
-        directory=Path("."),
-        train_total=sum(sizes) if sizes else len(labels),
-        slice_sizes=list(sizes) if sizes else [len(labels)],
-        start=start,
-        x=to_inputs(images.reshape(len(images), -1), dtype),
-        y=labels.astype(np.intp),
-        test_images=test_images.reshape(len(test_images), -1),
-        test_labels=test_labels.astype(np.intp),
-        image_shape=images.shape[1:],
-        load_seconds=0.0,
-    )
-
-
 @pytest.fixture(scope="module")
 def small():
     rng = np.random.default_rng(5)
@@ -109,23 +90,23 @@ def _quiet(*_):
         dict(batch_size=3, hidden=(), init="normal"),  # no hidden layer: multinomial logistic regression
     ],
 )
-def test_one_rank_matches_textbook_sgd(small, settings):
+def test_one_rank_matches_textbook_sgd(make_rank_data, small, settings):
     """One rank of the trainer takes exactly the steps of plain textbook SGD."""
     images, labels, test_images, test_labels = small
     cfg = TrainConfig(**{"hidden": (12,), "epochs": 3, "lr": 0.1, "dtype": "float64", "eval_every": 0, **settings})
-    data = rank_data(images, labels, test_images, test_labels)
+    data = make_rank_data(images, labels, test_images, test_labels)
     result = train(cfg, SerialWorld(), data, log=_quiet)
     expected = reference_params(cfg, data.x, data.y)
     np.testing.assert_allclose(result.net.params, expected, rtol=1e-9, atol=1e-12)
 
 
-def test_training_learns(small):
+def test_training_learns(make_rank_data, small):
     """On learnable data the parallel network's reported accuracy is high and matches a rescoring."""
     rng = np.random.default_rng(9)
     images, labels = learnable_images(600, rng)
     test_images, test_labels = learnable_images(200, rng)
     cfg = TrainConfig(hidden=(16,), epochs=5, batch_size=8, lr=0.1)
-    data = rank_data(images, labels, test_images, test_labels, dtype="float32")
+    data = make_rank_data(images, labels, test_images, test_labels, dtype="float32")
     result = train(cfg, SerialWorld(), data, log=_quiet)
     assert result.test_accuracy >= 0.95
     assert evaluate(result.net, data.test_images, data.test_labels)[0] == result.test_accuracy
@@ -133,33 +114,33 @@ def test_training_learns(small):
     assert losses[-1] < losses[0] / 2
 
 
-def test_scoring_every_epoch_does_not_change_training(small):
+def test_scoring_every_epoch_does_not_change_training(make_rank_data, small):
     """Per-epoch scoring reads the parameters only: the final network is bit-identical."""
     images, labels, test_images, test_labels = small
     runs = []
     for every in (0, 1):
         cfg = TrainConfig(hidden=(10,), epochs=3, batch_size=4, eval_every=every, sync="end")
-        runs.append(train(cfg, SerialWorld(), rank_data(images, labels, test_images, test_labels, "float32"), log=_quiet))
+        runs.append(train(cfg, SerialWorld(), make_rank_data(images, labels, test_images, test_labels, "float32"), log=_quiet))
     assert runs[0].net.params.tobytes() == runs[1].net.params.tobytes()
     assert runs[1].epochs[0].test_accuracy is not None and runs[0].epochs[0].test_accuracy is None
 
 
-def test_same_seed_same_network_other_seed_other_network(small):
+def test_same_seed_same_network_other_seed_other_network(make_rank_data, small):
     images, labels, test_images, test_labels = small
 
     def params(seed):
         cfg = TrainConfig(hidden=(10,), epochs=2, batch_size=4, seed=seed)
-        return train(cfg, SerialWorld(), rank_data(images, labels, test_images, test_labels, "float32"), log=_quiet).net.params
+        return train(cfg, SerialWorld(), make_rank_data(images, labels, test_images, test_labels, "float32"), log=_quiet).net.params
 
     assert params(3).tobytes() == params(3).tobytes()
     assert params(3).tobytes() != params(4).tobytes()
 
 
-def test_epoch_lines_are_logged_by_rank_zero(small):
+def test_epoch_lines_are_logged_by_rank_zero(make_rank_data, small):
     images, labels, test_images, test_labels = small
     lines: list[str] = []
     cfg = TrainConfig(hidden=(10,), epochs=3, batch_size=4)
-    result = train(cfg, SerialWorld(), rank_data(images, labels, test_images, test_labels, "float32"), log=lines.append)
+    result = train(cfg, SerialWorld(), make_rank_data(images, labels, test_images, test_labels, "float32"), log=lines.append)
     assert [line.split()[1] for line in lines] == ["1/3", "2/3", "3/3"]
     assert f"{result.test_accuracy:.2%}".strip() in lines[-1]
 
@@ -184,7 +165,7 @@ def test_batch_plan(sizes, batch, expected):
 
 def test_build_network_is_the_seeded_initialisation():
     cfg = TrainConfig(hidden=(7, 5), init="xavier-uniform", bias_init=0.25, seed=11)
-    net = build_network(cfg, 20)
+    net = build_network(cfg, 20, 10)
     twin = Network((20, 7, 5, 10), "relu", "softmax-xent", "float32")
     twin.initialize("xavier-uniform", 0.25, 11)
     assert net.sizes == (20, 7, 5, 10)
