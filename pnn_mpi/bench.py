@@ -41,6 +41,7 @@ from .optim import SGD
 from .options import Parser, positive_int
 from .rank_data import RankData
 from .train import Hooks, LoopState, Run, build_network, end_epoch, one_step, train_epoch
+from .wording import plural
 
 PIXELS = 784
 SAMPLES = 4096  # each rank's stand-in slice
@@ -363,7 +364,7 @@ def _measure_sync(args: argparse.Namespace, params: np.ndarray, table: Table) ->
 
 
 def _print(world, args, sizes, rows, notes, memory) -> None:
-    print(f"pnn_mpi bench: {world.size} rank{'s' * (world.size > 1)} ({world.library()}), network {'-'.join(map(str, sizes))}, "
+    print(f"pnn_mpi bench: {plural(world.size, 'rank')} ({world.library()}), network {'-'.join(map(str, sizes))}, "
           f"{args.dtype}, momentum {args.momentum:g}, {os.cpu_count()} CPUs; best of {args.repeats} interleaved windows")
     print(f"{'measurement':<34} {'pnn_mpi':>14} {'reference':>14} {'ratio':>7}  unit / reference")
     for r in rows:

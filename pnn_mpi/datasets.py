@@ -17,6 +17,7 @@ import numpy as np
 
 from pnn_mpi import idx
 from pnn_mpi.errors import UserError
+from pnn_mpi.wording import checksum_mismatch
 
 ROLES = ("train-images", "train-labels", "test-images", "test-labels")
 SPLITS = ("train", "test")
@@ -258,7 +259,4 @@ def verify_files(spec: DatasetSpec, directory: str | os.PathLike) -> None:
         assert path is not None, basename  # the check for missing files above found it
         got = idx.payload_md5(path)
         if got != want:
-            raise UserError(
-                f"{path}: checksum mismatch: payload MD5 is {got}, expected {want} "
-                f"(not the canonical {basename}?)"
-            )
+            raise UserError(f"{path}: {checksum_mismatch(got, want, basename)}")

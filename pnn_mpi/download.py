@@ -23,6 +23,7 @@ from typing import IO
 
 from pnn_mpi import __version__, datasets, idx
 from pnn_mpi.errors import UserError
+from pnn_mpi.wording import checksum_mismatch, one_line, os_reason
 
 TIMEOUT_S = 30
 _BLOCK = 1 << 16
@@ -31,10 +32,6 @@ _TTY_REFRESH_S = 0.1
 
 class _MirrorFailed(Exception):
     """One mirror could not supply one file; the next mirror is tried."""
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
 
 
 def _is_url(mirror: str) -> bool:
@@ -103,7 +100,7 @@ def _copy(read: Callable[[int], bytes], dst: IO[bytes], progress: _Progress) -> 
         try:
             block = read(_BLOCK)
         except (OSError, http.client.HTTPException) as exc:
-            raise _MirrorFailed(f"read failed: {_one_line(exc) or type(exc).__name__}") from None
+            raise _MirrorFailed(f"read failed: {one_line(exc) or type(exc).__name__}") from None
         if not block:
             return
         dst.write(block)
@@ -115,12 +112,12 @@ def _fetch_url(url: str, dst: IO[bytes], progress: _Progress) -> None:
     try:
         response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
     except urllib.error.HTTPError as exc:
-        raise _MirrorFailed(f"HTTP {exc.code} {_one_line(exc.reason)}") from None
+        raise _MirrorFailed(f"HTTP {exc.code} {one_line(exc.reason)}") from None
     except urllib.error.URLError as exc:
         reason = getattr(exc.reason, "strerror", None) or exc.reason
-        raise _MirrorFailed(_one_line(reason)) from None
+        raise _MirrorFailed(one_line(reason)) from None
     except (OSError, http.client.HTTPException, ValueError) as exc:
-        raise _MirrorFailed(_one_line(exc) or type(exc).__name__) from None
+        raise _MirrorFailed(one_line(exc) or type(exc).__name__) from None
     with response:
         length = response.headers.get("Content-Length")
         progress.start(int(length) if length and length.isdigit() else None)
@@ -131,7 +128,7 @@ def _fetch_local(src: Path, dst: IO[bytes], progress: _Progress) -> None:
     try:
         fh = open(src, "rb")
     except OSError as exc:
-        raise _MirrorFailed(f"cannot read {src}: {_one_line(exc.strerror or exc)}") from None
+        raise _MirrorFailed(f"cannot read {src}: {os_reason(exc)}") from None
     with fh:
         progress.start(os.fstat(fh.fileno()).st_size)
         _copy(fh.read, dst, progress)
@@ -182,9 +179,9 @@ def _try_mirror(mirror: str, basename: str, want_md5: str, dest: Path, out: IO[s
         try:
             got = idx.payload_md5(tmp)
         except UserError as exc:
-            raise _MirrorFailed(_one_line(str(exc).replace(f"{tmp}: ", "", 1))) from None
+            raise _MirrorFailed(one_line(str(exc).replace(f"{tmp}: ", "", 1))) from None
         if got != want_md5:
-            raise _MirrorFailed(f"checksum mismatch: payload MD5 is {got}, expected {want_md5}")
+            raise _MirrorFailed(checksum_mismatch(got, want_md5))
         progress.finish("MD5 ok")
         target = dest / target_name
         os.replace(tmp, target)
@@ -200,8 +197,8 @@ def _existing_ok(path: Path, want_md5: str) -> str | None:
     try:
         got = idx.payload_md5(path)
     except UserError as exc:
-        return _one_line(str(exc).replace(f"{path}: ", "", 1))
-    return None if got == want_md5 else f"payload MD5 is {got}, expected {want_md5}"
+        return one_line(str(exc).replace(f"{path}: ", "", 1))
+    return None if got == want_md5 else checksum_mismatch(got, want_md5)
 
 
 def _fetch_one(
@@ -261,6 +258,6 @@ def download(
             _fetch_one(spec, basename, dest, sources, out)
     except OSError as exc:
         where = exc.filename or dest
-        raise UserError(f"{where}: cannot write: {_one_line(exc.strerror or exc)}") from None
+        raise UserError(f"{where}: cannot write: {os_reason(exc)}") from None
     return dest
 

@@ -18,6 +18,7 @@ from .errors import UserError
 from .evaluate import evaluate, predict
 from .model_io import load_model
 from .options import Parser, positive_int
+from .wording import os_reason
 
 
 def cmd_download(argv: list[str]) -> int:
@@ -132,6 +133,6 @@ def cmd_predict(argv: list[str]) -> int:
             else:
                 Path(args.out).write_text("".join(f"{label}\n" for label in found))
         except OSError as exc:
-            raise UserError(f"--out {args.out}: cannot write there ({exc.strerror or exc})") from None
+            raise UserError(f"--out {args.out}: cannot write there ({os_reason(exc)})") from None
     return 0
 

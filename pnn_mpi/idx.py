@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from pnn_mpi.errors import UserError
+from pnn_mpi.wording import checksum_mismatch, one_line, os_reason
 
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049
@@ -80,10 +81,6 @@ class IdxHeader:
 
 def _is_gzip_name(path: Path) -> bool:
     return path.name.endswith(".gz")
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
 
 
 class _Stream:
@@ -188,7 +185,7 @@ class _GzipStream(_Stream):
             try:
                 out = self._inflater.decompress(self._pending, limit)
             except zlib.error as exc:
-                raise self._fail(f"corrupt gzip data ({_one_line(exc)})") from None
+                raise self._fail(f"corrupt gzip data ({one_line(exc)})") from None
             self._pending = self._inflater.unconsumed_tail
             if self._inflater.eof:
                 self._pending = self._inflater.unused_data
@@ -252,9 +249,9 @@ def _open_stream(path: Path) -> Iterator[_RawStream | _GzipStream]:
             else:
                 yield _RawStream(path, fh)
     except OSError as exc:
-        raise UserError(f"{path}: cannot read: {_one_line(exc.strerror or exc)}") from None
+        raise UserError(f"{path}: cannot read: {os_reason(exc)}") from None
     except (EOFError, zlib.error) as exc:  # defensive: the streams convert their own
-        raise UserError(f"{path}: unreadable: {_one_line(exc)}") from None
+        raise UserError(f"{path}: unreadable: {one_line(exc)}") from None
 
 
 def _describe_magic(magic: int) -> str:
@@ -420,10 +417,7 @@ def read_records(
             digest = stream.hasher.hexdigest()
             if digest != md5.lower():
                 canonical = path.name[:-3] if _is_gzip_name(path) else path.name
-                raise UserError(
-                    f"{path}: checksum mismatch: payload MD5 is {digest}, expected {md5} "
-                    f"(not the canonical {canonical}?)"
-                )
+                raise UserError(f"{path}: {checksum_mismatch(digest, md5, canonical)}")
     if expect == "labels":
         _check_labels(header, out, start)
         return out

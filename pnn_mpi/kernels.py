@@ -65,8 +65,9 @@ def resolve(backend: str) -> str:
     return backend
 
 
-def local_steps(net: Network, velocity, x, y, order, start: int, stop: int, lr: float, momentum: float,
-                *, backend: str = "auto", stepper: SampleStepper | None = None) -> float:
+def local_steps(
+    net: Network, velocity, x, y, order, start: int, stop: int, lr: float, momentum: float, *, backend: str = "auto", stepper: SampleStepper | None = None
+) -> float:
     """Per-sample SGD on ``order[start:stop]``, updating ``net.params`` (and ``velocity``) in place.
 
     Equal to running, for each sample, ``gradients`` with scale 1 and then
@@ -138,8 +139,7 @@ class _NumpySteps:
         self.index = np.zeros(net.sizes[0], np.intp)
         self.values = np.zeros((net.sizes[0], 1), dtype)
         # One-row views of the workspace, made once: (z, a, delta, lr * delta) per layer.
-        self.layers = [(z[:1], a[:1], d[:1], np.zeros(len(b), dtype))
-                       for z, a, d, b in zip(ws.z, ws.a, ws.delta, net.biases)]
+        self.layers = [(z[:1], a[:1], d[:1], np.zeros(len(b), dtype)) for z, a, d, b in zip(ws.z, ws.a, ws.delta, net.biases)]
 
     def run(self, velocity, y, order, start, stop, lr, momentum) -> float:
         if velocity is not None:
@@ -234,11 +234,28 @@ class _CompiledSteps:
     def run(self, velocity, y, order, start, stop, lr, momentum) -> float:
         sizes, w_at, b_at, a_at = self.layout
         scalar = self.net.dtype.type
-        return float(self.kernel(
-            self.net.params, self.no_velocity if velocity is None else velocity, sizes, w_at, b_at, a_at,
-            self.x, np.asarray(y), np.asarray(order), start, stop, scalar(lr), scalar(momentum),
-            self.codes[0], self.codes[1], self.consts, self.acts, self.deltas,
-        ))
+        return float(
+            self.kernel(
+                self.net.params,
+                self.no_velocity if velocity is None else velocity,
+                sizes,
+                w_at,
+                b_at,
+                a_at,
+                self.x,
+                np.asarray(y),
+                np.asarray(order),
+                start,
+                stop,
+                scalar(lr),
+                scalar(momentum),
+                self.codes[0],
+                self.codes[1],
+                self.consts,
+                self.acts,
+                self.deltas,
+            )
+        )
 
 
 def precompile() -> None:

@@ -23,6 +23,7 @@ from .model_io import write_atomically
 from .network import parameter_count
 from .rank_data import RankData
 from .train import TrainResult
+from .wording import plural
 
 
 def _spread(values: list[float]) -> dict[str, float]:
@@ -84,8 +85,8 @@ def summary_lines(record: dict) -> list[str]:
         return f"{t[name]['mean']:.2f}/{t[name]['max']:.2f}"
 
     per_sync = f", {t['seconds_per_sync'] * 1e3:.2f} ms each" if t["syncs"] else ""
-    ranks = f"{record['ranks']} rank{'s' * (record['ranks'] > 1)}"
-    syncs = f"{t['syncs']} sync{'s' * (t['syncs'] != 1)}"
+    ranks = plural(record["ranks"], "rank")
+    syncs = plural(t["syncs"], "sync")
     return [
         f"parallel network: test accuracy {record['test_accuracy']:.2%} (loss {record['test_loss']:.4f})",
         f"local networks before averaging: mean {local['mean']:.2%}, min {local['min']:.2%}, max {local['max']:.2%} ({ranks})",

@@ -19,6 +19,7 @@ from .datasets import DATASETS
 from .errors import STOP_EXIT_CODE, UserError
 from .initializers import INITIALIZERS
 from .losses import OUTPUTS
+from .wording import os_reason
 
 _DEFAULTS = TrainConfig()
 
@@ -138,7 +139,7 @@ def config_tokens(parser: Parser, path: str) -> list[str]:
         with open(path, "rb") as handle:
             table = tomllib.load(handle)
     except OSError as exc:
-        raise UserError(f"--config {path}: {exc.strerror or exc}") from None
+        raise UserError(f"--config {path}: {os_reason(exc)}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"--config {path}: not valid TOML: {exc}") from None
     actions = {a.dest: a for a in parser._actions if a.option_strings and a.dest not in ("help", "config")}

@@ -25,6 +25,7 @@ from .model_io import save_model
 from .rank_data import RankData, load_rank_data
 from .signals import StopRequest
 from .train import Hooks, train
+from .wording import os_reason, plural
 
 
 def say(text: str) -> None:
@@ -49,14 +50,14 @@ def prepare_out_dir(out: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise UserError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
+        raise UserError(f"--out {out}: cannot write there ({os_reason(exc)})") from None
 
 
 def header_lines(cfg: TrainConfig, world: Communicator, data: RankData) -> list[str]:
     sizes = "-".join(str(n) for n in (data.x.shape[1], *cfg.hidden, data.classes))
     per_rank = min(data.slice_sizes) if min(data.slice_sizes) == max(data.slice_sizes) else f"{min(data.slice_sizes)}-{max(data.slice_sizes)}"
     return [
-        f"pnn_mpi {__version__}: {world.size} rank{'s' * (world.size > 1)}, {world.library()}",
+        f"pnn_mpi {__version__}: {plural(world.size, 'rank')}, {world.library()}",
         f"data: {cfg.dataset} from {data.directory}: {data.train_total} training samples ({per_rank} per rank), {len(data.test_labels)} test",
         f"network {sizes}, {cfg.activation}, {cfg.output}, init {cfg.init}; batch {cfg.batch_size}, lr {cfg.lr},"
         f" momentum {cfg.momentum}, sync {cfg.sync}, {cfg.epochs} epochs, {cfg.dtype}, seed {cfg.seed}",
@@ -99,7 +100,7 @@ def checkpoint_writer(cfg: TrainConfig, world: Communicator, out: Path):
                 try:
                     checkpoint.save(out / checkpoint.FILE, cfg, world.size, progress, states)
                 except OSError as exc:
-                    raise UserError(f"--out {out}: cannot write the checkpoint ({exc.strerror or exc}); the previous one is intact") from None
+                    raise UserError(f"--out {out}: cannot write the checkpoint ({os_reason(exc)}); the previous one is intact") from None
 
         fail_together(world, save)
 
@@ -119,7 +120,7 @@ def run_training(cfg: TrainConfig, world: Communicator | None = None) -> dict | 
     if not cfg.full_batch and int(cfg.batch_size) > min(data.slice_sizes):
         raise UserError(
             f"--batch-size {cfg.batch_size} is larger than a rank's slice ({min(data.slice_sizes)} samples"
-            f" with {world.size} rank{'s' * (world.size > 1)}): use a smaller batch, --batch-size full"
+            f" with {plural(world.size, 'rank')}): use a smaller batch, --batch-size full"
             + (", or fewer ranks" if world.size > 1 else "")
         )
     resume = resume_point(cfg, world, out) if cfg.resume else None
@@ -150,7 +151,7 @@ def run_training(cfg: TrainConfig, world: Communicator | None = None) -> dict | 
                 save_model(out / "model.npz", result.net, meta)
                 write_metrics(out / "metrics.json", record or {})  # rank 0 always has its record
             except OSError as exc:
-                raise UserError(f"--out {out}: cannot save the results ({exc.strerror or exc})") from None
+                raise UserError(f"--out {out}: cannot save the results ({os_reason(exc)})") from None
             say(f"saved {out / 'model.npz'} and {out / 'metrics.json'}")
 
     fail_together(world, save)  # a failed save on rank 0 fails every rank alike

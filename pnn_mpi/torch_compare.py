@@ -41,6 +41,7 @@ from .errors import UserError  # noqa: E402
 from .options import Parser, positive_int  # noqa: E402
 from .rank_data import load_rank_data  # noqa: E402
 from .train import build_network, train  # noqa: E402
+from .wording import plural  # noqa: E402
 
 GOALS = {"end": 2.0, "grad": 4.0}  # pnn_mpi / PyTorch samples/s the project aims for
 
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     dist.destroy_process_group()
     if world.rank == 0:
         per_rank = f"{min(data.slice_sizes)}" if min(data.slice_sizes) == max(data.slice_sizes) else f"{min(data.slice_sizes)}-{max(data.slice_sizes)}"
-        print(f"pnn_mpi vs PyTorch {torch.__version__}: {world.size} rank{'s' * (world.size > 1)} ({world.library()}), one thread each; "
+        print(f"pnn_mpi vs PyTorch {torch.__version__}: {plural(world.size, 'rank')} ({world.library()}), one thread each; "
               f"784-{args.hidden}-10 relu softmax-xent float32, batch {args.batch_size}, lr {args.lr}, momentum {args.momentum}, "
               f"{args.epochs} epochs of {per_rank} samples per rank; best of {args.repeats}")
         print(f"{'mode':<44} {'pnn_mpi':>12} {'PyTorch':>12} {'ratio':>7} {'goal':>6}   test accuracy pnn_mpi / PyTorch")

@@ -74,6 +74,12 @@ def learnable_images(n: int, rng: np.random.Generator, side: int = 6) -> tuple[n
     return images, labels
 
 
+def learnable_dataset(seed: int, train: int, test: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(images, labels, test_images, test_labels) of ``learnable_images``, train then test from one seeded generator."""
+    rng = np.random.default_rng(seed)
+    return (*learnable_images(train, rng), *learnable_images(test, rng))
+
+
 def write_dataset(folder: Path, train: int, test: int, seed: int = 0, gz: bool = False) -> Path:
     """A small dataset in the canonical IDX file names (for ``--dataset custom``)."""
     from pnn_mpi.idx import write_idx

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import learnable_images
+from conftest import learnable_dataset
 from pnn_mpi import checkpoint
 from pnn_mpi.checkpoint import Progress, RankState
 from pnn_mpi.comm import SerialWorld
@@ -91,10 +91,7 @@ def test_failed_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def data():
-    rng = np.random.default_rng(12)
-    images, labels = learnable_images(150, rng)
-    test_images, test_labels = learnable_images(30, rng)
-    return images, labels, test_images, test_labels
+    return learnable_dataset(12, 150, 30)
 
 
 class Recorder:

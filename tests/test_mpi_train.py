@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from conftest import learnable_images, write_dataset
+from conftest import learnable_dataset, write_dataset
 from pnn_mpi.comm import SerialWorld, World, fail_together
 from pnn_mpi.config import TrainConfig
 from pnn_mpi.errors import UserError
+from pnn_mpi.evaluate import evaluate
 from pnn_mpi.rank_data import load_rank_data
 from pnn_mpi.slicing import slice_bounds, slice_sizes
 from pnn_mpi.train import build_network, train
@@ -68,9 +69,7 @@ def test_grad_sync_equals_one_rank_with_p_times_the_batch(make_rank_data, world,
 
     (50 and 47 samples split unevenly, so short ranks take smaller last batches.)
     """
-    rng = np.random.default_rng(21)
-    images, labels = learnable_images(n, rng)
-    test_images, test_labels = learnable_images(30, rng)
+    images, labels, test_images, test_labels = learnable_dataset(21, n, 30)
     sizes = slice_sizes(n, world.size)
     lo, hi = slice_bounds(n, world.size, world.rank)
     common = dict(hidden=(9,), epochs=3, lr=0.2, momentum=momentum, dtype="float64", shuffle=False, eval_every=0)
@@ -94,10 +93,8 @@ def test_parameter_averaging_equals_mean_of_local_networks(make_rank_data, world
     With `end` this is literal: each rank's network trained by itself, then averaged.
     With `epoch`/`steps` every rank also ends equal to every other rank.
     """
-    rng = np.random.default_rng(3)
     n = 40 * world.size + 1
-    images, labels = learnable_images(n, rng)
-    test_images, test_labels = learnable_images(25, rng)
+    images, labels, test_images, test_labels = learnable_dataset(3, n, 25)
     sizes = slice_sizes(n, world.size)
     lo, hi = slice_bounds(n, world.size, world.rank)
     cfg = TrainConfig(hidden=(8,), epochs=2, batch_size=5, lr=0.1, dtype="float64", sync=sync, shuffle=False)
@@ -112,15 +109,18 @@ def test_parameter_averaging_equals_mean_of_local_networks(make_rank_data, world
 
 
 def test_local_accuracies_are_gathered_from_every_rank(make_rank_data, world):
-    rng = np.random.default_rng(4)
     n = 30 * world.size
-    images, labels = learnable_images(n, rng)
-    test_images, test_labels = learnable_images(25, rng)
+    images, labels, test_images, test_labels = learnable_dataset(4, n, 25)
     lo, hi = slice_bounds(n, world.size, world.rank)
-    cfg = TrainConfig(hidden=(8,), epochs=2, batch_size=5, sync="end")
+    cfg = TrainConfig(hidden=(8,), epochs=2, batch_size=5, sync="end", shuffle=False)
     result = train(cfg, world, make_rank_data(images[lo:hi], labels[lo:hi], test_images, test_labels, "float32", sizes=[30] * world.size, start=lo), log=_quiet)
     assert len(result.local_accuracies) == world.size == len(result.clocks)
     assert world.allgather(result.local_accuracies) == [result.local_accuracies] * world.size
+    # With sync "end" and no shuffling a rank's local network is what one process trains on its slice alone:
+    # entry r of the gathered list must be rank r's own score of it.
+    alone = train(cfg, SerialWorld(), make_rank_data(images[lo:hi], labels[lo:hi], test_images, test_labels, "float32"), log=_quiet)
+    own, _ = evaluate(alone.net, test_images.reshape(len(test_images), -1), test_labels.astype(np.intp))
+    assert result.local_accuracies[world.rank] == own
 
 
 def test_each_rank_loads_exactly_its_slice(world, tmp_path_factory):
@@ -159,6 +159,32 @@ def test_fail_together_passes_results_through(world):
     assert fail_together(world, lambda: world.rank * 2) == world.rank * 2
 
 
+def test_fail_together_when_only_the_last_rank_fails(world):
+    """A UserError on the last rank alone is raised on every rank, with its message; the others' results are dropped."""
+
+    def action():
+        if world.rank == world.size - 1:
+            raise UserError(f"bad slice on rank {world.rank}")
+        return "fine"
+
+    with pytest.raises(UserError) as info:
+        fail_together(world, action)
+    assert str(info.value) == f"bad slice on rank {world.size - 1}"
+    assert world.allgather(str(info.value)) == [str(info.value)] * world.size
+
+
+def test_fail_together_reports_the_lowest_failing_rank(world):
+    """When several ranks fail, all ranks raise the message of the lowest of them; other exceptions are not caught."""
+
+    def every_rank_fails():
+        raise UserError(f"rank {world.rank} failed")
+
+    with pytest.raises(UserError, match="^rank 0 failed$"):
+        fail_together(world, every_rank_fails)
+    with pytest.raises(ZeroDivisionError):
+        fail_together(SerialWorld(), lambda: 1 / 0)
+
+
 def test_more_ranks_than_samples_is_a_user_error(world, tmp_path_factory):
     folder = _shared_tmp(world, tmp_path_factory) / "few"
     if world.rank == 0:
@@ -178,10 +204,8 @@ def test_a_stop_seen_by_one_rank_checkpoints_all_and_resumes_bit_identically(mak
     monkeypatch.setattr("pnn_mpi.train.check_interval", lambda batch: 4)
     out = _shared_tmp(world, tmp_path_factory) / "run"
     out.mkdir(exist_ok=True)
-    rng = np.random.default_rng(8)
     n = 50 * world.size + 3
-    images, labels = learnable_images(n, rng)
-    test_images, test_labels = learnable_images(20, rng)
+    images, labels, test_images, test_labels = learnable_dataset(8, n, 20)
     sizes = slice_sizes(n, world.size)
     lo, hi = slice_bounds(n, world.size, world.rank)
     cfg = TrainConfig(hidden=(8,), epochs=3, batch_size=3, momentum=0.9, sync="end", out=str(out))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import learnable_images
+from conftest import learnable_dataset
 from pnn_mpi.comm import SerialWorld
 from pnn_mpi.config import TrainConfig
 from pnn_mpi.evaluate import evaluate
@@ -68,10 +68,7 @@ def reference_params(cfg: TrainConfig, x: np.ndarray, y: np.ndarray) -> np.ndarr
 
 @pytest.fixture(scope="module")
 def small():
-    rng = np.random.default_rng(5)
-    images, labels = learnable_images(45, rng)
-    test_images, test_labels = learnable_images(20, rng)
-    return images, labels, test_images, test_labels
+    return learnable_dataset(5, 45, 20)
 
 
 def _quiet(*_):
@@ -102,9 +99,7 @@ def test_one_rank_matches_textbook_sgd(make_rank_data, small, settings):
 
 def test_training_learns(make_rank_data, small):
     """On learnable data the parallel network's reported accuracy is high and matches a rescoring."""
-    rng = np.random.default_rng(9)
-    images, labels = learnable_images(600, rng)
-    test_images, test_labels = learnable_images(200, rng)
+    images, labels, test_images, test_labels = learnable_dataset(9, 600, 200)
     cfg = TrainConfig(hidden=(16,), epochs=5, batch_size=8, lr=0.1)
     data = make_rank_data(images, labels, test_images, test_labels, dtype="float32")
     result = train(cfg, SerialWorld(), data, log=_quiet)

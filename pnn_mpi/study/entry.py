@@ -21,6 +21,7 @@ from pathlib import Path
 from ..datasets import locate
 from ..errors import STOP_EXIT_CODE, UserError
 from ..options import Parser
+from ..wording import os_reason, plural
 from . import launch, machine, plots
 from .figures import draw_figures
 from .grid import STUDIES, Study, load_study, parse_override, shipped_grid
@@ -86,7 +87,7 @@ def main(argv: list[str]) -> int:
         results.mkdir(parents=True, exist_ok=True)
         (results / "grid.toml").write_bytes(path.read_bytes())
     except OSError as exc:
-        raise UserError(f"--results {results}: cannot write there ({exc.strerror or exc})") from None
+        raise UserError(f"--results {results}: cannot write there ({os_reason(exc)})") from None
 
     outcomes = run_study(study, results, launcher, env)
     if len(outcomes) < len(study.points) or any(r.status == STOPPED for r in outcomes):
@@ -98,7 +99,7 @@ def main(argv: list[str]) -> int:
     command = [sys.executable, "-m", "pnn_mpi", "study", *argv]
     write_report(results / "report.md", study, outcomes, found, figures, command)
     failed = [r for r in outcomes if not r.ok]
-    print(f"wrote {results / 'results.csv'}, {len(figures)} figure{'s' * (len(figures) != 1)} and {results / 'report.md'}"
+    print(f"wrote {results / 'results.csv'}, {plural(len(figures), 'figure')} and {results / 'report.md'}"
           + (f"; {len(failed)} of {len(outcomes)} points failed (listed in the report)" if failed else ""))
     return 1 if failed else 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+from ..wording import plural
 from .grid import render
 from .machine import Machine
 from .stats import AccuracyCell, Curve, Heat, Line, SpeedRow, Stat, line_label
@@ -84,7 +85,7 @@ def oversubscription(ranks: list[int], machine: Machine) -> str:
     listed = _and([f"P={p}" for p in over])
     return (f"This machine has {machine.describe()}. At {listed} it is oversubscribed: several ranks share each core,"
             f" so a speed-up beyond {cores}\u00d7 is not expected, and the times there measure ranks taking turns on"
-            f" {cores} core{'s' * (cores != 1)}, not parallel scaling.")
+            f" {plural(cores, 'core')}, not parallel scaling.")
 
 
 def _and(words: list[str]) -> str:
@@ -107,7 +108,7 @@ def heat_findings(heat: Heat) -> list[str]:
             out.append(f"Averaged over {other}, {axis}={render(hi)} did best ({means[hi]:.1%}) and {axis}={render(lo)} worst ({means[lo]:.1%}).")
     missing = sum(cell is None for row in heat.cells for cell in row)
     if missing:
-        out.append(f"{missing} combination{'s' * (missing != 1)} produced no successful run.")
+        out.append(f"{plural(missing, 'combination')} produced no successful run.")
     return out
 
 

@@ -39,6 +39,7 @@ import tomllib
 from ..config import TrainConfig
 from ..errors import UserError
 from ..options import parse_train_args
+from ..wording import os_reason
 
 RANKS = "ranks"
 SEED = "seed"
@@ -63,7 +64,12 @@ class Grid:
     @property
     def varying(self) -> list[str]:
         """The axes that take several values, seeds excepted (seeds are averaged over)."""
-        return [k for k, values in self.axes.items() if len(values) > 1 and k != SEED]
+        return varying_axes(self.axes)
+
+
+def varying_axes(axes: dict) -> list[str]:
+    """The axes of ``axes`` that take several values, seeds excepted."""
+    return [k for k, values in axes.items() if len(values) > 1 and k != SEED]
 
 
 @dataclass(frozen=True)
@@ -101,7 +107,7 @@ def load_study(path: str | Path, overrides: dict | None = None) -> Study:
     try:
         table = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise UserError(f"--grid {path}: {exc.strerror or exc}") from None
+        raise UserError(f"--grid {path}: {os_reason(exc)}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"--grid {path}: not valid TOML: {exc}") from None
     return parse_study(table, str(path), overrides or {})
@@ -245,7 +251,7 @@ def point_id(grid: Grid, ranks: int, values: dict, repeat: int) -> str:
 
 def _plot_problem(plot: str, axes: dict) -> str:
     """Why ``plot`` cannot be drawn from a grid with these axes ('' if it can)."""
-    varying = [k for k, values in axes.items() if len(values) > 1 and k != SEED]
+    varying = varying_axes(axes)
     if plot in ("accuracy", "speedup") and RANKS not in varying:
         return f"plot {plot!r} needs an axis ranks with several values"
     if plot == "heatmap" and len(varying) != 2:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from ..wording import os_reason
 
 # What a user on a small machine needs for Open MPI (MPICH ignores them); see the README.
 OPEN_MPI_ENV = {
@@ -110,7 +111,7 @@ def run_command(command: Sequence[str], env: Mapping[str, str], timeout: float, 
         try:
             proc = subprocess.Popen(list(command), stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=dict(env), start_new_session=True)
         except OSError as exc:
-            raise UserError(f"cannot start {command[0]}: {exc.strerror or exc}") from None
+            raise UserError(f"cannot start {command[0]}: {os_reason(exc)}") from None
         timed_out, passed_on = False, False
         try:
             while True:

@@ -16,6 +16,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..wording import plural
+
 
 @dataclass(frozen=True)
 class Machine:
@@ -30,7 +32,7 @@ class Machine:
         return max(1, min(self.physical, math.floor(self.quota))) if self.quota else self.physical
 
     def describe(self) -> str:
-        text = f"{self.physical} physical core{'s' * (self.physical != 1)} ({self.logical} logical)"
+        text = f"{plural(self.physical, 'physical core')} ({self.logical} logical)"
         if self.quota and self.quota < self.physical:
             text += f", limited by a CPU quota to {self.quota:g}"
         return f"{text}, {self.model}" if self.model else text

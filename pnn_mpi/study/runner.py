@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..errors import STOP_EXIT_CODE
 from ..signals import StopRequest
+from ..wording import plural
 from . import launch
 from .grid import Study
 from .progress import Estimate, label, line
@@ -45,7 +46,7 @@ def run_study(study: Study, results: Path, launcher: list[str], env: dict, log: 
     points = list(study.points)
     done = {p.id: finished_metrics(run_dir(results, p), p) for p in points}
     pending = [p for p in points if done[p.id] is None]
-    log(f"study {study.title}: {len(points)} points in {len(study.grids)} grid{'s' * (len(study.grids) != 1)}, "
+    log(f"study {study.title}: {len(points)} points in {plural(len(study.grids), 'grid')}, "
         f"{len(points) - len(pending)} already done, {len(pending)} to launch; results in {results}")
     estimate = Estimate()
     stop = StopRequest().install()
