@@ -50,7 +50,7 @@ class Clock:
     syncs: int = 0
 
 
-CLOCKED = tuple(f.name for f in fields(Clock) if f.type == "float")  # the phases with a total in Clock
+CLOCKED = tuple(f.name for f in fields(Clock) if f.type in ("float", float))  # the phases with a total in Clock
 
 
 class Phases:

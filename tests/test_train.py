@@ -15,7 +15,7 @@ from pnn_mpi.comm import SerialWorld
 from pnn_mpi.config import TrainConfig
 from pnn_mpi.evaluate import evaluate
 from pnn_mpi.network import Network
-from pnn_mpi.train import batch_plan, build_network, train
+from pnn_mpi.train import Clock, LoopState, Phases, batch_plan, build_network, train
 
 _F = {
     "sigmoid": (lambda z: 1 / (1 + np.exp(-z)), lambda z: np.exp(-z) / (1 + np.exp(-z)) ** 2),
@@ -165,3 +165,39 @@ def test_build_network_is_the_seeded_initialisation():
     twin.initialize("xavier-uniform", 0.25, 11)
     assert net.sizes == (20, 7, 5, 10)
     assert net.params.tobytes() == twin.params.tobytes()
+
+
+def test_phases_charge_the_innermost_clocked_phase_and_report_every_span(monkeypatch):
+    """comm inside compute pauses compute; an unclocked phase (checkpoint) leaves the time to the phase around it."""
+    ticks = iter([0.0, 1.0, 3.0, 4.0, 4.5, 6.0])
+    monkeypatch.setattr("pnn_mpi.train.time.perf_counter", lambda: next(ticks))
+    clock, spans = Clock(), []
+    phases = Phases(clock)
+    phases.listeners.append(lambda *span: spans.append(span))
+    with phases("compute"):  # 0 .. 6
+        with phases("comm"):  # 1 .. 3
+            pass
+        with phases("checkpoint"):  # 4 .. 4.5, charged to compute
+            pass
+    assert (clock.compute, clock.comm, clock.wait, clock.eval) == (4.0, 2.0, 0.0, 0.0)
+    assert spans == [("comm", 1.0, 3.0), ("checkpoint", 4.0, 4.5), ("compute", 0.0, 6.0)]
+
+
+def test_loop_state_restore_undoes_everything_since_its_snapshot(make_rank_data, small):
+    """snapshot() copies; restore() puts back parameters, momentum, order, shuffler, loss, progress and history."""
+    images, labels, test_images, test_labels = small
+    cfg = TrainConfig(hidden=(6,), momentum=0.9)
+    state = LoopState.start(cfg, 0, make_rank_data(images, labels, test_images, test_labels))
+    state.shuffler.shuffle(state.order)
+    state.loss_sum, state.progress.global_step = 1.5, 7
+    progress, saved = state.snapshot()
+    before = (state.net.params.tobytes(), state.opt.velocity.tobytes(), state.order.tobytes(), state.shuffler.random())
+    state.restore(progress, saved)  # the generator draw above is undone too
+    state.net.params += 1.0
+    state.opt.velocity += 2.0
+    state.shuffler.shuffle(state.order)
+    state.loss_sum, state.progress.global_step = 9.0, 99
+    state.restore(progress, saved, {"compute": 5.0})
+    after = (state.net.params.tobytes(), state.opt.velocity.tobytes(), state.order.tobytes(), state.shuffler.random())
+    assert after == before
+    assert (state.loss_sum, state.progress.global_step, state.clock.compute) == (1.5, 7, 5.0)
