@@ -36,12 +36,13 @@ from .comm import Communicator, World
 from .config import DTYPES, TrainConfig
 from .errors import UserError
 from .evaluate import to_inputs
+from .files import write_atomically
 from .kernels import SampleStepper, numba_available
 from .optim import SGD
 from .options import Parser, positive_int
 from .rank_data import RankData
 from .train import Hooks, LoopState, Run, build_network, end_epoch, one_step, train_epoch
-from .wording import plural
+from .wording import os_reason, plural
 
 PIXELS = 784
 SAMPLES = 4096  # each rank's stand-in slice
@@ -311,10 +312,13 @@ def main(argv: list[str], world: Communicator | None = None) -> int:
     if world.rank == 0:
         _print(world, args, sizes, table.rows, table.notes, memory)
         if args.json:
-            with open(args.json, "w") as handle:
-                json.dump({"ranks": world.size, "mpi": world.library(), "network": list(sizes), "dtype": args.dtype,
-                           "momentum": args.momentum, "rows": table.rows, "notes": table.notes, "memory_bytes": memory,
-                           "resident_mib": [m["rss"] / 2**20 for m in memory]}, handle, indent=2)
+            record = {"ranks": world.size, "mpi": world.library(), "network": list(sizes), "dtype": args.dtype,
+                      "momentum": args.momentum, "rows": table.rows, "notes": table.notes, "memory_bytes": memory,
+                      "resident_mib": [m["rss"] / 2**20 for m in memory]}
+            try:
+                write_atomically(args.json, json.dumps(record, indent=2).encode())
+            except OSError as exc:
+                raise UserError(f"--json {args.json}: cannot write there ({os_reason(exc)})") from None
     return 0
 
 

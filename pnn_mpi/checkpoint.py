@@ -20,7 +20,8 @@ import numpy as np
 
 from .config import TrainConfig
 from .errors import UserError
-from .model_io import npz_bytes, write_atomically
+from .files import write_atomically
+from .model_io import npz_bytes
 
 FILE = "checkpoint.npz"
 FORMAT = "pnn_mpi-checkpoint-1"

@@ -95,6 +95,19 @@ def _abort_on_crash(exc: BaseException) -> int:
     return 1
 
 
+def _end_on_interrupt() -> int:
+    """Ctrl-C that could not wait for a checkpoint: under MPI end the whole job, never this rank alone
+    (its peers would wait for it in their next collective)."""
+    mpi = _live_mpi()
+    several = mpi is not None and mpi.COMM_WORLD.Get_size() > 1
+    sys.stderr.write(f"pnn_mpi: rank {mpi.COMM_WORLD.Get_rank()}: interrupted: ending the whole job\n" if several
+                     else "pnn_mpi: interrupted\n")
+    sys.stderr.flush()
+    if several:
+        mpi.COMM_WORLD.Abort(130)
+    return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "train"
@@ -105,6 +118,6 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as exc:
         return _leave(f"pnn_mpi: {exc}; checkpoint written: rerun the same command with --resume to continue", STOP_EXIT_CODE)
     except KeyboardInterrupt:
-        return 130
+        return _end_on_interrupt()
     except Exception as exc:  # noqa: BLE001 - any other failure must not leave ranks hanging
         return _abort_on_crash(exc)

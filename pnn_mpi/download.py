@@ -12,7 +12,6 @@ import functools
 import http.client
 import os
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -21,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
-from pnn_mpi import __version__, datasets, idx
+from pnn_mpi import __version__, datasets, files, idx
 from pnn_mpi.errors import UserError
 from pnn_mpi.wording import checksum_mismatch, one_line, os_reason
 
@@ -134,20 +133,6 @@ def _fetch_local(src: Path, dst: IO[bytes], progress: _Progress) -> None:
         _copy(fh.read, dst, progress)
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable where the platform allows it (best effort)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _try_mirror(mirror: str, basename: str, want_md5: str, dest: Path, out: IO[str]) -> Path:
     """Fetch one file from one mirror into ``dest``; return where it was stored."""
     if _is_url(mirror):
@@ -167,29 +152,25 @@ def _try_mirror(mirror: str, basename: str, want_md5: str, dest: Path, out: IO[s
         fetch = functools.partial(_fetch_local, src)
 
     progress = _Progress(out, source)
-    # The temporary name keeps the .gz suffix when the payload is gzip, so
-    # payload_md5 decompresses it; the leading dot keeps it out of listings.
-    fd, tmp_name = tempfile.mkstemp(dir=dest, prefix=".pnn_mpi-", suffix=f".part-{target_name}")
-    tmp = Path(tmp_name)
+    # The temporary's name ends with the final name, so a .gz payload keeps its
+    # suffix and payload_md5 decompresses it; the leading dot keeps it out of listings.
+    target = dest / target_name
     try:
-        with os.fdopen(fd, "wb") as dst:
-            fetch(dst, progress)
-            dst.flush()
-            os.fsync(dst.fileno())
-        try:
-            got = idx.payload_md5(tmp)
-        except UserError as exc:
-            raise _MirrorFailed(one_line(str(exc).replace(f"{tmp}: ", "", 1))) from None
-        if got != want_md5:
-            raise _MirrorFailed(checksum_mismatch(got, want_md5))
-        progress.finish("MD5 ok")
-        target = dest / target_name
-        os.replace(tmp, target)
-        _fsync_dir(dest)
-        return target
+        with files.Staged(target) as staged:
+            fetch(staged.file, progress)
+            staged.finish()
+            try:
+                got = idx.payload_md5(staged.temp)
+            except UserError as exc:
+                raise _MirrorFailed(one_line(str(exc).replace(f"{staged.temp}: ", "", 1))) from None
+            if got != want_md5:
+                raise _MirrorFailed(checksum_mismatch(got, want_md5))
+            progress.finish("MD5 ok")
+            staged.rename()
+            files.fsync_dir(dest)
+            return target
     finally:
         progress.abandon()
-        tmp.unlink(missing_ok=True)
 
 
 def _existing_ok(path: Path, want_md5: str) -> str | None:

@@ -6,16 +6,19 @@ model and score it or apply it. (``bench`` and ``study`` have modules of their o
 
 from __future__ import annotations
 
+import io
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from . import datasets, idx
+from . import console, datasets
 from .download import download
 from .errors import UserError
-from .evaluate import evaluate, predict
+from .evaluate import predict, score
+from .files import write_atomically
+from .image_files import labelled_blocks, open_images
+from .memory import check_model
 from .model_io import load_model
 from .options import Parser, positive_int
 from .wording import os_reason
@@ -44,16 +47,13 @@ def cmd_download(argv: list[str]) -> int:
     return 0
 
 
-def _model_input(net, images: np.ndarray, source: str) -> np.ndarray:
-    """``images`` flattened to rows of the model's input width, or a UserError."""
-    if images.ndim < 2:
-        raise UserError(f"{source}: expected images, got an array of shape {images.shape}")
-    if len(images) == 0:
-        raise UserError(f"{source}: holds no images")
-    flat = images.reshape(len(images), -1)
-    if flat.shape[1] != net.sizes[0]:
-        raise UserError(f"{source}: images have {flat.shape[1]} pixels, the model takes {net.sizes[0]}")
-    return flat
+def _score(net, blocks) -> tuple[float, float, int]:
+    """(accuracy, mean loss, images) over (images, labels) blocks, summed as ``evaluate`` sums its chunks."""
+    correct, loss, seen = 0, 0.0, 0
+    for images, labels in blocks:
+        right, summed = score(net, images, labels.astype(np.intp))
+        correct, loss, seen = correct + right, loss + summed, seen + len(labels)
+    return correct / seen, loss / seen, seen
 
 
 def cmd_evaluate(argv: list[str]) -> int:
@@ -70,49 +70,24 @@ def cmd_evaluate(argv: list[str]) -> int:
     if bool(args.images) != bool(args.labels):
         raise UserError("--images and --labels go together")
     if args.images:
-        stop = args.test_size
-        images = idx.read_records(args.images, 0, _limit(args.images, "images", stop), expect="images", check_end=True)
-        labels = idx.read_records(args.labels, 0, _limit(args.labels, "labels", stop), expect="labels", check_end=True)
-        if len(images) != len(labels):
-            raise UserError(f"{args.images} holds {len(images)} images but {args.labels} holds {len(labels)} labels")
+        images, labels, md5 = open_images(args.images, args.test_size, idx_only=True), args.labels, {}
         source = args.images
     else:
         name = args.dataset or meta.get("dataset", "mnist")
         spec = datasets.get_spec(name)
         directory = datasets.locate(name, args.data_dir)
-        count = datasets.split_count(spec, directory, "test")
-        images, labels = datasets.load_split(spec, directory, "test", 0, min(count, args.test_size or count), verify=True, check_end=True)
+        image_header, label_header = datasets.split_headers(spec, directory, "test")
+        images = open_images(str(image_header.path), args.test_size, idx_only=True)
+        labels = str(label_header.path)
+        md5 = {str(h.path): spec.md5.get(h.path.name.removesuffix(".gz")) for h in (image_header, label_header)}
         source = f"{name} test set in {directory}"
-    accuracy, loss = evaluate(net, _model_input(net, images, source), labels.astype(np.intp))
+    images.check_for(net.sizes[0])
+    accuracy, loss, seen = _score(net, labelled_blocks(images, labels, args.test_size, md5))
     if args.json:
-        print(json.dumps({"test_accuracy": accuracy, "test_loss": loss, "samples": len(labels), "source": source}))
+        print(json.dumps({"test_accuracy": accuracy, "test_loss": loss, "samples": seen, "source": source}))
     else:
-        print(f"test accuracy {accuracy:.2%} (loss {loss:.4f}) on {len(labels)} images of the {source}")
+        print(f"test accuracy {accuracy:.2%} (loss {loss:.4f}) on {seen} images of the {source}")
     return 0
-
-
-def _limit(path: str, expect: str, stop: int | None) -> int:
-    count = idx.read_header(path, expect).count
-    return count if stop is None else min(count, stop)
-
-
-def _load_images(path: str) -> np.ndarray:
-    if path.endswith(".npy"):
-        try:
-            images = np.load(path, allow_pickle=False)
-        except FileNotFoundError:
-            raise UserError(f"{path}: no such file") from None
-        except (OSError, ValueError) as exc:
-            raise UserError(f"{path}: not a readable .npy array ({exc})") from None
-        if images.dtype != np.uint8 and images.dtype.kind != "f":
-            raise UserError(f"{path}: expected uint8 pixels or floats in [0, 1], got {images.dtype}")
-        if images.dtype.kind == "f" and images.size and not (images.min() >= 0 and images.max() <= 1):
-            raise UserError(
-                f"{path}: float pixels must lie in [0, 1], found {images.min():g} to {images.max():g} "
-                f"(save uint8 pixels 0..255, or divide by 255)"
-            )
-        return images
-    return idx.read_records(path, 0, None, expect="images", check_end=True)
 
 
 def cmd_predict(argv: list[str]) -> int:
@@ -123,16 +98,26 @@ def cmd_predict(argv: list[str]) -> int:
     p.add_argument("--out", metavar="FILE", help="write the predictions to FILE (.npy, or text with one label per line); default: print them")
     args = p.parse_args(argv)
     net, _ = load_model(Path(args.model))
-    found = predict(net, _model_input(net, _load_images(args.images), args.images))
+    images = open_images(args.images)
+    images.check_for(net.sizes[0])
+    check_model(args.model, net.sizes, net.dtype.itemsize, images=images.count)
+    found = np.empty(images.count, dtype=np.intp)
+    at = 0
+    for block in images.blocks():
+        found[at : at + len(block)] = predict(net, block)
+        at += len(block)
+    text = "".join(f"{label}\n" for label in found)
     if args.out is None:
-        sys.stdout.write("".join(f"{label}\n" for label in found))
-    else:
-        try:
-            if args.out.endswith(".npy"):
-                np.save(args.out, found)
-            else:
-                Path(args.out).write_text("".join(f"{label}\n" for label in found))
-        except OSError as exc:
-            raise UserError(f"--out {args.out}: cannot write there ({os_reason(exc)})") from None
+        console.write_out(text)
+        return 0
+    try:
+        if args.out.endswith(".npy"):
+            buffer = io.BytesIO()
+            np.save(buffer, found)
+            write_atomically(args.out, buffer.getvalue())
+        else:
+            write_atomically(args.out, text.encode())
+    except OSError as exc:
+        raise UserError(f"--out {args.out}: cannot write there ({os_reason(exc)})") from None
     return 0
 

@@ -364,6 +364,54 @@ def _check_labels(header: IdxHeader, labels: np.ndarray, start: int) -> None:
         )
 
 
+def _begin(stream, path: Path, expect: str, start, stop) -> tuple[IdxHeader, int, int]:
+    """Parse the header and refuse, before reading any payload, a range or size the file cannot hold.
+
+    Raw files are size-checked with one stat; for ``.gz`` a declared payload
+    beyond what deflate can expand the compressed size to is refused at once.
+    """
+    header = _parse_header(path, stream, expect)
+    start, stop = _check_range(header, start, stop)
+    expected_end = header.header_bytes + header.payload_bytes
+    if not stream.compressed:
+        held = stream.size - header.header_bytes
+        if stream.size < expected_end:
+            raise _truncated(header, expect, held)
+        if stream.size > expected_end:
+            raise _oversized(header, expect, held - header.payload_bytes)
+    elif header.header_bytes + stop * header.record_bytes > _MAX_DEFLATE_RATIO * stream.size + 1024:
+        # Impossible for this compressed size: count what is there (streamed), then fail.
+        raise _truncated(header, expect, stream.drain())
+    skipped = stream.skip(start * header.record_bytes)
+    if skipped < start * header.record_bytes:
+        raise _truncated(header, expect, skipped)
+    return header, start, stop
+
+
+def _read_into(stream, header: IdxHeader, expect: str, out: np.ndarray, at: int) -> None:
+    """Fill ``out`` with the payload bytes that follow record ``at``."""
+    got = stream.readinto(out.data)
+    if got < out.size:
+        raise _truncated(header, expect, at * header.record_bytes + got)
+
+
+def _end(stream, path: Path, header: IdxHeader, expect: str, stop: int, md5: str | None, check_end: bool) -> None:
+    """Read to the end when asked (CRC, nothing after the last record, the MD5)."""
+    rb = header.record_bytes
+    if md5 is not None or check_end or stop == header.count:
+        tail = stream.drain()
+        if stop < header.count and tail < (header.count - stop) * rb:
+            raise _truncated(header, expect, stop * rb + tail)
+        extra = tail - (header.count - stop) * rb
+        if extra:
+            raise _oversized(header, expect, extra)
+    if md5 is not None:
+        digest = stream.hasher.hexdigest()
+        if digest != md5.lower():
+            canonical = path.name[:-3] if _is_gzip_name(path) else path.name
+            raise UserError(f"{path}: {checksum_mismatch(digest, md5, canonical)}")
+
+
 def read_records(
     path: str | os.PathLike,
     start: int = 0,
@@ -385,43 +433,49 @@ def read_records(
     with _open_stream(path) as stream:
         if md5 is not None:
             stream.hasher = hashlib.md5()
-        header = _parse_header(path, stream, expect)
-        start, stop = _check_range(header, start, stop)
+        header, start, stop = _begin(stream, path, expect, start, stop)
         rb = header.record_bytes
-        expected_end = header.header_bytes + header.payload_bytes
-        if not stream.compressed:
-            held = stream.size - header.header_bytes
-            if stream.size < expected_end:
-                raise _truncated(header, expect, held)
-            if stream.size > expected_end:
-                raise _oversized(header, expect, held - header.payload_bytes)
-        elif header.header_bytes + stop * rb > _MAX_DEFLATE_RATIO * stream.size + 1024:
-            # Impossible for this compressed size: count what is there, then fail.
-            raise _truncated(header, expect, stream.drain())
-
-        skipped = stream.skip(start * rb)
-        if skipped < start * rb:
-            raise _truncated(header, expect, skipped)
         out = np.empty((stop - start) * rb, dtype=np.uint8)
-        got = stream.readinto(out.data)
-        if got < out.size:
-            raise _truncated(header, expect, start * rb + got)
-        if md5 is not None or check_end or stop == header.count:
-            tail = stream.drain()
-            if stop < header.count and tail < (header.count - stop) * rb:
-                raise _truncated(header, expect, stop * rb + tail)
-            extra = tail - (header.count - stop) * rb
-            if extra:
-                raise _oversized(header, expect, extra)
-        if md5 is not None:
-            digest = stream.hasher.hexdigest()
-            if digest != md5.lower():
-                canonical = path.name[:-3] if _is_gzip_name(path) else path.name
-                raise UserError(f"{path}: {checksum_mismatch(digest, md5, canonical)}")
+        _read_into(stream, header, expect, out, start)
+        _end(stream, path, header, expect, stop, md5, check_end)
     if expect == "labels":
         _check_labels(header, out, start)
         return out
     return out.reshape(stop - start, rb)
+
+
+def iter_records(
+    path: str | os.PathLike,
+    stop: int | None = None,
+    *,
+    expect: str,
+    chunk: int,
+    md5: str | None = None,
+) -> Iterator[np.ndarray]:
+    """Records ``[0, stop)`` in blocks of at most ``chunk`` records, read as a stream.
+
+    For files too big to hold (or a ``.gz`` that inflates to more than
+    memory): one block is in memory at a time, in a buffer reused for every
+    block, so consume each before asking for the next. The end of the file is
+    always checked, after the last block, as by ``read_records(check_end=True)``.
+    """
+    path = Path(path)
+    with _open_stream(path) as stream:
+        if md5 is not None:
+            stream.hasher = hashlib.md5()
+        header, _, stop = _begin(stream, path, expect, 0, stop)
+        rb = header.record_bytes
+        buffer = np.empty(max(min(chunk, stop), 1) * rb, dtype=np.uint8)
+        for lo in range(0, stop, chunk):
+            rows = min(chunk, stop - lo)
+            block = buffer[: rows * rb]
+            _read_into(stream, header, expect, block, lo)
+            if expect == "labels":
+                _check_labels(header, block, lo)
+                yield block
+            else:
+                yield block.reshape(rows, rb)
+        _end(stream, path, header, expect, stop, md5, True)
 
 
 def payload_md5(path: str | os.PathLike) -> str:

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import __version__
 from .config import TrainConfig
-from .model_io import write_atomically
+from .files import write_atomically
 from .network import parameter_count
 from .rank_data import RankData
 from .train import TrainResult

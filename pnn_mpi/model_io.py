@@ -9,8 +9,6 @@ the same run gives a byte-identical file.
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -19,38 +17,15 @@ import numpy as np
 from .activations import ACTIVATIONS
 from .config import DTYPES
 from .errors import UserError
+from .files import write_atomically
+from .memory import check_model
 from .losses import OUTPUTS
 from .network import Network
+from .npz_reader import NpzArchive, Refused, file_kind
 
 FORMAT = "pnn_mpi-model"
 VERSION = 1
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest zip timestamp: the same bytes every run
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file, fsync and rename.
-
-    A crash or a full disk leaves either the old file or the new one, never
-    half of one.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # what open() would give; mkstemp makes 0600
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
@@ -84,68 +59,99 @@ def save_model(path: Path, net: Network, metadata: dict[str, str] | None = None)
     write_atomically(Path(path), npz_bytes(model_arrays(net, metadata)))
 
 
+MAX_LAYERS = 1024  # more widths than any network here has: a 'sizes' entry larger is refused unread
+MAX_META = 64  # meta_* strings read at most, each at most META_CHARS long
+META_CHARS = 4096
+
+
 def load_model(path: Path) -> tuple[Network, dict[str, str]]:
     """The network saved in ``path`` and its ``meta_*`` strings (dataset, input shape...).
 
-    Anything else -- a missing file, a plain .npy, pickled or object arrays,
-    wrong shapes -- is a UserError naming the file.
+    Only the entries a model has are read, each checked from its headers
+    before it is inflated (npz_reader), and the weights only once their shapes
+    match ``sizes`` and fit in memory. Anything else -- a missing file, a plain
+    .npy, pickled or object arrays, wrong shapes, a size no memory holds -- is
+    a UserError naming the file.
     """
     path = Path(path)
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(6)
-        if not head.startswith((b"PK\x03\x04", b"PK\x05\x06", b"\x93NUMPY")):
-            raise UserError(f"{path}: not a pnn_mpi model ({'an empty file' if not head else 'not an .npz archive'})")
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise UserError(f"{path}: not a pnn_mpi model (a single array, not an .npz archive)")
-        with loaded as archive:
-            arrays = {name.removesuffix(".npy"): archive[name] for name in archive.files}
+        kind = file_kind(path)
     except FileNotFoundError:
         raise UserError(f"{path}: no such model file") from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise UserError(f"{path}: not a pnn_mpi model ({_first_line(exc)})") from None
-    if str(arrays.get("format", "")) != FORMAT:
-        raise UserError(f"{path}: not a pnn_mpi model (no '{FORMAT}' format mark)")
-    metadata = {name[5:]: str(value) for name, value in arrays.items() if name.startswith("meta_")}
-    return _network_from(path, arrays), metadata
+    except OSError as exc:
+        raise UserError(f"{path}: not a pnn_mpi model ({exc.strerror or exc})") from None
+    if kind == "npy":
+        raise UserError(f"{path}: not a pnn_mpi model (a single array, not an .npz archive)")
+    if kind != "npz":
+        raise UserError(f"{path}: not a pnn_mpi model ({'an empty file' if kind == 'empty' else 'not an .npz archive'})")
+    try:
+        with NpzArchive(path) as archive:
+            if "format" not in archive or _text_or_none(archive, "format") != FORMAT:
+                raise UserError(f"{path}: not a pnn_mpi model (no '{FORMAT}' format mark)")
+            net = _network_from(path, archive)
+            metadata = {}
+            for name in [n for n in archive.names if n.startswith("meta_")][:MAX_META]:
+                metadata[name[5:]] = archive.text(name, META_CHARS)
+    except Refused as exc:
+        raise UserError(f"{path}: not a pnn_mpi model ({exc})") from None
+    except OSError as exc:
+        raise UserError(f"{path}: not a pnn_mpi model ({exc.strerror or exc})") from None
+    return net, metadata
 
 
-def _network_from(path: Path, arrays: dict[str, np.ndarray]) -> Network:
+def _text_or_none(archive: NpzArchive, name: str) -> str | None:
+    try:
+        return archive.text(name)
+    except Refused:
+        return None
+
+
+def _network_from(path: Path, archive: NpzArchive) -> Network:
     def bad(why: str) -> UserError:
         return UserError(f"{path}: broken pnn_mpi model: {why}")
 
-    version = arrays.get("version")
-    if version is None or version.shape != () or version.dtype.kind not in "iu" or int(version) != VERSION:
-        raise bad(f"format version {version} is not {VERSION}")
-    sizes = arrays.get("sizes")
-    if sizes is None or sizes.ndim != 1 or len(sizes) < 2 or sizes.dtype.kind not in "iu" or (sizes < 1).any():
+    def small(name: str, kinds: str, shape=None, ndim=None, max_bytes=4096):
+        if name not in archive:
+            return None
+        try:
+            return archive.read(name, kinds=kinds, shape=shape, ndim=ndim, max_bytes=max_bytes)
+        except Refused:
+            return None
+
+    version = small("version", "iu", shape=())
+    if version is None or int(version) != VERSION:
+        raise bad(f"format version {'missing or not a whole number' if version is None else int(version)} is not {VERSION}")
+    sizes = small("sizes", "iu", ndim=1, max_bytes=8 * MAX_LAYERS)
+    if sizes is None or len(sizes) < 2 or (sizes < 1).any():
         raise bad("'sizes' must list two or more positive layer widths")
-    activation, output = str(arrays.get("activation")), str(arrays.get("output"))
+    activation, output = _text_or_none(archive, "activation"), _text_or_none(archive, "output")
     if activation not in ACTIVATIONS:
         raise bad(f"unknown activation {activation!r}")
     if output not in OUTPUTS:
         raise bad(f"unknown output {output!r}")
-    first = arrays.get("W1")
-    if first is None or first.dtype.name not in DTYPES:
-        raise bad(f"weights must be one of {', '.join(DTYPES)}")
     widths = tuple(int(s) for s in sizes)
+    expected = {}
     for layer, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:]), start=1):
-        for name, shape in ((f"W{layer}", (n_in, n_out)), (f"b{layer}", (n_out,))):
-            stored = arrays.get(name)
-            if stored is None:
-                raise bad(f"missing array {name}")
-            if stored.shape != shape or stored.dtype != first.dtype:
-                raise bad(f"{name} has shape {stored.shape} {stored.dtype}, expected {shape} {first.dtype}")
-    net = Network(widths, activation, output, first.dtype)
+        expected[f"W{layer}"], expected[f"b{layer}"] = (n_in, n_out), (n_out,)
+    if "W1" not in archive:
+        raise bad("missing array W1")
+    try:
+        dtype = archive.header("W1").dtype
+    except Refused as exc:
+        raise UserError(f"{path}: not a pnn_mpi model ({exc})") from None
+    if dtype.name not in DTYPES:
+        raise bad(f"weights must be one of {', '.join(DTYPES)}")
+    for name, shape in expected.items():  # every header first: nothing is inflated unless all fit
+        if name not in archive:
+            raise bad(f"missing array {name}")
+        stored = archive.header(name)
+        if stored.shape != shape or stored.dtype.name != dtype.name:
+            raise bad(f"{name} has shape {stored.shape} {stored.dtype}, expected {shape} {dtype}")
+    check_model(str(path), widths, dtype.itemsize)
+    net = Network(widths, activation, output, dtype.name)
     for layer, (w, b) in enumerate(zip(net.weights, net.biases), start=1):
-        w[...] = arrays[f"W{layer}"]
-        b[...] = arrays[f"b{layer}"]
+        archive.read(f"W{layer}", shape=w.shape, out=w)
+        archive.read(f"b{layer}", shape=b.shape, out=b)
     if not np.isfinite(net.params).all():
         raise bad("parameters hold NaN or infinity")
     return net
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -123,7 +123,7 @@ def train_parser() -> Parser:
 
     jobs = p.add_argument_group("long runs and batch jobs")
     jobs.add_argument("--checkpoint-every", type=non_negative_int, default=d.checkpoint_every, metavar="E",
-                      help="write OUT/checkpoint.npz every E epochs (0 = only when stopped by a signal). SIGTERM or SIGUSR1 "
+                      help="write OUT/checkpoint.npz every E epochs (0 = only when stopped by a signal). SIGINT (Ctrl-C), SIGTERM or SIGUSR1 "
                            f"always makes every rank finish its step, write a checkpoint and exit with status {STOP_EXIT_CODE}")
     jobs.add_argument("--resume", action="store_true",
                       help="continue the run whose checkpoint is in --out (same flags, same number of ranks); "

@@ -8,9 +8,11 @@ damaged file is caught once without every rank reading all of it.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 
 import numpy as np
 
@@ -39,8 +41,12 @@ class RankData:
     load_seconds: float
 
 
-def load_rank_data(cfg: TrainConfig, world: Communicator) -> RankData:
-    """Locate the dataset and load this rank's slice; errors are agreed on by all ranks."""
+def load_rank_data(cfg: TrainConfig, world: Communicator, fits: Callable[[int, int, int], None] | None = None) -> RankData:
+    """Locate the dataset and load this rank's slice; errors are agreed on by all ranks.
+
+    ``fits(train_n, test_n, pixels)``, called once the headers are read and
+    before any payload is, may refuse a run that cannot fit in memory.
+    """
     began = time.perf_counter()
     spec = datasets.get_spec(cfg.dataset)
     directory = fail_together(world, lambda: datasets.locate(cfg.dataset, cfg.data_dir))
@@ -61,6 +67,8 @@ def load_rank_data(cfg: TrainConfig, world: Communicator) -> RankData:
         train_n = min(train_n, cfg.train_size or train_n)
         test_n = min(test_n, cfg.test_size or test_n)
         check_enough_samples(train_n, world.size)
+        if fits is not None:
+            fits(train_n, test_n, math.prod(train_header.shape[1:]))
         return train_n, test_n, train_header.shape[1:]
 
     train_n, test_n, shape = fail_together(world, sizes)

@@ -15,21 +15,18 @@ from typing import cast
 
 import numpy as np
 
-from . import __version__, checkpoint
+from . import __version__, checkpoint, memory, outdir
 from .checkpoint import Progress, RankState
 from .comm import Communicator, World, fail_together
+from .console import say
 from .config import TrainConfig
 from .errors import Diverged, UserError
-from .metrics import metrics, summary_lines, write_metrics
-from .model_io import save_model
+from .metrics import metrics, summary_lines
+from .model_io import model_arrays, npz_bytes
 from .rank_data import RankData, load_rank_data
 from .signals import StopRequest
 from .train import Hooks, train
 from .wording import os_reason, plural
-
-
-def say(text: str) -> None:
-    print(text, flush=True)
 
 
 def peak_memory_mib() -> float:
@@ -40,17 +37,6 @@ def peak_memory_mib() -> float:
 
 def default_out_dir(cfg: TrainConfig, ranks: int) -> Path:
     return Path("runs") / f"{cfg.dataset}-n{ranks}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def prepare_out_dir(out: Path) -> None:
-    """Create ``out`` and prove it writable now, not after training has been paid for."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".pnn_mpi-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"--out {out}: cannot write there ({os_reason(exc)})") from None
 
 
 def header_lines(cfg: TrainConfig, world: Communicator, data: RankData) -> list[str]:
@@ -115,8 +101,17 @@ def run_training(cfg: TrainConfig, world: Communicator | None = None) -> dict | 
     if cfg.resume and not cfg.out:
         raise UserError("--resume needs --out DIR: the folder of the run to continue")
     out = Path(cfg.out) if cfg.out else default_out_dir(cfg, world.size)
-    fail_together(world, lambda: prepare_out_dir(out) if world.rank == 0 else None)
-    data = load_rank_data(cfg, world)
+    folder = fail_together(world, lambda: outdir.RunFolder.claim(out) if world.rank == 0 else None)  # held until the run ends
+    try:
+        return _train_into(cfg, world, out, stop)
+    finally:
+        if folder is not None:
+            folder.release()
+
+
+def _train_into(cfg: TrainConfig, world: Communicator, out: Path, stop: StopRequest) -> dict | None:
+    share = memory.ranks_on_this_machine(world)
+    data = load_rank_data(cfg, world, fits=lambda train_n, test_n, pixels: memory.check_training(cfg, world, share, train_n, test_n, pixels))
     if not cfg.full_batch and int(cfg.batch_size) > min(data.slice_sizes):
         raise UserError(
             f"--batch-size {cfg.batch_size} is larger than a rank's slice ({min(data.slice_sizes)} samples"
@@ -147,11 +142,10 @@ def run_training(cfg: TrainConfig, world: Communicator | None = None) -> dict | 
     def save() -> None:
         if world.rank == 0:
             meta = {"dataset": cfg.dataset, "image_shape": "x".join(map(str, data.image_shape)), "ranks": str(world.size)}
-            try:
-                save_model(out / "model.npz", result.net, meta)
-                write_metrics(out / "metrics.json", record or {})  # rank 0 always has its record
+            try:  # model and metrics together, or neither (outdir.py); rank 0 always has its record
+                outdir.save_results(out, npz_bytes(model_arrays(result.net, meta)), record or {})
             except OSError as exc:
-                raise UserError(f"--out {out}: cannot save the results ({os_reason(exc)})") from None
+                raise UserError(f"--out {out}: cannot save the results ({os_reason(exc)}); the previous model and metrics are intact") from None
             say(f"saved {out / 'model.npz'} and {out / 'metrics.json'}")
 
     fail_together(world, save)  # a failed save on rank 0 fails every rank alike

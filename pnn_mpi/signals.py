@@ -1,17 +1,23 @@
-"""Stop requests: SIGTERM and SIGUSR1 ask a run to checkpoint and leave.
+"""Stop requests: SIGINT, SIGTERM and SIGUSR1 ask a run to checkpoint and leave.
 
 Batch systems warn a job before they end it (SLURM: SIGTERM at the time limit
 or on preemption, or any signal chosen with ``--signal``); Open MPI's mpiexec
-passes SIGUSR1 on to every rank. The handler only records the request: the
-training loop notices it at its next check, all ranks agree to stop at the
-same step, write a checkpoint, and exit with ``STOP_EXIT_CODE``.
+passes SIGUSR1 on to every rank; Ctrl-C sends SIGINT. The handler only records
+the request: the training loop notices it at its next check, all ranks agree
+to stop at the same step, write a checkpoint, and exit with ``STOP_EXIT_CODE``.
+A rank must never simply leave on a signal: its peers would wait for it in
+their next collective for ever.
+
+A second Ctrl-C means "now": it raises KeyboardInterrupt, and the entry point
+answers that under MPI by aborting the whole job (``cli``), never by leaving
+alone.
 """
 
 from __future__ import annotations
 
 import signal
 
-SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
 
 class StopRequest:
@@ -26,7 +32,10 @@ class StopRequest:
         return self
 
     def _note(self, signum: int, _frame) -> None:
-        self.received = self.received or signal.Signals(signum).name
+        name = signal.Signals(signum).name
+        if signum == signal.SIGINT and self.received == name:
+            raise KeyboardInterrupt  # Ctrl-C twice: stop at once (the whole job: cli aborts it)
+        self.received = self.received or name
 
     def __call__(self) -> str | None:
         return self.received

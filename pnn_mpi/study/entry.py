@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..datasets import locate
 from ..errors import STOP_EXIT_CODE, UserError
+from ..files import write_atomically
 from ..options import Parser
 from ..wording import os_reason, plural
 from . import launch, machine, plots
@@ -85,7 +86,7 @@ def main(argv: list[str]) -> int:
     _check_data(study)
     try:
         results.mkdir(parents=True, exist_ok=True)
-        (results / "grid.toml").write_bytes(path.read_bytes())
+        write_atomically(results / "grid.toml", path.read_bytes())
     except OSError as exc:
         raise UserError(f"--results {results}: cannot write there ({os_reason(exc)})") from None
 

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import files
 from ..errors import UserError
 from ..wording import os_reason
 
@@ -106,7 +107,7 @@ def run_command(command: Sequence[str], env: Mapping[str, str], timeout: float, 
     gets SIGUSR1, which mpiexec passes on to its ranks: they checkpoint and
     exit with the trainer's stop status, to be resumed by the next study run.
     """
-    with open(stdout, "wb") as out, open(stderr, "wb") as err:
+    with files.open_fresh(stdout) as out, files.open_fresh(stderr) as err:
         started = time.perf_counter()
         try:
             proc = subprocess.Popen(list(command), stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=dict(env), start_new_session=True)

@@ -8,9 +8,12 @@ from ``stats`` and a path: what is plotted is decided there, how here.
 
 from __future__ import annotations
 
+import io
 import math
+from pathlib import Path
 
 from ..errors import UserError
+from ..files import write_atomically
 from .grid import render
 from .machine import Machine
 from .stats import Curve, Heat, Line, SpeedRow, line_label
@@ -44,8 +47,10 @@ def _rank_axis(ax, ranks: list[int], cores: int | None = None) -> None:
 
 
 def _save(plt, fig, path) -> None:
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    image = io.BytesIO()  # rendered in memory, then written like every file we make (files.py)
+    fig.savefig(image, format=Path(path).suffix.lstrip(".") or "png", dpi=110, bbox_inches="tight")
     plt.close(fig)
+    write_atomically(path, image.getvalue())
 
 
 def accuracy(path, table: dict, title: str) -> None:

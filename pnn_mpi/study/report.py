@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..config import TrainConfig
-from ..model_io import write_atomically
+from ..files import write_atomically
 from . import stats
 from .figures import TITLES
 from .findings import accuracy_findings, curve_findings, heat_findings, oversubscription, speedup_findings

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..model_io import write_atomically
+from ..files import write_atomically
 from .grid import Point, render
 
 METRICS, LAUNCH, STDOUT, STDERR = "metrics.json", "launch.json", "stdout.txt", "stderr.txt"
