@@ -2,7 +2,8 @@
 
 ``PNN_MPI_INJECT=ACTION:RANK[:EPOCH]`` acts on rank RANK when epoch EPOCH
 (1-based, default 1) starts: ``raise`` raises an unexpected exception, ``kill``
-sends the process SIGKILL. The failure tests use them to prove that a crash or
+sends the process SIGKILL, ``interrupt`` raises KeyboardInterrupt (what Ctrl-C
+does where no handler catches it). The failure tests use them to prove that a crash or
 a lost rank brings the whole job down promptly instead of leaving the other
 ranks blocked in a collective, and that the last checkpoint survives.
 """
@@ -32,6 +33,8 @@ class Fault:
             return
         if self.action == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
+        if self.action == "interrupt":
+            raise KeyboardInterrupt
         raise InjectedFault(f"fault injected by {VARIABLE}={os.environ.get(VARIABLE)} on rank {rank}, epoch {epoch}")
 
 
@@ -42,8 +45,8 @@ def planned_fault() -> Fault | None:
         return None
     action, *numbers = text.split(":")
     try:
-        if action not in ("raise", "kill") or not 1 <= len(numbers) <= 2:
+        if action not in ("raise", "kill", "interrupt") or not 1 <= len(numbers) <= 2:
             raise ValueError(text)
         return Fault(action, *(int(n) for n in numbers))
     except ValueError:
-        raise ValueError(f"{VARIABLE}={text!r}: expected raise:RANK[:EPOCH] or kill:RANK[:EPOCH]") from None
+        raise ValueError(f"{VARIABLE}={text!r}: expected raise, kill or interrupt:RANK[:EPOCH]") from None
