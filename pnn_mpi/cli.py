@@ -100,8 +100,8 @@ def _end_on_interrupt() -> int:
     (its peers would wait for it in their next collective)."""
     mpi = _live_mpi()
     several = mpi is not None and mpi.COMM_WORLD.Get_size() > 1
-    sys.stderr.write(f"pnn_mpi: rank {mpi.COMM_WORLD.Get_rank()}: interrupted: ending the whole job\n" if several
-                     else "pnn_mpi: interrupted\n")
+    rank = mpi.COMM_WORLD.Get_rank() if several else 0
+    sys.stderr.write(f"pnn_mpi: rank {rank}: interrupted: ending the whole job\n" if several else "pnn_mpi: interrupted\n")
     sys.stderr.flush()
     if several:
         mpi.COMM_WORLD.Abort(130)

@@ -20,8 +20,9 @@ from __future__ import annotations
 import os
 import re
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import BinaryIO
 
 TEMP_PREFIX = ".pnn_mpi-tmp-"
 # Temporaries of earlier versions (model_io: ".model.npz.XXXX.tmp", run: the write probe).
@@ -76,7 +77,7 @@ class Staged:
         self.file = os.fdopen(fd, "wb")
         self.done = False
 
-    def __enter__(self) -> "Staged":
+    def __enter__(self) -> Staged:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -388,6 +388,18 @@ def _begin(stream, path: Path, expect: str, start, stop) -> tuple[IdxHeader, int
     return header, start, stop
 
 
+def check_declared_size(path: str | os.PathLike, expect: str) -> IdxHeader:
+    """The header, after refusing a record count the file cannot hold (one stat for a raw
+    file; for ``.gz``, a count beyond what deflate can expand its size to).
+
+    Cheap, so callers can run it before sizing anything from the count.
+    """
+    path = Path(path)
+    with _open_stream(path) as stream:
+        header, _, _ = _begin(stream, path, expect, 0, None)
+    return header
+
+
 def _read_into(stream, header: IdxHeader, expect: str, out: np.ndarray, at: int) -> None:
     """Fill ``out`` with the payload bytes that follow record ``at``."""
     got = stream.readinto(out.data)

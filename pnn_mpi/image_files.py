@@ -13,8 +13,8 @@ the same per-chunk sums in the same order as scoring the whole array, so
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import numpy as np
 

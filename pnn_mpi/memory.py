@@ -15,11 +15,15 @@ and data limits (``ulimit -v``, ``ulimit -d``).
 from __future__ import annotations
 
 import resource
+import socket
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
+
+import numpy as np
 
 from .errors import UserError
 from .network import parameter_count
+from .slicing import slice_sizes
 
 EVAL_CHUNK = 1000  # evaluate.CHUNK: images scored per call
 
@@ -143,18 +147,12 @@ def training_parts(sizes: tuple[int, ...], itemsize: int, *, momentum: bool, bat
 
 def ranks_on_this_machine(world) -> int:
     """How many ranks of ``world`` share this machine's memory (one collective)."""
-    import socket
-
     names = world.allgather(socket.gethostname())
     return names.count(names[world.rank])
 
 
 def check_training(cfg, world, share: int, train_n: int, test_n: int, pixels: int) -> None:
     """Refuse a run whose rank 0 (the fullest rank) cannot fit, before its data or network is allocated."""
-    import numpy as np
-
-    from .slicing import slice_sizes
-
     sizes = (int(pixels), *cfg.hidden, 10)
     slices = slice_sizes(train_n, world.size)
     batch = max(slices) if cfg.full_batch else min(int(cfg.batch_size), max(slices))

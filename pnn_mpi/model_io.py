@@ -18,8 +18,8 @@ from .activations import ACTIVATIONS
 from .config import DTYPES
 from .errors import UserError
 from .files import write_atomically
-from .memory import check_model
 from .losses import OUTPUTS
+from .memory import check_model
 from .network import Network
 from .npz_reader import NpzArchive, Refused, file_kind
 
@@ -130,7 +130,7 @@ def _network_from(path: Path, archive: NpzArchive) -> Network:
     if output not in OUTPUTS:
         raise bad(f"unknown output {output!r}")
     widths = tuple(int(s) for s in sizes)
-    expected = {}
+    expected: dict[str, tuple[int, ...]] = {}
     for layer, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:]), start=1):
         expected[f"W{layer}"], expected[f"b{layer}"] = (n_in, n_out), (n_out,)
     if "W1" not in archive:

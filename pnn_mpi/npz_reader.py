@@ -92,7 +92,7 @@ def read_data(handle, header: ArrayHeader, out: np.ndarray | None = None) -> np.
     """Exactly the data ``header`` declares, read in blocks into ``out`` (or a new array)."""
     direct = (out is not None and not header.fortran and out.dtype == header.dtype and out.flags.c_contiguous
               and out.shape == header.shape)
-    target = out if direct else np.empty(header.shape, dtype=header.dtype, order="F" if header.fortran else "C")
+    target = out if direct and out is not None else np.empty(header.shape, dtype=header.dtype, order="F" if header.fortran else "C")
     flat = target.reshape(-1, order="A").view(np.uint8) if target.size else np.empty(0, np.uint8)
     filled = 0
     while filled < flat.size:
@@ -116,7 +116,7 @@ class NpzArchive:
             self._zip = zipfile.ZipFile(self.path)
         except (zipfile.BadZipFile, ValueError, EOFError, NotImplementedError) as exc:
             raise Refused(_first_line(exc)) from None
-        self._entries = {}
+        self._entries: dict[str, zipfile.ZipInfo] = {}
         for info in self._zip.infolist():
             if info.filename.endswith(".npy"):
                 self._entries.setdefault(info.filename[: -len(".npy")], info)
@@ -177,7 +177,7 @@ class NpzArchive:
     def close(self) -> None:
         self._zip.close()
 
-    def __enter__(self) -> "NpzArchive":
+    def __enter__(self) -> NpzArchive:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -214,7 +214,7 @@ class NpyFile:
     def close(self) -> None:
         self._handle.close()
 
-    def __enter__(self) -> "NpyFile":
+    def __enter__(self) -> NpyFile:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -57,7 +57,7 @@ class RunFolder:
         self._fd: int | None = fd
 
     @classmethod
-    def claim(cls, path: str | os.PathLike) -> "RunFolder":
+    def claim(cls, path: str | os.PathLike) -> RunFolder:
         """Create ``path`` if needed, lock it for this process, clean it, prove it writable."""
         path = Path(path)
         where = f"--out {quote_path(path)}"
@@ -117,7 +117,7 @@ class RunFolder:
             os.close(self._fd)  # closing the only descriptor drops the flock
             self._fd = None
 
-    def __enter__(self) -> "RunFolder":
+    def __enter__(self) -> RunFolder:
         return self
 
     def __exit__(self, *exc) -> None:

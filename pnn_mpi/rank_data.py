@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 
 import numpy as np
 
-from . import datasets
+from . import datasets, idx
 from .comm import Communicator, fail_together
 from .config import TrainConfig
 from .errors import UserError
@@ -52,8 +52,8 @@ def load_rank_data(cfg: TrainConfig, world: Communicator, fits: Callable[[int, i
     directory = fail_together(world, lambda: datasets.locate(cfg.dataset, cfg.data_dir))
 
     def sizes() -> tuple[int, int, tuple[int, ...]]:
-        train_header, _ = datasets.split_headers(spec, directory, "train")
-        test_header, _ = datasets.split_headers(spec, directory, "test")
+        train_header, train_labels = datasets.split_headers(spec, directory, "train")
+        test_header, test_labels = datasets.split_headers(spec, directory, "test")
         train_n, test_n = train_header.count, test_header.count
         if train_n == 0:
             raise UserError(f"{train_header.path}: the training set is empty (0 records)")
@@ -67,7 +67,9 @@ def load_rank_data(cfg: TrainConfig, world: Communicator, fits: Callable[[int, i
         train_n = min(train_n, cfg.train_size or train_n)
         test_n = min(test_n, cfg.test_size or test_n)
         check_enough_samples(train_n, world.size)
-        if fits is not None:
+        if fits is not None:  # counts the files cannot hold are refused as such first, then what memory cannot
+            for header in (train_header, train_labels, test_header, test_labels):
+                idx.check_declared_size(header.path, "images" if header.magic == idx.IMAGES_MAGIC else "labels")
             fits(train_n, test_n, math.prod(train_header.shape[1:]))
         return train_n, test_n, train_header.shape[1:]
 

@@ -18,8 +18,8 @@ import numpy as np
 from . import __version__, checkpoint, memory, outdir
 from .checkpoint import Progress, RankState
 from .comm import Communicator, World, fail_together
-from .console import say
 from .config import TrainConfig
+from .console import say
 from .errors import Diverged, UserError
 from .metrics import metrics, summary_lines
 from .model_io import model_arrays, npz_bytes

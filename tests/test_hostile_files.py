@@ -18,19 +18,17 @@ import resource
 import subprocess
 import sys
 import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import clean_env, write_dataset
 from pnn_mpi.cli import main
 from pnn_mpi.errors import UserError
 from pnn_mpi.idx import write_idx
 from pnn_mpi.model_io import load_model, model_arrays, npz_bytes, save_model
 from pnn_mpi.network import Network
-
-from conftest import REPO, clean_env, write_dataset
 
 PREFIX = "pnn_mpi: error: "
 HEADROOM = 300 * 2**20  # what a bounded reader may use beyond the calibrated baseline

@@ -19,10 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REPO, clean_env, mpiexec_path, run_pnn, write_dataset
 from pnn_mpi import checkpoint, outdir
 from pnn_mpi.config import TrainConfig
-
-from conftest import REPO, clean_env, mpiexec_path, run_pnn, write_dataset
 from test_faults import _ranks_of
 
 STOPPED = 75
@@ -87,7 +86,7 @@ def _ends_promptly(proc: subprocess.Popen, ranks: list[int]) -> tuple[int, str]:
         _, err = proc.communicate(timeout=PROMPT)
     except subprocess.TimeoutExpired:
         proc.kill()
-        raise AssertionError(f"the job was still running {PROMPT} s after the interrupt: {proc.communicate()[1]}")
+        raise AssertionError(f"the job was still running {PROMPT} s after the interrupt: {proc.communicate()[1]}") from None
     while not all(_gone(pid) for pid in ranks):
         if time.monotonic() > deadline:
             for pid in ranks:

@@ -10,19 +10,17 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import REPO, clean_env, run_pnn, write_dataset
 from pnn_mpi import checkpoint, files, outdir
 from pnn_mpi.cli import main
 from pnn_mpi.errors import UserError
 from pnn_mpi.model_io import save_model
 from pnn_mpi.network import Network
-
-from conftest import REPO, clean_env, run_pnn, write_dataset
 
 PREFIX = "pnn_mpi: error: "
 
