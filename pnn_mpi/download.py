@@ -60,10 +60,7 @@ class _Progress:
         self._open_line = False  # a tty line drawn with \r and not yet ended
 
     def start(self, total: int | None) -> None:
-        self.total = total
-        if not self.tty:
-            size = f" ({_size(total)})" if total else ""
-            print(f"{self.label}{size} ...", file=self.out, flush=True)
+        self.total = total  # off a tty nothing is printed until the file is done: a failure is then one line
 
     def _text(self) -> str:
         if self.total:

@@ -16,7 +16,7 @@ import tomllib
 from .activations import ACTIVATIONS
 from .config import DTYPES, FULL_BATCH, KERNELS, TrainConfig
 from .datasets import DATASETS
-from .errors import STOP_EXIT_CODE, UserError
+from .errors import STOP_EXIT_CODE, UserError, quote
 from .initializers import INITIALIZERS
 from .losses import OUTPUTS
 from .wording import os_reason
@@ -139,27 +139,32 @@ def config_tokens(parser: Parser, path: str) -> list[str]:
         with open(path, "rb") as handle:
             table = tomllib.load(handle)
     except OSError as exc:
-        raise UserError(f"--config {path}: {os_reason(exc)}") from None
+        raise UserError(f"--config {quote(path)}: {os_reason(exc)}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"--config {path}: not valid TOML: {exc}") from None
+        raise UserError(f"--config {quote(path)}: not valid TOML: {exc}") from None
     actions = {a.dest: a for a in parser._actions if a.option_strings and a.dest not in ("help", "config")}
     tokens: list[str] = []
     for key, value in table.items():
         action = actions.get(key.replace("-", "_"))
         if action is None:
             known = ", ".join(sorted(k.replace("_", "-") for k in actions))
-            raise UserError(f"--config {path}: unknown setting {key!r} (known: {known})")
+            raise UserError(f"--config {quote(path)}: unknown setting {quote(repr(key))} (known: {known})")
         flag = action.option_strings[0]
-        if isinstance(action, argparse.BooleanOptionalAction):
+        if action.nargs == 0:  # a switch (--resume, --shuffle/--no-shuffle, ...): true or false, as on the command line
             if not isinstance(value, bool):
-                raise UserError(f"--config {path}: {key} must be true or false")
-            tokens.append(flag if value else f"--no-{flag[2:]}")
+                raise UserError(f"--config {quote(path)}: {quote(key)} must be true or false, not {quote(value)}")
+            if isinstance(action, argparse.BooleanOptionalAction):
+                tokens.append(flag if value else f"--no-{flag[2:]}")
+            elif value == action.const:
+                tokens.append(flag)
+            elif value != action.default:
+                raise UserError(f"--config {quote(path)}: {quote(key)} can only be {str(action.const).lower()}")
         elif isinstance(value, list):
             if action.nargs not in ("*", "+"):
-                raise UserError(f"--config {path}: {key} takes one value, not a list")
+                raise UserError(f"--config {quote(path)}: {quote(key)} takes one value, not a list")
             tokens += [flag, *(str(v) for v in value)]
         elif isinstance(value, dict):
-            raise UserError(f"--config {path}: {key} must be a value, not a table")
+            raise UserError(f"--config {quote(path)}: {quote(key)} must be a value, not a table")
         else:
             tokens += [flag, str(value).lower() if isinstance(value, bool) else str(value)]
     return tokens
@@ -177,7 +182,7 @@ def parse_train_args(argv: list[str]) -> TrainConfig:
             alone.pop("config")
             TrainConfig(**alone)
         except UserError as exc:
-            raise UserError(f"--config {known.config}: {exc}") from None
+            raise UserError(f"--config {quote(known.config)}: {exc}") from None
     args = parser.parse_args(tokens + list(argv))
     values = vars(args)
     values.pop("config")

@@ -28,7 +28,7 @@ import os
 from pathlib import Path
 
 from . import files
-from .errors import UserError
+from .errors import UserError, quote
 
 LOCK = ".pnn_mpi.lock"
 MODEL = "model.npz"
@@ -60,10 +60,12 @@ class RunFolder:
     def claim(cls, path: str | os.PathLike) -> RunFolder:
         """Create ``path`` if needed, lock it for this process, clean it, prove it writable."""
         path = Path(path)
-        where = f"--out {quote_path(path)}"
+        where = f"--out {quote(path)}"
         try:
             path.mkdir(parents=True, exist_ok=True)
             fd = os.open(path / LOCK, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        except ValueError as exc:  # a NUL in the path
+            raise UserError(f"{where}: not a usable folder name ({exc})") from None
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise UserError(f"{where}: {LOCK} is a symbolic link; remove it (pnn_mpi never follows links in a run folder)") from None
@@ -91,7 +93,7 @@ class RunFolder:
         try:
             names = os.listdir(self.path)
         except OSError as exc:
-            raise UserError(f"--out {quote_path(self.path)}: cannot read the folder ({exc.strerror or exc})") from None
+            raise UserError(f"--out {quote(self.path)}: cannot read the folder ({exc.strerror or exc})") from None
         for name in names:
             if files.is_our_temporary(name):
                 try:
@@ -100,7 +102,7 @@ class RunFolder:
                 except IsADirectoryError:
                     pass
                 except OSError as exc:
-                    raise UserError(f"--out {quote_path(self.path)}: cannot remove the stale temporary {name!r} ({exc.strerror or exc})") from None
+                    raise UserError(f"--out {quote(self.path)}: cannot remove the stale temporary {name!r} ({exc.strerror or exc})") from None
         return removed
 
     def probe(self) -> None:
@@ -110,7 +112,7 @@ class RunFolder:
                 staged.file.write(b"\0")
                 staged.finish()
         except OSError as exc:
-            raise UserError(f"--out {quote_path(self.path)}: cannot write there ({exc.strerror or exc})") from None
+            raise UserError(f"--out {quote(self.path)}: cannot write there ({exc.strerror or exc})") from None
 
     def release(self) -> None:
         if self._fd is not None:
@@ -146,9 +148,3 @@ def results_match(folder: str | os.PathLike) -> bool:
         return False
     return isinstance(record, dict) and record.get("model_sha256") == digest
 
-
-def quote_path(path: str | os.PathLike) -> str:
-    """A path as messages show it: as typed, unless it holds characters that would
-    break a one-line message (a newline, a control character), then repr-quoted."""
-    text = os.fspath(path)
-    return text if text.isprintable() else repr(text)

@@ -7,15 +7,17 @@ network and its metrics.
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import cast
 
 import numpy as np
 
-from . import __version__, checkpoint, memory, outdir
+from . import __version__, checkpoint, identity, memory, outdir
 from .checkpoint import Progress, RankState
 from .comm import Communicator, World, fail_together
 from .config import TrainConfig
@@ -23,9 +25,10 @@ from .console import say
 from .errors import Diverged, UserError
 from .metrics import metrics, summary_lines
 from .model_io import model_arrays, npz_bytes
+from .network import parameter_count
 from .rank_data import RankData, load_rank_data
 from .signals import StopRequest
-from .train import Hooks, train
+from .train import Clock, EpochRecord, Hooks, batch_plan, train
 from .wording import os_reason, plural
 
 
@@ -58,14 +61,16 @@ def check_world_size(cfg: TrainConfig, world: Communicator) -> None:
         )
 
 
-def resume_point(cfg: TrainConfig, world: Communicator, out: Path) -> tuple[Progress, RankState] | None:
-    """Where a ``--resume`` run continues: rank 0 reads the checkpoint, every rank gets its own state."""
+def resume_point(cfg: TrainConfig, world: Communicator, out: Path, expect: checkpoint.Expected | None = None
+                 ) -> tuple[Progress, RankState] | None:
+    """Where a ``--resume`` run continues: rank 0 reads the checkpoint (checked against ``expect``),
+    every rank gets its own state."""
 
     def read():
         path = out / checkpoint.FILE
-        if world.rank != 0 or not path.exists():
+        if world.rank != 0 or not os.path.lexists(path):
             return None
-        return checkpoint.load(path, cfg, world.size)
+        return checkpoint.load(path, cfg, world.size, expect)
 
     found = fail_together(world, read)
     if not world.bcast(found is not None):
@@ -74,8 +79,21 @@ def resume_point(cfg: TrainConfig, world: Communicator, out: Path) -> tuple[Prog
     return cast(Progress, world.bcast(progress)), world.scatter(states)
 
 
-def checkpoint_writer(cfg: TrainConfig, world: Communicator, out: Path):
-    """A collective that gathers every rank's state to rank 0, which writes it atomically."""
+def expectations(cfg: TrainConfig, data: RankData, data_id: dict) -> checkpoint.Expected:
+    """What a checkpoint must hold for this run to continue from it."""
+    return checkpoint.Expected(
+        parameters=parameter_count((data.x.shape[1], *cfg.hidden, 10)),
+        slice_sizes=list(data.slice_sizes),
+        steps=batch_plan(cfg, data.slice_sizes).steps,
+        data=data_id,
+        history_fields=tuple(f.name for f in fields(EpochRecord)),
+        clock_fields=tuple(f.name for f in fields(Clock)),
+    )
+
+
+def checkpoint_writer(cfg: TrainConfig, world: Communicator, out: Path, data: dict | None = None):
+    """A collective that gathers every rank's state to rank 0, which writes it atomically
+    (with ``data``, the data's identity)."""
 
     def write(progress: Progress, state: RankState) -> None:
         states = world.gather(state)
@@ -84,7 +102,7 @@ def checkpoint_writer(cfg: TrainConfig, world: Communicator, out: Path):
             if world.rank == 0:
                 assert states is not None  # gathered to rank 0
                 try:
-                    checkpoint.save(out / checkpoint.FILE, cfg, world.size, progress, states)
+                    checkpoint.save(out / checkpoint.FILE, cfg, world.size, progress, states, data)
                 except OSError as exc:
                     raise UserError(f"--out {out}: cannot write the checkpoint ({os_reason(exc)}); the previous one is intact") from None
 
@@ -96,6 +114,7 @@ def checkpoint_writer(cfg: TrainConfig, world: Communicator, out: Path):
 def run_training(cfg: TrainConfig, world: Communicator | None = None) -> dict | None:
     """Train as configured; rank 0 returns the metrics record, other ranks None."""
     world = world or World()
+    identity.agree(world, "configuration", identity.resolved_config(cfg))  # the first collective: all ranks run one run
     check_world_size(cfg, world)
     stop = StopRequest().install()
     if cfg.resume and not cfg.out:
@@ -110,6 +129,8 @@ def run_training(cfg: TrainConfig, world: Communicator | None = None) -> dict | 
 
 
 def _train_into(cfg: TrainConfig, world: Communicator, out: Path, stop: StopRequest) -> dict | None:
+    data_id = fail_together(world, lambda: identity.data_identity(cfg))
+    identity.agree(world, "data", data_id)
     share = memory.ranks_on_this_machine(world)
     data = load_rank_data(cfg, world, fits=lambda train_n, test_n, pixels: memory.check_training(cfg, world, share, train_n, test_n, pixels))
     if not cfg.full_batch and int(cfg.batch_size) > min(data.slice_sizes):
@@ -118,13 +139,13 @@ def _train_into(cfg: TrainConfig, world: Communicator, out: Path, stop: StopRequ
             f" with {plural(world.size, 'rank')}): use a smaller batch, --batch-size full"
             + (", or fewer ranks" if world.size > 1 else "")
         )
-    resume = resume_point(cfg, world, out) if cfg.resume else None
+    resume = resume_point(cfg, world, out, expectations(cfg, data, data_id)) if cfg.resume else None
     if world.rank == 0:
         for line in header_lines(cfg, world, data):
             say(line)
         if resume:
             say(f"resuming from {out / checkpoint.FILE}: epoch {resume[0].epoch + 1}, step {resume[0].step}")
-    hooks = Hooks(stop_reason=stop, checkpoint=checkpoint_writer(cfg, world, out), resume=resume)
+    hooks = Hooks(stop_reason=stop, checkpoint=checkpoint_writer(cfg, world, out, data_id), resume=resume)
     try:
         with np.errstate(all="ignore"):  # a diverging run is reported once, by the loop's own check
             result = train(cfg, world, data, log=say, hooks=hooks)
