@@ -19,12 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from .config import TrainConfig
-from .errors import UserError, quote
+from .errors import UserError
 from .files import write_atomically
 from .identity import as_json, first_difference
 from .memory import available
 from .model_io import npz_bytes
 from .npz_reader import NpzArchive, Refused, file_kind
+from .wording import quote
 
 FILE = "checkpoint.npz"
 FORMAT = "pnn_mpi-checkpoint-2"  # 2: the data's identity is part of it
@@ -128,8 +129,10 @@ def load(path: Path, cfg: TrainConfig, ranks: int, expect: Expected | None = Non
                 raise bad(f"its header is not JSON ({exc.msg})") from None
             if not isinstance(header, dict) or header.get("format") != FORMAT:
                 older = isinstance(header, dict) and str(header.get("format", "")).startswith("pnn_mpi-checkpoint-")
-                raise UserError(f"{quote(path)}: " + (f"written by another pnn_mpi version ({quote(header['format'])}): cannot resume from it"
-                                                        if older else "not a pnn_mpi checkpoint"))
+                raise UserError(
+                    f"{quote(path)}: "
+                    + (f"written by another pnn_mpi version ({quote(header['format'])}): cannot resume from it" if older else "not a pnn_mpi checkpoint")
+                )
             _check_header(header, cfg, ranks, expect, bad, path)
             states = [_rank_state(archive, header, rank, cfg, expect, bad) for rank in range(ranks)]
     except Refused as exc:
@@ -166,8 +169,7 @@ def _check_header(header: dict, cfg: TrainConfig, ranks: int, expect: Expected |
         found = first_difference(header["data"], as_json(expect.data)) if isinstance(header["data"], dict) else ("data", header["data"], "")
         if found:
             key, then, now = found
-            raise UserError(f"{quote(path)}: written for other data: {key} was {quote(then)}, now {quote(now)}; "
-                            f"resume with the same --dataset and data files")
+            raise UserError(f"{quote(path)}: written for other data: {key} was {quote(then)}, now {quote(now)}; resume with the same --dataset and data files")
     progress = header["progress"]
     names = [f.name for f in fields(Progress)]
     if not isinstance(progress, dict) or sorted(progress) != sorted(names):
@@ -196,10 +198,12 @@ def _check_header(header: dict, cfg: TrainConfig, ranks: int, expect: Expected |
     if len(history) != progress["epoch"] or any(not isinstance(r, dict) or sorted(r) != sorted(expect.history_fields) for r in history):
         raise bad(f"its history must hold one record of {', '.join(expect.history_fields)} per finished epoch ({progress['epoch']})")
     if [r["epoch"] for r in history] != list(range(1, progress["epoch"] + 1)) or not all(
-            _is_number(r[k]) or (r[k] is None and k.startswith("test_")) for r in history for k in r):
+        _is_number(r[k]) or (r[k] is None and k.startswith("test_")) for r in history for k in r
+    ):
         raise bad("its history's records are out of order or not numbers")
-    if len(clocks) != ranks or any(not isinstance(c, dict) or sorted(c) != sorted(expect.clock_fields)
-                                   or not all(_is_number(v) and v >= 0 for v in c.values()) for c in clocks):
+    if len(clocks) != ranks or any(
+        not isinstance(c, dict) or sorted(c) != sorted(expect.clock_fields) or not all(_is_number(v) and v >= 0 for v in c.values()) for c in clocks
+    ):
         raise bad(f"its clocks must hold {', '.join(expect.clock_fields)} for each of {ranks} ranks")
 
 
@@ -223,8 +227,7 @@ def _rank_state(archive: NpzArchive, header: dict, rank: int, cfg: TrainConfig, 
             raise bad(f"{name}_{rank} is {array.dtype}, the run trains in {dtype}")
         if array is not None and not np.isfinite(array).all():
             raise bad(f"{name}_{rank} holds NaN or infinity")
-    if order.dtype.itemsize > 8 or (len(order) and (order.min() < 0 or order.max() >= len(order)
-                                                      or not (np.bincount(order, minlength=len(order)) == 1).all())):
+    if order.dtype.itemsize > 8 or (len(order) and (order.min() < 0 or order.max() >= len(order) or not (np.bincount(order, minlength=len(order)) == 1).all())):
         raise bad(f"order_{rank} is not a permutation of the rank's {len(order)} slice indices")
     rng = header["rng"][rank]
     try:

@@ -15,8 +15,9 @@ import traceback
 from collections.abc import Callable
 
 from . import bench, file_commands, run, study
-from .errors import STOP_EXIT_CODE, Interrupted, UserError, one_line
+from .errors import STOP_EXIT_CODE, Interrupted, UserError
 from .options import parse_train_args
+from .wording import bounded_line
 
 
 def cmd_train(argv: list[str]) -> int:
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[command](argv)
     except UserError as exc:
-        return _leave(one_line(f"pnn_mpi: error: {exc}"), 2)
+        return _leave(bounded_line(f"pnn_mpi: error: {exc}"), 2)
     except Interrupted as exc:
         return _leave(f"pnn_mpi: {exc}; checkpoint written: rerun the same command with --resume to continue", STOP_EXIT_CODE)
     except KeyboardInterrupt:

@@ -9,8 +9,6 @@ a run whose loss became NaN or infinite (reported as a UserError).
 
 from __future__ import annotations
 
-import os
-
 STOP_EXIT_CODE = 75  # EX_TEMPFAIL: stopped by a signal, resumable; what requeue setups look for
 
 
@@ -28,32 +26,3 @@ class Interrupted(Exception):
 
 class Diverged(Exception):
     """The training loss became NaN or infinite on some rank."""
-
-
-QUOTE_LIMIT = 200  # characters of a user's value an error line shows
-LINE_LIMIT = 2000  # characters of a whole error line
-
-
-def quote(value: object, limit: int = QUOTE_LIMIT) -> str:
-    """A value the user gave (a path, a flag's value, a TOML key), as messages show it.
-
-    As typed when it is short and printable; repr-quoted when it holds a newline
-    or another control character (so it cannot break "one line"); and cut to
-    ``limit`` characters with the full length said (a 10 MB TOML value is not
-    echoed whole).
-    """
-    text = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
-    shown, rest = text[:limit], len(text) - limit
-    shown = shown if shown.isprintable() else repr(shown)
-    return f"{shown}... ({len(text):,} characters)" if rest > 0 else shown
-
-
-def one_line(message: str, limit: int = LINE_LIMIT) -> str:
-    """``message`` made safe to print as one line: control characters escaped, length bounded.
-
-    The entry point passes every error line through this, so a value that reached
-    a message unquoted still cannot break the line or flood a launcher.
-    """
-    if not message.isprintable():
-        message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
-    return message if len(message) <= limit else f"{message[:limit]}... ({len(message):,} characters)"

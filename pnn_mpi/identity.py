@@ -24,7 +24,8 @@ from typing import Any
 
 from . import __version__, datasets
 from .config import TrainConfig
-from .errors import UserError, quote
+from .errors import UserError
+from .wording import quote
 
 _SAMPLE = 1 << 20  # bytes fingerprinted at each end of a custom data file
 _WHERE = ("out", "data_dir")  # where files are may differ between ranks; what they hold may not (data_identity)

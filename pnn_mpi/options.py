@@ -16,10 +16,10 @@ import tomllib
 from .activations import ACTIVATIONS
 from .config import DTYPES, FULL_BATCH, KERNELS, TrainConfig
 from .datasets import DATASETS
-from .errors import STOP_EXIT_CODE, UserError, quote
+from .errors import STOP_EXIT_CODE, UserError
 from .initializers import INITIALIZERS
 from .losses import OUTPUTS
-from .wording import os_reason
+from .wording import os_reason, quote
 
 _DEFAULTS = TrainConfig()
 

@@ -28,7 +28,8 @@ import os
 from pathlib import Path
 
 from . import files
-from .errors import UserError, quote
+from .errors import UserError
+from .wording import quote
 
 LOCK = ".pnn_mpi.lock"
 MODEL = "model.npz"

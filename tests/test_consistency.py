@@ -17,9 +17,9 @@ import pytest
 from conftest import REPO, clean_env, mpiexec_path, run_pnn, write_dataset
 from pnn_mpi import checkpoint
 from pnn_mpi.cli import main
-from pnn_mpi.errors import one_line, quote
 from pnn_mpi.model_io import npz_bytes
 from pnn_mpi.options import parse_train_args, train_parser
+from pnn_mpi.wording import bounded_line, quote
 
 PREFIX = "pnn_mpi: error: "
 
@@ -329,9 +329,9 @@ def test_quote(value, shown):
     assert quote(value) == shown
 
 
-def test_one_line_bounds_and_escapes():
-    assert one_line("a\nb\rc") == "a\\nb\\rc"
-    assert len(one_line("z" * 10**6)) < 2100
+def test_bounded_line_bounds_and_escapes():
+    assert bounded_line("a\nb\rc") == "a\\nb\\rc"
+    assert len(bounded_line("z" * 10**6)) < 2100
 
 
 # --- download into a full disk --------------------------------------------------------------------
