@@ -126,7 +126,7 @@ test-mpich:
 	  echo "== MPI tests at $$n ranks under MPICH"; \
 	  MPIEXEC_TIMEOUT=$(MPI_TEST_TIMEOUT) $(MPICH_VENV)/bin/mpiexec -n $$n $(MPICH_VENV)/bin/python -m pytest --with-mpi -q -p no:cacheprovider --color=no -m mpi tests; \
 	done
-	$(MPICH_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_e2e.py tests/test_faults.py tests/test_interrupts.py tests/test_consistency.py
+	$(MPICH_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_e2e.py tests/test_faults.py tests/test_interrupts.py tests/test_consistency.py tests/test_launch.py
 
 study: install-study data
 	$(PY) -m pnn_mpi study --grid $(GRID) $(ARGS)

@@ -14,7 +14,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from . import bench, file_commands, run, study
+from . import bench, file_commands, launch, run, study
 from .errors import STOP_EXIT_CODE, Interrupted, UserError
 from .options import parse_train_args
 from .wording import bounded_line
@@ -27,6 +27,7 @@ def cmd_train(argv: list[str]) -> int:
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train": cmd_train,
+    "launch": launch.main,
     "download": file_commands.cmd_download,
     "evaluate": file_commands.cmd_evaluate,
     "predict": file_commands.cmd_predict,
@@ -112,6 +113,8 @@ def _end_on_interrupt() -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "train"
+    if command == "train" and argv and launch.is_shorthand(argv[0]):
+        command = "launch"  # python -m pnn_mpi -n 16 ...: the launcher's shorthand
     try:
         return COMMANDS[command](argv)
     except UserError as exc:

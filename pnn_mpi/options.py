@@ -65,6 +65,7 @@ def train_parser() -> Parser:
         ),
         epilog=(
             "other commands (each has --help):\n"
+            "  launch     start N ranks with the right mpiexec and settings: launch -n 16 [flags]\n"
             "  download   fetch a dataset from public mirrors and verify its checksums\n"
             "  evaluate   score a saved model on a test set\n"
             "  predict    print or save a saved model's predictions for IDX or .npy images\n"
