@@ -20,8 +20,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
-from pnn_mpi import __version__, datasets, files, idx
+from pnn_mpi import datasets, files, idx
 from pnn_mpi.errors import UserError
+from pnn_mpi.version import __version__
 from pnn_mpi.wording import checksum_mismatch, one_line, os_reason
 
 TIMEOUT_S = 30

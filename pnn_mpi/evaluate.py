@@ -61,3 +61,15 @@ def predict(net: Network, images: np.ndarray) -> np.ndarray:
     for start, out, _ in _outputs_by_chunk(net, images):
         np.argmax(out, axis=1, out=found[start : start + len(out)])
     return found
+
+
+def probabilities(net: Network, images: np.ndarray) -> np.ndarray:
+    """Every image's class probabilities, (n, classes) float64 rows summing to 1: the
+    softmax outputs, or the sigmoid outputs normalised (``sigmoid-mse``)."""
+    found = np.empty((len(images), net.sizes[-1]), dtype=np.float64)
+    for start, out, _ in _outputs_by_chunk(net, images):
+        found[start : start + len(out)] = out
+    totals = found.sum(axis=1, keepdims=True)
+    np.divide(found, totals, out=found, where=totals > 0)
+    found[totals[:, 0] <= 0] = 1.0 / net.sizes[-1]
+    return found

@@ -15,7 +15,7 @@ import numpy as np
 from . import console, datasets
 from .download import download
 from .errors import UserError
-from .evaluate import predict, score
+from .evaluate import predict, probabilities, score
 from .files import write_atomically
 from .image_files import labelled_blocks, open_images
 from .memory import check_model
@@ -96,17 +96,20 @@ def cmd_predict(argv: list[str]) -> int:
     p.add_argument("--images", required=True, metavar="FILE",
                    help="IDX images (raw or .gz), or a .npy array of shape (n, rows, cols) or (n, pixels): uint8 pixels, or floats already in [0, 1]")
     p.add_argument("--out", metavar="FILE", help="write the predictions to FILE (.npy, or text with one label per line); default: print them")
+    p.add_argument("--proba", action="store_true",
+                   help="give every class's probability instead of the predicted class: one line of space-separated "
+                        "probabilities per image (class 0 first), or an (images, classes) float64 array in a .npy --out")
     args = p.parse_args(argv)
     net, _ = load_model(Path(args.model))
     images = open_images(args.images)
     images.check_for(net.sizes[0])
     check_model(args.model, net.sizes, net.dtype.itemsize, images=images.count)
-    found = np.empty(images.count, dtype=np.intp)
+    found = np.empty((images.count, net.sizes[-1]), dtype=np.float64) if args.proba else np.empty(images.count, dtype=np.intp)
     at = 0
     for block in images.blocks():
-        found[at : at + len(block)] = predict(net, block)
+        found[at : at + len(block)] = probabilities(net, block) if args.proba else predict(net, block)
         at += len(block)
-    text = "".join(f"{label}\n" for label in found)
+    text = "".join((" ".join(f"{p:.6f}" for p in row) if args.proba else str(row)) + "\n" for row in found)
     if args.out is None:
         console.write_out(text)
         return 0

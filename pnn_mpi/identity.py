@@ -22,9 +22,10 @@ import json
 import os
 from typing import Any
 
-from . import __version__, datasets
+from . import datasets
 from .config import TrainConfig
 from .errors import UserError
+from .version import __version__
 from .wording import quote
 
 _SAMPLE = 1 << 20  # bytes fingerprinted at each end of a custom data file

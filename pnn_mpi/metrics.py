@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
 from .config import TrainConfig
 from .files import write_atomically
 from .network import parameter_count
 from .rank_data import RankData
 from .train import TrainResult
+from .version import __version__
 from .wording import plural
 
 

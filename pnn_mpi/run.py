@@ -17,7 +17,7 @@ from typing import cast
 
 import numpy as np
 
-from . import __version__, checkpoint, identity, memory, outdir
+from . import checkpoint, identity, memory, outdir
 from .checkpoint import Progress, RankState
 from .comm import Communicator, World, fail_together
 from .config import TrainConfig
@@ -29,6 +29,7 @@ from .network import parameter_count
 from .rank_data import RankData, load_rank_data
 from .signals import StopRequest
 from .train import Clock, EpochRecord, Hooks, batch_plan, train
+from .version import __version__
 from .wording import os_reason, plural
 
 
