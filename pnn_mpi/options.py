@@ -71,6 +71,7 @@ def train_parser() -> Parser:
             "  predict    print or save a saved model's predictions for IDX or .npy images\n"
             "  bench      measure samples/s per rank and the cost of a parameter sync\n"
             "  study      run a grid of launches (ranks, sync, activation, ...): results.csv, plots, report.md\n"
+            "  plot       draw a run's curves from its metrics.json as a PNG\n"
             "\n"
             "A TOML file given with --config may set any option, by its flag name\n"
             "(e.g. hidden = [128, 64], lr = 0.1, sync = \"epoch\"); flags given after it win."

@@ -25,7 +25,7 @@ def find_mnist() -> Path | None:
     return None
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def mnist_dir() -> Path:
     found = find_mnist()
     if found is None:

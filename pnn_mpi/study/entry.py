@@ -120,6 +120,10 @@ def _dry_run(study: Study, results: Path, choice, env: dict) -> int:
     points = list(study.points)
     pending = []
     print(f"study {study.title}: {len(points)} points; results would go to {results}")
+    added = {k: v for k, v in env.items() if os.environ.get(k) != v}
+    if added:  # without them the commands below fail as root, or past one rank per core, with Open MPI
+        print("every launch runs with these settings (paste them first to run a command by hand):")
+        print(f"    export {' '.join(f'{k}={shlex.quote(v)}' for k, v in added.items())}")
     for index, point in enumerate(points, 1):
         folder = run_dir(results, point)
         done = finished_metrics(folder, point) is not None

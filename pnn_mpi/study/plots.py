@@ -18,7 +18,7 @@ from .grid import render
 from .machine import Machine
 from .stats import Curve, Heat, Line, SpeedRow, line_label
 
-_INSTALL = "plots need matplotlib: pip install matplotlib (or pip install .[study]), or run the study with --no-plots"
+_INSTALL = 'plots need matplotlib: pip install "pnn_mpi[study]" (from a checkout: pip install -e ".[study]"), or run the study with --no-plots'
 
 
 def require():
