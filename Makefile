@@ -2,7 +2,8 @@
 #
 #   make install   create .venv with numpy, mpi4py and (when no mpiexec is on PATH) Open MPI from PyPI
 #   make train     install, find or download MNIST, then: mpiexec -n $(NP) python -m pnn_mpi $(ARGS)
-#   make test      install the test extras, run the serial tests, then the MPI tests at 2 and 4 ranks
+#   make test      install the test extras, find or download MNIST (as make train), run the serial tests, then the MPI tests
+#                  at 2 and 4 ranks; a test that finds no MNIST fails (PNN_MPI_TESTS_WITHOUT_MNIST=1: skip those)
 #   make bench     samples/s per rank and the cost of a parameter sync, at $(BENCH_NP) ranks
 #   make test-mpich  the MPI tests and the launcher tests again under MPICH (its PyPI wheel, in .venv-mpich)
 #   make test-slurm  the job scripts in jobs/ under a real SLURM it starts and stops (root; installs slurm-wlm)
@@ -11,7 +12,8 @@
 #   make lint      ruff (lint, import order, format) and mypy, installed into .venv by the lint extra; and the import-graph check
 #   make study     the paper's study: a grid of real launches, then results.csv, plots and report.md (GRID=default|quick|FILE)
 #
-# Variables: NP (ranks, default 4), ARGS (training flags), PYTHON (the interpreter that makes .venv).
+# Variables: NP (ranks, default 4), ARGS (training flags), PYTHON (the interpreter that makes .venv),
+# MIRROR (where make train/data fetch MNIST instead of the public mirrors: URLs or folders, space-separated).
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -20,6 +22,7 @@ VENV ?= .venv
 NP ?= 4
 BENCH_NP ?= 2
 ARGS ?=
+MIRROR ?=
 MPI_TEST_TIMEOUT ?= 600
 
 VENV_BIN := $(abspath $(VENV))/bin
@@ -101,25 +104,25 @@ $(VENV)/.installed-study: $(VENV)/.installed
 	@touch $@
 
 data: install
-	$(PY) -m pnn_mpi download --dataset mnist --if-missing
+	$(PY) -m pnn_mpi download --dataset mnist --if-missing $(foreach m,$(MIRROR),--mirror $(m))
 
 train: data
 	mpiexec -n $(NP) $(PY) -m pnn_mpi $(ARGS)
 
 test: test-serial test-mpi
 
-test-serial: install-test
+test-serial: install-test data
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 # Every MPI test runs under MPIEXEC_TIMEOUT: a deadlock fails the run instead of hanging it.
-test-mpi: install-test
+test-mpi: install-test data
 	@for n in 2 4; do \
 	  echo "== MPI tests at $$n ranks"; \
 	  MPIEXEC_TIMEOUT=$(MPI_TEST_TIMEOUT) mpiexec -n $$n $(PY) -m pytest --with-mpi -q -p no:cacheprovider --color=no -m mpi tests; \
 	done
 
 # The same MPI code under the other common MPI: MPICH, with its own launcher (hydra).
-test-mpich:
+test-mpich: data
 	@test -x $(MPICH_VENV)/bin/python || $(PYTHON) -m venv $(MPICH_VENV)
 	$(MPICH_VENV)/bin/python -m pip install -q mpich -e '.[test]'
 	@for n in 2 4; do \
@@ -131,7 +134,7 @@ test-mpich:
 study: install-study data
 	$(PY) -m pnn_mpi study --grid $(GRID) $(ARGS)
 
-test-slurm: install-test
+test-slurm: install-test data
 	.ci/slurm-tests
 
 bench: install

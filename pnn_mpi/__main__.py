@@ -6,9 +6,21 @@ set before numpy is first imported, hence here. A value the user exported wins.
 """
 
 import os
+import sys
+
+from .launch import is_shorthand  # stdlib only: numpy must not load before the variables are set
+
+
+def _trains(argv: list[str]) -> bool:
+    """Whether these arguments run training (the default command: no word, or a flag, first)."""
+    return not argv or argv[0] == "train" or (argv[0].startswith("-") and not is_shorthand(argv[0]))
 
 
 def run() -> int:
+    if _trains(sys.argv[1:]):
+        from .signals import listen_early
+
+        listen_early()  # a stop signal from now on is a checkpoint request, not death
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
     from .cli import main  # after the variables are set: numpy reads them when it is first imported

@@ -171,6 +171,16 @@ def _try_mirror(mirror: str, basename: str, want_md5: str, dest: Path, out: IO[s
         progress.abandon()
 
 
+def _next_steps(spec: datasets.DatasetSpec) -> str:
+    """What to try when no mirror answered: another mirror, or a copy where training looks."""
+    places = ", ".join(str(d) for d in datasets.candidate_dirs(spec.name))
+    return (
+        f"next: name a reachable copy with --mirror URL|DIR (an http(s) or file:// URL, or a folder holding the "
+        f".gz or raw files), or put the four files in a folder and set {datasets.ENV_VAR} to it, or into one of "
+        f"the folders training searches: {places}"
+    )
+
+
 def _existing_ok(path: Path, want_md5: str) -> str | None:
     """None if ``path`` holds the canonical payload, else why not."""
     try:
@@ -207,7 +217,7 @@ def _fetch_one(
     if not failures:
         raise UserError(f"cannot fetch {basename} of {spec.name}: no mirrors given")
     raise UserError(
-        f"cannot fetch {basename} of {spec.name}; every mirror failed: " + "; ".join(failures)
+        f"cannot fetch {basename} of {spec.name}; every mirror failed: " + "; ".join(failures) + "; " + _next_steps(spec)
     )
 
 

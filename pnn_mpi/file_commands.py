@@ -26,7 +26,8 @@ from .wording import os_reason
 
 def cmd_download(argv: list[str]) -> int:
     p = Parser(prog="python -m pnn_mpi download", description="Fetch a dataset from public mirrors, verify the MD5 of every payload, and store it atomically.")
-    p.add_argument("--dataset", choices=list(datasets.DATASETS), default="mnist", help="which dataset (default: mnist)")
+    fetchable = [name for name, spec in datasets.DATASETS.items() if spec.md5]  # 'custom' has nothing to fetch
+    p.add_argument("--dataset", choices=fetchable, default="mnist", help="which dataset (default: mnist)")
     p.add_argument("--dir", metavar="DIR", help="where to store the files (default: ./data/DATASET, where training looks)")
     p.add_argument("--mirror", action="append", metavar="URL|DIR",
                    help="try this mirror instead of the built-in ones (repeatable, tried in order): an http(s) URL prefix, "

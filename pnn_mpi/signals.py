@@ -18,13 +18,34 @@ from __future__ import annotations
 import signal
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+_early: str | None = None  # a stop signal that came before training made its StopRequest
+
+
+def listen_early() -> None:
+    """Record stop signals from the first moment of a training process.
+
+    A batch system may signal a job as soon as it starts (SLURM sends ``--signal``
+    up to 60 s early); until Python installs a handler, SIGUSR1 and SIGTERM kill
+    the rank outright, with no checkpoint. ``python -m pnn_mpi`` calls this before
+    importing numpy or MPI, and the run's StopRequest takes over what was seen.
+    """
+
+    def note(signum: int, _frame) -> None:
+        global _early
+        name = signal.Signals(signum).name
+        if signum == signal.SIGINT and _early == name:
+            raise KeyboardInterrupt  # Ctrl-C twice: stop at once, as StopRequest does
+        _early = _early or name
+
+    for sig in SIGNALS:
+        signal.signal(sig, note)
 
 
 class StopRequest:
     """Remembers the first stop signal this process received."""
 
     def __init__(self) -> None:
-        self.received: str | None = None
+        self.received: str | None = _early
 
     def install(self) -> StopRequest:
         for sig in SIGNALS:

@@ -11,14 +11,17 @@ import functools
 import gzip
 import http.server
 import io
+import os
 import socket
+import stat
+import subprocess
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import find_mnist
+from conftest import REPO, find_mnist, run_pnn
 from pnn_mpi import datasets, idx
 from pnn_mpi.datasets import DatasetSpec
 from pnn_mpi.download import download
@@ -257,3 +260,41 @@ def test_real_mnist_over_http(tmp_path, site):
     dest = download("mnist", tmp_path, [f"{url}/real-mnist/"], out=io.StringIO())
     datasets.verify_files(datasets.get_spec("mnist"), dest)
     assert_clean(dest, {f"{b}.gz" for b in BASENAMES})
+
+
+# --- issue 11: what a site admin and a user behind a firewall need --------------------
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_downloaded_files_follow_the_umask(tmp_path, tiny, umask, mode):
+    """A copy an admin fetches under umask 022 is readable by every user (mkstemp alone gives 0600)."""
+    old = os.umask(umask)
+    try:
+        dest = download("tiny", tmp_path / "d", [tiny[2]], out=io.StringIO())
+    finally:
+        os.umask(old)
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in dest.iterdir()} == {oct(mode)}
+
+
+def test_failure_names_the_next_steps(tmp_path, tiny, dead_url, monkeypatch):
+    monkeypatch.setenv("PNN_MPI_DATA", str(tmp_path / "site"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as info:
+        download("tiny", tmp_path / "d", [dead_url], out=io.StringIO())
+    msg = str(info.value)
+    assert "\n" not in msg and "--mirror URL|DIR" in msg and "set PNN_MPI_DATA" in msg
+    for folder in datasets.candidate_dirs("tiny"):
+        assert str(folder) in msg
+
+
+def test_custom_is_not_offered_for_download():
+    proc = run_pnn("download", "--dataset", "custom")
+    assert proc.returncode == 2 and "invalid choice: 'custom'" in proc.stderr
+    assert "custom" not in run_pnn("download", "--help").stdout
+
+
+def test_make_train_passes_mirrors_to_download():
+    proc = subprocess.run(["make", "-n", "data", "MIRROR=/srv/mnist https://example.org/mnist/"], capture_output=True,
+                          text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert "download --dataset mnist --if-missing --mirror /srv/mnist --mirror https://example.org/mnist/" in proc.stdout

@@ -21,10 +21,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from conftest import REPO, clean_env, mpiexec_path, run_pnn, write_dataset
 from pnn_mpi import PNNClassifier, datasets
 from pnn_mpi.model_io import load_model
-
-from conftest import REPO, clean_env, mpiexec_path, run_pnn, write_dataset
 
 # The one check the default float32 network cannot meet: it compares predict_proba on
 # subsets with predict_proba on the whole to rtol 1e-7, and a float32 network's outputs

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REPO, write_dataset
 from pnn_mpi import launch
 from pnn_mpi.errors import UserError
 from pnn_mpi.launch import Mpi, needed_env
-
-from conftest import REPO, write_dataset
 
 OPEN_MPI_5 = Mpi("openmpi", 5)
 OPEN_MPI_4 = Mpi("openmpi", 4)

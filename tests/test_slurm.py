@@ -18,6 +18,7 @@ train a little longer so there is something to interrupt).
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -131,6 +132,20 @@ class Cluster:
                 self.run("scancel", str(job_id), check=False)
                 raise AssertionError(f"job {job_id} did not get {what} in {timeout:.0f} s: {info.get('JobState')} {info.get('Reason')}")
             time.sleep(0.1)
+
+
+def release_requeued(cluster: Cluster, job_id: int) -> None:
+    """Start a requeued job now instead of after SLURM's ~2-minute hold, but never within the
+    second its old credential was revoked.
+
+    On requeue slurmctld tells slurmd to revoke the job's credential, stamped in whole seconds,
+    and slurmd refuses any credential of that job created no later (``ctime <= revoked``): a
+    relaunch in the same second is killed as "non-startable batch job: Job credential revoked"
+    and ends FAILED 1:0 (the flake of issue 11). The revocation happened before the job showed
+    up as requeued, so starting from the second after next is always after it.
+    """
+    time.sleep(math.floor(time.time()) + 2 - time.time())
+    cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
 
 
 def _script(name: str, *args: str, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -276,7 +291,7 @@ def test_usr1_checkpoints_requeues_and_the_requeued_job_resumes(cluster, tmp_pat
     assert (out / CHECKPOINT).is_file() and not (out / "model.npz").exists(), log
 
     # SLURM holds a requeued job for ~2 minutes (BeginTime); let it start now.
-    cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+    release_requeued(cluster, job)
     info = cluster.wait(job)
     log = log_of(tmp_path, job)
     assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), log
@@ -286,11 +301,16 @@ def test_usr1_checkpoints_requeues_and_the_requeued_job_resumes(cluster, tmp_pat
 
 @needs_slurm
 def test_time_limit_warning_signal_checkpoints_and_requeues(cluster, tmp_path):
-    """The real thing: --time=1 with --signal=B:USR1@50 (SLURM checks limits every few seconds)."""
+    """The real thing: --time=2 with --signal=B:USR1@50.
+
+    SLURM may send the signal up to 60 s before the time asked for (sbatch(1)): with --time=1 and
+    @50 it could come at once, before the ranks' Python had installed its handler, killing them
+    (exit 138, no requeue; a flake seen here). With --time=2 it comes 10 to 70 s into the job.
+    """
     job, _ = cluster.submit("train.sbatch", *LONG, "--epochs", "5000", cwd=tmp_path, env=cluster.env(),
-                            options=["--ntasks=2", "--time=1", "--signal=B:USR1@50"])
+                            options=["--ntasks=2", "--time=2", "--signal=B:USR1@50"])
     try:
-        info = cluster.wait(job, until=requeued_or_over, timeout=150, what="requeued")
+        info = cluster.wait(job, until=requeued_or_over, timeout=180, what="requeued")
         log = log_of(tmp_path, job)
         assert int(info["Restarts"]) == 1, f"{info}\n{log}"
         assert "got SIGUSR1" in log and "stopped in epoch" in log and "requeueing job" in log, log
@@ -338,7 +358,7 @@ def test_study_sbatch_stops_on_usr1_requeues_and_finishes(cluster, tmp_path):
     assert int(info["Restarts"]) == 1, f"{info}\n{log}"
     assert "study stopped: requeueing job" in log, log
 
-    cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+    release_requeued(cluster, job)
     info = cluster.wait(job)
     log = log_of(tmp_path, job)
     assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), log
