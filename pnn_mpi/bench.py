@@ -363,8 +363,19 @@ def _measure_sync(args: argparse.Namespace, params: np.ndarray, table: Table) ->
     seconds = _sync_seconds(world, params.size, np.dtype(args.dtype), args.sync_calls, args.repeats)
     t = {k: max(world.allgather(v)) * 1e6 for k, v in seconds.items()}
     table.add(f"parameter sync ({params.size:,} {args.dtype})", t["step+average"] - t["step"], t["step+allreduce"] - t["step"],
-              "bare in-place Allreduce, in a training loop", unit="us per sync")
-    table.add("parameter sync, back to back", t["average"], t["allreduce"], "bare in-place Allreduce, back to back", unit="us per sync")
+              "bare in-place Allreduce, in a training loop", unit="µs per sync")
+    table.add("parameter sync, back to back", t["average"], t["allreduce"], "bare in-place Allreduce, back to back", unit="µs per sync")
+
+
+MEMORY_COLUMNS = (
+    ("baseline", "interpreter, numpy, mpi4py and MPI, before any data"),
+    ("slice", "this rank's inputs and labels"),
+    ("params", "one copy of the parameters"),
+    ("numba", "growth when the numba kernel loaded"),
+    ("RSS", "resident memory after freed heap is returned"),
+    ("files", "of RSS: shared libraries and the like, one copy in memory for all ranks"),
+    ("rest", "RSS less baseline, slice and numba (bench's networks and code loaded since)"),
+)
 
 
 def _print(world, args, sizes, rows, notes, memory) -> None:
@@ -377,10 +388,9 @@ def _print(world, args, sizes, rows, notes, memory) -> None:
     for note in notes:
         print(f"note: {note}")
     mib = 2**20
-    print("memory per rank, MiB. baseline: interpreter, numpy, mpi4py and MPI, before any data; slice: this rank's inputs "
-          "and labels; params: one copy of the parameters; numba: growth when the numba kernel loaded; RSS after freed heap "
-          "is returned, of which files: shared libraries and the like, one copy in memory for all ranks; rest: RSS less "
-          "baseline, slice and numba (bench's networks and code loaded since)")
+    print("memory per rank, MiB:")
+    for column, meaning in MEMORY_COLUMNS:
+        print(f"  {column:<8}  {meaning}")
     print(f"{'rank':>4} {'baseline':>9} {'slice':>7} {'params':>7} {'numba':>7} {'RSS':>7} {'files':>7} {'rest':>7}")
     for rank, m in enumerate(memory):
         rest = m["rss"] - m["baseline"] - m["slice"] - m["numba"]

@@ -148,3 +148,18 @@ def rank_data(images, labels, test_images, test_labels, dtype="float64", sizes=N
 def make_rank_data():
     """``make_rank_data(images, labels, test_images, test_labels, dtype, sizes=, start=)``: an in-memory RankData."""
     return rank_data
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """pytest-mpi prints an 'MPI Information' block on every rank of every run; instead, one
+    line from rank 0 (issue 11)."""
+    plugins = [p for p in config.pluginmanager.get_plugins() if type(p).__name__ == "MPIPlugin"]
+    if not plugins or not getattr(plugins[0], "_is_testing_mpi", False):
+        return
+    plugins[0]._is_testing_mpi = False  # its own block
+    from mpi4py import MPI
+
+    if MPI.COMM_WORLD.Get_rank() == 0:
+        name, version = MPI.get_vendor()
+        terminalreporter.write_line(f"MPI: {name} {'.'.join(map(str, version))}, {MPI.COMM_WORLD.Get_size()} ranks")

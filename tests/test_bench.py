@@ -77,3 +77,12 @@ def test_bad_momentum_is_a_user_error():
 
     with pytest.raises(UserError, match="--momentum"):
         bench.main(["--momentum", "1.5"], world=SerialWorld())
+
+
+def test_output_says_microseconds_and_keeps_lines_short():
+    """Issue 11: 'us' for µs, and a 400-character legend line."""
+    result = run_pnn("bench", *QUICK, timeout=240)
+    assert result.returncode == 0, result.stderr
+    assert "µs per sync" in result.stdout and " us " not in result.stdout
+    long = [line for line in result.stdout.splitlines() if len(line) > 160]  # the table rows fit; the legend was one 400-character line
+    assert not long, long

@@ -1,4 +1,5 @@
-"""The suite fails loudly without the real MNIST (issue 11), instead of a green run of skips."""
+"""The test suite itself (issue 11): it fails loudly without the real MNIST instead of a green run
+of skips, and under MPI it names the MPI once, not in a block per rank."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import shutil
 import subprocess
 import sys
 
-from conftest import REPO, WITHOUT_MNIST
+from conftest import REPO, WITHOUT_MNIST, clean_env, mpiexec_path
 
 
 def _run_copy(tmp_path, **extra: str) -> subprocess.CompletedProcess:
@@ -42,3 +43,15 @@ def test_make_test_fetches_or_finds_the_data_first():
     lines = proc.stdout.splitlines()
     fetch = next(i for i, line in enumerate(lines) if "download --dataset mnist --if-missing" in line)
     assert fetch < next(i for i, line in enumerate(lines) if "-m pytest" in line)
+
+
+def test_under_mpi_the_banner_is_one_line_from_rank_0(tmp_path):
+    tests = tmp_path / "checkout" / "tests"
+    tests.mkdir(parents=True)
+    shutil.copy(REPO / "tests" / "conftest.py", tests / "conftest.py")
+    (tests / "test_two.py").write_text("import pytest\n\n@pytest.mark.mpi(min_size=2)\ndef test_two():\n    pass\n")
+    proc = subprocess.run([mpiexec_path(), "-n", "2", sys.executable, "-m", "pytest", "--with-mpi", "-q", "-p", "no:cacheprovider",
+                           "--color=no", str(tests)], capture_output=True, text=True, timeout=240, cwd=tmp_path, env=clean_env())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "MPI Information" not in proc.stdout and "mpi4py config" not in proc.stdout
+    assert len([line for line in proc.stdout.splitlines() if line.startswith("MPI: ")]) == 1, proc.stdout
