@@ -15,6 +15,7 @@ import traceback
 from collections.abc import Callable
 
 from . import bench, file_commands, launch, plot, run, study
+from .comm import RANK_VARIABLES
 from .errors import STOP_EXIT_CODE, Interrupted, UserError
 from .options import parse_train_args
 from .wording import bounded_line
@@ -36,7 +37,6 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "plot": plot.main,
 }
 
-_RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK")
 
 
 def _live_mpi():
@@ -50,7 +50,7 @@ def _lead_rank() -> bool:
     mpi = _live_mpi()
     if mpi is not None:
         return mpi.COMM_WORLD.Get_rank() == 0
-    for name in _RANK_VARIABLES:
+    for name in RANK_VARIABLES:
         if name in os.environ:
             return os.environ[name] == "0"
     return True
@@ -65,9 +65,12 @@ def _wait_for_every_rank(seconds: float = 10.0) -> None:
     """
     mpi = _live_mpi()
     if mpi is None:
-        if not any(name in os.environ for name in _RANK_VARIABLES):
+        if not any(name in os.environ for name in RANK_VARIABLES):
             return
-        from mpi4py import MPI as mpi  # the error came before training started MPI
+        try:
+            from mpi4py import MPI as mpi  # the error came before training started MPI
+        except (ImportError, RuntimeError):
+            return  # no MPI library loads: the error says so, and there is no one to wait for
 
     if mpi.Is_finalized() or mpi.COMM_WORLD.Get_size() == 1:
         return

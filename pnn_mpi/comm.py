@@ -10,12 +10,14 @@ cannot leave the others blocked.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
 from typing import Protocol, TypeVar, cast
 
 import numpy as np
 
-from .errors import UserError
+from .errors import INSTALL_MPI, UserError
 
 T = TypeVar("T")
 
@@ -144,6 +146,46 @@ class SerialWorld:
 
     def library_version(self) -> str:
         return "no MPI (in-process, one rank)"
+
+
+RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK")  # set by Open MPI, PMIx launchers, MPICH
+
+
+def launched() -> bool:
+    """Whether a launcher (mpiexec, srun) started this process as one rank of a job."""
+    return any(name in os.environ for name in RANK_VARIABLES)
+
+
+def mpi_running() -> bool:
+    """Whether this process has started MPI already (an mpi4py program) and not finished it."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    return mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized()
+
+
+def current_world(comm=None, start_mpi_alone: bool = True) -> Communicator:
+    """The ranks this process works with.
+
+    ``comm``, if given; COMM_WORLD when a launcher started us or MPI runs already;
+    otherwise, alone, COMM_WORLD of one rank when ``start_mpi_alone`` and an MPI
+    library loads, else the serial world of one process. So ``pip install pnn_mpi``
+    without any MPI library still trains, evaluates and predicts with one rank,
+    while a rank of a launched job that cannot load MPI says what to install,
+    instead of training as if it were alone.
+    """
+    if comm is not None:
+        return World(comm)
+    if launched() or mpi_running():
+        try:
+            return World()
+        except (ImportError, RuntimeError) as exc:
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise UserError(f"started as one rank of a parallel job, but no MPI library loads ({why}): {INSTALL_MPI}") from None
+    if start_mpi_alone:
+        try:
+            return World()
+        except (ImportError, RuntimeError):
+            pass  # no libmpi (mpi4py installs without one): the serial world is the 1-rank network
+    return SerialWorld()
 
 
 def fail_together(world: Communicator, action: Callable[[], T]) -> T:

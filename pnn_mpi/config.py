@@ -48,6 +48,10 @@ class TrainConfig:
     resume: bool = False
     expect_ranks: Union[int, None] = None
     kernel: str = "auto"  # how batch-1 steps run: auto, numba, numpy (kernels.py) or generic
+    val_size: int = 0  # training samples held out for validation, scored every epoch (0 = none)
+    early_stop: int = 0  # stop after this many epochs without a better validation accuracy (0 = never)
+    progress_every: float = 5.0  # seconds between rank 0's progress lines inside an epoch (0 = none)
+    plot: bool = False  # draw OUT/curves.png at the end (needs matplotlib)
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -89,6 +93,10 @@ class TrainConfig:
         need(self.eval_every >= 0, f"--eval-every {self.eval_every}: expected 0 (final only) or a positive epoch count")
         need(self.checkpoint_every >= 0, f"--checkpoint-every {self.checkpoint_every}: expected 0 or a positive epoch count")
         need(self.expect_ranks is None or self.expect_ranks >= 1, f"--expect-ranks {self.expect_ranks}: expected a positive count")
+        need(self.val_size >= 0, f"--val-size {self.val_size}: expected 0 (none) or a positive sample count")
+        need(self.early_stop >= 0, f"--early-stop {self.early_stop}: expected 0 (never) or a positive number of epochs")
+        need(not self.early_stop or self.val_size > 0, f"--early-stop {self.early_stop} needs a validation set to watch: add --val-size N")
+        need(math.isfinite(self.progress_every) and self.progress_every >= 0, f"--progress-every {self.progress_every}: expected 0 (none) or a number of seconds")
         Sync.parse(self.sync)  # parses, or raises a UserError naming the value
 
     def as_dict(self) -> dict:

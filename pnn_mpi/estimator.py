@@ -18,7 +18,6 @@ loads, so the same data and options give the same model file as the command line
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 import warnings
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .comm import SerialWorld, World
+from .comm import current_world
 from .config import TrainConfig
 from .errors import UserError
 from .evaluate import predict as predict_classes
@@ -35,8 +34,6 @@ from .model_io import save_model
 from .network import Network
 from .rank_data import RankData
 from .train import Hooks, train
-
-_RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK")
 
 
 class DataConversionWarning(UserWarning):
@@ -63,17 +60,6 @@ _BLENDS: dict = {}
 def _not_fitted(who: str) -> Exception:
     kind = _sklearn_flavoured(NotFittedError, "sklearn.exceptions", "NotFittedError")
     return kind(f"This {who} instance is not fitted yet: call fit first")
-
-
-def _world(comm):
-    """The ranks that train together: ``comm``; COMM_WORLD when MPI runs or a launcher started
-    us; else one process without MPI."""
-    if comm is not None:
-        return World(comm)
-    mpi = sys.modules.get("mpi4py.MPI")
-    if (mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized()) or any(v in os.environ for v in _RANK_VARIABLES):
-        return World()
-    return SerialWorld()
 
 
 def _is_sparse(x) -> bool:
@@ -229,7 +215,7 @@ class PNNClassifier:
         """Train on (X, y): this rank's slice when several ranks train together."""
         who = type(self).__name__
         cfg = self.config()
-        world = _world(self.comm)
+        world = current_world(self.comm, start_mpi_alone=False)  # alone in a notebook: no MPI to start
 
         def check():
             x = _check_x(X, who)

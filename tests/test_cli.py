@@ -235,9 +235,9 @@ def test_non_finite_values_are_user_errors(argv):
 
 
 def test_every_config_field_has_a_flag():
-    """The parser's destinations (besides help/config) are exactly the TrainConfig fields."""
+    """The parser's destinations (besides help, version and config) are exactly the TrainConfig fields."""
     parser = train_parser()
-    dests = {a.dest for a in parser._actions if a.option_strings} - {"help", "config"}
+    dests = {a.dest for a in parser._actions if a.option_strings} - {"help", "version", "config"}
     assert dests == {f.name for f in dataclasses.fields(TrainConfig)}
 
 
