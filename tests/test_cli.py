@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -276,3 +278,28 @@ def test_train_config_as_dict_round_trip():
     record = cfg.as_dict()
     assert record["hidden"] == [64, 32]
     assert TrainConfig(**record) == cfg
+
+
+def test_a_command_line_flag_wins_before_or_after_config(tmp_path):
+    """Issue 11: README said only flags typed after --config win; every command-line flag does."""
+    path = tmp_path / "run.toml"
+    path.write_text("lr = 0.2\nepochs = 7\n")
+    assert parse_train_args(["--lr", "0.01", "--config", str(path)]).lr == 0.01
+    assert parse_train_args(["--config", str(path), "--lr", "0.01"]).lr == 0.01
+    assert parse_train_args(["--config", str(path)]).epochs == 7
+    text = " ".join(train_parser().format_help().split())
+    assert "a flag given on the command line wins, before or after --config" in text
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    assert "flags typed after it win" not in readme
+
+
+def test_version_and_program_name(monkeypatch, capsys):
+    from pnn_mpi import __version__
+
+    with pytest.raises(SystemExit) as info:
+        parse_train_args(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out == f"pnn_mpi {__version__}\n"
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/pnn-mpi"])
+    assert train_parser().prog == "pnn-mpi"
+    monkeypatch.setattr(sys, "argv", ["/x/pnn_mpi/__main__.py"])
+    assert train_parser().prog == "python -m pnn_mpi"

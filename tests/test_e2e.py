@@ -213,3 +213,24 @@ def test_help_documents_every_flag_without_mpi():
     for flag in ("--hidden", "--activation", "--output", "--init", "--batch-size", "--lr", "--momentum", "--epochs",
                  "--sync", "--seed", "--dtype", "--data-dir", "--dataset", "--train-size", "--test-size", "--out", "--config"):
         assert flag in proc.stdout
+
+
+def test_a_run_that_fails_before_training_leaves_no_empty_folder(tmp_path):
+    """Issue 11: no data, so no run: neither runs/ nor --out's parents stay behind (a folder that held
+    something before is kept as it was)."""
+    missing = ["--data-dir", str(tmp_path / "nothing")]
+    proc = run_pnn(*missing, cwd=tmp_path)
+    assert proc.returncode == 2 and "not found" in proc.stderr
+    assert not (tmp_path / "runs").exists()
+    proc = run_pnn(*missing, "--out", str(tmp_path / "a" / "b"), cwd=tmp_path)
+    assert proc.returncode == 2 and not (tmp_path / "a").exists()
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "notes.txt").write_text("mine")
+    assert run_pnn(*missing, "--out", str(tmp_path / "kept"), cwd=tmp_path).returncode == 2
+    assert [p.name for p in (tmp_path / "kept").iterdir()] == ["notes.txt"]
+
+
+def test_one_epoch_is_singular(tiny, tmp_path):
+    proc = run_pnn("--dataset", "custom", "--data-dir", str(tiny), "--hidden", "8", "--epochs", "1", "--out", str(tmp_path / "r"))
+    assert proc.returncode == 0, proc.stderr
+    assert " 1 epoch, " in proc.stdout and "1 epochs" not in proc.stdout
