@@ -10,6 +10,7 @@
 #   make install-fast  add numba: a compiled kernel for batch-1 (stochastic) training, compiled once here
 #   make torch-compare  pnn_mpi against PyTorch (CPU) on the same model: needs `pip install torch` in .venv
 #   make lint      ruff (lint, import order, format) and mypy, installed into .venv by the lint extra; and the import-graph check
+#   make readme-figures  every figure the README shows, measured here, with its command and this machine's description
 #   make study     the paper's study: a grid of real launches, then results.csv, plots and report.md (GRID=default|quick|FILE)
 #
 # Variables: NP (ranks, default 4), ARGS (training flags), PYTHON (the interpreter that makes .venv),
@@ -52,7 +53,7 @@ export OPENBLAS_NUM_THREADS := 1
 MPICH_VENV ?= .venv-mpich
 GRID ?= default
 
-.PHONY: install install-test install-study install-fast install-lint lint torch-compare data train test test-serial test-mpi test-mpich test-slurm bench study clean
+.PHONY: readme-figures install install-test install-study install-fast install-lint lint torch-compare data train test test-serial test-mpi test-mpich test-slurm bench study clean
 
 install: $(VENV)/.installed
 
@@ -136,6 +137,10 @@ study: install-study data
 
 test-slurm: install-test data
 	.ci/slurm-tests
+
+# Every figure the README shows, measured on this machine, with its command and the machine it ran on.
+readme-figures: install data
+	$(PY) -m pnn_mpi.readme_figures $(ARGS)
 
 bench: install
 	mpiexec -n $(BENCH_NP) $(PY) -m pnn_mpi bench $(ARGS)
