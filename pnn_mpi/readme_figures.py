@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command, stdout = _run(2, ["--val-size", "5000", "--early-stop", "2", "--epochs", "30", "--out", str(out / "val")])
     section("README 'A validation split': early stopping on 5,000 held-out samples", command,
             "\n".join(line for line in stdout.splitlines() if line.startswith(("epoch", "validation", "early stop", "parallel"))))
-    command, stdout = _run(1, ["--batch-size", "1", "--kernel", "generic", "--epochs", "1", "--train-size", "20000",
+    command, stdout = _run(1, ["--batch-size", "1", "--lr", "0.01", "--momentum", "0", "--kernel", "generic", "--epochs", "1", "--train-size", "20000",
                                "--progress-every", "2", "--out", str(out / "progress")])
     section("README 'Progress inside long epochs'", command, "\n".join(line for line in stdout.splitlines() if line.startswith("epoch")))
 
