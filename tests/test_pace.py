@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 
-from conftest import REPO, clean_env, learnable_images, write_dataset
+from conftest import REPO, clean_env, learnable_images, rank_data, write_dataset
 from pnn_mpi.comm import SerialWorld
 from pnn_mpi.config import TrainConfig
-from pnn_mpi.evaluate import to_inputs
 from pnn_mpi.pace import Pace
-from pnn_mpi.rank_data import RankData
 from pnn_mpi.train import train
 
 
@@ -50,13 +47,9 @@ class CountingWorld(SerialWorld):
         self.sums += 1
 
 
-def _data(n=300):
+def _data(n):
     rng = np.random.default_rng(4)
-    images, labels = learnable_images(n, rng)
-    tests, test_labels = learnable_images(20, rng)
-    return RankData(directory=Path("."), train_total=n, slice_sizes=[n], start=0, x=to_inputs(images.reshape(n, -1), "float32"),
-                    y=labels.astype(np.intp), test_images=tests.reshape(20, -1), test_labels=test_labels.astype(np.intp),
-                    image_shape=images.shape[1:], load_seconds=0.0)
+    return rank_data(*learnable_images(n, rng), *learnable_images(20, rng), dtype="float32")
 
 
 def test_progress_lines_ride_on_the_existing_check_not_a_collective_of_their_own():
