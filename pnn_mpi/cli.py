@@ -38,7 +38,6 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
 }
 
 
-
 def _live_mpi():
     """mpi4py's MPI module if this process has started MPI and not yet finished it."""
     mpi = sys.modules.get("mpi4py.MPI")

@@ -96,7 +96,9 @@ class TrainConfig:
         need(self.val_size >= 0, f"--val-size {self.val_size}: expected 0 (none) or a positive sample count")
         need(self.early_stop >= 0, f"--early-stop {self.early_stop}: expected 0 (never) or a positive number of epochs")
         need(not self.early_stop or self.val_size > 0, f"--early-stop {self.early_stop} needs a validation set to watch: add --val-size N")
-        need(math.isfinite(self.progress_every) and self.progress_every >= 0, f"--progress-every {self.progress_every}: expected 0 (none) or a number of seconds")
+        need(
+            math.isfinite(self.progress_every) and self.progress_every >= 0, f"--progress-every {self.progress_every}: expected 0 (none) or a number of seconds"
+        )
         Sync.parse(self.sync)  # parses, or raises a UserError naming the value
 
     def as_dict(self) -> dict:
