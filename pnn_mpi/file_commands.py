@@ -110,7 +110,7 @@ def cmd_predict(argv: list[str]) -> int:
     for block in images.blocks():
         found[at : at + len(block)] = probabilities(net, block) if args.proba else predict(net, block)
         at += len(block)
-    text = "".join((" ".join(f"{p:.6f}" for p in row) if args.proba else str(row)) + "\n" for row in found)
+    text = "".join((" ".join(f"{p:.6f}" for p in row) if found.ndim == 2 else str(row)) + "\n" for row in found.tolist())
     if args.out is None:
         console.write_out(text)
         return 0

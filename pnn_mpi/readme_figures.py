@@ -97,8 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         section("README 'Speed': pnn_mpi against PyTorch", "make torch-compare", "(PyTorch is not installed here: pip install torch)")
     else:
         torch_run = [*PYTHON[:-1], "pnn_mpi.torch_compare"]
-        command, added = command_line(Request(ranks=2, rest=[]), os.environ)
-        proc = subprocess.run([*command[:3], *torch_run], capture_output=True, text=True, env={**os.environ, **added}, timeout=1800)
+        launch_words, added = command_line(Request(ranks=2, rest=[]), os.environ)
+        proc = subprocess.run([*launch_words[:3], *torch_run], capture_output=True, text=True, env={**os.environ, **added}, timeout=1800)
         section("README 'Speed': pnn_mpi against PyTorch", "mpiexec -n 2 python -m pnn_mpi.torch_compare", proc.stdout)
 
     # "The study": its accuracy table.

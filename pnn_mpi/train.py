@@ -425,8 +425,8 @@ def score_epoch(run: Run, state: LoopState, epoch: int, lr: float) -> EpochRecor
             if due:
                 lo, hi = slice_bounds(len(data.test_labels), world.size, world.rank)
                 totals[1:3] = score(candidate, data.test_images[lo:hi], data.test_labels[lo:hi])
-            if validating:
-                totals[3:5] = score(candidate, data.val_images, data.val_labels)  # this rank's share of them
+            if data.val_images is not None and data.val_labels is not None:  # validating: this rank's share of them
+                totals[3:5] = score(candidate, data.val_images, data.val_labels)
         world.sum_(totals)
     tested = len(data.test_labels)
     return EpochRecord(
