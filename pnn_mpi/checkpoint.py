@@ -198,7 +198,7 @@ def _check_header(header: dict, cfg: TrainConfig, ranks: int, expect: Expected |
     if len(history) != progress["epoch"] or any(not isinstance(r, dict) or sorted(r) != sorted(expect.history_fields) for r in history):
         raise bad(f"its history must hold one record of {', '.join(expect.history_fields)} per finished epoch ({progress['epoch']})")
     if [r["epoch"] for r in history] != list(range(1, progress["epoch"] + 1)) or not all(
-        _is_number(r[k]) or (r[k] is None and k.startswith("test_")) for r in history for k in r
+        _is_number(r[k]) or (r[k] is None and k.startswith(("test_", "val_"))) for r in history for k in r
     ):
         raise bad("its history's records are out of order or not numbers")
     if len(clocks) != ranks or any(

@@ -124,7 +124,7 @@ def run_training(cfg: TrainConfig, world: Communicator | None = None) -> dict | 
         raise UserError("--resume needs --out DIR: the folder of the run to continue")
     out = Path(cfg.out) if cfg.out else default_out_dir(cfg, world.size)
     fail_together(world, lambda: plot.require_matplotlib() if cfg.plot and world.rank == 0 else None)  # before, not after, training
-    created = [p for p in (out, *out.parents) if not p.exists()] if world.rank == 0 else []
+    created = missing_folders(out) if world.rank == 0 else []
     try:
         folder = fail_together(world, lambda: outdir.RunFolder.claim(out) if world.rank == 0 else None)  # held until the run ends
         try:
@@ -137,6 +137,14 @@ def run_training(cfg: TrainConfig, world: Communicator | None = None) -> dict | 
         raise
 
 
+def missing_folders(out: Path) -> list[Path]:
+    """``out`` and those of its parents that do not exist yet, deepest first (a name no folder can have: none)."""
+    try:
+        return [p for p in (out, *out.parents) if not p.exists()]
+    except (OSError, ValueError):
+        return []
+
+
 def remove_unused(created: list[Path]) -> None:
     """Take back the folders (deepest first) a run created, when it failed before writing anything
     into them: no empty ``runs/...`` stays behind. Only a folder holding nothing but the lock goes."""
@@ -145,7 +153,7 @@ def remove_unused(created: list[Path]) -> None:
             if {p.name for p in folder.iterdir()} <= {outdir.LOCK}:
                 (folder / outdir.LOCK).unlink(missing_ok=True)
             folder.rmdir()
-        except OSError:
+        except (OSError, ValueError):
             return  # not ours to remove, or not empty: so are its parents
 
 

@@ -245,7 +245,7 @@ def test_ranks_that_agree_train_together(tiny, tmp_path):
 # --- TOML switches -----------------------------------------------------------------------------
 
 def _switches() -> list[str]:
-    return sorted(a.dest for a in train_parser()._actions if a.option_strings and a.nargs == 0 and a.dest != "help")
+    return sorted(a.dest for a in train_parser()._actions if a.option_strings and a.nargs == 0 and a.dest not in ("help", "version"))  # --help, --version: no settings
 
 
 def _command_line_for(dest: str, value: bool) -> list[str]:
