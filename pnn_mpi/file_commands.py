@@ -83,6 +83,9 @@ def cmd_evaluate(argv: list[str]) -> int:
         count = datasets.split_count(spec, directory, "test")
         images, labels = datasets.load_split(spec, directory, "test", 0, min(count, args.test_size or count), verify=True, check_end=True)
         source = f"{name} test set in {directory}"
+    classes = net.sizes[-1]  # the model's outputs: as many classes as its training data had
+    if len(labels) and int(labels.max()) >= classes:
+        raise UserError(f"{args.labels or source}: holds label {int(labels.max())}, but the model {args.model} knows only {classes} classes (0..{classes - 1})")
     accuracy, loss = evaluate(net, _model_input(net, images, source), labels.astype(np.intp))
     if args.json:
         print(json.dumps({"test_accuracy": accuracy, "test_loss": loss, "samples": len(labels), "source": source}))
