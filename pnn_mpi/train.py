@@ -150,8 +150,7 @@ def batch_plan(cfg: TrainConfig, sizes: list[int]) -> BatchPlan:
     return BatchPlan(batch, steps, np.asarray(step_samples))
 
 
-def gradients(net: Network, ws: Workspace, x_all: np.ndarray, y_all: np.ndarray, picked: np.ndarray, scale: float,
-              done: Callable[[int], None] | None = None) -> float:
+def gradients(net: Network, ws: Workspace, x_all: np.ndarray, y_all: np.ndarray, picked: np.ndarray, scale: float) -> float:
     """Gather the samples ``picked`` into the workspace, then forward and backward.
 
     Leaves ``scale`` times the batch's summed gradient in ``net.grads`` and
@@ -159,12 +158,11 @@ def gradients(net: Network, ws: Workspace, x_all: np.ndarray, y_all: np.ndarray,
     preallocated rows by the ndarray ``take`` method in mode "clip" (``np.take``
     in its default mode "raise" buffers the whole output, an allocation per
     step; the indices come from a permutation, so they are always valid).
-    ``done(layer)`` is passed on to ``Network.backward``.
     """
     x = x_all.take(picked, 0, ws.inputs[: len(picked)], "clip")
     y = y_all.take(picked, 0, ws.labels[: len(picked)], "clip")
     net.forward(x, ws)
-    return net.backward(x, y, ws, scale, done)
+    return net.backward(x, y, ws, scale)
 
 
 @dataclass
@@ -327,26 +325,19 @@ def take_steps(run: Run, state: LoopState, s: int, lr: float) -> int:
 
 
 def one_step(run: Run, state: LoopState, s: int, lr: float) -> float:
-    """Step ``s`` of the epoch on this rank's batch; returns the batch's summed loss.
-
-    Without gradient averaging each layer is updated as soon as backprop is done
-    with it (``SGD.step_layer``: the same arithmetic as ``SGD.step``, while the
-    layer's gradient is still in cache); with it, the summed gradient is
-    complete only after the Allreduce, and the whole buffer steps at once.
-    """
-    net, opt, batch = state.net, state.opt, run.plan.batch
+    """Step ``s`` of the epoch on this rank's batch; returns the batch's summed loss."""
+    net, batch, by_gradients = state.net, run.plan.batch, run.sync.averages_gradients
     picked = state.order[s * batch : (s + 1) * batch]
-    if not run.sync.averages_gradients:
-        if not len(picked):  # a slice one sample short may have an empty last batch
-            return 0.0
-        return gradients(net, run.ws, run.data.x, run.data.y, picked, 1.0 / len(picked), lambda layer: opt.step_layer(net, layer, lr))
     loss = 0.0
-    if len(picked):
-        loss = gradients(net, run.ws, run.data.x, run.data.y, picked, 1.0 / run.plan.step_samples[s])
+    if len(picked):  # a slice one sample short may have an empty last batch
+        scale = 1.0 / (run.plan.step_samples[s] if by_gradients else len(picked))
+        loss = gradients(net, run.ws, run.data.x, run.data.y, picked, scale)
     else:
         net.grads.fill(0.0)
-    sync_buffer(run, state, net.grads, average=False)  # already scaled by the step's samples over all ranks
-    opt.step(net.params, net.grads, lr)
+    if by_gradients:
+        sync_buffer(run, state, net.grads, average=False)  # already scaled by the step's samples over all ranks
+    if len(picked) or by_gradients:
+        state.opt.step(net.params, net.grads, lr)
     return loss
 
 
