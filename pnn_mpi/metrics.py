@@ -59,6 +59,7 @@ def metrics(cfg: TrainConfig, result: TrainResult, data: RankData, ranks: int, m
         "steps_per_epoch": result.steps_per_epoch,
         "test_accuracy": result.test_accuracy,
         "test_loss": result.test_loss,
+        "test_confidence": result.test_confidence,
         "local_test_accuracy": {**_spread(result.local_accuracies), "per_rank": result.local_accuracies},
         "train_seconds": result.train_seconds,
         "samples_per_second": throughput,
@@ -88,7 +89,8 @@ def summary_lines(record: dict) -> list[str]:
     ranks = plural(record["ranks"], "rank")
     syncs = plural(t["syncs"], "sync")
     return [
-        f"parallel network: test accuracy {record['test_accuracy']:.2%} (loss {record['test_loss']:.4f})",
+        f"parallel network: test accuracy {record['test_accuracy']:.2%}, confidence {record['test_confidence']:.2%}"
+        f" (loss {record['test_loss']:.4f})",
         f"local networks before averaging: mean {local['mean']:.2%}, min {local['min']:.2%}, max {local['max']:.2%} ({ranks})",
         f"train time {record['train_seconds']:.2f} s, {record['samples_per_second']:,.0f} samples/s"
         f" ({record['samples_per_second_per_rank']:,.0f} per rank)",

@@ -109,6 +109,7 @@ class EpochRecord:
     test_accuracy: float | None  # the parallel network's, when scored
     test_loss: float | None
     train_seconds: float  # training time so far, scoring excluded
+    test_confidence: float | None = None  # the parallel network's mean probability of its predicted class, when scored
 
 
 @dataclass
@@ -117,6 +118,7 @@ class TrainResult:
     epochs: list[EpochRecord]
     test_accuracy: float  # the parallel network's, scored by rank 0 (nan elsewhere)
     test_loss: float
+    test_confidence: float  # mean probability of the predicted class (evaluate.py), rank 0 (nan elsewhere)
     local_accuracies: list[float]  # each rank's network before the final average
     clocks: list[Clock]  # every rank's
     train_seconds: float
@@ -386,7 +388,7 @@ def score_epoch(run: Run, state: LoopState, epoch: int, lr: float) -> EpochRecor
     """
     cfg, data, world = run.cfg, run.data, run.world
     with run.phases("eval"):
-        totals = np.array([state.loss_sum, 0.0, 0.0])
+        totals = np.array([state.loss_sum, 0.0, 0.0, 0.0])
         due = cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and epoch < cfg.epochs - 1
         if due:
             candidate = state.net
@@ -404,6 +406,7 @@ def score_epoch(run: Run, state: LoopState, epoch: int, lr: float) -> EpochRecor
         test_accuracy=float(totals[1]) / tested if due else None,
         test_loss=float(totals[2]) / tested if due else None,
         train_seconds=state.progress.train_seconds,
+        test_confidence=float(totals[3]) / tested if due else None,
     )
 
 
@@ -429,7 +432,7 @@ def finish(run: Run, state: LoopState) -> TrainResult:
     """Score the local networks as they are, average them into the parallel one, score that on rank 0."""
     world, data, net = run.world, run.data, state.net
     with run.phases("eval"):
-        local_accuracy, _ = evaluate(net, data.test_images, data.test_labels)
+        local_accuracy = evaluate(net, data.test_images, data.test_labels)[0]
     train_seconds = state.progress.train_seconds
     if not state.progress.in_sync:
         world.barrier()
@@ -437,18 +440,20 @@ def finish(run: Run, state: LoopState) -> TrainResult:
         sync_parameters(run, state)
         train_seconds += time.perf_counter() - began
 
-    accuracy = loss = float("nan")
+    accuracy = loss = confidence = float("nan")
     if world.rank == 0:
         with run.phases("eval"):
-            accuracy, loss = evaluate(net, data.test_images, data.test_labels)
+            accuracy, loss, confidence = evaluate(net, data.test_images, data.test_labels)
         last = state.history[-1]
         last.test_accuracy, last.test_loss, last.train_seconds = accuracy, loss, train_seconds
+        last.test_confidence = confidence
         run.log(epoch_line(run.cfg, last))
     return TrainResult(
         net=net,
         epochs=state.history,
         test_accuracy=accuracy,
         test_loss=loss,
+        test_confidence=confidence,
         local_accuracies=world.allgather(local_accuracy),
         clocks=world.allgather(state.clock),
         train_seconds=world.bcast(train_seconds),
