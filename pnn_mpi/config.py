@@ -33,6 +33,8 @@ class TrainConfig:
     lr: float = 0.05
     momentum: float = 0.9
     lr_decay: float = 1.0
+    lr_schedule: str = "constant"
+    warmup: int = 0
     epochs: int = 10
     sync: str = "epoch"  # measured better than "end" at 4 and 16 ranks: see README
     seed: int = 1

@@ -10,6 +10,8 @@ checks that the paths agree).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -41,6 +43,16 @@ class SGD:
         sgd_step(params, grads, lr, self.velocity, self.momentum)
 
 
-def learning_rate(base: float, decay: float, epoch: int) -> float:
-    """The rate for a 0-based ``epoch``: multiplied by ``decay`` after each epoch."""
-    return base * decay**epoch
+SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate(base: float, decay: float, epoch: int, schedule: str = "constant", epochs: int = 1, warmup: int = 0) -> float:
+    """The rate for a 0-based ``epoch`` of ``epochs``: ``base`` times ``decay**epoch``,
+    times the schedule's factor (cosine: from 1 down towards 0 over the run), times a
+    linear warm-up over the first ``warmup`` epochs."""
+    factor = decay**epoch
+    if schedule == "cosine":
+        factor *= 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+    if epoch < warmup:
+        factor *= (epoch + 1) / (warmup + 1)
+    return base * factor

@@ -99,6 +99,8 @@ def train_parser() -> Parser:
     opt.add_argument("--momentum", type=float, default=d.momentum, help=f"SGD momentum in [0, 1); 0 = plain SGD (default: {d.momentum})")
     opt.add_argument("--lr-decay", type=float, default=d.lr_decay, metavar="F",
                      help=f"multiply the learning rate by F after every epoch (default: {d.lr_decay}, constant)")
+    opt.add_argument("--lr-schedule", choices=("constant", "cosine"), default=d.lr_schedule, help=f"learning-rate schedule over the epochs (default: {d.lr_schedule})")
+    opt.add_argument("--warmup", type=non_negative_int, default=d.warmup, metavar="E", help=f"linear warm-up over the first E epochs (default: {d.warmup})")
     opt.add_argument("--epochs", type=positive_int, default=d.epochs, help=f"passes over each rank's slice (default: {d.epochs})")
     opt.add_argument("--sync", default=d.sync, metavar="SCHEDULE",
                      help="when ranks average: 'end' (train locally, average once at the end: the paper's scheme), "

@@ -278,7 +278,7 @@ def train(cfg: TrainConfig, world: Communicator, data: RankData, log=print, hook
     for epoch in range(state.progress.epoch, cfg.epochs):
         if fault:
             fault.fire(run.world.rank, epoch + 1)
-        lr = learning_rate(cfg.lr, cfg.lr_decay, epoch)
+        lr = learning_rate(cfg.lr, cfg.lr_decay, epoch, cfg.lr_schedule, cfg.epochs, cfg.warmup)
         train_epoch(run, state, epoch, lr)
         report_epoch(run, state, score_epoch(run, state, epoch, lr))
         end_epoch(run, state, epoch)
