@@ -23,8 +23,8 @@ def test_full_batch_takes_a_constant_large_rate(ranks):
 
 
 @pytest.mark.parametrize("batch, ranks, lr, warmup", [
-    (32, 1, 0.03, 0), (32, 4, 0.12, 1), (32, 16, 0.48, 1), (32, 64, 0.5, 1),  # capped at MAX_LR
-    (8, 1, 0.0075, 0), (8, 4, 0.03, 0), (64, 1, 0.06, 1),
+    (32, 1, 0.05, 0), (32, 4, 0.2, 1), (32, 16, 0.8, 1), (32, 64, 0.8, 1),  # capped at MAX_LR
+    (8, 1, 0.0125, 0), (8, 4, 0.05, 0), (64, 1, 0.1, 1),
 ])
 def test_mini_batch_rate_follows_the_global_batch(batch, ranks, lr, warmup):
     """Under gradient averaging one update sees P*b samples: the rate scales with it (linear scaling rule),
@@ -36,7 +36,7 @@ def test_mini_batch_rate_follows_the_global_batch(batch, ranks, lr, warmup):
 
 def test_a_chosen_sync_changes_what_an_update_sees():
     """With parameter averaging each rank's update sees only its own batch: no scaling by P."""
-    assert d.for_mode(32, "epoch", 16).lr == pytest.approx(0.03)
+    assert d.for_mode(32, "epoch", 16).lr == pytest.approx(0.05)
     assert d.for_mode(32, "steps:20", 16).warmup == 0
     assert d.for_mode(1, "grad", 4).lr == d.STOCHASTIC_LR  # batch 1 keeps its own rate whatever the sync
 
@@ -44,7 +44,7 @@ def test_a_chosen_sync_changes_what_an_update_sees():
 def test_resolve_fills_only_what_is_unset():
     values = dict(batch_size=32, lr=None, momentum=0.5, lr_schedule=None, warmup=None, sync=None, epochs=3)
     out = d.resolve(values, 4)
-    assert out == dict(batch_size=32, lr=pytest.approx(0.12), momentum=0.5, lr_schedule="cosine", warmup=1, sync="grad", epochs=3)
+    assert out == dict(batch_size=32, lr=pytest.approx(0.2), momentum=0.5, lr_schedule="cosine", warmup=1, sync="grad", epochs=3)
     assert d.resolve(out, 4) == out  # resolving twice changes nothing
     mine = dict(values, lr=0.05, sync="end", lr_schedule="constant", warmup=0, momentum=0.0)
     assert d.resolve(mine, 16) == mine
