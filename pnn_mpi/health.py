@@ -68,7 +68,7 @@ def _cause(lr: float, momentum: float, batch: str, default_lr: float, default_mo
     else:
         return f"lr {lr:g} and momentum {momentum:g} are the defaults for {batch}; the data or the network may be the problem"
     return (f"the learning rate is likely {side} for {batch} (lr {lr:g} with momentum {momentum:g} steps like"
-            f" lr {mine:.3g} without; the defaults for {batch} are lr {default_lr:g}, momentum {default_momentum:g})")
+            f" lr {mine:.3g} without; the defaults for {batch} are lr {default_lr:.3g}, momentum {default_momentum:g})")
 
 
 @dataclass
@@ -86,6 +86,7 @@ class Watch:
     default_momentum: float
     classes: int = 10
     given: set = field(default_factory=set)
+    said: list = field(default_factory=list)  # every warning given, for metrics.json
 
     def after_epoch(self, records: list, steps_done: int) -> list[str]:
         """Warnings due now, from the records so far (``EpochRecord``s) and the steps taken so far."""
@@ -105,4 +106,5 @@ class Watch:
                 out.append(f"pnn_mpi: warning: the training loss stopped falling: {now:.4g} in epoch {len(records)},"
                            f" no better than {best:.4g} in epoch {epoch}: "
                            f"{_cause(self.lr, self.momentum, self.batch, self.default_lr, self.default_momentum)}")
+        self.said += out
         return out

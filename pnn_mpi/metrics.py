@@ -60,6 +60,7 @@ def metrics(cfg: TrainConfig, result: TrainResult, data: RankData, ranks: int, m
         "test_accuracy": result.test_accuracy,
         "test_loss": result.test_loss,
         "test_confidence": result.test_confidence,
+        "warnings": result.warnings,
         "local_test_accuracy": {**_spread(result.local_accuracies), "per_rank": result.local_accuracies},
         "train_seconds": result.train_seconds,
         "samples_per_second": throughput,

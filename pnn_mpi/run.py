@@ -22,6 +22,7 @@ from .checkpoint import Progress, RankState
 from .comm import Communicator, World, fail_together
 from .config import TrainConfig
 from .console import say
+from .defaults import in_words
 from .errors import Diverged, UserError
 from .metrics import metrics, summary_lines
 from .model_io import model_arrays, npz_bytes
@@ -42,15 +43,17 @@ def default_out_dir(cfg: TrainConfig, ranks: int) -> Path:
     return Path("runs") / f"{cfg.dataset}-n{ranks}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def header_lines(cfg: TrainConfig, world: Communicator, data: RankData) -> list[str]:
+def header_lines(cfg: TrainConfig, world: Communicator, data: RankData, followed: list[str] = ()) -> list[str]:
     sizes = "-".join(str(n) for n in (data.x.shape[1], *cfg.hidden, data.classes))
     per_rank = min(data.slice_sizes) if min(data.slice_sizes) == max(data.slice_sizes) else f"{min(data.slice_sizes)}-{max(data.slice_sizes)}"
     return [
         f"pnn_mpi {__version__}: {plural(world.size, 'rank')}, {world.library()}",
         f"data: {cfg.dataset} from {data.directory}: {data.train_total} training samples ({per_rank} per rank), {len(data.test_labels)} test",
-        f"network {sizes}, {cfg.activation}, {cfg.output}, init {cfg.init}; batch {cfg.batch_size}, lr {cfg.lr},"
-        f" momentum {cfg.momentum}, sync {cfg.sync}, {cfg.epochs} epochs, {cfg.dtype}, seed {cfg.seed}",
-    ]
+        f"network {sizes}, {cfg.activation}, {cfg.output}, init {cfg.init}; batch {cfg.batch_size}, lr {cfg.lr:g},"
+        f" momentum {cfg.momentum:g}, {cfg.lr_schedule} schedule" + (f", warm-up {cfg.warmup}" if cfg.warmup else "")
+        + f", sync {cfg.sync}, {cfg.epochs} epochs, {cfg.dtype}, seed {cfg.seed}",
+    ] + ([f"defaults for {in_words(cfg.batch_size, cfg.sync, world.size)}: "
+          + ", ".join(name.replace("_", "-") for name in followed) + " (set them to choose; --help has the rule)"] if followed else [])
 
 
 def check_world_size(cfg: TrainConfig, world: Communicator) -> None:
@@ -116,6 +119,8 @@ def run_training(cfg: TrainConfig, world: Communicator | None = None) -> dict | 
     world = world or World()
     identity.agree(world, "configuration", identity.resolved_config(cfg))  # the first collective: all ranks run one run
     check_world_size(cfg, world)
+    followed = cfg.unset()
+    cfg = cfg.resolved(world.size)  # the defaults rule needs the number of ranks: from here on every value is set
     stop = StopRequest().install()
     if cfg.resume and not cfg.out:
         raise UserError("--resume needs --out DIR: the folder of the run to continue")
@@ -141,7 +146,7 @@ def _train_into(cfg: TrainConfig, world: Communicator, out: Path, stop: StopRequ
         )
     resume = resume_point(cfg, world, out, expectations(cfg, data, data_id)) if cfg.resume else None
     if world.rank == 0:
-        for line in header_lines(cfg, world, data):
+        for line in header_lines(cfg, world, data, followed):
             say(line)
         if resume:
             say(f"resuming from {out / checkpoint.FILE}: epoch {resume[0].epoch + 1}, step {resume[0].step}")

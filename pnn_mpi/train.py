@@ -17,6 +17,7 @@ phases (compute, comm, wait, eval, checkpoint, ...) begin and end.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,12 +26,14 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import defaults
 from .checkpoint import Progress, RankState
 from .comm import Communicator
 from .config import TrainConfig
 from .errors import Diverged, Interrupted
 from .evaluate import evaluate, score
 from .faults import planned_fault
+from .health import Watch
 from .kernels import SampleStepper
 from .network import Network, Workspace
 from .optim import SGD, learning_rate
@@ -119,6 +122,7 @@ class TrainResult:
     test_accuracy: float  # the parallel network's, scored by rank 0 (nan elsewhere)
     test_loss: float
     test_confidence: float  # mean probability of the predicted class (evaluate.py), rank 0 (nan elsewhere)
+    warnings: list[str]  # what health.py warned about, on rank 0 (empty elsewhere)
     local_accuracies: list[float]  # each rank's network before the final average
     clocks: list[Clock]  # every rank's
     train_seconds: float
@@ -254,6 +258,7 @@ class Run:
     stepper: SampleStepper | None  # batch 1 without per-step collectives: many samples per call
     check_every: int
     phases: Phases
+    watch: Watch  # rank 0's warnings about a run that trains without learning (health.py)
 
     @classmethod
     def prepare(cls, cfg: TrainConfig, world: Communicator, data: RankData, state: LoopState, hooks: Hooks, log) -> Run:
@@ -263,11 +268,12 @@ class Run:
         if plan.batch == 1 and not sync.averages_gradients and cfg.kernel != "generic":
             stepper = SampleStepper(state.net, data.x, cfg.kernel)  # index built, numba loaded: before the clock starts
         return cls(cfg, world, data, hooks, log, plan, sync, state.net.workspace(plan.batch), stepper,
-                   check_interval(plan.batch), Phases(state.clock))
+                   check_interval(plan.batch), Phases(state.clock), watch_for(cfg, world.size))
 
 
 def train(cfg: TrainConfig, world: Communicator, data: RankData, log=print, hooks: Hooks | None = None) -> TrainResult:
     hooks = hooks or Hooks()
+    cfg = cfg.resolved(world.size)  # a no-op when the caller resolved it already
     state = LoopState.start(cfg, world.rank, data)
     if hooks.resume:
         progress, rank_state = hooks.resume
@@ -415,6 +421,7 @@ def report_epoch(run: Run, state: LoopState, record: EpochRecord) -> None:
     state.history.append(record)
     if run.world.rank == 0 and record.epoch < run.cfg.epochs:
         run.log(epoch_line(run.cfg, record))
+        warn_if_unhealthy(run, state)
 
 
 def end_epoch(run: Run, state: LoopState, epoch: int) -> None:
@@ -448,18 +455,32 @@ def finish(run: Run, state: LoopState) -> TrainResult:
         last.test_accuracy, last.test_loss, last.train_seconds = accuracy, loss, train_seconds
         last.test_confidence = confidence
         run.log(epoch_line(run.cfg, last))
+        warn_if_unhealthy(run, state)
     return TrainResult(
         net=net,
         epochs=state.history,
         test_accuracy=accuracy,
         test_loss=loss,
         test_confidence=confidence,
+        warnings=list(run.watch.said),
         local_accuracies=world.allgather(local_accuracy),
         clocks=world.allgather(state.clock),
         train_seconds=world.bcast(train_seconds),
         samples_seen=data.train_total * run.cfg.epochs,
         steps_per_epoch=run.plan.steps,
     )
+
+
+def watch_for(cfg: TrainConfig, ranks: int) -> Watch:
+    """The health watch of this run: its rate against the defaults for its gradient mode."""
+    usual = defaults.for_mode(cfg.batch_size, cfg.sync, ranks)
+    return Watch(cfg.lr, cfg.momentum, defaults.in_words(cfg.batch_size, cfg.sync, ranks), usual.lr, usual.momentum)
+
+
+def warn_if_unhealthy(run: Run, state: LoopState) -> None:
+    """Rank 0: print (stderr) any warning due after this epoch: at chance level after epoch 1, a stalled loss."""
+    for line in run.watch.after_epoch(state.history, state.progress.global_step):
+        print(line, file=sys.stderr, flush=True)
 
 
 def epoch_line(cfg: TrainConfig, record: EpochRecord) -> str:

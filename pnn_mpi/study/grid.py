@@ -223,7 +223,7 @@ def _point(grid: Grid, settings: dict, values: dict, repeat: int, where: str) ->
     flags = flag_tokens(merged)
     pid = point_id(grid, ranks, values, repeat)
     try:
-        config = parse_train_args(flags).as_dict()
+        config = parse_train_args(flags).resolved(ranks).as_dict()  # as the run will record it
     except UserError as exc:
         raise UserError(f"{where}: point {pid}: {exc}") from None
     config.pop("out")
