@@ -57,3 +57,42 @@ def test_stall_warning_once():
     assert len(said[3]) == 1 and "the training loss stopped falling: 1.4 in epoch 4, no better than 1.04 in epoch 1" in said[3][0]
     assert "too high for batch 32" in said[3][0]
     assert w.after_epoch(records(losses + [1.6], accuracy_first=0.63), steps_done=9000) == []
+
+
+# --- as a user sees them: real launches on MNIST ---------------------------------------------
+
+import json  # noqa: E402
+
+from conftest import clean_env, run_pnn  # noqa: E402
+
+
+def _launch(mnist_dir, tmp_path, *flags, ranks=2):
+    out = tmp_path / "out"
+    proc = run_pnn("--train-size", "4000", "--test-size", "2000", "--out", str(out), *flags, ranks=ranks,
+                   env=clean_env(PNN_MPI_DATA=str(mnist_dir)))
+    assert proc.returncode == 0, proc.stderr
+    return proc, json.loads((out / "metrics.json").read_text())
+
+
+def test_the_paper_mode_trap_is_named(mnist_dir, tmp_path):
+    """Issue #10: batch 1 with the mini-batch rate and momentum (0.05, 0.9) stays at chance level: one line says so and why."""
+    proc, record = _launch(mnist_dir, tmp_path, "--batch-size", "1", "--lr", "0.05", "--momentum", "0.9", "--epochs", "1")
+    assert record["test_accuracy"] < 0.2
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("pnn_mpi: warning:")]
+    assert len(lines) == 1 and "at chance level after epoch 1" in lines[0] and "too high for batch 1" in lines[0]
+    assert record["warnings"] == lines
+
+
+def test_a_rate_too_small_to_move_is_named_twice(mnist_dir, tmp_path):
+    """A rate that barely moves the network: at chance after epoch 1 (rate too low), and a loss that stops falling."""
+    proc, record = _launch(mnist_dir, tmp_path, "--lr", "1e-7", "--epochs", "5", "--lr-schedule", "constant")
+    warnings = record["warnings"]
+    assert len(warnings) == 2 and all(w in proc.stderr for w in warnings)
+    assert "at chance level after epoch 1" in warnings[0] and "too low for batch 32" in warnings[0]
+    assert "the training loss stopped falling" in warnings[1]
+
+
+def test_a_healthy_run_warns_of_nothing(mnist_dir, tmp_path):
+    proc, record = _launch(mnist_dir, tmp_path, "--epochs", "5")
+    assert record["warnings"] == [] and "warning" not in proc.stderr
+    assert record["test_accuracy"] > 0.85
