@@ -82,7 +82,9 @@ def _paper(span: tuple | None) -> str:
     if span is None:
         return "\u2014"
     low, high = span
-    return f"{low:.2f}%" if low == high and low * 10 % 1 else (f"{low:.1f}%" if low == high else f"{low:.1f}\u2013{high:.1f}%")
+    if low != high:
+        return f"{low:.1f}\u2013{high:.1f}%"
+    return f"{low:.2f}%" if abs(low * 10 - round(low * 10)) > 1e-6 else f"{low:.1f}%"  # as precise as the paper's figure
 
 
 def _ours(value: float, confidence: float = math.nan) -> str:
