@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Union
+from typing import TypeVar, Union
 
 from . import defaults
 from .activations import ACTIVATIONS
@@ -22,9 +22,18 @@ from .losses import OUTPUTS
 from .optim import SCHEDULES
 from .sync import Sync
 
+T = TypeVar("T")
+
 DTYPES = ("float32", "float64")
 KERNELS = ("auto", "numba", "numpy", "generic")
 FULL_BATCH = "full"
+
+
+def settled(value: T | None) -> T:
+    """A setting the defaults rule has filled in (``TrainConfig.resolved``): None here is a bug, not a user error."""
+    if value is None:
+        raise RuntimeError("a training setting is still unset: resolve the configuration first (TrainConfig.resolved)")
+    return value
 
 
 @dataclass(frozen=True)

@@ -65,13 +65,6 @@ def default_sync(batch_size) -> str:
     return "grad" if mode_of(batch_size) == MINI_BATCH else "epoch"
 
 
-def update_batch(batch_size, sync: str, ranks: int) -> int | None:
-    """Samples one update sees: the local batch, times P when gradients are averaged (None: full batch)."""
-    if batch_size == "full":
-        return None
-    return int(batch_size) * (ranks if sync == "grad" else 1)
-
-
 def mini_batch_lr(samples: int) -> float:
     """The linear scaling rule: BASE_LR per BASE_BATCH samples, capped at MAX_LR."""
     return min(MAX_LR, BASE_LR * samples / BASE_BATCH)
@@ -83,7 +76,7 @@ def for_mode(batch_size, sync: str | None, ranks: int) -> ModeDefaults:
     sync = sync or default_sync(batch_size)
     if mode == FULL:
         return ModeDefaults(mode, FULL_LR, MOMENTUM, "constant", 0, sync)
-    samples = update_batch(batch_size, sync, ranks)
+    samples = int(batch_size) * (ranks if sync == "grad" else 1)
     return ModeDefaults(mode, mini_batch_lr(samples), MOMENTUM, "cosine", WARMUP_EPOCHS if samples > BASE_BATCH else 0, sync)
 
 

@@ -15,9 +15,9 @@ import tomllib
 
 from .activations import ACTIVATIONS
 from .config import DTYPES, FULL_BATCH, KERNELS, TrainConfig
+from .datasets import DATASETS
 from .defaults import HELP as FOLLOWS
 from .defaults import rule_lines
-from .datasets import DATASETS
 from .errors import STOP_EXIT_CODE, UserError
 from .initializers import INITIALIZERS
 from .losses import OUTPUTS

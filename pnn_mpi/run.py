@@ -20,7 +20,7 @@ import numpy as np
 from . import __version__, checkpoint, identity, memory, outdir
 from .checkpoint import Progress, RankState
 from .comm import Communicator, World, fail_together
-from .config import TrainConfig
+from .config import TrainConfig, settled
 from .console import say
 from .defaults import in_words
 from .errors import Diverged, UserError
@@ -43,7 +43,7 @@ def default_out_dir(cfg: TrainConfig, ranks: int) -> Path:
     return Path("runs") / f"{cfg.dataset}-n{ranks}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def header_lines(cfg: TrainConfig, world: Communicator, data: RankData, followed: list[str] = ()) -> list[str]:
+def header_lines(cfg: TrainConfig, world: Communicator, data: RankData, followed: tuple[str, ...] = ()) -> list[str]:
     sizes = "-".join(str(n) for n in (data.x.shape[1], *cfg.hidden, data.classes))
     per_rank = min(data.slice_sizes) if min(data.slice_sizes) == max(data.slice_sizes) else f"{min(data.slice_sizes)}-{max(data.slice_sizes)}"
     return [
@@ -52,7 +52,7 @@ def header_lines(cfg: TrainConfig, world: Communicator, data: RankData, followed
         f"network {sizes}, {cfg.activation}, {cfg.output}, init {cfg.init}; batch {cfg.batch_size}, lr {cfg.lr:g},"
         f" momentum {cfg.momentum:g}, {cfg.lr_schedule} schedule" + (f", warm-up {cfg.warmup}" if cfg.warmup else "")
         + f", sync {cfg.sync}, {cfg.epochs} epochs, {cfg.dtype}, seed {cfg.seed}",
-    ] + ([f"defaults for {in_words(cfg.batch_size, cfg.sync, world.size)}: "
+    ] + ([f"defaults for {in_words(cfg.batch_size, settled(cfg.sync), world.size)}: "
           + ", ".join(name.replace("_", "-") for name in followed) + " (set them to choose; --help has the rule)"] if followed else [])
 
 
@@ -119,7 +119,7 @@ def run_training(cfg: TrainConfig, world: Communicator | None = None) -> dict | 
     world = world or World()
     identity.agree(world, "configuration", identity.resolved_config(cfg))  # the first collective: all ranks run one run
     check_world_size(cfg, world)
-    followed = cfg.unset()
+    followed = tuple(cfg.unset())
     cfg = cfg.resolved(world.size)  # the defaults rule needs the number of ranks: from here on every value is set
     stop = StopRequest().install()
     if cfg.resume and not cfg.out:

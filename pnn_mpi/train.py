@@ -29,7 +29,7 @@ import numpy as np
 from . import defaults
 from .checkpoint import Progress, RankState
 from .comm import Communicator
-from .config import TrainConfig
+from .config import TrainConfig, settled
 from .errors import Diverged, Interrupted
 from .evaluate import evaluate, score
 from .faults import planned_fault
@@ -284,7 +284,7 @@ def train(cfg: TrainConfig, world: Communicator, data: RankData, log=print, hook
     for epoch in range(state.progress.epoch, cfg.epochs):
         if fault:
             fault.fire(run.world.rank, epoch + 1)
-        lr = learning_rate(cfg.lr, cfg.lr_decay, epoch, cfg.lr_schedule, cfg.epochs, cfg.warmup)
+        lr = learning_rate(settled(cfg.lr), cfg.lr_decay, epoch, settled(cfg.lr_schedule), cfg.epochs, settled(cfg.warmup))
         train_epoch(run, state, epoch, lr)
         report_epoch(run, state, score_epoch(run, state, epoch, lr))
         end_epoch(run, state, epoch)
@@ -474,7 +474,7 @@ def finish(run: Run, state: LoopState) -> TrainResult:
 def watch_for(cfg: TrainConfig, ranks: int) -> Watch:
     """The health watch of this run: its rate against the defaults for its gradient mode."""
     usual = defaults.for_mode(cfg.batch_size, cfg.sync, ranks)
-    return Watch(cfg.lr, cfg.momentum, defaults.in_words(cfg.batch_size, cfg.sync, ranks), usual.lr, usual.momentum)
+    return Watch(settled(cfg.lr), cfg.momentum, defaults.in_words(cfg.batch_size, settled(cfg.sync), ranks), usual.lr, usual.momentum)
 
 
 def warn_if_unhealthy(run: Run, state: LoopState) -> None:

@@ -64,7 +64,7 @@ def _runs(results: list[Result], grid: str) -> list[Run]:
     for r in results:
         if not r.ok or r.point.grid != grid:
             continue
-        m, cfg = r.metrics, r.point.config
+        m, cfg = r.metrics or {}, r.point.config
         epochs = {e["epoch"]: (100 * e["test_accuracy"], 100 * e.get("test_confidence", math.nan))
                   for e in m["epochs"] if e.get("test_accuracy") is not None}
         final = (100 * m["test_accuracy"], 100 * m.get("test_confidence", math.nan))
@@ -159,7 +159,7 @@ def activation_findings(cells: dict, n: int = 10) -> list[str]:
             gap = ones["relu"] - ones["leaky-relu"]
             verdict = "as in the paper" if gap > 1.0 else "unlike the paper, where it trails ReLU by about 2.4 points"
             out.append(f"Leaky ReLU against ReLU at 1 network: {gap:+.2f} points in ReLU's favour ({verdict}).")
-        worst = min((a for a in ones if not math.isnan(ones[a])), key=ones.get)
+        worst = min((a for a in ones if not math.isnan(ones[a])), key=lambda a: ones[a])
         out.append(f"Weakest at 1 network: {worst}" + (" (the paper's weakest too)." if worst == "sigmoid" else " (the paper's weakest is sigmoid)."))
     for sync in SYNCS:
         drops = {a: ones[a] - acc(a, n, sync) for a in ACTIVATION_ORDER if not math.isnan(ones[a]) and not math.isnan(acc(a, n, sync))}
@@ -228,7 +228,7 @@ def _long_section(results: list[Result]) -> list[str]:
     return out
 
 
-def report_lines(results: list[Result], figures: list[str] = ()) -> list[str]:
+def report_lines(results: list[Result], figures: tuple[str, ...] | list[str] = ()) -> list[str]:
     """The report's section on the paper: a table per figure, findings, our figures."""
     body = _activation_section(results)
     body += _curve_section(results, LEARNING_SPEED, PAPER_LEARNING_SPEED, "Learning speed: 2, 10, 20 and 30 networks over 20 epochs",
