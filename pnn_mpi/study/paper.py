@@ -288,7 +288,7 @@ def _bars(plt, cells: dict, path: Path) -> None:
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("activations: 1 network vs 10 networks (784-256-10)")
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize="small", loc="lower left")
+    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
