@@ -117,7 +117,7 @@ def _epoch_run(cfg: TrainConfig, world: Communicator, data: RankData) -> Callabl
     epoch = [0]
 
     def whole() -> int:
-        train_epoch(run, state, epoch[0], cfg.lr)
+        train_epoch(run, state, epoch[0], settled(cfg.lr))
         end_epoch(run, state, epoch[0])
         epoch[0] += 1
         return len(data.y)

@@ -262,6 +262,7 @@ class Run:
 
     @classmethod
     def prepare(cls, cfg: TrainConfig, world: Communicator, data: RankData, state: LoopState, hooks: Hooks, log) -> Run:
+        cfg = cfg.resolved(world.size)  # a no-op when the caller (train, run_training) resolved it already
         plan = batch_plan(cfg, data.slice_sizes)
         sync = cfg.schedule
         stepper = None
