@@ -127,13 +127,13 @@ def run_training(cfg: TrainConfig, world: Communicator | None = None) -> dict | 
     out = Path(cfg.out) if cfg.out else default_out_dir(cfg, world.size)
     folder = fail_together(world, lambda: outdir.RunFolder.claim(out) if world.rank == 0 else None)  # held until the run ends
     try:
-        return _train_into(cfg, world, out, stop)
+        return _train_into(cfg, world, out, stop, followed)
     finally:
         if folder is not None:
             folder.release()
 
 
-def _train_into(cfg: TrainConfig, world: Communicator, out: Path, stop: StopRequest) -> dict | None:
+def _train_into(cfg: TrainConfig, world: Communicator, out: Path, stop: StopRequest, followed: tuple[str, ...] = ()) -> dict | None:
     data_id = fail_together(world, lambda: identity.data_identity(cfg))
     identity.agree(world, "data", data_id)
     share = memory.ranks_on_this_machine(world)
