@@ -33,7 +33,7 @@ import numpy as np
 
 from . import datasets
 from .comm import Communicator, World
-from .config import DTYPES, TrainConfig
+from .config import DTYPES, TrainConfig, settled
 from .errors import UserError
 from .evaluate import to_inputs
 from .files import write_atomically
@@ -104,7 +104,7 @@ def _step_run(cfg: TrainConfig, world: Communicator, data: RankData) -> Callable
 
     def step() -> int:
         s = at[0] = (at[0] + 1) % steps
-        one_step(run, state, s, cfg.lr)
+        one_step(run, state, s, settled(cfg.lr))
         return run.plan.batch
 
     return step
@@ -117,7 +117,7 @@ def _epoch_run(cfg: TrainConfig, world: Communicator, data: RankData) -> Callabl
     epoch = [0]
 
     def whole() -> int:
-        train_epoch(run, state, epoch[0], cfg.lr)
+        train_epoch(run, state, epoch[0], settled(cfg.lr))
         end_epoch(run, state, epoch[0])
         epoch[0] += 1
         return len(data.y)
@@ -140,10 +140,10 @@ def _kernel_run(cfg: TrainConfig, x, y, backend: str, chunk: int = 256) -> tuple
     def run() -> int:
         s = at[0]
         at[0] = (s + chunk) % (len(y) - chunk)
-        stepper.run(opt.velocity, y, order, s, s + chunk, cfg.lr, cfg.momentum)
+        stepper.run(opt.velocity, y, order, s, s + chunk, settled(cfg.lr), cfg.momentum)
         return chunk
 
-    stepper.run(opt.velocity, y, order, 0, 1, cfg.lr, cfg.momentum)
+    stepper.run(opt.velocity, y, order, 0, 1, settled(cfg.lr), cfg.momentum)
     return run, time.perf_counter() - began
 
 

@@ -67,7 +67,7 @@ def save(path: Path, cfg: TrainConfig, ranks: int, progress: Progress, states: l
     """Write the checkpoint; ``data`` is the data's identity (identity.data_identity), checked on resume."""
     header = {
         "format": FORMAT,
-        "config": identity(cfg),
+        "config": identity(cfg.resolved(ranks)),  # as run: the defaults rule filled in
         "ranks": ranks,
         "data": data,
         "progress": asdict(progress),
@@ -160,7 +160,7 @@ def _check_header(header: dict, cfg: TrainConfig, ranks: int, expect: Expected |
         raise UserError(f"{quote(path)}: written by a run of {header['ranks']} ranks, cannot resume with {ranks}; relaunch with -n {header['ranks']}")
     if not isinstance(header["config"], dict):
         raise bad("its configuration is not a table")
-    ours = json.loads(json.dumps(identity(cfg)))  # lists and tuples compared alike
+    ours = json.loads(json.dumps(identity(cfg.resolved(ranks))))  # lists and tuples compared alike; unset values as the rule fills them
     differs = sorted(k for k in set(ours) | set(header["config"]) if ours.get(k) != header["config"].get(k))
     if differs:
         shown = ", ".join(f"--{k.replace('_', '-')} {quote(repr(header['config'].get(k)))} (now {quote(repr(ours.get(k)))})" for k in differs)

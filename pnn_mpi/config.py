@@ -1,25 +1,39 @@
 """The training configuration: one frozen record, checked once, saved with the model.
 
 Flags and TOML files both end up here, so every value is validated in one place
-and ``metrics.json`` can store exactly what was run.
+and ``metrics.json`` can store exactly what was run. The learning rate,
+schedule, warm-up and sync stay unset (None) unless the user sets
+them; ``resolved(ranks)`` fills them in from the gradient mode's defaults
+(``defaults.py``) when the run knows its number of ranks.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Union
+from dataclasses import asdict, dataclass, fields
+from typing import TypeVar, Union
 
+from . import defaults
 from .activations import ACTIVATIONS
 from .errors import UserError
 from .initializers import INITIALIZERS
 from .kernels import numba_available
 from .losses import OUTPUTS
+from .optim import SCHEDULES
 from .sync import Sync
+
+T = TypeVar("T")
 
 DTYPES = ("float32", "float64")
 KERNELS = ("auto", "numba", "numpy", "generic")
 FULL_BATCH = "full"
+
+
+def settled(value: T | None) -> T:
+    """A setting the defaults rule has filled in (``TrainConfig.resolved``): None here is a bug, not a user error."""
+    if value is None:
+        raise RuntimeError("a training setting is still unset: resolve the configuration first (TrainConfig.resolved)")
+    return value
 
 
 @dataclass(frozen=True)
@@ -30,11 +44,13 @@ class TrainConfig:
     init: str = "he"
     bias_init: float = 0.0
     batch_size: Union[int, str] = 32  # a sample count, 1 = stochastic, or "full"
-    lr: float = 0.05
-    momentum: float = 0.9
+    lr: Union[float, None] = None  # None (unset): follows the gradient mode and ranks (defaults.py)
+    momentum: float = defaults.MOMENTUM  # the measured best in every mode (README, "Defaults")
     lr_decay: float = 1.0
+    lr_schedule: Union[str, None] = None  # constant or cosine; None: follows the gradient mode
+    warmup: Union[int, None] = None  # epochs of linear warm-up; None: follows the gradient mode and ranks
     epochs: int = 10
-    sync: str = "epoch"  # measured better than "end" at 4 and 16 ranks: see README
+    sync: Union[str, None] = None  # None: grad for mini-batches, epoch for batch 1 and full batch (README, "Defaults")
     seed: int = 1
     dtype: str = "float32"
     dataset: str = "mnist"
@@ -59,7 +75,16 @@ class TrainConfig:
 
     @property
     def schedule(self) -> Sync:
-        return Sync.parse(self.sync)
+        return Sync.parse(self.sync or defaults.default_sync(self.batch_size))
+
+    def resolved(self, ranks: int) -> TrainConfig:
+        """This configuration with every unset setting filled in by the defaults rule for ``ranks`` ranks."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return self if not self.unset() else TrainConfig(**defaults.resolve(values, ranks))
+
+    def unset(self) -> list[str]:
+        """The settings left to the defaults rule (flag names without dashes)."""
+        return [name for name in defaults.FOLLOWING if getattr(self, name) is None]
 
     @property
     def full_batch(self) -> bool:
@@ -78,9 +103,11 @@ class TrainConfig:
             self.batch_size == FULL_BATCH or (isinstance(self.batch_size, int) and self.batch_size >= 1),
             f"--batch-size {self.batch_size!r}: expected a positive sample count or 'full'",
         )
-        need(0 < self.lr < math.inf, f"--lr {self.lr}: the learning rate must be positive and finite")
+        need(self.lr is None or 0 < self.lr < math.inf, f"--lr {self.lr}: the learning rate must be positive and finite")
         need(math.isfinite(self.bias_init), f"--bias-init {self.bias_init}: expected a finite number")
         need(0 <= self.momentum < 1, f"--momentum {self.momentum}: expected a value in [0, 1)")
+        need(self.lr_schedule is None or self.lr_schedule in SCHEDULES, f"--lr-schedule {self.lr_schedule!r}: choose from {', '.join(SCHEDULES)}")
+        need(self.warmup is None or (isinstance(self.warmup, int) and self.warmup >= 0), f"--warmup {self.warmup}: expected 0 or a positive epoch count")
         need(0 < self.lr_decay <= 1, f"--lr-decay {self.lr_decay}: expected a factor in (0, 1]")
         need(self.epochs >= 1, f"--epochs {self.epochs}: at least one epoch")
         need(self.seed >= 0, f"--seed {self.seed}: expected a non-negative integer")
@@ -99,7 +126,8 @@ class TrainConfig:
         need(
             math.isfinite(self.progress_every) and self.progress_every >= 0, f"--progress-every {self.progress_every}: expected 0 (none) or a number of seconds"
         )
-        Sync.parse(self.sync)  # parses, or raises a UserError naming the value
+        if self.sync is not None:
+            Sync.parse(self.sync)  # parses, or raises a UserError naming the value
 
     def as_dict(self) -> dict:
         record = asdict(self)

@@ -2,6 +2,12 @@
 
 Training, the ``evaluate`` command and ``predict`` all go through these
 functions, so the accuracy a run reports is the accuracy its saved model gives.
+A score also gives the network's *confidence*: the mean over the images of
+the share of the output that goes to the predicted class, ``max(out) / sum(out)``.
+For a softmax output the outputs sum to 1, so it is the mean probability of the
+predicted class; sigmoid outputs (``sigmoid-mse``) do not sum to 1, and dividing
+by their sum reads them as a distribution the same way. It is at most 1, at
+least 1/classes, and sits near the accuracy for a well-calibrated network.
 Images stay uint8 until a chunk is scaled, which keeps a rank's test set small,
 and every chunk reuses one workspace, so scoring allocates only that workspace.
 """
@@ -35,24 +41,30 @@ def _outputs_by_chunk(net: Network, images: np.ndarray):
         yield start, net.forward(x, ws), ws
 
 
-def score(net: Network, images: np.ndarray, labels: np.ndarray) -> tuple[int, float]:
-    """(number classified correctly, summed loss): sums, so ranks can add theirs up."""
-    correct, loss = 0, 0.0
+def confidence_sum(out: np.ndarray) -> float:
+    """The summed confidence of these output rows: each row's largest output over the row's sum."""
+    return float(np.sum(out.max(axis=1) / np.maximum(out.sum(axis=1), np.finfo(out.dtype).tiny)))
+
+
+def score(net: Network, images: np.ndarray, labels: np.ndarray) -> tuple[int, float, float]:
+    """(number classified correctly, summed loss, summed confidence): sums, so ranks can add theirs up."""
+    correct, loss, confidence = 0, 0.0, 0.0
     for start, out, ws in _outputs_by_chunk(net, images):
         truth = labels[start : start + len(out)]
+        confidence += confidence_sum(out)
         wrong = np.argmax(out, axis=1, out=ws.rows.index[: len(out)])
         np.subtract(wrong, truth, out=wrong, casting="unsafe")  # 0 where the prediction is right
         correct += len(out) - int(np.count_nonzero(wrong))
         loss += net.output.loss_sum(out, truth, ws.rows)
-    return correct, loss
+    return correct, loss, confidence
 
 
-def evaluate(net: Network, images: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """(accuracy as a fraction, mean loss) of ``net`` on ``images``."""
+def evaluate(net: Network, images: np.ndarray, labels: np.ndarray) -> tuple[float, float, float]:
+    """(accuracy as a fraction, mean loss, mean confidence) of ``net`` on ``images``."""
     if len(labels) == 0:
-        return float("nan"), float("nan")
-    correct, loss = score(net, images, labels)
-    return correct / len(labels), loss / len(labels)
+        return float("nan"), float("nan"), float("nan")
+    correct, loss, confidence = score(net, images, labels)
+    return correct / len(labels), loss / len(labels), confidence / len(labels)
 
 
 def predict(net: Network, images: np.ndarray) -> np.ndarray:

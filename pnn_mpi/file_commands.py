@@ -48,13 +48,19 @@ def cmd_download(argv: list[str]) -> int:
     return 0
 
 
-def _score(net, blocks) -> tuple[float, float, int]:
-    """(accuracy, mean loss, images) over (images, labels) blocks, summed as ``evaluate`` sums its chunks."""
-    correct, loss, seen = 0, 0.0, 0
+def _score(net, blocks, labels_source: str, model: str) -> tuple[float, float, float, int]:
+    """(accuracy, mean loss, mean confidence, images) over (images, labels) blocks, summed as ``evaluate`` sums its chunks.
+
+    A label beyond the model's outputs (it knows as many classes as its training data had) is refused.
+    """
+    classes = net.sizes[-1]
+    correct, loss, confidence, seen = 0, 0.0, 0.0, 0
     for images, labels in blocks:
-        right, summed = score(net, images, labels.astype(np.intp))
-        correct, loss, seen = correct + right, loss + summed, seen + len(labels)
-    return correct / seen, loss / seen, seen
+        if len(labels) and int(labels.max()) >= classes:
+            raise UserError(f"{labels_source}: holds label {int(labels.max())}, but the model {model} knows only {classes} classes (0..{classes - 1})")
+        right, summed, sure = score(net, images, labels.astype(np.intp))
+        correct, loss, confidence, seen = correct + right, loss + summed, confidence + sure, seen + len(labels)
+    return correct / seen, loss / seen, confidence / seen, seen
 
 
 def cmd_evaluate(argv: list[str]) -> int:
@@ -83,11 +89,12 @@ def cmd_evaluate(argv: list[str]) -> int:
         md5 = {str(h.path): spec.md5.get(h.path.name.removesuffix(".gz")) for h in (image_header, label_header)}
         source = f"{name} test set in {directory}"
     images.check_for(net.sizes[0])
-    accuracy, loss, seen = _score(net, labelled_blocks(images, labels, args.test_size, md5))
+    blocks = labelled_blocks(images, labels, args.test_size, md5)
+    accuracy, loss, confidence, seen = _score(net, blocks, f"{args.labels or source}", args.model)
     if args.json:
-        print(json.dumps({"test_accuracy": accuracy, "test_loss": loss, "samples": seen, "source": source}))
+        print(json.dumps({"test_accuracy": accuracy, "test_loss": loss, "test_confidence": confidence, "samples": seen, "source": source}))
     else:
-        print(f"test accuracy {accuracy:.2%} (loss {loss:.4f}) on {seen} images of the {source}")
+        print(f"test accuracy {accuracy:.2%}, confidence {confidence:.2%} (loss {loss:.4f}) on {seen} images of the {source}")
     return 0
 
 

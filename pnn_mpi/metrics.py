@@ -61,6 +61,8 @@ def metrics(cfg: TrainConfig, result: TrainResult, data: RankData, ranks: int, m
         "test_accuracy": result.test_accuracy,
         "early_stop": early_stop_summary(cfg, result.epochs),  # the validation's best epoch (None without --val-size)
         "test_loss": result.test_loss,
+        "test_confidence": result.test_confidence,
+        "warnings": result.warnings,
         "local_test_accuracy": {**_spread(result.local_accuracies), "per_rank": result.local_accuracies},
         "train_seconds": result.train_seconds,
         "samples_per_second": throughput,
@@ -97,7 +99,8 @@ def summary_lines(record: dict) -> list[str]:
                       f"after epoch {e['best_epoch']}{stopped}"]
     return [
         *validation,
-        f"parallel network: test accuracy {record['test_accuracy']:.2%} (loss {record['test_loss']:.4f})",
+        f"parallel network: test accuracy {record['test_accuracy']:.2%}, confidence {record['test_confidence']:.2%}"
+        f" (loss {record['test_loss']:.4f})",
         f"local networks before averaging: mean {local['mean']:.2%}, min {local['min']:.2%}, max {local['max']:.2%} ({ranks})",
         f"train time {record['train_seconds']:.2f} s, {record['samples_per_second']:,.0f} samples/s"
         f" ({record['samples_per_second_per_rank']:,.0f} per rank)",

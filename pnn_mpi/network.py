@@ -14,7 +14,6 @@ iterator allocates on every broadcasting call.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -149,14 +148,10 @@ class Network:
             a = out
         return a
 
-    def backward(self, x: np.ndarray, labels: np.ndarray, ws: Workspace, scale: float, done: Callable[[int], None] | None = None) -> float:
+    def backward(self, x: np.ndarray, labels: np.ndarray, ws: Workspace, scale: float) -> float:
         """Fill ``grads`` with ``scale`` times the summed loss gradient of the batch.
 
         Must follow ``forward(x, ws)``. Returns the batch's summed loss.
-        ``done(layer)``, when given, is called as soon as a layer's gradients
-        are complete and its weights are no longer needed (top layer first):
-        an optimizer can update the layer there while its gradient is still in
-        cache, instead of in a separate pass over the whole buffer.
         """
         b = len(x)
         x = self._in_dtype(x, ws, copied=True)
@@ -175,10 +170,6 @@ class Network:
             self.activation.grad_from_output(below, deriv)
             back *= deriv
             delta = back
-            if done is not None:
-                done(layer)
-        if done is not None:
-            done(0)
         return loss
 
     def _in_dtype(self, x: np.ndarray, ws: Workspace, copied: bool = False) -> np.ndarray:

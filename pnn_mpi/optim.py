@@ -4,15 +4,15 @@ One update touches the whole network in two or three vectorised operations and
 allocates nothing: the gradient buffer is consumed as scratch. ``sgd_step`` is
 the one SGD rule every numpy path takes (the generic step and the batch-1
 numpy kernel); the compiled kernel applies the same rule element by element
-through ``heavy_ball``, in the same order of operations, so all paths agree
-bit for bit.
+through ``heavy_ball``, in the same order of operations (tests/test_kernels.py
+checks that the paths agree).
 """
 
 from __future__ import annotations
 
-import numpy as np
+import math
 
-from .network import Network, layer_views
+import numpy as np
 
 
 def sgd_step(params: np.ndarray, grads: np.ndarray, lr: float, velocity: np.ndarray | None = None, momentum: float = 0.0) -> None:
@@ -37,21 +37,22 @@ class SGD:
     def __init__(self, params: np.ndarray, momentum: float = 0.0):
         self.momentum = float(momentum)
         self.velocity = np.zeros_like(params) if self.momentum else None
-        self._velocity_views: tuple[list[np.ndarray], list[np.ndarray]] | None = None
 
     def step(self, params: np.ndarray, grads: np.ndarray, lr: float) -> None:
         """Apply one update in place. ``grads`` is overwritten."""
         sgd_step(params, grads, lr, self.velocity, self.momentum)
 
-    def step_layer(self, net: Network, layer: int, lr: float) -> None:
-        """``step`` on one layer's weights and bias only (the same arithmetic, element by element)."""
-        if self.velocity is not None and self._velocity_views is None:
-            self._velocity_views = layer_views(self.velocity, net.sizes)
-        vw, vb = self._velocity_views or (None, None)
-        sgd_step(net.weights[layer], net.grad_weights[layer], lr, None if vw is None else vw[layer], self.momentum)
-        sgd_step(net.biases[layer], net.grad_biases[layer], lr, None if vb is None else vb[layer], self.momentum)
+
+SCHEDULES = ("constant", "cosine")
 
 
-def learning_rate(base: float, decay: float, epoch: int) -> float:
-    """The rate for a 0-based ``epoch``: multiplied by ``decay`` after each epoch."""
-    return base * decay**epoch
+def learning_rate(base: float, decay: float, epoch: int, schedule: str = "constant", epochs: int = 1, warmup: int = 0) -> float:
+    """The rate for a 0-based ``epoch`` of ``epochs``: ``base`` times ``decay**epoch``,
+    times the schedule's factor (cosine: from 1 down towards 0 over the run), times a
+    linear warm-up over the first ``warmup`` epochs."""
+    factor = decay**epoch
+    if schedule == "cosine":
+        factor *= 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+    if epoch < warmup:
+        factor *= (epoch + 1) / (warmup + 1)
+    return base * factor

@@ -19,9 +19,12 @@ from . import __version__
 from .activations import ACTIVATIONS
 from .config import DTYPES, FULL_BATCH, KERNELS, TrainConfig
 from .datasets import DATASETS
+from .defaults import HELP as FOLLOWS
+from .defaults import rule_lines
 from .errors import STOP_EXIT_CODE, UserError
 from .initializers import INITIALIZERS
 from .losses import OUTPUTS
+from .optim import SCHEDULES
 from .wording import os_reason, quote
 
 _DEFAULTS = TrainConfig()
@@ -92,6 +95,10 @@ def train_parser() -> Parser:
             "  study      run a grid of launches (ranks, sync, activation, ...): results.csv, plots, report.md\n"
             "  plot       draw a run's curves from its metrics.json as a PNG\n"
             "\n"
+            "defaults that follow the gradient mode (measured: README, \"Defaults\"); a value you set,\n"
+            "by flag or in --config, always wins:\n"
+            + "\n".join(rule_lines()) + "\n"
+            "\n"
             "A TOML file given with --config may set any option, by its flag name\n"
             "(e.g. hidden = [128, 64], lr = 0.1, sync = \"epoch\"); a flag given on the command line wins,\n"
             "before or after --config."
@@ -118,15 +125,20 @@ def train_parser() -> Parser:
     opt.add_argument("--batch-size", type=batch_size_or_full, default=d.batch_size, metavar="N|full",
                      help=f"samples per SGD step on each rank: 1 = stochastic (per-sample updates, the paper's mode), "
                           f"N = mini-batch, 'full' = the whole slice (default: {d.batch_size})")
-    opt.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default: {d.lr})")
-    opt.add_argument("--momentum", type=float, default=d.momentum, help=f"SGD momentum in [0, 1); 0 = plain SGD (default: {d.momentum})")
+    opt.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default: {FOLLOWS['lr']})")
+    opt.add_argument("--momentum", type=float, default=d.momentum, help=f"SGD momentum in [0, 1); 0 = plain SGD (default: {d.momentum}, in every mode)")
     opt.add_argument("--lr-decay", type=float, default=d.lr_decay, metavar="F",
                      help=f"multiply the learning rate by F after every epoch (default: {d.lr_decay}, constant)")
+    opt.add_argument("--lr-schedule", choices=SCHEDULES, default=d.lr_schedule,
+                     help="the rate over the epochs: constant, or cosine (from --lr down towards 0 by the last epoch) "
+                          f"(default: {FOLLOWS['lr_schedule']})")
+    opt.add_argument("--warmup", type=non_negative_int, default=d.warmup, metavar="E",
+                     help=f"raise the rate linearly over the first E epochs (epoch e < E runs at (e+1)/(E+1) of it) (default: {FOLLOWS['warmup']})")
     opt.add_argument("--epochs", type=positive_int, default=d.epochs, help=f"passes over each rank's slice (default: {d.epochs})")
     opt.add_argument("--sync", default=d.sync, metavar="SCHEDULE",
                      help="when ranks average: 'end' (train locally, average once at the end: the paper's scheme), "
                           "'epoch' (average parameters after every epoch), 'steps:K' (every K steps), "
-                          f"'grad' (average gradients every step, as Horovod/DDP) (default: {d.sync})")
+                          f"'grad' (average gradients every step, as Horovod/DDP) (default: {FOLLOWS['sync']})")
     opt.add_argument("--seed", type=non_negative_int, default=d.seed, help=f"seed of the initial weights and of each rank's shuffling (default: {d.seed})")
     opt.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=d.shuffle,
                      help="reshuffle each rank's slice every epoch (default: on)")

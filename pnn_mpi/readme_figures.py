@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         accuracies[ranks] = _accuracy(stdout)
         if ranks == 4:
             section("README 'Two commands': the make train transcript (mpiexec -n 4, every option at its default)", command, stdout)
-    section("README 'Why the default is epoch': default run, test accuracy of the parallel network", "the three runs above",
+    section("README 'Defaults that follow the gradient mode': default run, test accuracy of the parallel network", "the three runs above",
             ", ".join(f"{accuracies[r]} at {r} rank{'s' * (r > 1)}" for r in (1, 4, 16)))
 
     # "Tests": the end-to-end test's run.
@@ -107,9 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         subprocess.run([*PYTHON, "study", "--grid", "default"], check=False)
     if report.exists():
         stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(report.stat().st_mtime))
-        section(f"README 'Why the default is epoch': the study's table (from {report}, written {stamp})", "make study", report.read_text())
+        section(f"README 'The study': its table (from {report}, written {stamp})", "make study", report.read_text())
     else:
-        section("README 'Why the default is epoch': the study's table", "make study", "(no results/default/report.md yet: run make study, or this command with --study)")
+        section("README 'The study': its table", "make study", "(no results/default/report.md yet: run make study, or this command with --study)")
     print(f"\nall figures measured in {time.monotonic() - began:.0f} s")
     return 0
 

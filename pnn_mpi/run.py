@@ -20,8 +20,9 @@ import numpy as np
 from . import checkpoint, identity, memory, outdir, plot
 from .checkpoint import Progress, RankState
 from .comm import Communicator, current_world, fail_together
-from .config import TrainConfig
+from .config import TrainConfig, settled
 from .console import say
+from .defaults import in_words
 from .errors import INSTALL_MPI, Diverged, UserError
 from .metrics import metrics, summary_lines
 from .model_io import model_arrays, npz_bytes
@@ -43,15 +44,17 @@ def default_out_dir(cfg: TrainConfig, ranks: int) -> Path:
     return Path("runs") / f"{cfg.dataset}-n{ranks}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def header_lines(cfg: TrainConfig, world: Communicator, data: RankData) -> list[str]:
+def header_lines(cfg: TrainConfig, world: Communicator, data: RankData, followed: tuple[str, ...] = ()) -> list[str]:
     sizes = "-".join(str(n) for n in (data.x.shape[1], *cfg.hidden, data.classes))
     per_rank = min(data.slice_sizes) if min(data.slice_sizes) == max(data.slice_sizes) else f"{min(data.slice_sizes)}-{max(data.slice_sizes)}"
     return [
         f"pnn_mpi {__version__}: {plural(world.size, 'rank')}, {world.library()}",
         f"data: {cfg.dataset} from {data.directory}: {data.train_total} training samples ({per_rank} per rank), {len(data.test_labels)} test",
-        f"network {sizes}, {cfg.activation}, {cfg.output}, init {cfg.init}; batch {cfg.batch_size}, lr {cfg.lr},"
-        f" momentum {cfg.momentum}, sync {cfg.sync}, {plural(cfg.epochs, 'epoch')}, {cfg.dtype}, seed {cfg.seed}",
-    ]
+        f"network {sizes}, {cfg.activation}, {cfg.output}, init {cfg.init}; batch {cfg.batch_size}, lr {cfg.lr:g},"
+        f" momentum {cfg.momentum:g}, {cfg.lr_schedule} schedule" + (f", warm-up {cfg.warmup}" if cfg.warmup else "")
+        + f", sync {cfg.sync}, {plural(cfg.epochs, 'epoch')}, {cfg.dtype}, seed {cfg.seed}",
+    ] + ([f"defaults for {in_words(cfg.batch_size, settled(cfg.sync), world.size)}: "
+          + ", ".join(name.replace("_", "-") for name in followed) + " (set them to choose; --help has the rule)"] if followed else [])
 
 
 def check_world_size(cfg: TrainConfig, world: Communicator) -> None:
@@ -119,6 +122,8 @@ def run_training(cfg: TrainConfig, world: Communicator | None = None) -> dict | 
     world = world or current_world()
     identity.agree(world, "configuration", identity.resolved_config(cfg))  # the first collective: all ranks run one run
     check_world_size(cfg, world)
+    followed = tuple(cfg.unset())
+    cfg = cfg.resolved(world.size)  # the defaults rule needs the number of ranks: from here on every value is set
     stop = StopRequest().install()
     if cfg.resume and not cfg.out:
         raise UserError("--resume needs --out DIR: the folder of the run to continue")
@@ -128,7 +133,7 @@ def run_training(cfg: TrainConfig, world: Communicator | None = None) -> dict | 
     try:
         folder = fail_together(world, lambda: outdir.RunFolder.claim(out) if world.rank == 0 else None)  # held until the run ends
         try:
-            return _train_into(cfg, world, out, stop)
+            return _train_into(cfg, world, out, stop, followed)
         finally:
             if folder is not None:
                 folder.release()
@@ -157,7 +162,7 @@ def remove_unused(created: list[Path]) -> None:
             return  # not ours to remove, or not empty: so are its parents
 
 
-def _train_into(cfg: TrainConfig, world: Communicator, out: Path, stop: StopRequest) -> dict | None:
+def _train_into(cfg: TrainConfig, world: Communicator, out: Path, stop: StopRequest, followed: tuple[str, ...] = ()) -> dict | None:
     data_id = fail_together(world, lambda: identity.data_identity(cfg))
     identity.agree(world, "data", data_id)
     share = memory.ranks_on_this_machine(world)
@@ -170,7 +175,7 @@ def _train_into(cfg: TrainConfig, world: Communicator, out: Path, stop: StopRequ
         )
     resume = resume_point(cfg, world, out, expectations(cfg, data, data_id)) if cfg.resume else None
     if world.rank == 0:
-        for line in header_lines(cfg, world, data):
+        for line in header_lines(cfg, world, data, followed):
             say(line)
         if resume:
             say(f"resuming from {out / checkpoint.FILE}: epoch {resume[0].epoch + 1}, step {resume[0].step}")

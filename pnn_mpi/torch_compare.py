@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     world = World()
     base = TrainConfig(hidden=(args.hidden,), batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-                       epochs=args.epochs, train_size=args.train_size, dtype="float32", eval_every=0)
+                       lr_schedule="constant", warmup=0, epochs=args.epochs, train_size=args.train_size, dtype="float32", eval_every=0)
     data = load_rank_data(base, world)
     torch, dist = _torch_setup(world)
     results = {}

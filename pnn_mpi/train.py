@@ -17,6 +17,7 @@ phases (compute, comm, wait, eval, checkpoint, ...) begin and end.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,12 +26,14 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import defaults
 from .checkpoint import Progress, RankState
 from .comm import Communicator
-from .config import TrainConfig
+from .config import TrainConfig, settled
 from .errors import Diverged, Interrupted
 from .evaluate import evaluate, score
 from .faults import planned_fault
+from .health import Watch
 from .kernels import SampleStepper
 from .network import Network, Workspace
 from .optim import SGD, learning_rate
@@ -112,6 +115,7 @@ class EpochRecord:
     train_seconds: float  # training time so far, scoring excluded
     val_accuracy: float | None = None  # the parallel network's on the held-out samples (--val-size)
     val_loss: float | None = None
+    test_confidence: float | None = None  # the parallel network's mean probability of its predicted class, when scored
 
 
 @dataclass
@@ -120,6 +124,8 @@ class TrainResult:
     epochs: list[EpochRecord]
     test_accuracy: float  # the parallel network's, scored by rank 0 (nan elsewhere)
     test_loss: float
+    test_confidence: float  # mean probability of the predicted class (evaluate.py), rank 0 (nan elsewhere)
+    warnings: list[str]  # what health.py warned about, on rank 0 (empty elsewhere)
     local_accuracies: list[float]  # each rank's network before the final average
     clocks: list[Clock]  # every rank's
     train_seconds: float
@@ -153,8 +159,7 @@ def batch_plan(cfg: TrainConfig, sizes: list[int]) -> BatchPlan:
     return BatchPlan(batch, steps, np.asarray(step_samples))
 
 
-def gradients(net: Network, ws: Workspace, x_all: np.ndarray, y_all: np.ndarray, picked: np.ndarray, scale: float,
-              done: Callable[[int], None] | None = None) -> float:
+def gradients(net: Network, ws: Workspace, x_all: np.ndarray, y_all: np.ndarray, picked: np.ndarray, scale: float) -> float:
     """Gather the samples ``picked`` into the workspace, then forward and backward.
 
     Leaves ``scale`` times the batch's summed gradient in ``net.grads`` and
@@ -162,12 +167,11 @@ def gradients(net: Network, ws: Workspace, x_all: np.ndarray, y_all: np.ndarray,
     preallocated rows by the ndarray ``take`` method in mode "clip" (``np.take``
     in its default mode "raise" buffers the whole output, an allocation per
     step; the indices come from a permutation, so they are always valid).
-    ``done(layer)`` is passed on to ``Network.backward``.
     """
     x = x_all.take(picked, 0, ws.inputs[: len(picked)], "clip")
     y = y_all.take(picked, 0, ws.labels[: len(picked)], "clip")
     net.forward(x, ws)
-    return net.backward(x, y, ws, scale, done)
+    return net.backward(x, y, ws, scale)
 
 
 @dataclass
@@ -257,21 +261,24 @@ class Run:
     stepper: SampleStepper | None  # batch 1 without per-step collectives: many samples per call
     check_every: int
     phases: Phases
+    watch: Watch  # rank 0's warnings about a run that trains without learning (health.py)
     pace: Pace  # when rank 0 prints a progress line inside an epoch
 
     @classmethod
     def prepare(cls, cfg: TrainConfig, world: Communicator, data: RankData, state: LoopState, hooks: Hooks, log) -> Run:
+        cfg = cfg.resolved(world.size)  # a no-op when the caller (train, run_training) resolved it already
         plan = batch_plan(cfg, data.slice_sizes)
         sync = cfg.schedule
         stepper = None
         if plan.batch == 1 and not sync.averages_gradients and cfg.kernel != "generic":
             stepper = SampleStepper(state.net, data.x, cfg.kernel)  # index built, numba loaded: before the clock starts
         return cls(cfg, world, data, hooks, log, plan, sync, state.net.workspace(plan.batch), stepper,
-                   check_interval(plan.batch), Phases(state.clock), Pace(cfg.progress_every))
+                   check_interval(plan.batch), Phases(state.clock), watch_for(cfg, world.size), Pace(cfg.progress_every))
 
 
 def train(cfg: TrainConfig, world: Communicator, data: RankData, log=print, hooks: Hooks | None = None) -> TrainResult:
     hooks = hooks or Hooks()
+    cfg = cfg.resolved(world.size)  # a no-op when the caller resolved it already
     state = LoopState.start(cfg, world.rank, data)
     if hooks.resume:
         progress, rank_state = hooks.resume
@@ -282,7 +289,7 @@ def train(cfg: TrainConfig, world: Communicator, data: RankData, log=print, hook
     for epoch in range(state.progress.epoch, cfg.epochs):
         if fault:
             fault.fire(run.world.rank, epoch + 1)
-        lr = learning_rate(cfg.lr, cfg.lr_decay, epoch)
+        lr = learning_rate(settled(cfg.lr), cfg.lr_decay, epoch, settled(cfg.lr_schedule), cfg.epochs, settled(cfg.warmup))
         train_epoch(run, state, epoch, lr)
         record = score_epoch(run, state, epoch, lr)
         stopping = epoch < cfg.epochs - 1 and early_stop_due(cfg, [*state.history, record])
@@ -341,26 +348,19 @@ def take_steps(run: Run, state: LoopState, s: int, lr: float) -> int:
 
 
 def one_step(run: Run, state: LoopState, s: int, lr: float) -> float:
-    """Step ``s`` of the epoch on this rank's batch; returns the batch's summed loss.
-
-    Without gradient averaging each layer is updated as soon as backprop is done
-    with it (``SGD.step_layer``: the same arithmetic as ``SGD.step``, while the
-    layer's gradient is still in cache); with it, the summed gradient is
-    complete only after the Allreduce, and the whole buffer steps at once.
-    """
-    net, opt, batch = state.net, state.opt, run.plan.batch
+    """Step ``s`` of the epoch on this rank's batch; returns the batch's summed loss."""
+    net, batch, by_gradients = state.net, run.plan.batch, run.sync.averages_gradients
     picked = state.order[s * batch : (s + 1) * batch]
-    if not run.sync.averages_gradients:
-        if not len(picked):  # a slice one sample short may have an empty last batch
-            return 0.0
-        return gradients(net, run.ws, run.data.x, run.data.y, picked, 1.0 / len(picked), lambda layer: opt.step_layer(net, layer, lr))
     loss = 0.0
-    if len(picked):
-        loss = gradients(net, run.ws, run.data.x, run.data.y, picked, 1.0 / run.plan.step_samples[s])
+    if len(picked):  # a slice one sample short may have an empty last batch
+        scale = 1.0 / (run.plan.step_samples[s] if by_gradients else len(picked))
+        loss = gradients(net, run.ws, run.data.x, run.data.y, picked, scale)
     else:
         net.grads.fill(0.0)
-    sync_buffer(run, state, net.grads, average=False)  # already scaled by the step's samples over all ranks
-    opt.step(net.params, net.grads, lr)
+    if by_gradients:
+        sync_buffer(run, state, net.grads, average=False)  # already scaled by the step's samples over all ranks
+    if len(picked) or by_gradients:
+        state.opt.step(net.params, net.grads, lr)
     return loss
 
 
@@ -415,7 +415,8 @@ def score_epoch(run: Run, state: LoopState, epoch: int, lr: float) -> EpochRecor
     cfg, data, world = run.cfg, run.data, run.world
     validating = data.val_total > 0  # then the test set waits for the final score
     with run.phases("eval"):
-        totals = np.array([state.loss_sum, 0.0, 0.0, 0.0, 0.0])
+        totals = np.zeros(7)  # loss; test correct, loss, confidence; validation correct, loss, confidence
+        totals[0] = state.loss_sum
         due = not validating and cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and epoch < cfg.epochs - 1
         if due or validating:
             candidate = state.net
@@ -424,9 +425,9 @@ def score_epoch(run: Run, state: LoopState, epoch: int, lr: float) -> EpochRecor
                 world.average_(candidate.params)
             if due:
                 lo, hi = slice_bounds(len(data.test_labels), world.size, world.rank)
-                totals[1:3] = score(candidate, data.test_images[lo:hi], data.test_labels[lo:hi])
+                totals[1:4] = score(candidate, data.test_images[lo:hi], data.test_labels[lo:hi])
             if data.val_images is not None and data.val_labels is not None:  # validating: this rank's share of them
-                totals[3:5] = score(candidate, data.val_images, data.val_labels)
+                totals[4:7] = score(candidate, data.val_images, data.val_labels)
         world.sum_(totals)
     tested = len(data.test_labels)
     return EpochRecord(
@@ -436,8 +437,9 @@ def score_epoch(run: Run, state: LoopState, epoch: int, lr: float) -> EpochRecor
         test_accuracy=float(totals[1]) / tested if due else None,
         test_loss=float(totals[2]) / tested if due else None,
         train_seconds=state.progress.train_seconds,
-        val_accuracy=float(totals[3]) / data.val_total if validating else None,
-        val_loss=float(totals[4]) / data.val_total if validating else None,
+        test_confidence=float(totals[3]) / tested if due else None,
+        val_accuracy=float(totals[4]) / data.val_total if validating else None,
+        val_loss=float(totals[5]) / data.val_total if validating else None,
     )
 
 
@@ -473,6 +475,7 @@ def report_epoch(run: Run, state: LoopState, record: EpochRecord, last: bool = F
     state.history.append(record)
     if run.world.rank == 0 and record.epoch < run.cfg.epochs and not last:
         run.log(epoch_line(run.cfg, record))
+        warn_if_unhealthy(run, state)
 
 
 def end_epoch(run: Run, state: LoopState, epoch: int) -> None:
@@ -490,7 +493,7 @@ def finish(run: Run, state: LoopState) -> TrainResult:
     """Score the local networks as they are, average them into the parallel one, score that on rank 0."""
     world, data, net = run.world, run.data, state.net
     with run.phases("eval"):
-        local_accuracy, _ = evaluate(net, data.test_images, data.test_labels)
+        local_accuracy = evaluate(net, data.test_images, data.test_labels)[0]
     train_seconds = state.progress.train_seconds
     if not state.progress.in_sync:
         world.barrier()
@@ -498,24 +501,40 @@ def finish(run: Run, state: LoopState) -> TrainResult:
         sync_parameters(run, state)
         train_seconds += time.perf_counter() - began
 
-    accuracy = loss = float("nan")
+    accuracy = loss = confidence = float("nan")
     if world.rank == 0:
         with run.phases("eval"):
-            accuracy, loss = evaluate(net, data.test_images, data.test_labels)
+            accuracy, loss, confidence = evaluate(net, data.test_images, data.test_labels)
         last = state.history[-1]
         last.test_accuracy, last.test_loss, last.train_seconds = accuracy, loss, train_seconds
+        last.test_confidence = confidence
         run.log(epoch_line(run.cfg, last))
+        warn_if_unhealthy(run, state)
     return TrainResult(
         net=net,
         epochs=state.history,
         test_accuracy=accuracy,
         test_loss=loss,
+        test_confidence=confidence,
+        warnings=list(run.watch.said),
         local_accuracies=world.allgather(local_accuracy),
         clocks=world.allgather(state.clock),
         train_seconds=world.bcast(train_seconds),
         samples_seen=data.train_total * len(state.history),
         steps_per_epoch=run.plan.steps,
     )
+
+
+def watch_for(cfg: TrainConfig, ranks: int) -> Watch:
+    """The health watch of this run: its rate against the defaults for its gradient mode."""
+    usual = defaults.for_mode(cfg.batch_size, cfg.sync, ranks)
+    return Watch(settled(cfg.lr), cfg.momentum, defaults.in_words(cfg.batch_size, settled(cfg.sync), ranks), usual.lr, usual.momentum)
+
+
+def warn_if_unhealthy(run: Run, state: LoopState) -> None:
+    """Rank 0: print (stderr) any warning due after this epoch: at chance level after epoch 1, a stalled loss."""
+    for line in run.watch.after_epoch(state.history, state.progress.global_step):
+        print(line, file=sys.stderr, flush=True)
 
 
 def epoch_line(cfg: TrainConfig, record: EpochRecord) -> str:

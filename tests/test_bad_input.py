@@ -230,6 +230,20 @@ def good_arrays(inputs: int = 36) -> dict[str, np.ndarray]:
     return model_arrays(net, {"dataset": "custom", "image_shape": "6x6", "ranks": "1"})
 
 
+def fewer_classes(classes: int):
+    """A model of ``classes`` outputs (trained on data with fewer classes than the test set holds), beside the dataset."""
+
+    def setup(tmp):
+        _data(tmp)
+        net = Network((36, 4, classes), "relu", "softmax-xent", "float32")
+        net.params[...] = np.random.default_rng(0).normal(0.0, 0.1, net.params.shape)
+        path = tmp / "model.npz"
+        path.write_bytes(npz_bytes(model_arrays(net, {"dataset": "custom", "image_shape": "6x6", "ranks": "1"})))
+        return path
+
+    return setup
+
+
 def model(change: Callable[[dict], dict] | None = None, *, inputs: int = 36):
     """A well-formed model.npz, with ``change`` applied to its arrays first."""
 
@@ -398,6 +412,7 @@ CASES: list[Case] = [
     Case("evaluate-truncated-images", with_model(payload("test-images", CUT)), EVALUATE,
          r"truncated payload: header says 20 images \(720 bytes\), file holds 710 bytes"),
     Case("evaluate-label-out-of-range", with_model(payload("test-labels", label(0, 200))), EVALUATE, r"label out of range at index 0: 200"),
+    Case("evaluate-labels-beyond-the-model", fewer_classes(3), EVALUATE, r"t10k-labels-idx1-ubyte: holds label \d, but the model .*model.npz knows only 3 classes \(0\.\.2\)"),
     Case("evaluate-count-mismatch", with_model(replace("test-labels", np.zeros(19, np.uint8))), EVALUATE,
          r"\S+t10k-images-idx3-ubyte holds 20 images but \S+ holds 19 labels"),
     Case("evaluate-images-are-labels", lambda tmp: (model()(tmp), _path(tmp, "test-labels"))[1],

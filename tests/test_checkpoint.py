@@ -47,14 +47,15 @@ def test_settings_that_do_not_change_the_computation_may_differ(tmp_path):
     [
         (dict(lr=0.1), "--lr 0.05 (now 0.1)"),
         (dict(hidden=(8, 4)), "--hidden [128] (now [8, 4])"),
-        (dict(sync="grad"), "--sync 'epoch' (now 'grad')"),
+        (dict(sync="end"), "--sync 'grad' (now 'end')"),  # batch 32's default sync is grad
         (dict(seed=2), "--seed 1 (now 2)"),
     ],
 )
 def test_other_settings_are_refused(tmp_path, other, message):
-    checkpoint.save(tmp_path / "c.npz", TrainConfig(), 1, Progress(), [_state(0)])
+    """Runs save and compare configurations with the defaults rule applied (run.py resolves them first)."""
+    checkpoint.save(tmp_path / "c.npz", TrainConfig().resolved(1), 1, Progress(), [_state(0)])
     with pytest.raises(UserError, match="written with other settings") as caught:
-        checkpoint.load(tmp_path / "c.npz", TrainConfig(**other), 1)
+        checkpoint.load(tmp_path / "c.npz", TrainConfig(**other).resolved(1), 1)
     assert message in str(caught.value)
 
 

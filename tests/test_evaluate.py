@@ -26,11 +26,11 @@ def test_score_and_predict_match_one_big_forward(output, n):
     labels = rng.integers(0, 10, n).astype(np.intp)
     outputs = plain_outputs(net, images / 255.0)
     expected_correct = int(np.sum(outputs.argmax(axis=1) == labels))
-    correct, loss = ev.score(net, images, labels)
+    correct, loss, _ = ev.score(net, images, labels)
     assert correct == expected_correct
     assert loss == pytest.approx(net.output.loss_sum(outputs, labels), rel=1e-10)
     np.testing.assert_array_equal(ev.predict(net, images), outputs.argmax(axis=1))
-    accuracy, mean_loss = ev.evaluate(net, images, labels)
+    accuracy, mean_loss, _ = ev.evaluate(net, images, labels)
     assert accuracy == expected_correct / n and mean_loss == pytest.approx(loss / n, rel=1e-12)
 
 
@@ -51,3 +51,34 @@ def test_labels_of_another_integer_type():
     rng = np.random.default_rng(1)
     images, labels = rng.random((50, 6)), rng.integers(0, 10, 50)
     assert ev.score(net, images, labels.astype(np.uint8)) == ev.score(net, images, labels.astype(np.intp))
+
+
+def _independent_probabilities(net: Network, x: np.ndarray, output: str) -> np.ndarray:
+    """The output rows by a forward pass written out here (tanh hidden layer), not the network's."""
+    h = np.tanh(x @ net.weights[0].astype(np.float64) + net.biases[0])
+    z = h @ net.weights[1].astype(np.float64) + net.biases[1]
+    if output == "softmax-xent":
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+    return 1.0 / (1.0 + np.exp(-z))  # sigmoid outputs, not a distribution
+
+
+@pytest.mark.parametrize("output", sorted(OUTPUTS))
+def test_confidence_is_the_mean_share_of_the_predicted_class(output):
+    """confidence = mean over images of max(output) / sum(output): for softmax, the mean
+    probability of the predicted class; for sigmoid outputs, the same after reading the
+    outputs as a distribution. Checked against an independent forward pass, across chunks."""
+    net = Network((7, 5, 10), "tanh", output, "float64")
+    net.initialize("xavier-normal", 0.2, 11)
+    rng = np.random.default_rng(4)
+    n = ev.CHUNK + 37
+    images, labels = rng.random((n, 7)), rng.integers(0, 10, n).astype(np.intp)
+    p = _independent_probabilities(net, images, output)
+    expected = float(np.mean(p.max(axis=1) / p.sum(axis=1)))
+    _, _, confidence_sum = ev.score(net, images, labels)
+    assert confidence_sum / n == pytest.approx(expected, rel=1e-10)
+    accuracy, _, confidence = ev.evaluate(net, images, labels)
+    assert confidence == pytest.approx(expected, rel=1e-10)
+    assert 0.1 <= confidence <= 1.0
+    if output == "softmax-xent":  # the mean probability of the predicted class, in plain words
+        assert confidence == pytest.approx(float(np.mean(p[np.arange(n), p.argmax(axis=1)])), rel=1e-10)

@@ -119,7 +119,7 @@ def test_local_accuracies_are_gathered_from_every_rank(make_rank_data, world):
     # With sync "end" and no shuffling a rank's local network is what one process trains on its slice alone:
     # entry r of the gathered list must be rank r's own score of it.
     alone = train(cfg, SerialWorld(), make_rank_data(images[lo:hi], labels[lo:hi], test_images, test_labels, "float32"), log=_quiet)
-    own, _ = evaluate(alone.net, test_images.reshape(len(test_images), -1), test_labels.astype(np.intp))
+    own = evaluate(alone.net, test_images.reshape(len(test_images), -1), test_labels.astype(np.intp))[0]
     assert result.local_accuracies[world.rank] == own
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -70,3 +72,18 @@ def test_learning_rate_decays_geometrically(base, decay):
     for epoch in range(8):
         assert learning_rate(base, decay, epoch) == pytest.approx(rate, rel=1e-12)
         rate *= decay
+
+
+@pytest.mark.parametrize("epochs, warmup", [(10, 0), (10, 1), (5, 2), (1, 0)])
+def test_cosine_schedule_and_warmup(epochs, warmup):
+    """Cosine: the base rate in epoch 0, half of it at mid-run, falling every epoch; a warm-up of W epochs
+    runs epoch e < W at (e+1)/(W+1) of the scheduled rate; constant with no warm-up is the base rate."""
+    rates = [learning_rate(0.2, 1.0, e, "cosine", epochs, warmup) for e in range(epochs)]
+    for e, rate in enumerate(rates):
+        factor = (e + 1) / (warmup + 1) if e < warmup else 1.0
+        assert rate == pytest.approx(0.2 * factor * (1 + math.cos(math.pi * e / epochs)) / 2, rel=1e-12)
+    after = rates[warmup:]
+    assert all(a > b for a, b in zip(after, after[1:])) and after[-1] > 0
+    if epochs % 2 == 0 and warmup <= epochs // 2:
+        assert rates[epochs // 2] == pytest.approx(0.1)
+    assert all(learning_rate(0.2, 1.0, e, "constant", epochs, 0) == 0.2 for e in range(epochs))

@@ -7,6 +7,8 @@ from outputs, flat parameters) must reach the same parameters.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -25,6 +27,16 @@ _F = {
 }
 
 
+def textbook_rate(cfg: TrainConfig, epoch: int) -> float:
+    """The rate of a 0-based epoch: decayed, cosine-annealed over the run when asked, warmed up linearly."""
+    rate = cfg.lr * cfg.lr_decay**epoch
+    if cfg.lr_schedule == "cosine":
+        rate *= (1 + math.cos(math.pi * epoch / cfg.epochs)) / 2
+    if epoch < cfg.warmup:
+        rate *= (epoch + 1) / (cfg.warmup + 1)
+    return rate
+
+
 def reference_params(cfg: TrainConfig, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Train the textbook way; return the parameters flattened layer by layer (W, b)."""
     start = build_network(cfg, x.shape[1], 10)
@@ -37,7 +49,7 @@ def reference_params(cfg: TrainConfig, x: np.ndarray, y: np.ndarray) -> np.ndarr
     order = np.arange(len(y))
     batch = len(y) if cfg.batch_size == "full" else cfg.batch_size
     for epoch in range(cfg.epochs):
-        lr = cfg.lr * cfg.lr_decay**epoch
+        lr = textbook_rate(cfg, epoch)
         if cfg.shuffle:
             rng.shuffle(order)
         for at in range(0, len(y), batch):
@@ -85,12 +97,15 @@ def _quiet(*_):
         dict(batch_size=4, output="sigmoid-mse", activation="sigmoid", init="xavier-normal", lr=0.5),
         dict(batch_size=5, hidden=(8, 6), init="uniform", bias_init=0.1, shuffle=False),
         dict(batch_size=3, hidden=(), init="normal"),  # no hidden layer: multinomial logistic regression
+        dict(batch_size=6, lr_schedule="constant", warmup=0),
+        dict(batch_size=6, lr_schedule="cosine", warmup=2, lr_decay=0.9),
     ],
 )
 def test_one_rank_matches_textbook_sgd(make_rank_data, small, settings):
-    """One rank of the trainer takes exactly the steps of plain textbook SGD."""
+    """One rank of the trainer takes exactly the steps of plain textbook SGD, schedule and warm-up included
+    (unset ones as the defaults rule fills them in)."""
     images, labels, test_images, test_labels = small
-    cfg = TrainConfig(**{"hidden": (12,), "epochs": 3, "lr": 0.1, "dtype": "float64", "eval_every": 0, **settings})
+    cfg = TrainConfig(**{"hidden": (12,), "epochs": 3, "lr": 0.1, "dtype": "float64", "eval_every": 0, **settings}).resolved(1)
     data = make_rank_data(images, labels, test_images, test_labels)
     result = train(cfg, SerialWorld(), data, log=_quiet)
     expected = reference_params(cfg, data.x, data.y)

@@ -50,6 +50,8 @@ def build_parser() -> Parser:
                         "'mpirun --bind-to none'; -n P is appended (default: the grid's [study] launcher, else auto)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="set a training flag (or ranks) for every point, over the grid's value, e.g. --set train-size=5000 (repeatable)")
+    p.add_argument("--include", action="append", default=[], metavar="GRID",
+                   help="also run this opt-in grid of the file (opt-in = true), e.g. --include long for the paper's long training (repeatable)")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="seconds one launch may take (default: the grid's [study] timeout, else 1800)")
     p.add_argument("--dry-run", action="store_true", help="list the points and their commands; launch nothing, write nothing")
     p.add_argument("--no-plots", action="store_true", help="skip the figures (no matplotlib needed); results.csv and report.md are still written")
@@ -70,7 +72,7 @@ def grid_path(text: str) -> Path:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     path = grid_path(args.grid)
-    study = load_study(path, dict(parse_override(item) for item in args.set))
+    study = load_study(path, dict(parse_override(item) for item in args.set), tuple(args.include))
     if args.timeout is not None:
         if not args.timeout > 0:
             raise UserError(f"--timeout {args.timeout}: expected a positive number of seconds")
@@ -131,6 +133,8 @@ def _dry_run(study: Study, results: Path, choice, env: dict) -> int:
             pending.append(point)
         print(f"[{index}/{len(points)}] {label(point, study.grid(point.grid).varying)}{' (done, would be skipped)' if done else ''}")
         print(f"    {shlex.join(launch.launch_command(launcher, point.ranks, point.flags, folder))}")
+    for name, count in study.left_out:
+        print(f"opt-in grid {name} ({count} point{'s' * (count != 1)}) left out: add --include {name} to run it")
     if pending:
         print(f"{len(pending)} to launch; a rough estimate, from a 2-core development machine: about "
               f"{duration(Estimate().seconds_left(pending))} (the real run calibrates it as it goes)")

@@ -47,4 +47,8 @@ def draw_figures(study: Study, results: list[Result], machine: Machine, folder: 
             else:
                 plots.heatmap(path, stats.heat_table(grid, results), title)
             drawn[(grid.name, plot)] = name
+    if study.compare == "paper":
+        from . import paper
+
+        drawn.update({("paper", name): name for name in paper.draw(results, folder)})
     return drawn

@@ -12,6 +12,7 @@ Format (see pnn_mpi/study/grids/default.toml)::
     title = "..."                 # heading of report.md
     launcher = "auto"             # auto | mpiexec | srun | any command ("mpirun --bind-to none")
     timeout = 600                 # seconds one launch may take
+    compare = "paper"             # optional: add the paper's numbers to the report (paper.py)
 
     [fixed]                       # settings of every point of every grid
     dataset = "mnist"
@@ -20,6 +21,7 @@ Format (see pnn_mpi/study/grids/default.toml)::
     about = "..."                 # a sentence for the report
     plots = ["accuracy"]          # accuracy | speedup | curves | heatmap
     repeats = 1                   # identical launches per point (for timings)
+    opt-in = true                 # optional: run this grid only when asked (study --include NAME)
     fixed = { epochs = 3 }        # settings of this grid only
     axes = { ranks = [1, 2, 4], sync = ["end", "epoch"], seed = [1, 2] }
 
@@ -48,8 +50,9 @@ STUDIES = Path(__file__).with_name("grids")
 
 _DEFAULTS = {f.name.replace("_", "-"): f.default for f in fields(TrainConfig)}
 SETTINGS = tuple(k for k in _DEFAULTS if k != "out") + (RANKS,)  # --out is the study's to choose
-_STUDY_KEYS = ("title", "launcher", "timeout")
-_GRID_KEYS = ("about", "plots", "repeats", "fixed", "axes")
+_STUDY_KEYS = ("title", "launcher", "timeout", "compare")
+_GRID_KEYS = ("about", "plots", "repeats", "fixed", "axes", "opt-in")
+COMPARISONS = ("paper",)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
@@ -91,6 +94,8 @@ class Study:
     timeout: float
     grids: tuple[Grid, ...]
     points: tuple[Point, ...]
+    compare: str | None = None  # "paper": the report sets the paper's numbers beside ours
+    left_out: tuple[tuple[str, int], ...] = ()  # opt-in grids not included: (name, points)
 
     def grid(self, name: str) -> Grid:
         return next(g for g in self.grids if g.name == name)
@@ -102,7 +107,7 @@ def shipped_grid(name: str) -> Path | None:
     return path if _NAME.match(name) and path.is_file() else None
 
 
-def load_study(path: str | Path, overrides: dict | None = None) -> Study:
+def load_study(path: str | Path, overrides: dict | None = None, include: tuple[str, ...] = ()) -> Study:
     path = Path(path)
     try:
         table = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -110,7 +115,7 @@ def load_study(path: str | Path, overrides: dict | None = None) -> Study:
         raise UserError(f"--grid {path}: {os_reason(exc)}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"--grid {path}: not valid TOML: {exc}") from None
-    return parse_study(table, str(path), overrides or {})
+    return parse_study(table, str(path), overrides or {}, include)
 
 
 def parse_override(text: str) -> tuple[str, object]:
@@ -127,7 +132,7 @@ def parse_override(text: str) -> tuple[str, object]:
     return key, value
 
 
-def parse_study(table: dict, source: str, overrides: dict) -> Study:
+def parse_study(table: dict, source: str, overrides: dict, include: tuple[str, ...] = ()) -> Study:
     _only(table, ("study", "fixed", "grids"), source)
     head = _table(table.get("study", {}), f"{source} [study]")
     _only(head, _STUDY_KEYS, f"{source} [study]")
@@ -138,13 +143,26 @@ def parse_study(table: dict, source: str, overrides: dict) -> Study:
     if launcher is not None and not (isinstance(launcher, str) or (isinstance(launcher, list) and launcher and all(isinstance(w, str) for w in launcher))):
         raise UserError(f"{source} [study] launcher: expected a command such as \"mpiexec\" or [\"srun\", \"--mpi=pmix\"]")
 
+    compare = head.get("compare")
+    if compare is not None and compare not in COMPARISONS:
+        raise UserError(f"{source} [study] compare: expected one of {', '.join(COMPARISONS)}, got {compare!r}")
+
     fixed = _settings(table.get("fixed", {}), f"{source} [fixed]")
     grids_table = _table(table.get("grids"), f"{source} [grids]")
     if not grids_table:
         raise UserError(f"{source}: no [grids.NAME] table: a study needs at least one grid")
-    grids, points = [], []
+    for name in include:
+        if name not in grids_table:
+            raise UserError(f"--include {name}: {source} has no grid of that name ({', '.join(grids_table)})")
+    grids, points, left_out = [], [], []
     for name, spec in grids_table.items():
         grid, grid_points = _parse_grid(name, spec, fixed, overrides, source)
+        opt_in = _table(spec, name).get("opt-in", False)
+        if not isinstance(opt_in, bool):
+            raise UserError(f"{source} [grids.{name}] opt-in: expected true or false, got {opt_in!r}")
+        if opt_in and name not in include:
+            left_out.append((name, len(grid_points)))
+            continue
         grids.append(grid)
         points += grid_points
     seen: dict[str, Point] = {}
@@ -153,7 +171,9 @@ def parse_study(table: dict, source: str, overrides: dict) -> Study:
             raise UserError(f"{source}: two points share the id {point.id!r}: make their axis values differ in more than punctuation")
         seen[point.id] = point
     title = head.get("title", f"pnn_mpi study: {Path(source).stem}")
-    return Study(source, str(title), launcher, float(timeout), tuple(grids), tuple(points))
+    if not grids:
+        raise UserError(f"{source}: every grid is opt-in: name the ones to run with --include")
+    return Study(source, str(title), launcher, float(timeout), tuple(grids), tuple(points), compare, tuple(left_out))
 
 
 def _parse_grid(name: str, spec, fixed: dict, overrides: dict, source: str) -> tuple[Grid, list[Point]]:
@@ -203,7 +223,7 @@ def _point(grid: Grid, settings: dict, values: dict, repeat: int, where: str) ->
     flags = flag_tokens(merged)
     pid = point_id(grid, ranks, values, repeat)
     try:
-        config = parse_train_args(flags).as_dict()
+        config = parse_train_args(flags).resolved(ranks).as_dict()  # as the run will record it
     except UserError as exc:
         raise UserError(f"{where}: point {pid}: {exc}") from None
     config.pop("out")

@@ -36,6 +36,10 @@ def report_lines(study: Study, results: list[Result], machine: Machine, figures:
     failed = [r for r in results if not r.ok]
     out = [f"# {study.title}", ""]
     out += _setting(study, results, machine, ok, failed)
+    if study.compare == "paper":
+        from . import paper
+
+        out += paper.report_lines(results, [name for (kind, name) in figures if kind == "paper"])
     for grid in study.grids:
         out += _grid_section(grid, results, machine, figures)
     if failed:
