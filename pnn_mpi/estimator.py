@@ -142,8 +142,8 @@ class PNNClassifier:
     """
 
     def __init__(self, hidden=(128,), activation="relu", output="softmax-xent", init="he", bias_init=0.0,
-                 batch_size=32, lr=0.05, momentum=0.9, lr_decay=1.0, epochs=10, sync="epoch", seed=1,
-                 dtype="float32", shuffle=True, kernel="auto", verbose=False, comm=None):
+                 batch_size=32, lr=None, momentum=0.9, lr_decay=1.0, lr_schedule=None, warmup=None, epochs=10, sync=None,
+                 seed=1, dtype="float32", shuffle=True, kernel="auto", verbose=False, comm=None):
         self.hidden = hidden
         self.activation = activation
         self.output = output
@@ -153,6 +153,8 @@ class PNNClassifier:
         self.lr = lr
         self.momentum = momentum
         self.lr_decay = lr_decay
+        self.lr_schedule = lr_schedule
+        self.warmup = warmup
         self.epochs = epochs
         self.sync = sync
         self.seed = seed
@@ -163,7 +165,7 @@ class PNNClassifier:
         self.comm = comm
 
     _PARAMS = ("hidden", "activation", "output", "init", "bias_init", "batch_size", "lr", "momentum", "lr_decay",
-               "epochs", "sync", "seed", "dtype", "shuffle", "kernel", "verbose", "comm")
+               "lr_schedule", "warmup", "epochs", "sync", "seed", "dtype", "shuffle", "kernel", "verbose", "comm")
 
     # ---------------------------------------------------------------- parameters
 
@@ -200,8 +202,9 @@ class PNNClassifier:
         try:
             return TrainConfig(
                 hidden=hidden, activation=self.activation, output=self.output, init=self.init,
-                bias_init=float(self.bias_init), batch_size=self.batch_size, lr=float(self.lr),
-                momentum=float(self.momentum), lr_decay=float(self.lr_decay), epochs=int(self.epochs),
+                bias_init=float(self.bias_init), batch_size=self.batch_size, lr=None if self.lr is None else float(self.lr),
+                momentum=float(self.momentum), lr_decay=float(self.lr_decay), lr_schedule=self.lr_schedule,
+                warmup=None if self.warmup is None else int(self.warmup), epochs=int(self.epochs),
                 sync=self.sync, seed=int(self.seed), dtype=self.dtype, shuffle=bool(self.shuffle),
                 kernel=self.kernel, eval_every=0, dataset="custom",
             )
@@ -216,6 +219,7 @@ class PNNClassifier:
         who = type(self).__name__
         cfg = self.config()
         world = current_world(self.comm, start_mpi_alone=False)  # alone in a notebook: no MPI to start
+        cfg = cfg.resolved(world.size)  # the defaults rule, as the command line applies it: it needs the ranks
 
         def check():
             x = _check_x(X, who)

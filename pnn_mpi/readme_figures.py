@@ -26,6 +26,7 @@ from .launch import Request, command_line
 from .study.machine import detect
 
 PYTHON = [sys.executable, "-m", "pnn_mpi"]
+OLD_DEFAULTS = ["--lr", "0.05", "--lr-schedule", "constant", "--warmup", "0", "--sync", "epoch"]  # as the README's transcript names them
 
 
 def machine_line() -> str:
@@ -79,10 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     section("README 'Tests': the end-to-end test's run (>= 93% asserted)", command, f"test accuracy {_accuracy(stdout)}")
 
     # "Validation split" and "Progress inside long epochs" (this sections).
-    command, stdout = _run(2, ["--val-size", "5000", "--early-stop", "2", "--epochs", "30", "--out", str(out / "val")])
+    command, stdout = _run(2, ["--val-size", "5000", "--early-stop", "2", "--epochs", "30", *OLD_DEFAULTS, "--out", str(out / "val")])
     section("README 'A validation split': early stopping on 5,000 held-out samples", command,
             "\n".join(line for line in stdout.splitlines() if line.startswith(("epoch", "validation", "early stop", "parallel"))))
-    command, stdout = _run(1, ["--batch-size", "1", "--lr", "0.01", "--momentum", "0", "--kernel", "generic", "--epochs", "1", "--train-size", "20000",
+    command, stdout = _run(1, ["--batch-size", "1", "--lr", "0.01", "--momentum", "0", "--lr-schedule", "constant", "--warmup", "0", "--sync", "epoch", "--kernel", "generic", "--epochs", "1", "--train-size", "20000",
                                "--progress-every", "2", "--out", str(out / "progress")])
     section("README 'Progress inside long epochs'", command, "\n".join(line for line in stdout.splitlines() if line.startswith("epoch")))
 
