@@ -160,7 +160,7 @@ def ranks_on_this_machine(world) -> int:
 
 def check_training(cfg, world, share: int, train_n: int, test_n: int, pixels: int) -> None:
     """Refuse a run whose rank 0 (the fullest rank) cannot fit, before its data or network is allocated."""
-    sizes = (int(pixels), *cfg.hidden, 10)
+    sizes = (int(pixels), *cfg.hidden, 10)  # 10 classes at most (idx: labels 0..9), so an upper bound
     slices = slice_sizes(train_n, world.size)
     batch = max(slices) if cfg.full_batch else min(int(cfg.batch_size), max(slices))
     parts = training_parts(sizes, np.dtype(cfg.dtype).itemsize, momentum=bool(cfg.momentum), batch=batch,
