@@ -85,7 +85,7 @@ def resume_point(cfg: TrainConfig, world: Communicator, out: Path, expect: check
 def expectations(cfg: TrainConfig, data: RankData, data_id: dict) -> checkpoint.Expected:
     """What a checkpoint must hold for this run to continue from it."""
     return checkpoint.Expected(
-        parameters=parameter_count((data.x.shape[1], *cfg.hidden, 10)),
+        parameters=parameter_count((data.x.shape[1], *cfg.hidden, data.classes)),
         slice_sizes=list(data.slice_sizes),
         steps=batch_plan(cfg, data.slice_sizes).steps,
         data=data_id,
