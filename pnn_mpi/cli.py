@@ -14,7 +14,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from . import bench, file_commands, run, study
+from . import bench, file_commands, run, scaling, study
 from .errors import STOP_EXIT_CODE, Interrupted, UserError
 from .options import parse_train_args
 from .wording import bounded_line
@@ -32,6 +32,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "predict": file_commands.cmd_predict,
     "bench": bench.main,
     "study": study.main,
+    "scaling": scaling.main,
 }
 
 _RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK")

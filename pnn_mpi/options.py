@@ -73,6 +73,7 @@ def train_parser() -> Parser:
             "  predict    print or save a saved model's predictions for IDX or .npy images\n"
             "  bench      measure samples/s per rank and the cost of a parameter sync\n"
             "  study      run a grid of launches (ranks, sync, activation, ...): results.csv, plots, report.md\n"
+            "  scaling    calibrate here, then simulate 1 to 1,024 ranks per sync schedule: scaling.csv, plot, report.md\n"
             "\n"
             "defaults that follow the gradient mode (measured: README, \"Defaults\"); a value you set,\n"
             "by flag or in --config, always wins:\n"
