@@ -8,6 +8,10 @@ files (``traces``, ``simulate``, ``platforms``) and prices them analytically
 report (``report``).
 """
 
-from .command import main
 
-__all__ = ["main"]
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``scaling`` command; imported only when it runs."""
+    from .command import main as run
+
+    return run(argv)

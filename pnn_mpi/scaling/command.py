@@ -10,6 +10,7 @@ in one line), and write ``scaling.csv``, ``scaling.png`` and ``report.md``.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from ..errors import UserError
@@ -65,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             last.append(got)
             return got
 
-        validation = validate.validate(round_calibration, rounds, args.quick, log=lambda s: print(s, flush=True), tcp=not args.no_tcp)
+        validation = validate.validate(round_calibration, rounds, args.quick, out / "validation-runs",
+                                       log=lambda s: print(s, flush=True), tcp=not args.no_tcp)
         cal = last[-1]
     if cal is None:
         cal = calibrate()
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report.markdown(rows, validation, cal, f"Engine: {engine}.", plotted)
     write_atomically(out / "report.md", text.encode())
     if validation:
-        report.write_csv(out / "validation.csv", measured_rows)
+        write_atomically(out / "validation.json", (json.dumps(validation, indent=2) + "\n").encode())
     print(f"scaling: wrote {out / 'scaling.csv'}, {out / 'report.md'}" + (f", {out / 'scaling.png'}" if plotted else " (no plot: pip install matplotlib)"))
     return 0
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from ..errors import UserError
 from . import model, simulate, twonodes
 from .costs import Calibration
-from .launches import job, scratch
+from .launches import job
 from .platforms import built_in
 from .program import Run
 
@@ -54,10 +54,12 @@ def measured_seconds(where: str, ranks: int, case: Case, folder: Path) -> dict:
             "communication_seconds": t["communication_seconds"]["max"], "wait_seconds": t["wait_seconds"]["max"]}
 
 
-def validate(calibrate_round, rounds: int, quick: bool, log=print, tcp: bool = True) -> list[dict]:
+def validate(calibrate_round, rounds: int, quick: bool, work: Path, log=print, tcp: bool = True) -> list[dict]:
     """Rows of the validation table: one per (case, place), medians over ``rounds``.
 
     ``calibrate_round()`` measures the machine afresh and returns a Calibration.
+    Every launch keeps its folder under ``work`` (command, output, metrics.json),
+    named in the row's ``runs``, so each figure can be traced to its run.
     """
     cases = QUICK_CASES if quick else CASES
     places = list(PLACES)
@@ -66,7 +68,9 @@ def validate(calibrate_round, rounds: int, quick: bool, log=print, tcp: bool = T
         places = [p for p in places if p[1] != "twonodes"]
         log(f"validation: the namespace-node configurations are skipped: {skipped}")
     samples: dict[tuple, list[dict]] = {}
-    work = scratch("pnn-scaling-val-")
+    work = Path(work).resolve()
+    if any(p[1] == "twonodes" for p in places) and (work == Path("/tmp") or Path("/tmp") in work.parents):
+        raise UserError(f"--out {work.parent}: under /tmp, which each namespace node replaces by its own; choose another folder or --no-tcp")
     for r in range(rounds):
         cal: Calibration = calibrate_round()
         for case in cases:
@@ -76,8 +80,10 @@ def validate(calibrate_round, rounds: int, quick: bool, log=print, tcp: bool = T
                     f"{ranks} rank{'s' * (ranks > 1)} on {plat_name}")
                 if where == "twonodes":
                     twonodes.up()
+                folder = work / f"round{r + 1}-{plat_name}-{ranks}-{'-'.join(map(str, case.sizes))}-{case.sync.replace(':', '')}"
                 try:
-                    got = measured_seconds(where, ranks, case, work / f"r{r}-{len(samples.get(key, []))}-{plat_name}-{ranks}-{case.sync}")
+                    got = measured_seconds(where, ranks, case, folder)
+                    got["run"] = str(folder)
                 finally:
                     if where == "twonodes":
                         twonodes.down()
@@ -91,7 +97,7 @@ def validate(calibrate_round, rounds: int, quick: bool, log=print, tcp: bool = T
     rows = []
     for (case, plat_name, ranks), got in samples.items():
         row = {"model": "-".join(map(str, case.sizes)), "sync": case.sync, "epochs": case.epochs, "samples": case.samples,
-               "platform": plat_name, "ranks": ranks, "rounds": len(got)}
+               "platform": plat_name, "ranks": ranks, "rounds": len(got), "runs": [g["run"] for g in got]}
         for field in ("train_seconds", "compute_seconds", "communication_seconds", "analytic_seconds", "simulated_seconds"):
             values = [g[field] for g in got if field in g]
             if values:
