@@ -28,7 +28,7 @@ def toy_calibration(per_step=1e-3, per_sample=0.0) -> Calibration:
 
 
 def tiny_data(n: int, seed: int = 0):
-    from pnn_mpi.data import RankData
+    from pnn_mpi.rank_data import RankData
 
     rng = np.random.default_rng(seed)
     x = rng.random((n, 4)).astype(np.float32)
