@@ -64,6 +64,7 @@ class TrainConfig:
     resume: bool = False
     expect_ranks: Union[int, None] = None
     kernel: str = "auto"  # how batch-1 steps run: auto, numba, numpy (kernels.py) or generic
+    timeline: Union[str, None] = None  # write a Chrome trace-event file of every rank's phases here
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))

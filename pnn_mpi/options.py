@@ -133,6 +133,9 @@ def train_parser() -> Parser:
     data.add_argument("--test-size", type=positive_int, metavar="N", help="use only the first N test samples")
     data.add_argument("--out", metavar="DIR", help="where rank 0 saves model.npz and metrics.json (default: runs/DATASET-nRANKS-TIME)")
     data.add_argument("--config", metavar="FILE", help="read options from a TOML file; flags given on the command line win")
+    data.add_argument("--timeline", metavar="FILE",
+                      help="write where every rank's time goes (data load, compute, sync Allreduce, waiting, scoring, "
+                           "checkpoints, signals) as one Chrome trace-event JSON file: open it in ui.perfetto.dev")
 
     jobs = p.add_argument_group("long runs and batch jobs")
     jobs.add_argument("--checkpoint-every", type=non_negative_int, default=d.checkpoint_every, metavar="E",

@@ -183,6 +183,7 @@ class Hooks:
     stop_reason: Callable[[], str | None] = lambda: None
     checkpoint: Callable[[Progress, RankState], None] | None = None
     resume: tuple[Progress, RankState] | None = None
+    phase_listener: Callable[[str, float, float], None] | None = None  # told of every phase span (the timeline)
 
 
 def check_interval(batch: int) -> int:
@@ -268,8 +269,11 @@ class Run:
         stepper = None
         if plan.batch == 1 and not sync.averages_gradients and cfg.kernel != "generic":
             stepper = SampleStepper(state.net, data.x, cfg.kernel)  # index built, numba loaded: before the clock starts
+        phases = Phases(state.clock)
+        if hooks.phase_listener is not None:
+            phases.listeners.append(hooks.phase_listener)
         return cls(cfg, world, data, hooks, log, plan, sync, state.net.workspace(plan.batch), stepper,
-                   check_interval(plan.batch), Phases(state.clock), watch_for(cfg, world.size))
+                   check_interval(plan.batch), phases, watch_for(cfg, world.size))
 
 
 def train(cfg: TrainConfig, world: Communicator, data: RankData, log=print, hooks: Hooks | None = None) -> TrainResult:
@@ -367,7 +371,8 @@ def check_stop(run: Run, state: LoopState, epoch: int, step: int) -> None:
     """Agree on stopping: any rank's signal or non-finite loss stops all ranks at this step."""
     reason = run.hooks.stop_reason()
     flags = np.array([reason is not None, not math.isfinite(state.loss_sum)], dtype=np.float64)
-    run.world.sum_(flags)
+    with run.phases("check"):  # not clocked: charged to compute, around it
+        run.world.sum_(flags)
     if flags[1]:
         raise Diverged(f"training diverged in epoch {epoch + 1}: the loss became NaN or infinite; try a smaller --lr (now {run.cfg.lr})")
     if flags[0]:

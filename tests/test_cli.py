@@ -253,7 +253,7 @@ def test_parser_defaults_are_config_defaults():
 
 def test_commands_table():
     """The other commands exist alongside the default 'train', each with its own function."""
-    assert set(cli.COMMANDS) == {"train", "download", "evaluate", "predict", "bench", "study"}
+    assert set(cli.COMMANDS) == {"train", "download", "evaluate", "predict", "bench", "study", "scaling"}
     for name in set(cli.COMMANDS) - {"train"}:
         assert callable(cli.COMMANDS[name]) and cli.COMMANDS[name] is not cli.COMMANDS["train"]
 
