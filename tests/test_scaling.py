@@ -224,3 +224,22 @@ def test_validation_figures_come_from_the_runs_the_command_made(tmp_path):
         assert Path(run, "command.txt").read_text().split()[-1] == str(Path(run) / "run")
     csv = (out / "scaling.csv").read_text()
     assert all(f"{r['train_seconds']:.6g}" in csv for r in rows)
+
+
+def test_a_timeline_is_a_source_of_the_simulated_compute(tmp_path):
+    """A real (serial) run's trace gives the step cost; priced back, it reproduces the run's compute."""
+    from conftest import write_dataset
+    from pnn_mpi.run import run_training
+    from pnn_mpi.scaling.from_timeline import apply
+
+    data = write_dataset(tmp_path / "data", train=600, test=20)
+    cfg = TrainConfig(dataset="custom", data_dir=str(data), hidden=(8,), epochs=2, batch_size=10, sync="epoch",
+                      out=str(tmp_path / "run"), timeline=str(tmp_path / "t.json"))
+    record = run_training(cfg, SerialWorld())
+    cal, note = apply(toy_calibration(), tmp_path / "t.json")
+    assert "36-8-10" in note
+    run = Run((36, 8, 10), 600, 1, "epoch", 2, 10)
+    predicted = model.predict(run, platforms.built_in("thisvm", cal), cal)
+    checks = json.loads((tmp_path / "t.json").read_text())
+    check_seconds = sum(e["dur"] for e in checks["traceEvents"] if e.get("cat") == "check") / 1e6
+    assert predicted.compute == pytest.approx(record["timings"]["compute_seconds"]["max"] - check_seconds, rel=1e-6)

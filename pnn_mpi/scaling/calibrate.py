@@ -32,7 +32,7 @@ import numpy as np
 
 from .costs import Link, StepCost
 
-BATCHES = (8, 32)
+BATCHES = (16, 32)  # a slice of 60,000/P samples takes batches of 32 and one of 16-32 at the end
 SIZES = ("784-128-10", "784-800-10")
 COUNTS = (2, 256, 2048, 16384, 65536, 101770, 262144, 636010)
 
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("what", choices=("compute", "allreduce"))
     p.add_argument("--out", required=True, help="JSON file rank 0 writes")
     p.add_argument("--models", nargs="+", default=list(SIZES))
-    p.add_argument("--samples", type=int, default=16384, help="training samples per rank (compute)")
+    p.add_argument("--samples", type=int, default=6144, help="training samples per rank (compute)")
     p.add_argument("--counts", nargs="+", type=int, default=list(COUNTS))
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)

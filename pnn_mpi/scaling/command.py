@@ -20,7 +20,7 @@ from .costs import Calibration
 
 
 def _parser() -> argparse.ArgumentParser:
-    from ..options import Parser
+    from ..options import Parser, positive_int
 
     p = Parser(prog="python -m pnn_mpi scaling", description=__doc__.split("\n\n")[0].split(": ", 1)[1],
                formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -29,13 +29,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--platform", action="append", metavar="FILE",
                    help="a SimGrid platform of <cluster>s to predict on (repeatable; default: the built-in node, cluster-25g, cluster-100g)")
     p.add_argument("--calibration", metavar="FILE", help="a calibration.json from an earlier run, instead of measuring now")
+    p.add_argument("--from-timeline", metavar="FILE",
+                   help="take the compute between collectives from a --timeline trace of a real run (its model's step cost)")
     p.add_argument("--validate", action="store_true", help="also launch every configuration this machine can run and compare (minutes)")
-    p.add_argument("--rounds", type=int, default=3, metavar="N", help="validation rounds, each recalibrating first (default 3)")
-    p.add_argument("--quick", action="store_true", help="a small version: short calibration, one model, fewer P (for CI)")
+    p.add_argument("--rounds", type=positive_int, default=3, metavar="N", help="validation rounds, each recalibrating first (default 3)")
+    p.add_argument("--quick", action="store_true", help="a small version: short calibration, one model, P = 1, 2, 16 (for CI)")
     p.add_argument("--analytic", action="store_true", help="skip SimGrid even when it is installed")
     p.add_argument("--no-tcp", action="store_true", help="do not make the two namespace nodes (no TCP calibration or validation)")
-    p.add_argument("--epochs", type=int, default=10, help="epochs of the predicted run (default 10)")
-    p.add_argument("--samples", type=int, default=60000, help="training samples of the predicted run (default 60000)")
+    p.add_argument("--epochs", type=positive_int, default=10, help="epochs of the predicted run (default 10)")
+    p.add_argument("--samples", type=positive_int, default=60000, help="training samples of the predicted run (default 60000)")
     return p
 
 
@@ -71,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         cal = last[-1]
     if cal is None:
         cal = calibrate()
+    if args.from_timeline:
+        from .from_timeline import apply
+
+        cal, note = apply(cal, Path(args.from_timeline))
+        print(f"scaling: {note}")
     if args.platform:
         plats = [platforms.load(Path(f)) for f in args.platform]
     else:
@@ -80,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         plats = [platforms.built_in(n, cal) for n in names]
     models = predict.MODELS[:1] if args.quick else predict.MODELS
     syncs = predict.SYNCS
-    ranks = (1, 2, 4, 16, 64) if args.quick else predict.RANKS
+    ranks = (1, 2, 16) if args.quick else predict.RANKS
     rows = predict.sweep(cal, plats, models, syncs, ranks, args.samples, args.epochs, use_simgrid, log=lambda s: print(s, flush=True))
     report.add_speedups(rows)
     measured_rows = _measured_rows(validation)

@@ -70,7 +70,7 @@ class Calibration:
         return json.dumps(asdict(self), indent=2) + "\n"
 
     @classmethod
-    def from_dict(cls, record: dict) -> "Calibration":
+    def from_dict(cls, record: dict) -> Calibration:
         return cls(
             machine=record["machine"],
             cores=int(record["cores"]),
@@ -80,7 +80,7 @@ class Calibration:
         )
 
     @classmethod
-    def load(cls, path: Path) -> "Calibration":
+    def load(cls, path: Path) -> Calibration:
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except FileNotFoundError:

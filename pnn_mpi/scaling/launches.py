@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import UserError
 from ..study.launch import launch_env, resolve_launcher, run_command

@@ -46,8 +46,8 @@ def _analytic_coefficients(same_host: bool):
 
 
 def _simgrid_seconds(link: Link, same_host: bool, nbytes: int, work: Path) -> float:
-    from .program import Allreduce, Phase
     from .costs import StepCost
+    from .program import Allreduce, Phase
 
     plat = _trial_platform(link, same_host)
     phase = Phase("trial", (Allreduce(nbytes // 4, 4, "sync" if nbytes >= model.SMALL_MESSAGE else "check"),))
@@ -88,7 +88,7 @@ def run(out: Path, quick: bool = False, tcp: bool = True, log=print) -> Calibrat
     out.mkdir(parents=True, exist_ok=True)
     work = scratch("pnn-scaling-cal-")
     cores = os.cpu_count() or 1
-    samples, repeats = (2048, 1) if quick else (16384, 3)
+    samples, repeats = (2048, 1) if quick else (6144, 3)
     counts = calibrate.COUNTS if not quick else (2, 2048, 16384, 101770)
     measured: dict = {"compute": {}, "allreduce": {}}
     try:

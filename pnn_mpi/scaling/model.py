@@ -35,7 +35,7 @@ class Breakdown:
     def total(self) -> float:
         return self.compute + self.latency + self.bandwidth
 
-    def add(self, other: "Breakdown", times: int = 1) -> None:
+    def add(self, other: Breakdown, times: int = 1) -> None:
         self.compute += other.compute * times
         self.latency += other.latency * times
         self.bandwidth += other.bandwidth * times

@@ -115,10 +115,11 @@ def from_xml(name: str, text: str) -> Platform:
             hosts += [f"{prefix}{i}{suffix}" for i in range(int(lo), int(hi or lo) + 1)]
     first = clusters[0]
     try:
-        lat, bw = parse_latency(first.get("lat", "0s")), parse_bandwidth(first.get("bw"))
-        bb_bw = parse_bandwidth(first.get("bb_bw", first.get("bw")))
+        link_bw = first.get("bw", "")
+        lat, bw = parse_latency(first.get("lat", "0s")), parse_bandwidth(link_bw)
+        bb_bw = parse_bandwidth(first.get("bb_bw", link_bw))
         bb_lat = parse_latency(first.get("bb_lat", "0s"))
-        loop_bw = parse_bandwidth(first.get("loopback_bw", first.get("bw")))
+        loop_bw = parse_bandwidth(first.get("loopback_bw", link_bw))
         loop_lat = parse_latency(first.get("loopback_lat", first.get("lat", "0s")))
         speed = parse_speed(first.get("speed", "1Gf"))
         cores = int(first.get("core", "1"))
@@ -161,7 +162,7 @@ def built_in(name: str, cal: Calibration) -> Platform:
         if tcp is None:
             raise UserError(f"platform {name} needs the TCP calibration, which could not be measured here")
         values.update(tcp_bw=f"{tcp.bandwidth:.6g}", tcp_bw2=f"{2 * tcp.bandwidth:.6g}", tcp_half_lat=f"{tcp.latency / 2:.6g}")
-    template = resources.files("pnn_mpi.scaling").joinpath("platforms", f"{name}.xml").read_text()
+    template = resources.files("pnn_mpi.scaling").joinpath(f"platforms/{name}.xml").read_text()
     plat = from_xml(name, _fill(template, values))
     return replace(plat, idle_neighbours=name in ("thisvm", "twonodes"))
 

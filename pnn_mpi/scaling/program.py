@@ -11,8 +11,8 @@ into seconds. The loop's own helpers (``batch_plan``, ``check_interval``,
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 
@@ -45,7 +45,7 @@ class Run:
     def label(self) -> str:
         return "-".join(map(str, self.sizes))
 
-    def with_ranks(self, ranks: int) -> "Run":
+    def with_ranks(self, ranks: int) -> Run:
         return Run(self.sizes, self.samples, ranks, self.sync, self.epochs, self.batch, self.itemsize)
 
 

@@ -123,6 +123,8 @@ def markdown(rows: list[dict], validation: list[dict], cal, engine_note: str, pl
                      f" / {c['all'].per_step * 1e6:.0f} µs + {c['all'].per_sample * 1e6:.2f} µs/sample")
     for name, link in cal.links.items():
         lines.append(f"- link {name}: latency {link.latency * 1e6:.1f} µs, bandwidth {link.bandwidth / 1e9:.3g} GB/s")
+    if "from_timeline" in cal.measured:
+        lines.append(f"- {cal.measured['from_timeline']}")
     if "tcp_unavailable" in cal.measured:
         lines.append(f"- no TCP measurement: {cal.measured['tcp_unavailable']}")
     if validation:

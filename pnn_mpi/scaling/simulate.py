@@ -109,7 +109,7 @@ class Simulator:
         if self._own:
             shutil.rmtree(self.work, ignore_errors=True)
 
-    def __enter__(self) -> "Simulator":
+    def __enter__(self) -> Simulator:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -95,11 +95,11 @@ def validate(calibrate_round, rounds: int, quick: bool, work: Path, log=print, t
                         got["simulated_seconds"] = sim.predict(run)
                 samples.setdefault(key, []).append(got)
     rows = []
-    for (case, plat_name, ranks), got in samples.items():
+    for (case, plat_name, ranks), runs in samples.items():
         row = {"model": "-".join(map(str, case.sizes)), "sync": case.sync, "epochs": case.epochs, "samples": case.samples,
-               "platform": plat_name, "ranks": ranks, "rounds": len(got), "runs": [g["run"] for g in got]}
+               "platform": plat_name, "ranks": ranks, "rounds": len(runs), "runs": [g["run"] for g in runs]}
         for field in ("train_seconds", "compute_seconds", "communication_seconds", "analytic_seconds", "simulated_seconds"):
-            values = [g[field] for g in got if field in g]
+            values = [g[field] for g in runs if field in g]
             if values:
                 row[field] = statistics.median(values)
         predicted = row.get("simulated_seconds", row["analytic_seconds"])
