@@ -54,23 +54,14 @@ def main(argv: list[str] | None = None) -> int:
               "analytic alpha-beta model only (--analytic)")
     print(f"scaling: {engine}", flush=True)
 
-    def calibrate() -> Calibration:
-        return measure.run(out, quick=args.quick, tcp=not args.no_tcp, log=lambda s: print(s, flush=True))
+    def calibrate(models=measure.calibrate.SIZES, folder: Path = out) -> Calibration:
+        return measure.run(folder, quick=args.quick, tcp=not args.no_tcp, log=lambda s: print(s, flush=True), models=models)
 
     cal = Calibration.load(Path(args.calibration)) if args.calibration else None
     validation: list[dict] = []
     if args.validate:
-        rounds = max(1, args.rounds)
-        last: list[Calibration] = []
-
-        def round_calibration() -> Calibration:
-            got = cal if cal is not None else calibrate()
-            last.append(got)
-            return got
-
-        validation = validate.validate(round_calibration, rounds, args.quick, out / "validation-runs",
-                                       log=lambda s: print(s, flush=True), tcp=not args.no_tcp)
-        cal = last[-1]
+        validation = validate.validate(lambda models, folder: cal if cal is not None else calibrate(models, folder), args.rounds,
+                                       args.quick, out / "validation-runs", log=lambda s: print(s, flush=True), tcp=not args.no_tcp)
     if cal is None:
         cal = calibrate()
     if args.from_timeline:

@@ -83,8 +83,8 @@ def fit(timings: dict[str, float], same_host: bool, use_simgrid: bool, work: Pat
     return link
 
 
-def run(out: Path, quick: bool = False, tcp: bool = True, log=print) -> Calibration:
-    """Measure this machine and write ``out/calibration.json``."""
+def run(out: Path, quick: bool = False, tcp: bool = True, log=print, models=calibrate.SIZES) -> Calibration:
+    """Measure this machine (the step cost of ``models``, the links) and write ``out/calibration.json``."""
     out.mkdir(parents=True, exist_ok=True)
     work = scratch("pnn-scaling-cal-")
     cores = os.cpu_count() or 1
@@ -95,7 +95,7 @@ def run(out: Path, quick: bool = False, tcp: bool = True, log=print) -> Calibrat
         for ranks in sorted({1, cores}):
             log(f"calibration: compute, {ranks} rank{'s' * (ranks > 1)}, {samples} samples per rank, {repeats} repeat(s)")
             folder = job("local", ranks, ["-m", "pnn_mpi.scaling.calibrate", "compute", "--out", str(work / f"compute-{ranks}.json"),
-                                          "--samples", str(samples), "--repeats", str(repeats)], work / f"compute-{ranks}")
+                                          "--samples", str(samples), "--repeats", str(repeats), "--models", *models], work / f"compute-{ranks}")
             measured["compute"][str(ranks)] = json.loads((work / f"compute-{ranks}.json").read_text())["seconds_per_step"]
             del folder
         places = [("shm", "local")]

@@ -5,9 +5,10 @@ across the two namespace nodes (TCP, platform ``twonodes``; at P = 4 two ranks
 share each core, as the platform says). Each configuration is a real
 ``python -m pnn_mpi`` launch whose ``metrics.json`` gives the measured train
 seconds; the same run description is then simulated (and priced by the
-analytic model) on the calibrated platform. The machine is shared, so the
-calibration is redone in every round, just before that round's launches, and
-the table reports the median over rounds.
+analytic model) on the calibrated platform. The machine is shared and its load
+drifts within minutes, so every case of every round is calibrated afresh just
+before its launches (its own model's step cost and both links, kept beside the
+runs), and the table reports the median over rounds.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def measured_seconds(where: str, ranks: int, case: Case, folder: Path) -> dict:
 def validate(calibrate_round, rounds: int, quick: bool, work: Path, log=print, tcp: bool = True) -> list[dict]:
     """Rows of the validation table: one per (case, place), medians over ``rounds``.
 
-    ``calibrate_round()`` measures the machine afresh and returns a Calibration.
+    ``calibrate_round(models, folder)`` measures the machine afresh for those models and returns a Calibration.
     Every launch keeps its folder under ``work`` (command, output, metrics.json),
     named in the row's ``runs``, so each figure can be traced to its run.
     """
@@ -72,8 +73,9 @@ def validate(calibrate_round, rounds: int, quick: bool, work: Path, log=print, t
     if any(p[1] == "twonodes" for p in places) and (work == Path("/tmp") or Path("/tmp") in work.parents):
         raise UserError(f"--out {work.parent}: under /tmp, which each namespace node replaces by its own; choose another folder or --no-tcp")
     for r in range(rounds):
-        cal: Calibration = calibrate_round()
         for case in cases:
+            label = "-".join(map(str, case.sizes))
+            cal: Calibration = calibrate_round([label], work / f"round{r + 1}-{label}-{case.sync.replace(':', '')}-calibration")
             for plat_name, where, ranks in places:
                 key = (case, plat_name, ranks)
                 log(f"validation round {r + 1}/{rounds}: {'-'.join(map(str, case.sizes))} {case.sync} {case.epochs} epochs, "
