@@ -126,3 +126,38 @@ def test_timeline_recorder_listens_without_touching_the_clock():
     assert rec.offset == 0.0
     rec.listener("compute", 1.0, 2.0)
     assert rec.spans == [("compute", 1.0, 2.0)]
+
+
+def test_a_signal_and_the_checkpoint_it_causes_are_in_the_trace(tmp_path, monkeypatch):
+    """SIGUSR1 in epoch 1: the trace still gets written, with the signal's marker and the checkpoint write."""
+    import os
+    import signal
+
+    import pnn_mpi.train as trainer
+    from pnn_mpi.errors import Interrupted
+    from pnn_mpi.run import run_training
+
+    scored = trainer.score_epoch
+
+    def score_then_signal(run, state, epoch, lr):
+        if epoch == 0:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return scored(run, state, epoch, lr)
+
+    monkeypatch.setattr(trainer, "score_epoch", score_then_signal)
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    data = write_dataset(tmp_path / "data", train=200, test=20)
+    path = tmp_path / "trace.json"
+    cfg = TrainConfig(dataset="custom", data_dir=str(data), hidden=(8,), epochs=3, batch_size=10, out=str(tmp_path / "run"), timeline=str(path))
+    try:
+        with pytest.raises(Interrupted):
+            run_training(cfg, SerialWorld())
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    events = json.loads(path.read_text())["traceEvents"]
+    names = [e["name"] for e in events]
+    assert "signal SIGUSR1" in names and names.count("checkpoint write") == 1
+    (marker,) = [e for e in events if e["name"] == "signal SIGUSR1"]
+    (write,) = [e for e in events if e["name"] == "checkpoint write"]
+    assert marker["ts"] <= write["ts"]

@@ -94,10 +94,9 @@ def run(out: Path, quick: bool = False, tcp: bool = True, log=print, models=cali
     try:
         for ranks in sorted({1, cores}):
             log(f"calibration: compute, {ranks} rank{'s' * (ranks > 1)}, {samples} samples per rank, {repeats} repeat(s)")
-            folder = job("local", ranks, ["-m", "pnn_mpi.scaling.calibrate", "compute", "--out", str(work / f"compute-{ranks}.json"),
-                                          "--samples", str(samples), "--repeats", str(repeats), "--models", *models], work / f"compute-{ranks}")
+            job("local", ranks, ["-m", "pnn_mpi.scaling.calibrate", "compute", "--out", str(work / f"compute-{ranks}.json"),
+                                 "--samples", str(samples), "--repeats", str(repeats), "--models", *models], work / f"compute-{ranks}")
             measured["compute"][str(ranks)] = json.loads((work / f"compute-{ranks}.json").read_text())["seconds_per_step"]
-            del folder
         places = [("shm", "local")]
         reason = twonodes.why_not() if tcp else "not asked for (--no-tcp)"
         if reason is None:
