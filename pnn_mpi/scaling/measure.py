@@ -90,7 +90,7 @@ def run(out: Path, quick: bool = False, tcp: bool = True, log=print, models=cali
     cores = os.cpu_count() or 1
     samples, repeats = (2048, 1) if quick else (6144, 3)
     counts = calibrate.COUNTS if not quick else (2, 2048, 16384, 101770)
-    measured: dict = {"compute": {}, "allreduce": {}}
+    measured: dict = {"compute": {}, "allreduce": {}, "load_average_before": os.getloadavg()[0]}
     try:
         for ranks in sorted({1, cores}):
             log(f"calibration: compute, {ranks} rank{'s' * (ranks > 1)}, {samples} samples per rank, {repeats} repeat(s)")
@@ -122,6 +122,7 @@ def run(out: Path, quick: bool = False, tcp: bool = True, log=print, models=cali
         use_simgrid = simulate.available()
         links = {name: fit(rec["seconds"], name == "shm", use_simgrid, work) for name, rec in measured["allreduce"].items()}
         measured["links_fitted_on"] = "SimGrid replay" if use_simgrid else "analytic model"
+        measured["load_average_after"] = os.getloadavg()[0]
         compute = {m: {"one": calibrate.step_cost(measured["compute"]["1"][m]),
                        "all": calibrate.step_cost(measured["compute"][str(cores)][m])} for m in measured["compute"]["1"]}
         cal = Calibration(machine=f"{host_platform.node()} ({cores} cores, {host_platform.machine()}, shared)", cores=cores,
