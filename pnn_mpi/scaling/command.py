@@ -54,13 +54,13 @@ def main(argv: list[str] | None = None) -> int:
               "analytic alpha-beta model only (--analytic)")
     print(f"scaling: {engine}", flush=True)
 
-    def calibrate(models=measure.calibrate.SIZES, folder: Path = out) -> Calibration:
-        return measure.run(folder, quick=args.quick, tcp=not args.no_tcp, log=lambda s: print(s, flush=True), models=models)
+    def calibrate(models=measure.calibrate.SIZES, folder: Path = out, estimator: str = "min") -> Calibration:
+        return measure.run(folder, quick=args.quick, tcp=not args.no_tcp, log=lambda s: print(s, flush=True), models=models, estimator=estimator)
 
     cal = Calibration.load(Path(args.calibration)) if args.calibration else None
     validation: list[dict] = []
     if args.validate:
-        validation = validate.validate(lambda models, folder: cal if cal is not None else calibrate(models, folder), args.rounds,
+        validation = validate.validate(lambda models, folder: cal if cal is not None else calibrate(models, folder, "median"), args.rounds,
                                        args.quick, out / "validation-runs", log=lambda s: print(s, flush=True), tcp=not args.no_tcp)
     if cal is None:
         cal = calibrate()

@@ -123,6 +123,8 @@ def markdown(rows: list[dict], validation: list[dict], cal, engine_note: str, pl
                      f" / {c['all'].per_step * 1e6:.0f} µs + {c['all'].per_sample * 1e6:.2f} µs/sample")
     for name, link in cal.links.items():
         lines.append(f"- link {name}: latency {link.latency * 1e6:.1f} µs, bandwidth {link.bandwidth / 1e9:.3g} GB/s")
+    if cal.measured.get("estimator") == "min":
+        lines.append("- each figure is the least disturbed of its repeats (the machine is shared; the predicted machines' cores are not)")
     if "load_average_before" in cal.measured:
         lines.append(f"- the machine was shared: load average {cal.measured['load_average_before']:.1f} when calibration began, "
                      f"{cal.measured.get('load_average_after', float('nan')):.1f} when it ended ({cal.cores} cores)")
