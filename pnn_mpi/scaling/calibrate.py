@@ -8,11 +8,12 @@ launcher and written as JSON by rank 0:
              seconds per step give the line ``per_step + per_sample * b``. Run
              with one rank, then with as many ranks as cores, so both the idle
              and the loaded machine are known. Repeats interleave the batch
-             sizes and the median is kept (the machine is shared).
+             sizes; the median and the least of them are kept (the machine is
+             shared; ``measure.run`` picks which).
 ``allreduce`` in-place Allreduces of float32 buffers of sizes from 2 values to
              the larger model's parameters, timed back to back after a barrier,
-             median and least per size; run with two ranks on one host (shared memory) or
-             on two namespace nodes (TCP).
+             median and least per size; run with two ranks on one host
+             (shared memory) or on two namespace nodes (TCP).
 
 ``fit_link`` turns Allreduce timings into a link's latency and bandwidth by
 least squares on the structure of the algorithm that will replay them
