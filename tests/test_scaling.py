@@ -33,31 +33,18 @@ def tiny_data(n: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     x = rng.random((n, 4)).astype(np.float32)
     y = rng.integers(0, 2, n).astype(np.intp)
-    return RankData(Path("."), n, [n], 0, x, y, (rng.random((10, 4)) * 255).astype(np.uint8), rng.integers(0, 2, 10), (2, 2), 0.0)
+    return RankData(directory=Path("."), train_total=n, slice_sizes=[n], start=0, x=x, y=y,
+                    test_images=(rng.random((10, 4)) * 255).astype(np.uint8), test_labels=rng.integers(0, 2, 10), image_shape=(2, 2),
+                    classes=2, load_seconds=0.0)
 
 
 @pytest.mark.parametrize("sync", ["end", "epoch", "steps:3", "steps:7", "grad"])
 @pytest.mark.parametrize("batch", [4, 5])
 def test_program_makes_the_syncs_the_trainer_makes(sync, batch):
     """The run program's parameter Allreduces are the ones the real loop times (its clock's ``syncs``)."""
-    import pnn_mpi.train as trainer
-
     n, epochs = 37, 3
     cfg = TrainConfig(hidden=(3,), batch_size=batch, epochs=epochs, sync=sync, eval_every=0)
-    orig = trainer.build_network
-
-    def two_outputs(cfg_, inputs):
-        from pnn_mpi.network import Network
-
-        net = Network((inputs, *cfg_.hidden, 2), cfg_.activation, cfg_.output, cfg_.dtype)
-        net.initialize(cfg_.init, cfg_.bias_init, cfg_.seed)
-        return net
-
-    trainer.build_network = two_outputs
-    try:
-        result = train(cfg, SerialWorld(), tiny_data(n), log=lambda *_: None)
-    finally:
-        trainer.build_network = orig
+    result = train(cfg, SerialWorld(), tiny_data(n), log=lambda *_: None)
     run = Run((4, 3, 2), n, 1, sync, epochs, batch)
     assert collectives(run).get("sync", 0) == result.clocks[0].syncs
     steps = sum(int(e.steps.max()) * p.repeat for p in phases(run) for e in p.events if isinstance(e, Compute))
