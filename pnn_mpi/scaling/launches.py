@@ -18,6 +18,10 @@ from ..study.launch import launch_env, resolve_launcher, run_command
 from . import twonodes
 
 WHERE = ("local", "twonodes")
+# Ranks free to move between cores, on this machine as on the namespace nodes: Open MPI binds 2
+# ranks to a core each by default, and on a shared machine a bound rank waits for its busy core
+# while the other is free, so calibration and validation launches are placed alike.
+UNBOUND = {"PRTE_MCA_hwloc_default_binding_policy": "none", "OMPI_MCA_hwloc_base_binding_policy": "none"}
 
 
 def job(where: str, ranks: int, module_args: Sequence[str], folder: Path, timeout: float = 600) -> Path:
@@ -26,7 +30,7 @@ def job(where: str, ranks: int, module_args: Sequence[str], folder: Path, timeou
     Raises a UserError naming the launch and the tail of its stderr when it fails.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    env = launch_env(os.environ, timeout)
+    env = {**launch_env(os.environ, timeout), **UNBOUND}
     mpiexec = resolve_launcher(None, env)
     if where == "local":
         words = mpiexec
