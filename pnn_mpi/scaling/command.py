@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from ..errors import UserError
-from ..model_io import write_atomically
+from ..files import write_atomically
 from . import measure, platforms, predict, report, simulate, validate
 from .costs import Calibration
 

@@ -15,7 +15,7 @@ import csv
 import io
 from pathlib import Path
 
-from ..model_io import write_atomically
+from ..files import write_atomically
 
 FIELDS = ("ranks", "sync", "model", "platform", "predicted_seconds", "speedup", "efficiency", "measured_seconds",
           "engine", "analytic_seconds", "compute_seconds", "latency_seconds", "bandwidth_seconds")
