@@ -141,7 +141,7 @@ def finish_timeline(cfg: TrainConfig, world: Communicator, recorder: Timeline | 
         recorder.instant(f"signal {name}", at)
     sizes = [data.x.shape[1], *cfg.hidden, data.classes]
     meta = {"pnn_mpi_version": __version__, "ranks": world.size, "sizes": sizes, "samples": data.train_total,
-            "slice_sizes": data.slice_sizes, "sync": cfg.sync, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+            "slice_sizes": data.slice_sizes, "sync": str(cfg.schedule), "epochs": cfg.epochs, "batch_size": cfg.batch_size,
             "dtype": cfg.dtype, "train_seconds": train_seconds}
 
     def write() -> None:
