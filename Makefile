@@ -9,6 +9,8 @@
 #   make test-slurm  the job scripts in jobs/ under a real SLURM it starts and stops (root; installs slurm-wlm)
 #   make install-fast  add numba: a compiled kernel for batch-1 (stochastic) training, compiled once here
 #   make torch-compare  pnn_mpi against PyTorch (CPU) on the same model: needs `pip install torch` in .venv
+#   make scaling   calibrate here, then predict 1..1,024 ranks per sync schedule (SimGrid SMPI if installed): results/scaling
+#   make scaling-quick  the small version CI runs (quick calibration, one model, P <= 16)
 #   make lint      ruff (lint, import order, format) and mypy, installed into .venv by the lint extra; and the import-graph check
 #   make readme-figures  every figure the README shows, measured here, with its command and this machine's description
 #   make study     the paper's study: a grid of real launches, then results.csv, plots and report.md (GRID=default|quick|FILE)
@@ -53,7 +55,7 @@ export OPENBLAS_NUM_THREADS := 1
 MPICH_VENV ?= .venv-mpich
 GRID ?= default
 
-.PHONY: readme-figures install install-test install-study install-fast install-lint lint torch-compare data train test test-serial test-mpi test-mpich test-slurm bench study clean
+.PHONY: readme-figures scaling scaling-quick install install-test install-study install-fast install-lint lint torch-compare data train test test-serial test-mpi test-mpich test-slurm bench study clean
 
 install: $(VENV)/.installed
 
@@ -131,6 +133,13 @@ test-mpich: data
 	  MPIEXEC_TIMEOUT=$(MPI_TEST_TIMEOUT) $(MPICH_VENV)/bin/mpiexec -n $$n $(MPICH_VENV)/bin/python -m pytest --with-mpi -q -p no:cacheprovider --color=no -m mpi tests; \
 	done
 	$(MPICH_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_e2e.py tests/test_faults.py tests/test_interrupts.py tests/test_consistency.py tests/test_launch.py
+
+# ARGS="--validate" adds the validation launches (minutes); apt-get install libsimgrid-dev for the simulator.
+scaling: install-study data
+	$(PY) -m pnn_mpi scaling $(ARGS)
+
+scaling-quick: install-study data
+	$(PY) -m pnn_mpi scaling --quick --out results/scaling-quick $(ARGS)
 
 study: install-study data
 	$(PY) -m pnn_mpi study --grid $(GRID) $(ARGS)

@@ -31,7 +31,7 @@ FILE = "checkpoint.npz"
 FORMAT = "pnn_mpi-checkpoint-2"  # 2: the data's identity is part of it
 
 # Settings that change where files are or how often a run reports, not what it computes.
-_NOT_IDENTITY = ("out", "data_dir", "eval_every", "checkpoint_every", "resume", "expect_ranks", "progress_every", "plot")
+_NOT_IDENTITY = ("out", "data_dir", "eval_every", "checkpoint_every", "resume", "expect_ranks", "timeline", "progress_every", "plot")
 
 
 def identity(cfg: TrainConfig) -> dict:

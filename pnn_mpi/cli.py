@@ -14,7 +14,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from . import bench, file_commands, launch, plot, run, study
+from . import bench, file_commands, launch, plot, run, scaling, study
 from .comm import RANK_VARIABLES
 from .errors import STOP_EXIT_CODE, Interrupted, UserError
 from .options import parse_train_args
@@ -35,6 +35,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "bench": bench.main,
     "study": study.main,
     "plot": plot.main,
+    "scaling": scaling.main,
 }
 
 

@@ -68,6 +68,7 @@ class TrainConfig:
     early_stop: int = 0  # stop after this many epochs without a better validation accuracy (0 = never)
     progress_every: float = 5.0  # seconds between rank 0's progress lines inside an epoch (0 = none)
     plot: bool = False  # draw OUT/curves.png at the end (needs matplotlib)
+    timeline: Union[str, None] = None  # write a Chrome trace-event file of every rank's phases here
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))

@@ -92,9 +92,9 @@ def cmd_evaluate(argv: list[str]) -> int:
     blocks = labelled_blocks(images, labels, args.test_size, md5)
     accuracy, loss, confidence, seen = _score(net, blocks, f"{args.labels or source}", args.model)
     if args.json:
-        print(json.dumps({"test_accuracy": accuracy, "test_loss": loss, "test_confidence": confidence, "samples": seen, "source": source}))
+        console.say(json.dumps({"test_accuracy": accuracy, "test_loss": loss, "test_confidence": confidence, "samples": seen, "source": source}))
     else:
-        print(f"test accuracy {accuracy:.2%}, confidence {confidence:.2%} (loss {loss:.4f}) on {seen} images of the {source}")
+        console.say(f"test accuracy {accuracy:.2%}, confidence {confidence:.2%} (loss {loss:.4f}) on {seen} images of the {source}")
     return 0
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from pnn_mpi import files
 from pnn_mpi.errors import UserError
 from pnn_mpi.wording import checksum_mismatch, one_line, os_reason
 
@@ -518,7 +519,8 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
         int(n).to_bytes(4, "big") for n in array.shape
     )
     payload = np.ascontiguousarray(array).data  # a view: no second copy in memory
-    with open(path, "wb") as fh:
+    with files.Staged(path) as staged:  # like every file we make: exclusive, no link followed, whole
+        fh = staged.file
         if _is_gzip_name(path):
             # filename="" and mtime=0 keep the compressed bytes reproducible;
             # level 6 (gzip's default) is several times faster than 9 for ~1% size.
@@ -530,3 +532,4 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
         else:
             fh.write(header)
             fh.write(payload)
+        staged.commit()

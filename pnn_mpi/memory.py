@@ -109,6 +109,13 @@ def check(parts: dict[str, int], what: str, hint: str, share: int = 1) -> None:
                     f"available ({source}); {hint}")
 
 
+def network_name(sizes: tuple[int, ...]) -> str:
+    """'784-128-10', or for a very deep request '36-4096-4096-...-4096-10 (3002 layers)': messages stay short."""
+    if len(sizes) <= 8:
+        return "-".join(map(str, sizes))
+    return f"{'-'.join(map(str, sizes[:3]))}-...-{'-'.join(map(str, sizes[-2:]))} ({len(sizes)} layers)"
+
+
 def network_bytes(sizes: Iterable[int], itemsize: int) -> int:
     return parameter_count(tuple(sizes)) * itemsize
 
@@ -153,13 +160,13 @@ def ranks_on_this_machine(world) -> int:
 
 def check_training(cfg, world, share: int, train_n: int, test_n: int, pixels: int) -> None:
     """Refuse a run whose rank 0 (the fullest rank) cannot fit, before its data or network is allocated."""
-    sizes = (int(pixels), *cfg.hidden, 10)
+    sizes = (int(pixels), *cfg.hidden, 10)  # 10 classes at most (idx: labels 0..9), so an upper bound
     slices = slice_sizes(train_n, world.size)
     batch = max(slices) if cfg.full_batch else min(int(cfg.batch_size), max(slices))
     parts = training_parts(sizes, np.dtype(cfg.dtype).itemsize, momentum=bool(cfg.momentum), batch=batch,
                            slice_n=max(slices), test_n=test_n, ranks=world.size, lead=True,
                            batch_one_index=batch == 1 and cfg.kernel != "generic")
-    net = "-".join(map(str, sizes))
+    net = network_name(sizes)
     check(parts, f"training network {net} on {max(slices):,} samples per rank",
           "use narrower --hidden layers, a smaller --batch-size, --train-size/--test-size, or fewer ranks per machine", share)
 
@@ -169,5 +176,5 @@ def check_model(path: str, sizes: tuple[int, ...], itemsize: int, images: int = 
     params = network_bytes(sizes, itemsize)
     parts = {"parameters": 2 * params, "workspace": workspace_bytes(sizes, itemsize, EVAL_CHUNK),
              "predictions": 8 * images}
-    check(parts, f"{path}: the model {'-'.join(map(str, sizes))}", "is the file what you meant?")
+    check(parts, f"{path}: the model {network_name(sizes)}", "is the file what you meant?")
 

@@ -94,6 +94,7 @@ def train_parser() -> Parser:
             "  bench      measure samples/s per rank and the cost of a parameter sync\n"
             "  study      run a grid of launches (ranks, sync, activation, ...): results.csv, plots, report.md\n"
             "  plot       draw a run's curves from its metrics.json as a PNG\n"
+            "  scaling    calibrate here, then simulate 1 to 1,024 ranks per sync schedule: scaling.csv, plot, report.md\n"
             "\n"
             "defaults that follow the gradient mode (measured: README, \"Defaults\"); a value you set,\n"
             "by flag or in --config, always wins:\n"
@@ -169,6 +170,9 @@ def train_parser() -> Parser:
                       help="also draw OUT/curves.png (loss, accuracy, parallel vs local networks; needs matplotlib: "
                            'pip install "pnn_mpi[plot]")')
     data.add_argument("--config", metavar="FILE", help="read options from a TOML file; a flag given on the command line wins, before or after --config")
+    data.add_argument("--timeline", metavar="FILE",
+                      help="write where every rank's time goes (data load, compute, sync Allreduce, waiting, scoring, "
+                           "checkpoints, signals) as one Chrome trace-event JSON file: open it in ui.perfetto.dev")
 
     jobs = p.add_argument_group("long runs and batch jobs")
     jobs.add_argument("--checkpoint-every", type=non_negative_int, default=d.checkpoint_every, metavar="E",

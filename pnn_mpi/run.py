@@ -23,12 +23,13 @@ from .comm import Communicator, current_world, fail_together
 from .config import TrainConfig, settled
 from .console import say
 from .defaults import in_words
-from .errors import INSTALL_MPI, Diverged, UserError
+from .errors import INSTALL_MPI, Diverged, Interrupted, UserError
 from .metrics import metrics, summary_lines
 from .model_io import model_arrays, npz_bytes
 from .network import parameter_count
 from .rank_data import RankData, load_rank_data
 from .signals import StopRequest
+from .timeline import Timeline
 from .train import Clock, EpochRecord, Hooks, batch_plan, train
 from .version import __version__
 from .wording import os_reason, plural
@@ -88,7 +89,7 @@ def resume_point(cfg: TrainConfig, world: Communicator, out: Path, expect: check
 def expectations(cfg: TrainConfig, data: RankData, data_id: dict) -> checkpoint.Expected:
     """What a checkpoint must hold for this run to continue from it."""
     return checkpoint.Expected(
-        parameters=parameter_count((data.x.shape[1], *cfg.hidden, 10)),
+        parameters=parameter_count((data.x.shape[1], *cfg.hidden, data.classes)),
         slice_sizes=list(data.slice_sizes),
         steps=batch_plan(cfg, data.slice_sizes).steps,
         data=data_id,
@@ -115,6 +116,46 @@ def checkpoint_writer(cfg: TrainConfig, world: Communicator, out: Path, data: di
         fail_together(world, save)
 
     return write
+
+
+def start_timeline(cfg: TrainConfig, world: Communicator) -> Timeline | None:
+    """The rank's timeline recorder when ``--timeline`` asks for one (its folder checked writable first)."""
+    if not cfg.timeline:
+        return None
+
+    def check() -> None:
+        if world.rank == 0:
+            folder = Path(cfg.timeline or "").resolve().parent
+            if not folder.is_dir():
+                raise UserError(f"--timeline {cfg.timeline}: the folder {folder} does not exist")
+            if not os.access(folder, os.W_OK):
+                raise UserError(f"--timeline {cfg.timeline}: cannot write in {folder}")
+
+    fail_together(world, check)
+    return Timeline(world)
+
+
+def finish_timeline(cfg: TrainConfig, world: Communicator, recorder: Timeline | None, stop: StopRequest, data: RankData,
+                    train_seconds: float | None) -> None:
+    """Gather every rank's timeline and write it (rank 0); a collective, reached by all ranks alike."""
+    if recorder is None:
+        return
+    for name, at in stop.arrivals:
+        recorder.instant(f"signal {name}", at)
+    sizes = [data.x.shape[1], *cfg.hidden, data.classes]
+    meta = {"pnn_mpi_version": __version__, "ranks": world.size, "sizes": sizes, "samples": data.train_total,
+            "slice_sizes": data.slice_sizes, "sync": str(cfg.schedule), "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+            "dtype": cfg.dtype, "train_seconds": train_seconds}
+
+    def write() -> None:
+        try:
+            recorder.gather_and_write(Path(cfg.timeline or ""), meta)
+        except OSError as exc:
+            raise UserError(f"--timeline {cfg.timeline}: cannot write it ({os_reason(exc)})") from None
+
+    fail_together(world, write)
+    if world.rank == 0:
+        say(f"wrote the timeline {cfg.timeline} (open it in ui.perfetto.dev)")
 
 
 def run_training(cfg: TrainConfig, world: Communicator | None = None) -> dict | None:
@@ -166,7 +207,11 @@ def _train_into(cfg: TrainConfig, world: Communicator, out: Path, stop: StopRequ
     data_id = fail_together(world, lambda: identity.data_identity(cfg))
     identity.agree(world, "data", data_id)
     share = memory.ranks_on_this_machine(world)
+    recorder = start_timeline(cfg, world)
+    began = time.perf_counter()
     data = load_rank_data(cfg, world, fits=lambda train_n, test_n, pixels: memory.check_training(cfg, world, share, train_n, test_n, pixels))
+    if recorder:
+        recorder.span("load", began, time.perf_counter())
     if not cfg.full_batch and int(cfg.batch_size) > min(data.slice_sizes):
         raise UserError(
             f"--batch-size {cfg.batch_size} is larger than a rank's slice ({min(data.slice_sizes)} samples"
@@ -179,12 +224,18 @@ def _train_into(cfg: TrainConfig, world: Communicator, out: Path, stop: StopRequ
             say(line)
         if resume:
             say(f"resuming from {out / checkpoint.FILE}: epoch {resume[0].epoch + 1}, step {resume[0].step}")
-    hooks = Hooks(stop_reason=stop, checkpoint=checkpoint_writer(cfg, world, out, data_id), resume=resume)
+    hooks = Hooks(stop_reason=stop, checkpoint=checkpoint_writer(cfg, world, out, data_id), resume=resume,
+                  phase_listener=recorder.listener if recorder else None)
     try:
         with np.errstate(all="ignore"):  # a diverging run is reported once, by the loop's own check
             result = train(cfg, world, data, log=say, hooks=hooks)
     except Diverged as exc:
+        finish_timeline(cfg, world, recorder, stop, data, None)  # every rank raised it at the same check
         raise UserError(str(exc)) from None
+    except Interrupted:
+        finish_timeline(cfg, world, recorder, stop, data, None)
+        raise
+    finish_timeline(cfg, world, recorder, stop, data, result.train_seconds)
     loads = world.allgather(data.load_seconds)
     peaks = world.allgather(peak_memory_mib())
     record = None

@@ -16,6 +16,7 @@ alone.
 from __future__ import annotations
 
 import signal
+import time
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 _early: str | None = None  # a stop signal that came before training made its StopRequest
@@ -46,6 +47,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.received: str | None = _early
+        self.arrivals: list[tuple[str, float]] = []  # (signal, perf_counter) of every one, for the timeline
 
     def install(self) -> StopRequest:
         for sig in SIGNALS:
@@ -54,6 +56,7 @@ class StopRequest:
 
     def _note(self, signum: int, _frame) -> None:
         name = signal.Signals(signum).name
+        self.arrivals.append((name, time.perf_counter()))
         if signum == signal.SIGINT and self.received == name:
             raise KeyboardInterrupt  # Ctrl-C twice: stop at once (the whole job: cli aborts it)
         self.received = self.received or name

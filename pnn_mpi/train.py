@@ -186,6 +186,7 @@ class Hooks:
     stop_reason: Callable[[], str | None] = lambda: None
     checkpoint: Callable[[Progress, RankState], None] | None = None
     resume: tuple[Progress, RankState] | None = None
+    phase_listener: Callable[[str, float, float], None] | None = None  # told of every phase span (the timeline)
 
 
 def check_interval(batch: int) -> int:
@@ -272,8 +273,11 @@ class Run:
         stepper = None
         if plan.batch == 1 and not sync.averages_gradients and cfg.kernel != "generic":
             stepper = SampleStepper(state.net, data.x, cfg.kernel)  # index built, numba loaded: before the clock starts
+        phases = Phases(state.clock)
+        if hooks.phase_listener is not None:
+            phases.listeners.append(hooks.phase_listener)
         return cls(cfg, world, data, hooks, log, plan, sync, state.net.workspace(plan.batch), stepper,
-                   check_interval(plan.batch), Phases(state.clock), watch_for(cfg, world.size), Pace(cfg.progress_every))
+                   check_interval(plan.batch), phases, watch_for(cfg, world.size), Pace(cfg.progress_every))
 
 
 def train(cfg: TrainConfig, world: Communicator, data: RankData, log=print, hooks: Hooks | None = None) -> TrainResult:
@@ -381,7 +385,8 @@ def check_stop(run: Run, state: LoopState, epoch: int, step: int) -> None:
     """Agree on stopping: any rank's signal or non-finite loss stops all ranks at this step."""
     reason = run.hooks.stop_reason()
     flags = np.array([reason is not None, not math.isfinite(state.loss_sum), state.loss_sum], dtype=np.float64)
-    run.world.sum_(flags)  # the loss rides along for rank 0's progress line: no collective of its own
+    with run.phases("check"):  # not clocked: charged to compute, around it
+        run.world.sum_(flags)  # the loss rides along for rank 0's progress line: no collective of its own
     if run.world.rank == 0 and math.isfinite(flags[2]):
         seen = float(run.plan.step_samples[:step].sum())
         line = run.pace.line(epoch + 1, run.cfg.epochs, step, run.plan.steps, flags[2] / max(seen, 1.0))

@@ -255,7 +255,7 @@ def test_parser_defaults_are_config_defaults():
 
 def test_commands_table():
     """The other commands exist alongside the default 'train', each with its own function."""
-    assert set(cli.COMMANDS) == {"train", "launch", "download", "evaluate", "predict", "bench", "study", "plot"}
+    assert set(cli.COMMANDS) == {"train", "launch", "download", "evaluate", "predict", "bench", "study", "plot", "scaling"}
     for name in set(cli.COMMANDS) - {"train"}:
         assert callable(cli.COMMANDS[name]) and cli.COMMANDS[name] is not cli.COMMANDS["train"]
 

@@ -352,3 +352,17 @@ def test_download_into_a_full_disk_prints_one_line(small_disk, mnist_dir):
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
     assert proc.returncode == 2 and lines == [f"pnn_mpi: error: {small_disk / 'mnist'}: cannot write: No space left on device"], lines
     assert os.listdir(small_disk / "mnist") == []  # no temporary left
+
+
+def test_a_dataset_with_fewer_classes_resumes(tmp_path, capsys):
+    """The network has as many outputs as the data has classes: the checkpoint's expected shapes follow."""
+    from pnn_mpi.idx import write_idx
+
+    folder = write_dataset(tmp_path / "five", train=120, test=30, seed=6)
+    for name in ("train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte"):
+        labels = np.frombuffer((folder / name).read_bytes()[8:], np.uint8) % 5
+        write_idx(folder / name, labels)
+    out = tmp_path / "run"
+    assert main(_flags(folder, out)) == 0
+    assert main(_flags(folder, out, "--resume")) == 0
+    assert "resuming from" in capsys.readouterr().out

@@ -1,0 +1,147 @@
+"""Measuring this machine: the training step's cost and the Allreduce's, for the platforms.
+
+Two measurements, each run by ``python -m pnn_mpi.scaling.calibrate`` under a
+launcher and written as JSON by rank 0:
+
+``compute``  the real training loop (``train.train`` on real MNIST slices, no
+             scoring, ``--sync end``) at two batch sizes; its clock's compute
+             seconds per step give the line ``per_step + per_sample * b``. Run
+             with one rank, then with as many ranks as cores, so both the idle
+             and the loaded machine are known. Repeats interleave the batch
+             sizes; the median and the least of them are kept (the machine is
+             shared; ``measure.run`` picks which).
+``allreduce`` in-place Allreduces of float32 buffers of sizes from 2 values to
+             the larger model's parameters, timed back to back after a barrier,
+             median and least per size; run with two ranks on one host
+             (shared memory) or on two namespace nodes (TCP).
+
+``fit_link`` turns Allreduce timings into a link's latency and bandwidth by
+least squares on the structure of the algorithm that will replay them
+(``coefficients``), so the platform reproduces the two-rank measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .costs import Link, StepCost
+
+BATCHES = (16, 32)  # a slice of 60,000/P samples takes batches of 32 and one of 16-32 at the end
+SIZES = ("784-128-10", "784-800-10")
+COUNTS = (2, 256, 2048, 16384, 65536, 101770, 262144, 636010)
+
+
+def _sizes(label: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in label.split("-"))
+
+
+def measure_compute(world, models, samples: int, repeats: int) -> dict:
+    """Seconds per step of the real training loop on this rank, per model and batch size (median of repeats)."""
+    from ..config import TrainConfig
+    from ..rank_data import load_rank_data
+    from ..train import train
+
+    timings: dict[str, dict[str, list[float]]] = {m: {str(b): [] for b in BATCHES} for m in models}
+    loaded = {}
+    for label in models:
+        sizes = _sizes(label)
+        base = TrainConfig(hidden=sizes[1:-1], train_size=samples * world.size, test_size=100, epochs=1, sync="end", eval_every=0)
+        loaded[label] = (base, load_rank_data(base, world))
+    for _ in range(repeats):
+        for label in models:
+            base, data = loaded[label]
+            for b in BATCHES:
+                cfg = TrainConfig(**{**base.as_dict(), "hidden": base.hidden, "batch_size": b})
+                result = train(cfg, world, data, log=lambda *_: None)
+                clock = result.clocks[world.rank]
+                timings[label][str(b)].append(clock.compute / result.steps_per_epoch)
+    return {"median": {m: {b: statistics.median(v) for b, v in per.items()} for m, per in timings.items()},
+            "min": {m: {b: min(v) for b, v in per.items()} for m, per in timings.items()}}
+
+
+def step_cost(per_batch: dict[str, float]) -> StepCost:
+    """The line through the seconds per step at the two measured batch sizes."""
+    (b1, t1), (b2, t2) = sorted((int(b), t) for b, t in per_batch.items())[:2]
+    per_sample = max((t2 - t1) / (b2 - b1), 0.0)
+    return StepCost(max(t1 - per_sample * b1, 0.0), per_sample)
+
+
+def measure_allreduce(world, counts, repeats: int, budget: float = 0.05) -> dict[str, dict[str, float]]:
+    """Seconds of one in-place float32 Allreduce, per count: median and least of the repeats (all ranks time together)."""
+    from mpi4py import MPI
+
+    comm = world.comm
+    result: dict[str, dict[str, float]] = {"median": {}, "min": {}}
+    for count in counts:
+        buf = np.ones(count, dtype=np.float32)
+        comm.Allreduce(MPI.IN_PLACE, buf)  # connections and buffers set up before timing
+        began = time.perf_counter()
+        comm.Allreduce(MPI.IN_PLACE, buf)
+        calls = int(comm.allreduce(max(1, min(200, budget / max(time.perf_counter() - began, 1e-6))), op=MPI.MIN))
+        times = []
+        for _ in range(repeats):
+            comm.Barrier()
+            began = time.perf_counter()
+            for _ in range(calls):
+                comm.Allreduce(MPI.IN_PLACE, buf)
+            times.append((time.perf_counter() - began) / calls)
+        result["median"][str(count)] = comm.allreduce(statistics.median(times), op=MPI.MAX)
+        result["min"][str(count)] = comm.allreduce(min(times), op=MPI.MAX)
+    return result
+
+
+def fit_link(timings: dict[str, float], coefficients) -> Link:
+    """Latency and bandwidth that best reproduce ``timings`` (count -> seconds, float32), relative least squares.
+
+    ``coefficients(nbytes)`` gives (messages on the critical path, bytes on it)
+    for a two-rank Allreduce under the replay's algorithm.
+    """
+    rows, rhs = [], []
+    for count, seconds in timings.items():
+        a, b = coefficients(int(count) * 4)
+        rows.append([a / seconds, b / seconds])
+        rhs.append(1.0)
+    (alpha, beta), *_ = np.linalg.lstsq(np.array(rows), np.array(rhs), rcond=None)
+    alpha = max(float(alpha), 1e-7)
+    beta = max(float(beta), 1e-12)
+    return Link(alpha, 1.0 / beta)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pnn_mpi.scaling.calibrate", description="One calibration measurement (run under a launcher).")
+    p.add_argument("what", choices=("compute", "allreduce"))
+    p.add_argument("--out", required=True, help="JSON file rank 0 writes")
+    p.add_argument("--models", nargs="+", default=list(SIZES))
+    p.add_argument("--samples", type=int, default=6144, help="training samples per rank (compute)")
+    p.add_argument("--counts", nargs="+", type=int, default=list(COUNTS))
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args(argv)
+    from ..comm import World
+
+    world = World()
+    if args.what == "compute":
+        mine = measure_compute(world, args.models, args.samples, args.repeats)
+        gathered = world.allgather(mine)
+        # The slowest rank sets the pace of a synchronous run.
+        slowest = {stat: {m: {b: max(g[stat][m][b] for g in gathered) for b in mine[stat][m]} for m in mine[stat]} for stat in mine}
+        record = {"ranks": world.size, "seconds_per_step": slowest["median"], "seconds_per_step_min": slowest["min"]}
+    else:
+        from mpi4py import MPI
+
+        timed = measure_allreduce(world, args.counts, args.repeats)
+        record = {"ranks": world.size, "hosts": sorted(set(world.allgather(MPI.Get_processor_name()))),
+                  "seconds": timed["median"], "seconds_min": timed["min"]}
+    if world.rank == 0:
+        Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

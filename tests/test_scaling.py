@@ -1,0 +1,232 @@
+"""The scaling predictions: run programs against the trainer, both engines against hand-priced toy runs, the command."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pnn_mpi.comm import SerialWorld
+from pnn_mpi.config import TrainConfig
+from pnn_mpi.scaling import calibrate, command, model, platforms, report, simulate, traces
+from pnn_mpi.scaling.costs import Calibration, Link, StepCost
+from pnn_mpi.scaling.program import Allreduce, Barrier, Compute, Run, collectives, phases
+from pnn_mpi.train import train
+
+needs_simgrid = pytest.mark.skipif(not simulate.available(), reason="SimGrid (libsimgrid-dev) is not installed")
+
+SHM = Link(10e-6, 1e9)
+TCP = Link(50e-6, 0.5e9)
+
+
+def toy_calibration(per_step=1e-3, per_sample=0.0) -> Calibration:
+    cost = StepCost(per_step, per_sample)
+    return Calibration("toy", 2, {"4-3-2": {"one": cost, "all": cost}}, {"shm": SHM, "tcp": TCP})
+
+
+def tiny_data(n: int, seed: int = 0):
+    from pnn_mpi.rank_data import RankData
+
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, 4)).astype(np.float32)
+    y = rng.integers(0, 2, n).astype(np.intp)
+    return RankData(directory=Path("."), train_total=n, slice_sizes=[n], start=0, x=x, y=y,
+                    test_images=(rng.random((10, 4)) * 255).astype(np.uint8), test_labels=rng.integers(0, 2, 10), image_shape=(2, 2),
+                    classes=2, load_seconds=0.0)
+
+
+@pytest.mark.parametrize("sync", ["end", "epoch", "steps:3", "steps:7", "grad"])
+@pytest.mark.parametrize("batch", [4, 5])
+def test_program_makes_the_syncs_the_trainer_makes(sync, batch):
+    """The run program's parameter Allreduces are the ones the real loop times (its clock's ``syncs``)."""
+    n, epochs = 37, 3
+    cfg = TrainConfig(hidden=(3,), batch_size=batch, epochs=epochs, sync=sync, eval_every=0)
+    result = train(cfg, SerialWorld(), tiny_data(n), log=lambda *_: None)
+    run = Run((4, 3, 2), n, 1, sync, epochs, batch)
+    assert collectives(run).get("sync", 0) == result.clocks[0].syncs
+    steps = sum(int(e.steps.max()) * p.repeat for p in phases(run) for e in p.events if isinstance(e, Compute))
+    assert steps == result.steps_per_epoch * epochs
+
+
+def test_phases_repeat_identical_epochs_and_cover_every_sample():
+    run = Run((784, 128, 10), 60000, 16, "epoch", 10)
+    got = phases(run)
+    assert sum(p.repeat for p in got if p.name.startswith("epoch")) == 10
+    samples = sum(int(e.samples.sum()) * p.repeat for p in got for e in p.events if isinstance(e, Compute))
+    assert samples == 60000 * 10
+    assert got[-1].name == "final average"
+
+
+def hand_priced_toy(plat_link: Link, ranks: int) -> float:
+    """The toy run priced by hand: 2 ranks, 8 samples each, batch 8 (one step an epoch), 2 epochs, sync epoch.
+
+    Epoch 1: step, check, parameter average, barrier; epoch 2: step, check, barrier; then the final average.
+    Every collective of 2 ranks on one host: a check or barrier is one exchange (latency);
+    Rabenseifner's average of n bytes is two exchanges of n/2 bytes.
+    """
+    assert ranks == 2
+    n = Run((4, 3, 2), 16, 2).parameters * 4
+    step, lat, bw = 1e-3, plat_link.latency, plat_link.bandwidth
+    average = 2 * (lat + n / 2 / bw)
+    return (step + lat + average + lat) + (step + lat + lat) + average
+
+
+def toy_platform():
+    return platforms.built_in("thisvm", toy_calibration())
+
+
+def test_analytic_model_reproduces_the_hand_priced_toy_run():
+    cal = toy_calibration()
+    run = Run((4, 3, 2), 16, 2, "epoch", 2, 8)
+    got = model.predict(run, toy_platform(), cal)
+    assert got.total == pytest.approx(hand_priced_toy(SHM, 2), rel=1e-9)
+    assert got.compute == pytest.approx(2e-3)
+
+
+@needs_simgrid
+def test_simgrid_reproduces_the_hand_priced_toy_run():
+    cal = toy_calibration()
+    run = Run((4, 3, 2), 16, 2, "epoch", 2, 8)
+    with simulate.Simulator(toy_platform(), cal) as sim:
+        got = sim.predict(run)
+    assert got == pytest.approx(hand_priced_toy(SHM, 2), rel=0.01)
+
+
+@needs_simgrid
+@pytest.mark.parametrize("plat_name", ["node", "cluster-25g"])
+@pytest.mark.parametrize("sync", ["epoch", "grad"])
+@pytest.mark.parametrize("ranks", [4, 32, 64])
+def test_simgrid_and_the_analytic_model_agree(plat_name, sync, ranks):
+    """Two independent pricings of the same run on the same platform file (the cross-check)."""
+    cal = Calibration("toy", 2, {"784-128-10": {"one": StepCost(20e-6, 5e-6), "all": StepCost(20e-6, 5e-6)}}, {"shm": SHM, "tcp": TCP})
+    plat = platforms.built_in(plat_name, cal)
+    run = Run((784, 128, 10), 4096, ranks, sync, 1)
+    with simulate.Simulator(plat, cal) as sim:
+        simulated = sim.predict(run)
+    assert model.predict(run, plat, cal).total == pytest.approx(simulated, rel=0.05)
+
+
+def test_traces_are_complete_for_every_rank(tmp_path):
+    run = Run((784, 128, 10), 1000, 3, "steps:5", 2)
+    cal = Calibration("toy", 2, {"784-128-10": {"one": StepCost(1e-5, 1e-6), "all": StepCost(1e-5, 1e-6)}}, {"shm": SHM})
+    for i, phase in enumerate(phases(run)):
+        listing = traces.write(tmp_path / str(i), phase, 3, cal.step_cost(run.sizes, True))
+        files = listing.read_text().split()
+        assert len(files) == 3
+        bodies = [Path(f).read_text().splitlines() for f in files]
+        for r, lines in enumerate(bodies):
+            assert lines[0] == f"{r} init" and lines[-1] == f"{r} finalize"
+            assert all(line.split()[0] == str(r) for line in lines)
+        collective = [[line.split(" ", 1)[1] for line in b if "compute" not in line] for b in bodies]
+        assert collective[0] == collective[1] == collective[2]  # every rank meets every collective
+        wanted = sum(isinstance(e, (Allreduce, Barrier)) for e in phase.events)
+        assert len(collective[0]) == wanted + 2
+
+
+def test_platform_units_and_clusters():
+    assert platforms.parse_bandwidth("25Gbps") == 25e9 / 8
+    assert platforms.parse_bandwidth("1.5GBps") == 1.5e9
+    assert platforms.parse_latency("10us") == pytest.approx(1e-5)
+    plat = platforms.built_in("cluster-100g", toy_calibration())
+    assert plat.cores == 16 and len(plat.hosts) == 64
+    assert plat.host_link_bandwidth == 100e9 / 8
+    assert plat.route.latency == pytest.approx(TCP.latency)
+    assert plat.hostfile(20).splitlines() == ["node0"] * 16 + ["node1"] * 4
+
+
+def test_a_platform_without_clusters_is_refused(tmp_path):
+    bad = tmp_path / "p.xml"
+    bad.write_text("<platform version='4.1'><zone id='z' routing='Full'><host id='a' speed='1Gf'/></zone></platform>")
+    with pytest.raises(Exception, match="no <cluster>"):
+        platforms.load(bad)
+
+
+def test_fit_recovers_a_known_link():
+    """Timings made by the model from a known link give that link back."""
+    unit_link = Link(42e-6, 2.5e9)
+    plat = platforms.from_xml("pair", platforms._fill(
+        "<platform version='4.1'><zone id='z' routing='Full'><cluster id='c' prefix='h' suffix='' radical='0-0' core='2' "
+        "speed='1Gf' bw='{bw}Bps' lat='0s' loopback_bw='{bw}Bps' loopback_lat='{lat}s'/></zone></platform>",
+        {"bw": unit_link.bandwidth, "lat": unit_link.latency}))
+    timings = {}
+    for count in calibrate.COUNTS:
+        nbytes = count * 4
+        cost = model.barrier(plat, 2) if nbytes < model.SMALL_MESSAGE else model.allreduce(plat, 2, nbytes)
+        timings[str(count)] = cost.total
+    from pnn_mpi.scaling.measure import _analytic_coefficients
+
+    got = calibrate.fit_link(timings, _analytic_coefficients(True))
+    assert got.latency == pytest.approx(unit_link.latency, rel=1e-6)
+    assert got.bandwidth == pytest.approx(unit_link.bandwidth, rel=1e-6)
+
+
+def test_step_cost_line():
+    cost = calibrate.step_cost({"8": 1e-3 + 8e-5, "32": 1e-3 + 32e-5})
+    assert cost.per_step == pytest.approx(1e-3) and cost.per_sample == pytest.approx(1e-5)
+
+
+def test_bounds_name_what_stops_scaling():
+    rows = []
+    for p, (c, lat, bw) in {1: (8.0, 0, 0), 2: (4.0, 0.01, 0.2), 4: (2.0, 0.01, 2.0)}.items():
+        rows.append({"ranks": p, "sync": "grad", "model": "m", "platform": "x", "predicted_seconds": c + lat + bw,
+                     "compute_seconds": c, "latency_seconds": lat, "bandwidth_seconds": bw})
+    report.add_speedups(rows)
+    (best, why), = report.bound(rows).values()
+    assert best == 2 and why.startswith("bandwidth")
+
+
+def test_scaling_works_without_simgrid(tmp_path, monkeypatch, capsys):
+    """No SimGrid: the analytic model alone, said in one line; the CSV and report are still written."""
+    cal = toy_calibration(20e-6, 5e-6)
+    cal.compute["784-128-10"] = cal.compute.pop("4-3-2")
+    (tmp_path / "cal.json").write_text(cal.to_json())
+    monkeypatch.setattr(simulate, "tools", lambda: None)
+    assert command.main(["--calibration", str(tmp_path / "cal.json"), "--out", str(tmp_path / "out"), "--quick"]) == 0
+    said = capsys.readouterr().out
+    assert said.count("analytic alpha-beta model only") == 1
+    rows = (tmp_path / "out" / "scaling.csv").read_text().splitlines()
+    assert rows[0].startswith("ranks,sync,model,platform,predicted_seconds,speedup,efficiency,measured_seconds")
+    assert all(",analytic," in r for r in rows[1:])
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "analytic alpha-beta model only" in text and "largest P with at least 80% efficiency" in text
+    one = [r.split(",") for r in rows[1:] if r.startswith("1,")]
+    assert all(math.isclose(float(r[5]), 1.0) for r in one)  # speed-up 1 at one rank
+
+
+@pytest.mark.slow
+def test_validation_figures_come_from_the_runs_the_command_made(tmp_path):
+    """``scaling --validate``: every measured figure is the train_seconds of a run it launched and kept."""
+    out = tmp_path / "out"
+    assert command.main(["--validate", "--quick", "--rounds", "1", "--no-tcp", "--out", str(out)]) == 0
+    rows = json.loads((out / "validation.json").read_text())
+    assert {(r["platform"], r["ranks"]) for r in rows} == {("thisvm", 1), ("thisvm", 2)}
+    for r in rows:
+        (run,) = r["runs"]
+        metrics = json.loads((Path(run) / "run" / "metrics.json").read_text())
+        assert metrics["train_seconds"] == r["train_seconds"]
+        assert metrics["ranks"] == r["ranks"] and metrics["config"]["sync"] == r["sync"]
+        assert Path(run, "command.txt").read_text().split()[-1] == str(Path(run) / "run")
+    csv = (out / "scaling.csv").read_text()
+    assert all(f"{r['train_seconds']:.6g}" in csv for r in rows)
+
+
+def test_a_timeline_is_a_source_of_the_simulated_compute(tmp_path):
+    """A real (serial) run's trace gives the step cost; priced back, it reproduces the run's compute."""
+    from conftest import write_dataset
+    from pnn_mpi.run import run_training
+    from pnn_mpi.scaling.from_timeline import apply
+
+    data = write_dataset(tmp_path / "data", train=600, test=20)
+    cfg = TrainConfig(dataset="custom", data_dir=str(data), hidden=(8,), epochs=2, batch_size=10, sync="epoch",
+                      out=str(tmp_path / "run"), timeline=str(tmp_path / "t.json"))
+    record = run_training(cfg, SerialWorld())
+    cal, note = apply(toy_calibration(), tmp_path / "t.json")
+    assert "36-8-10" in note
+    run = Run((36, 8, 10), 600, 1, "epoch", 2, 10)
+    predicted = model.predict(run, platforms.built_in("thisvm", cal), cal)
+    checks = json.loads((tmp_path / "t.json").read_text())
+    check_seconds = sum(e["dur"] for e in checks["traceEvents"] if e.get("cat") == "check") / 1e6
+    assert predicted.compute == pytest.approx(record["timings"]["compute_seconds"]["max"] - check_seconds, rel=1e-6)
