@@ -31,7 +31,7 @@ FILE = "checkpoint.npz"
 FORMAT = "pnn_mpi-checkpoint-2"  # 2: the data's identity is part of it
 
 # Settings that change where files are or how often a run reports, not what it computes.
-_NOT_IDENTITY = ("out", "data_dir", "eval_every", "checkpoint_every", "resume", "expect_ranks", "timeline", "progress_every", "plot")
+_NOT_IDENTITY = ("out", "data_dir", "eval_every", "checkpoint_every", "resume", "expect_ranks", "timeline", "progress_every", "plot", "on_rank_failure")
 
 
 def identity(cfg: TrainConfig) -> dict:
@@ -63,13 +63,16 @@ class Progress:
     clocks: list[dict] = field(default_factory=list)  # every rank's Clock fields
 
 
-def save(path: Path, cfg: TrainConfig, ranks: int, progress: Progress, states: list[RankState], data: dict | None = None) -> None:
-    """Write the checkpoint; ``data`` is the data's identity (identity.data_identity), checked on resume."""
+def save(path: Path, cfg: TrainConfig, ranks: int, progress: Progress, states: list[RankState], data: dict | None = None, lost=(), before_rename=None) -> None:
+    """Write the checkpoint; ``data`` is the data's identity (identity.data_identity), checked on resume;
+    ``lost`` the launch ranks a fault-tolerant run lost before it (such a checkpoint is not resumed);
+    ``before_rename`` a test hook (faults.py)."""
     header = {
         "format": FORMAT,
         "config": identity(cfg.resolved(ranks)),  # as run: the defaults rule filled in
         "ranks": ranks,
         "data": data,
+        "lost_ranks": [int(r) for r in lost],
         "progress": asdict(progress),
         "rng": [s.rng for s in states],
         "loss_sums": [s.loss_sum for s in states],
@@ -80,7 +83,7 @@ def save(path: Path, cfg: TrainConfig, ranks: int, progress: Progress, states: l
         arrays[f"order_{rank}"] = state.order
         if state.velocity is not None:
             arrays[f"velocity_{rank}"] = state.velocity
-    write_atomically(Path(path), npz_bytes(arrays))
+    write_atomically(Path(path), npz_bytes(arrays), before_rename)
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,11 @@ def _check_header(header: dict, cfg: TrainConfig, ranks: int, expect: Expected |
         raise bad(f"its header lacks {', '.join(missing)}")
     if not _is_int(header["ranks"]) or header["ranks"] < 1:
         raise bad(f"its rank count is {quote(header['ranks'])}")
+    if header.get("lost_ranks"):  # its survivors held re-split slices: nothing here can load them as they were
+        raise UserError(
+            f"{quote(path)}: written after the run lost rank(s) {', '.join(map(str, header['lost_ranks']))}"
+            " (--on-rank-failure continue); resuming such a checkpoint is not supported: start the run again without --resume"
+        )
     if header["ranks"] != ranks:
         raise UserError(f"{quote(path)}: written by a run of {header['ranks']} ranks, cannot resume with {ranks}; relaunch with -n {header['ranks']}")
     if not isinstance(header["config"], dict):

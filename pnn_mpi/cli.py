@@ -18,6 +18,7 @@ from . import bench, file_commands, launch, plot, run, scaling, study
 from .comm import RANK_VARIABLES
 from .errors import STOP_EXIT_CODE, Interrupted, UserError
 from .options import parse_train_args
+from .resilience import RankLost, leave_by_signal, live_world
 from .wording import bounded_line
 
 
@@ -45,11 +46,17 @@ def _live_mpi():
     return mpi if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized() else None
 
 
+def _live_comm(mpi):
+    """The communicator of the ranks still alive: a fault-tolerant run's shrunk one, else COMM_WORLD."""
+    world = live_world()
+    return world.comm if world is not None else mpi.COMM_WORLD
+
+
 def _lead_rank() -> bool:
     """Whether this process should print: rank 0 of MPI, or of the launcher before MPI starts."""
     mpi = _live_mpi()
     if mpi is not None:
-        return mpi.COMM_WORLD.Get_rank() == 0
+        return _live_comm(mpi).Get_rank() == 0
     for name in RANK_VARIABLES:
         if name in os.environ:
             return os.environ[name] == "0"
@@ -72,12 +79,15 @@ def _wait_for_every_rank(seconds: float = 10.0) -> None:
         except (ImportError, RuntimeError):
             return  # no MPI library loads: the error says so, and there is no one to wait for
 
-    if mpi.Is_finalized() or mpi.COMM_WORLD.Get_size() == 1:
+    if mpi.Is_finalized() or _live_comm(mpi).Get_size() == 1:
         return
-    request = mpi.COMM_WORLD.Ibarrier()
+    request = _live_comm(mpi).Ibarrier()
     deadline = time.monotonic() + seconds
-    while not request.Test() and time.monotonic() < deadline:
-        time.sleep(0.005)
+    try:
+        while not request.Test() and time.monotonic() < deadline:
+            time.sleep(0.005)
+    except mpi.Exception:
+        pass  # a rank died meanwhile (fault-tolerant runs): nobody left to wait for
 
 
 def _leave(line: str, code: int) -> int:
@@ -94,6 +104,9 @@ def _abort_on_crash(exc: BaseException) -> int:
     mpi = _live_mpi()
     rank = mpi.COMM_WORLD.Get_rank() if mpi else 0
     text = "".join(traceback.format_exception(exc))
+    if mpi and live_world() is not None:  # --on-rank-failure continue: MPI_Abort would hang the job there
+        sys.stderr.write(f"pnn_mpi: rank {rank}: unexpected error, leaving the job (the others carry on without it)\n{text}")
+        leave_by_signal()
     sys.stderr.write(f"pnn_mpi: rank {rank}: unexpected error, aborting the job\n{text}")
     sys.stderr.flush()
     if mpi and mpi.COMM_WORLD.Get_size() > 1:
@@ -107,6 +120,9 @@ def _end_on_interrupt() -> int:
     mpi = _live_mpi()
     several = mpi is not None and mpi.COMM_WORLD.Get_size() > 1
     rank = mpi.COMM_WORLD.Get_rank() if several else 0
+    if several and live_world() is not None:  # --on-rank-failure continue: MPI_Abort would hang the job there
+        sys.stderr.write(f"pnn_mpi: rank {rank}: interrupted: leaving the job (the others carry on without it)\n")
+        leave_by_signal()
     sys.stderr.write(f"pnn_mpi: rank {rank}: interrupted: ending the whole job\n" if several else "pnn_mpi: interrupted\n")
     sys.stderr.flush()
     if several:
@@ -123,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[command](argv)
     except UserError as exc:
         return _leave(bounded_line(f"pnn_mpi: error: {exc}"), 2)
+    except RankLost as exc:  # before the part of a run that survives it
+        return _leave(f"pnn_mpi: error: {exc} while the run was starting; launch it again", 2)
     except Interrupted as exc:
         return _leave(f"pnn_mpi: {exc}; checkpoint written: rerun the same command with --resume to continue", STOP_EXIT_CODE)
     except KeyboardInterrupt:

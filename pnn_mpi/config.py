@@ -23,6 +23,7 @@ from .optim import SCHEDULES
 from .sync import Sync
 
 T = TypeVar("T")
+ON_RANK_FAILURE = ("abort", "continue")
 
 DTYPES = ("float32", "float64")
 KERNELS = ("auto", "numba", "numpy", "generic")
@@ -63,6 +64,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # epochs between checkpoints; 0 = only when stopped by a signal
     resume: bool = False
     expect_ranks: Union[int, None] = None
+    on_rank_failure: str = "abort"  # or "continue": survivors of a lost rank go on (resilience.py, survive.py)
     kernel: str = "auto"  # how batch-1 steps run: auto, numba, numpy (kernels.py) or generic
     val_size: int = 0  # training samples held out for validation, scored every epoch (0 = none)
     early_stop: int = 0  # stop after this many epochs without a better validation accuracy (0 = never)
@@ -113,6 +115,7 @@ class TrainConfig:
         need(self.epochs >= 1, f"--epochs {self.epochs}: at least one epoch")
         need(self.seed >= 0, f"--seed {self.seed}: expected a non-negative integer")
         need(self.dtype in DTYPES, f"--dtype {self.dtype!r}: choose from {', '.join(DTYPES)}")
+        need(self.on_rank_failure in ON_RANK_FAILURE, f"--on-rank-failure {self.on_rank_failure!r}: choose from {', '.join(ON_RANK_FAILURE)}")
         need(self.kernel in KERNELS, f"--kernel {self.kernel!r}: choose from {', '.join(KERNELS)}")
         if self.kernel == "numba":
             need(numba_available(), "--kernel numba: numba is not installed (pip install 'pnn_mpi[fast]')")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -107,11 +107,18 @@ class Staged:
         self.temp.unlink(missing_ok=True)
 
 
-def write_atomically(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` whole: a temporary created exclusively, fsync, rename."""
+def write_atomically(path: str | os.PathLike, data: bytes, before_rename: Callable[[], None] | None = None) -> None:
+    """Write ``data`` to ``path`` whole: a temporary created exclusively, fsync, rename.
+
+    ``before_rename`` is a test hook (faults.py): called when the temporary is
+    complete and the old file still in place."""
     with Staged(path) as staged:
         staged.file.write(data)
-        staged.commit()
+        staged.finish()
+        if before_rename is not None:
+            before_rename()
+        staged.rename()
+        fsync_dir(staged.path.parent)
 
 
 def write_together(files: Iterable[tuple[str | os.PathLike, bytes]]) -> None:

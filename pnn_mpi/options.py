@@ -17,7 +17,7 @@ import tomllib
 
 from . import __version__
 from .activations import ACTIVATIONS
-from .config import DTYPES, FULL_BATCH, KERNELS, TrainConfig
+from .config import DTYPES, FULL_BATCH, KERNELS, ON_RANK_FAILURE, TrainConfig
 from .datasets import DATASETS
 from .defaults import HELP as FOLLOWS
 from .defaults import rule_lines
@@ -183,6 +183,10 @@ def train_parser() -> Parser:
                            "starts from scratch when there is no checkpoint yet")
     jobs.add_argument("--expect-ranks", type=positive_int, metavar="N",
                       help="fail unless MPI started exactly N ranks (catches a launcher that starts N one-rank jobs)")
+    jobs.add_argument("--on-rank-failure", choices=ON_RANK_FAILURE, default=d.on_rank_failure,
+                      help="when a rank dies: 'abort' ends the job (resume from the last checkpoint), 'continue' lets the "
+                           "survivors roll back to their last common state and train on without it (needs Open MPI 5 "
+                           f"and mpiexec --with-ft ulfm; see README) (default: {d.on_rank_failure})")
     return p
 
 

@@ -17,18 +17,21 @@ from typing import cast
 
 import numpy as np
 
-from . import checkpoint, identity, memory, outdir, plot
+from . import checkpoint, files, identity, memory, outdir, plot
 from .checkpoint import Progress, RankState
 from .comm import Communicator, current_world, fail_together
 from .config import TrainConfig, settled
 from .console import say
 from .defaults import in_words
 from .errors import INSTALL_MPI, Diverged, Interrupted, UserError
+from .faults import planned_faults
 from .metrics import metrics, summary_lines
 from .model_io import model_arrays, npz_bytes
 from .network import parameter_count
 from .rank_data import RankData, load_rank_data
+from .resilience import ResilientWorld, check_fault_tolerance, prepare_process
 from .signals import StopRequest
+from .survive import failure_line, failure_record, finish_surviving, train_surviving
 from .timeline import Timeline
 from .train import Clock, EpochRecord, Hooks, batch_plan, train
 from .version import __version__
@@ -102,14 +105,28 @@ def checkpoint_writer(cfg: TrainConfig, world: Communicator, out: Path, data: di
     """A collective that gathers every rank's state to rank 0, which writes it atomically
     (with ``data``, the data's identity)."""
 
+    injected = planned_faults()
+    launch_rank = getattr(world, "launch_rank", world.rank)
+
+    def inject(epoch: int) -> None:
+        for fault in injected:
+            fault.fire_in_checkpoint(launch_rank, epoch)
+
     def write(progress: Progress, state: RankState) -> None:
+        if world.rank != 0:
+            inject(progress.epoch)
         states = world.gather(state)
 
         def save() -> None:
             if world.rank == 0:
                 assert states is not None  # gathered to rank 0
+                lost = getattr(world, "lost", [])
+                for name in os.listdir(out) if lost else ():  # a rank that died writing the last one may have left its temporary
+                    if files.is_our_temporary(name) and name.endswith(checkpoint.FILE):
+                        (out / name).unlink(missing_ok=True)
                 try:
-                    checkpoint.save(out / checkpoint.FILE, cfg, world.size, progress, states, data)
+                    checkpoint.save(out / checkpoint.FILE, cfg, world.size, progress, states, data, lost=lost,
+                                    before_rename=lambda: inject(progress.epoch))
                 except OSError as exc:
                     raise UserError(f"--out {out}: cannot write the checkpoint ({os_reason(exc)}); the previous one is intact") from None
 
@@ -158,9 +175,22 @@ def finish_timeline(cfg: TrainConfig, world: Communicator, recorder: Timeline | 
         say(f"wrote the timeline {cfg.timeline} (open it in ui.perfetto.dev)")
 
 
+def start_world(cfg: TrainConfig) -> Communicator:
+    """The ranks of this job: a world that survives lost ranks with ``--on-rank-failure continue``."""
+    if cfg.on_rank_failure != "continue":
+        return current_world()
+    prepare_process(cfg.on_rank_failure)  # before MPI starts
+    base = current_world()
+    if not base.mpi or base.size == 1:
+        return base  # one rank: nobody to lose
+    world = ResilientWorld(getattr(base, "comm", None))
+    check_fault_tolerance(world)
+    return world
+
+
 def run_training(cfg: TrainConfig, world: Communicator | None = None) -> dict | None:
     """Train as configured; rank 0 returns the metrics record, other ranks None."""
-    world = world or current_world()
+    world = world or start_world(cfg)
     identity.agree(world, "configuration", identity.resolved_config(cfg))  # the first collective: all ranks run one run
     check_world_size(cfg, world)
     followed = tuple(cfg.unset())
@@ -226,9 +256,13 @@ def _train_into(cfg: TrainConfig, world: Communicator, out: Path, stop: StopRequ
             say(f"resuming from {out / checkpoint.FILE}: epoch {resume[0].epoch + 1}, step {resume[0].step}")
     hooks = Hooks(stop_reason=stop, checkpoint=checkpoint_writer(cfg, world, out, data_id), resume=resume,
                   phase_listener=recorder.listener if recorder else None)
+    surviving = isinstance(world, ResilientWorld)
     try:
         with np.errstate(all="ignore"):  # a diverging run is reported once, by the loop's own check
-            result = train(cfg, world, data, log=say, hooks=hooks)
+            if surviving:
+                result, data, failures = train_surviving(cfg, world, data, log=say, hooks=hooks)
+            else:
+                result = train(cfg, world, data, log=say, hooks=hooks)
     except Diverged as exc:
         finish_timeline(cfg, world, recorder, stop, data, None)  # every rank raised it at the same check
         raise UserError(str(exc)) from None
@@ -236,13 +270,24 @@ def _train_into(cfg: TrainConfig, world: Communicator, out: Path, stop: StopRequ
         finish_timeline(cfg, world, recorder, stop, data, None)
         raise
     finish_timeline(cfg, world, recorder, stop, data, result.train_seconds)
+    if surviving:
+        return finish_surviving(world, result, data, failures, lambda: report_and_save(cfg, world, out, data, result, failures))
+    return report_and_save(cfg, world, out, data, result)
+
+
+def report_and_save(cfg: TrainConfig, world: Communicator, out: Path, data: RankData, result, failures=None) -> dict | None:
+    """Gather the figures, print the summary and save the model and metrics (rank 0); collective."""
+    for fault in planned_faults():
+        fault.fire_in_save(getattr(world, "launch_rank", world.rank))
     loads = world.allgather(data.load_seconds)
     peaks = world.allgather(peak_memory_mib())
     record = None
     if world.rank == 0:
         mpi = {"name": world.library(), "version": world.library_version()}
         record = metrics(cfg, result, data, world.size, mpi, loads, peaks)
-        for line in summary_lines(record):
+        if failures is not None:
+            record.update(failure_record(world, failures))
+        for line in filter(None, [*summary_lines(record), failure_line(record)]):
             say(line)
 
     def save() -> None:

@@ -32,7 +32,7 @@ from .comm import Communicator
 from .config import TrainConfig, settled
 from .errors import Diverged, Interrupted
 from .evaluate import evaluate, score
-from .faults import planned_fault
+from .faults import Fault, planned_faults
 from .health import Watch
 from .kernels import SampleStepper
 from .network import Network, Workspace
@@ -187,6 +187,10 @@ class Hooks:
     checkpoint: Callable[[Progress, RankState], None] | None = None
     resume: tuple[Progress, RankState] | None = None
     phase_listener: Callable[[str, float, float], None] | None = None  # told of every phase span (the timeline)
+    # Called where every rank has passed the same collective, with what it changed: "start"
+    # (the first barrier), "grad" (a gradient step), "average" (a parameter average), "check"
+    # (a stop check), "epoch" (an epoch's end). survive.py keeps its roll-back point here.
+    consistent: Callable[[LoopState, str], None] | None = None
 
 
 def check_interval(batch: int) -> int:
@@ -264,6 +268,7 @@ class Run:
     phases: Phases
     watch: Watch  # rank 0's warnings about a run that trains without learning (health.py)
     pace: Pace  # when rank 0 prints a progress line inside an epoch
+    faults: list[Fault] = field(default_factory=list)  # injected by tests (faults.py)
 
     @classmethod
     def prepare(cls, cfg: TrainConfig, world: Communicator, data: RankData, state: LoopState, hooks: Hooks, log) -> Run:
@@ -277,7 +282,18 @@ class Run:
         if hooks.phase_listener is not None:
             phases.listeners.append(hooks.phase_listener)
         return cls(cfg, world, data, hooks, log, plan, sync, state.net.workspace(plan.batch), stepper,
-                   check_interval(plan.batch), phases, watch_for(cfg, world.size), Pace(cfg.progress_every))
+                   check_interval(plan.batch), phases, watch_for(cfg, world.size), Pace(cfg.progress_every), planned_faults())
+
+    @property
+    def launch_rank(self) -> int:
+        """This process's rank when the job started (a shrunk world renumbers its survivors)."""
+        return getattr(self.world, "launch_rank", self.world.rank)
+
+
+def consistent(run: Run, state: LoopState, kind: str) -> None:
+    """Tell the hook that every rank has passed the same collective (see ``Hooks.consistent``)."""
+    if run.hooks.consistent is not None:
+        run.hooks.consistent(state, kind)
 
 
 def train(cfg: TrainConfig, world: Communicator, data: RankData, log=print, hooks: Hooks | None = None) -> TrainResult:
@@ -288,11 +304,11 @@ def train(cfg: TrainConfig, world: Communicator, data: RankData, log=print, hook
         progress, rank_state = hooks.resume
         state.restore(progress, rank_state, progress.clocks[world.rank])
     run = Run.prepare(cfg, world, data, state, hooks, log)
-    fault = planned_fault()
     world.barrier()
+    consistent(run, state, "start")
     for epoch in range(state.progress.epoch, cfg.epochs):
-        if fault:
-            fault.fire(run.world.rank, epoch + 1)
+        for fault in run.faults:
+            fault.fire(run.launch_rank, epoch + 1)
         lr = learning_rate(settled(cfg.lr), cfg.lr_decay, epoch, settled(cfg.lr_schedule), cfg.epochs, settled(cfg.warmup))
         train_epoch(run, state, epoch, lr)
         record = score_epoch(run, state, epoch, lr)
@@ -325,10 +341,12 @@ def train_epoch(run: Run, state: LoopState, epoch: int, lr: float) -> None:
         s = progress.step
         while s < run.plan.steps:
             stop = take_steps(run, state, s, lr)
+            progress.step = stop
+            if run.sync.averages_gradients:
+                consistent(run, state, "grad")
             if run.sync.averages_after_step(progress.global_step) and not (final and stop == run.plan.steps):
                 sync_parameters(run, state)
             if stop % run.check_every == 0 or stop == run.plan.steps:
-                progress.step = stop
                 check_stop(run, state, epoch, stop)
             s = stop
         if run.sync.averages_after_epoch and not final:
@@ -340,6 +358,8 @@ def train_epoch(run: Run, state: LoopState, epoch: int, lr: float) -> None:
 
 def take_steps(run: Run, state: LoopState, s: int, lr: float) -> int:
     """Step ``s`` of the epoch, or with a batch-1 kernel every step up to the next collective; returns where it stopped."""
+    for fault in run.faults:
+        fault.fire(run.launch_rank, state.progress.epoch + 1, s)
     if run.stepper:
         stop = segment_end(s, run.plan.steps, run.check_every, run.sync, state.progress.global_step)
         state.loss_sum += run.stepper.run(state.opt.velocity, run.data.y, state.order, s, stop, lr, run.cfg.momentum)  # fewer on a short slice
@@ -379,6 +399,7 @@ def sync_parameters(run: Run, state: LoopState) -> None:
     """Average the parameters: every rank then holds the same network."""
     sync_buffer(run, state, state.net.params)
     state.progress.in_sync = True
+    consistent(run, state, "average")
 
 
 def check_stop(run: Run, state: LoopState, epoch: int, step: int) -> None:
@@ -398,6 +419,7 @@ def check_stop(run: Run, state: LoopState, epoch: int, step: int) -> None:
         reasons = run.world.allgather(reason)
         save_checkpoint(run, state)
         raise Interrupted(next(r for r in reasons if r), epoch, step)
+    consistent(run, state, "check")
 
 
 def save_checkpoint(run: Run, state: LoopState) -> None:
@@ -489,6 +511,7 @@ def end_epoch(run: Run, state: LoopState, epoch: int) -> None:
     every = run.cfg.checkpoint_every
     if every and (epoch + 1) % every == 0 and epoch < run.cfg.epochs - 1:
         save_checkpoint(run, state)
+    consistent(run, state, "epoch")
 
 
 # --- the end -----------------------------------------------------------------------------

