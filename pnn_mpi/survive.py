@@ -269,7 +269,9 @@ def finish_surviving(world, result: TrainResult, data: RankData, failures: list[
             failures.append(Failure(len(result.epochs), -1, list(lost.lost), list(lost.survivors), time.perf_counter() - lost.detected,
                                     repair_seconds=lost.repair_seconds, resumed_at={"epoch": len(result.epochs), "step": -1}))
             if world.rank == 0 and math.isnan(result.test_accuracy):
-                result.test_accuracy, result.test_loss = evaluate(result.net, data.test_images, data.test_labels)
+                result.test_accuracy, result.test_loss, result.test_confidence = evaluate(result.net, data.test_images, data.test_labels)
+                last = result.epochs[-1]
+                last.test_accuracy, last.test_loss, last.test_confidence = result.test_accuracy, result.test_loss, result.test_confidence
 
 
 def failure_record(world, failures: list[Failure]) -> dict:
