@@ -86,9 +86,19 @@ def _best_rates(world, seconds: float, repeats: int, runs: dict[str, Callable[[]
 def _bench_data(world: Communicator, x: np.ndarray, y: np.ndarray) -> RankData:
     """Every rank's stand-in slice as the trainer takes it (no test set: scoring is not measured)."""
     sizes = world.allgather(len(y))
-    return RankData(directory=Path("."), train_total=sum(sizes), slice_sizes=sizes, start=0, x=x, y=y,
-                    test_images=np.zeros((0, x.shape[1]), np.uint8), test_labels=np.zeros(0, np.intp),
-                    image_shape=(28, 28), classes=max(world.allgather(int(y.max()))) + 1, load_seconds=0.0)
+    return RankData(
+        directory=Path("."),
+        train_total=sum(sizes),
+        slice_sizes=sizes,
+        start=0,
+        x=x,
+        y=y,
+        test_images=np.zeros((0, x.shape[1]), np.uint8),
+        test_labels=np.zeros(0, np.intp),
+        image_shape=(28, 28),
+        classes=max(world.allgather(int(y.max()))) + 1,
+        load_seconds=0.0,
+    )
 
 
 def _trainer(cfg: TrainConfig, world: Communicator, data: RankData) -> tuple[Run, LoopState]:
@@ -260,13 +270,14 @@ def _release_freed_memory() -> None:
 
 
 def _parser() -> Parser:
-    p = Parser(prog="python -m pnn_mpi bench",
-               description="Measure samples/s of a training step and the cost of a parameter sync, each beside a "
-                           "reference doing the same arithmetic the plain way in the same run (best of interleaved "
-                           "windows; ratio = pnn_mpi / reference), and break down each rank's memory.",
-               formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-               epilog="Batch 1 is also measured through the batch-1 kernels (numpy, and numba when it is installed). "
-                      "Run under mpiexec to measure at several ranks.")
+    p = Parser(
+        prog="python -m pnn_mpi bench",
+        description="Measure samples/s of a training step and the cost of a parameter sync, each beside a "
+        "reference doing the same arithmetic the plain way in the same run (best of interleaved "
+        "windows; ratio = pnn_mpi / reference), and break down each rank's memory.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Batch 1 is also measured through the batch-1 kernels (numpy, and numba when it is installed). Run under mpiexec to measure at several ranks.",
+    )
     p.add_argument("--hidden", type=positive_int, nargs="+", default=[128], metavar="N", help="hidden layer widths")
     p.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 32], metavar="B", help="batch sizes to measure")
     p.add_argument("--momentum", type=float, default=0.0, help="SGD momentum of the measured steps (0 lets batch-1 kernels update sparsely)")
@@ -288,8 +299,15 @@ class Table:
     numba_bytes: int = 0  # resident memory the numba kernel added
 
     def add(self, what: str, ours: float, reference: float, reference_is: str, unit: str = "samples/s per rank") -> None:
-        self.rows.append({"what": what, "unit": unit, "value": statistics.fmean(self.world.allgather(ours)),
-                          "reference": statistics.fmean(self.world.allgather(reference)), "reference_is": reference_is})
+        self.rows.append(
+            {
+                "what": what,
+                "unit": unit,
+                "value": statistics.fmean(self.world.allgather(ours)),
+                "reference": statistics.fmean(self.world.allgather(reference)),
+                "reference_is": reference_is,
+            }
+        )
 
 
 def main(argv: list[str], world: Communicator | None = None) -> int:
@@ -307,14 +325,21 @@ def main(argv: list[str], world: Communicator | None = None) -> int:
     params = build_network(TrainConfig(hidden=tuple(args.hidden), dtype=args.dtype), PIXELS, data.classes).params
     _measure_sync(args, params, table)
     _release_freed_memory()
-    memory = world.allgather({"baseline": baseline, "slice": data.x.nbytes + data.y.nbytes, "params": params.nbytes,
-                              "numba": table.numba_bytes, **_memory()})
+    memory = world.allgather({"baseline": baseline, "slice": data.x.nbytes + data.y.nbytes, "params": params.nbytes, "numba": table.numba_bytes, **_memory()})
     if world.rank == 0:
         _print(world, args, sizes, table.rows, table.notes, memory)
         if args.json:
-            record = {"ranks": world.size, "mpi": world.library(), "network": list(sizes), "dtype": args.dtype,
-                      "momentum": args.momentum, "rows": table.rows, "notes": table.notes, "memory_bytes": memory,
-                      "resident_mib": [m["rss"] / 2**20 for m in memory]}
+            record = {
+                "ranks": world.size,
+                "mpi": world.library(),
+                "network": list(sizes),
+                "dtype": args.dtype,
+                "momentum": args.momentum,
+                "rows": table.rows,
+                "notes": table.notes,
+                "memory_bytes": memory,
+                "resident_mib": [m["rss"] / 2**20 for m in memory],
+            }
             try:
                 write_atomically(args.json, json.dumps(record, indent=2).encode())
             except OSError as exc:
@@ -362,8 +387,13 @@ def _measure_sync(args: argparse.Namespace, params: np.ndarray, table: Table) ->
         return
     seconds = _sync_seconds(world, params.size, np.dtype(args.dtype), args.sync_calls, args.repeats)
     t = {k: max(world.allgather(v)) * 1e6 for k, v in seconds.items()}
-    table.add(f"parameter sync ({params.size:,} {args.dtype})", t["step+average"] - t["step"], t["step+allreduce"] - t["step"],
-              "bare in-place Allreduce, in a training loop", unit="µs per sync")
+    table.add(
+        f"parameter sync ({params.size:,} {args.dtype})",
+        t["step+average"] - t["step"],
+        t["step+allreduce"] - t["step"],
+        "bare in-place Allreduce, in a training loop",
+        unit="µs per sync",
+    )
     table.add("parameter sync, back to back", t["average"], t["allreduce"], "bare in-place Allreduce, back to back", unit="µs per sync")
 
 
@@ -379,12 +409,13 @@ MEMORY_COLUMNS = (
 
 
 def _print(world, args, sizes, rows, notes, memory) -> None:
-    print(f"pnn_mpi bench: {plural(world.size, 'rank')} ({world.library()}), network {'-'.join(map(str, sizes))}, "
-          f"{args.dtype}, momentum {args.momentum:g}, {os.cpu_count()} CPUs; best of {args.repeats} interleaved windows")
+    print(
+        f"pnn_mpi bench: {plural(world.size, 'rank')} ({world.library()}), network {'-'.join(map(str, sizes))}, "
+        f"{args.dtype}, momentum {args.momentum:g}, {os.cpu_count()} CPUs; best of {args.repeats} interleaved windows"
+    )
     print(f"{'measurement':<34} {'pnn_mpi':>14} {'reference':>14} {'ratio':>7}  unit / reference")
     for r in rows:
-        print(f"{r['what']:<34} {r['value']:>14,.2f} {r['reference']:>14,.2f} {r['value'] / r['reference']:>7.2f}  "
-              f"{r['unit']} / {r['reference_is']}")
+        print(f"{r['what']:<34} {r['value']:>14,.2f} {r['reference']:>14,.2f} {r['value'] / r['reference']:>7.2f}  {r['unit']} / {r['reference_is']}")
     for note in notes:
         print(f"note: {note}")
     mib = 2**20
@@ -394,5 +425,7 @@ def _print(world, args, sizes, rows, notes, memory) -> None:
     print(f"{'rank':>4} {'baseline':>9} {'slice':>7} {'params':>7} {'numba':>7} {'RSS':>7} {'files':>7} {'rest':>7}")
     for rank, m in enumerate(memory):
         rest = m["rss"] - m["baseline"] - m["slice"] - m["numba"]
-        print(f"{rank:>4} {m['baseline'] / mib:>9.1f} {m['slice'] / mib:>7.1f} {m['params'] / mib:>7.2f} {m['numba'] / mib:>7.1f} "
-              f"{m['rss'] / mib:>7.1f} {m['file'] / mib:>7.1f} {rest / mib:>7.1f} = {rest / m['params']:.0f} parameter copies")
+        print(
+            f"{rank:>4} {m['baseline'] / mib:>9.1f} {m['slice'] / mib:>7.1f} {m['params'] / mib:>7.2f} {m['numba'] / mib:>7.1f} "
+            f"{m['rss'] / mib:>7.1f} {m['file'] / mib:>7.1f} {rest / mib:>7.1f} = {rest / m['params']:.0f} parameter copies"
+        )

@@ -176,10 +176,7 @@ def locate(
             f"--data-dir at a folder holding the four files"
         )
     else:
-        how = (
-            f"fetch it with `python -m pnn_mpi download --dataset {spec.name}` or set "
-            f"{ENV_VAR} to a folder holding the four files"
-        )
+        how = f"fetch it with `python -m pnn_mpi download --dataset {spec.name}` or set {ENV_VAR} to a folder holding the four files"
     raise UserError(f"dataset {spec.name} not found; looked in: {looked}; {how}")
 
 
@@ -202,10 +199,7 @@ def split_headers(spec: DatasetSpec, directory: str | os.PathLike, split: str) -
     images = idx.read_header(images_path, "images")
     labels = idx.read_header(labels_path, "labels")
     if images.count != labels.count:
-        raise UserError(
-            f"image/label count mismatch: {images_path} holds {images.count} images "
-            f"but {labels_path} holds {labels.count} labels"
-        )
+        raise UserError(f"image/label count mismatch: {images_path} holds {images.count} images but {labels_path} holds {labels.count} labels")
     return images, labels
 
 
@@ -235,12 +229,8 @@ def load_split(
     def md5_of(header: idx.IdxHeader) -> str | None:
         return spec.md5.get(header.path.name.removesuffix(".gz")) if verify else None
 
-    x = idx.read_records(
-        images.path, start, stop, expect="images", md5=md5_of(images), check_end=check_end
-    )
-    y = idx.read_records(
-        labels.path, start, stop, expect="labels", md5=md5_of(labels), check_end=check_end
-    )
+    x = idx.read_records(images.path, start, stop, expect="images", md5=md5_of(images), check_end=check_end)
+    y = idx.read_records(labels.path, start, stop, expect="labels", md5=md5_of(labels), check_end=check_end)
     return x, y
 
 

@@ -110,8 +110,10 @@ def rule_lines() -> list[str]:
 
 # --help: what each setting defaults to, in the words of the table above
 HELP = {
-    "lr": (f"follows the batch size: {BASE_LR:g} x B/{BASE_BATCH}, at most {MAX_LR:g}, where B = b x P (ranks) under --sync grad,"
-           f" else the batch b (batch 1: {mini_batch_lr(1):.3g}); full batch: {FULL_LR:g}"),
+    "lr": (
+        f"follows the batch size: {BASE_LR:g} x B/{BASE_BATCH}, at most {MAX_LR:g}, where B = b x P (ranks) under --sync grad,"
+        f" else the batch b (batch 1: {mini_batch_lr(1):.3g}); full batch: {FULL_LR:g}"
+    ),
     "lr_schedule": "cosine, but constant for full batch (one step per epoch: decay costs progress)",
     "warmup": f"{WARMUP_EPOCHS} when the mini-batch rate was scaled up (B > {BASE_BATCH}), else 0",
     "sync": "grad for mini-batches, epoch for batch 1 and full batch",

@@ -190,9 +190,7 @@ def _existing_ok(path: Path, want_md5: str) -> str | None:
     return None if got == want_md5 else checksum_mismatch(got, want_md5)
 
 
-def _fetch_one(
-    spec: datasets.DatasetSpec, basename: str, dest: Path, mirrors: Sequence[str], out: IO[str]
-) -> None:
+def _fetch_one(spec: datasets.DatasetSpec, basename: str, dest: Path, mirrors: Sequence[str], out: IO[str]) -> None:
     want = spec.md5[basename]
     existing = datasets.find_file(dest, basename)
     if existing is not None:
@@ -216,9 +214,7 @@ def _fetch_one(
         return
     if not failures:
         raise UserError(f"cannot fetch {basename} of {spec.name}: no mirrors given")
-    raise UserError(
-        f"cannot fetch {basename} of {spec.name}; every mirror failed: " + "; ".join(failures) + "; " + _next_steps(spec)
-    )
+    raise UserError(f"cannot fetch {basename} of {spec.name}; every mirror failed: " + "; ".join(failures) + "; " + _next_steps(spec))
 
 
 def download(
@@ -249,4 +245,3 @@ def download(
         where = exc.filename or dest
         raise UserError(f"{where}: cannot write: {os_reason(exc)}") from None
     return dest
-

@@ -108,8 +108,7 @@ def _check_y(y, n: int, who: str) -> np.ndarray:
     labels = np.asarray(y)
     if labels.ndim == 2 and labels.shape[1] == 1:
         warnings.warn(
-            "A column-vector y was passed when a 1d array was expected. Please change the shape of y to (n_samples,), "
-            "for example using ravel().",
+            "A column-vector y was passed when a 1d array was expected. Please change the shape of y to (n_samples,), for example using ravel().",
             _sklearn_flavoured(DataConversionWarning, "sklearn.exceptions", "DataConversionWarning"),
             stacklevel=3,
         )
@@ -141,9 +140,28 @@ class PNNClassifier:
     any other numbers are used as they are. Labels: any class labels.
     """
 
-    def __init__(self, hidden=(128,), activation="relu", output="softmax-xent", init="he", bias_init=0.0,
-                 batch_size=32, lr=None, momentum=0.9, lr_decay=1.0, lr_schedule=None, warmup=None, epochs=10, sync=None,
-                 seed=1, dtype="float32", shuffle=True, kernel="auto", verbose=False, comm=None):
+    def __init__(
+        self,
+        hidden=(128,),
+        activation="relu",
+        output="softmax-xent",
+        init="he",
+        bias_init=0.0,
+        batch_size=32,
+        lr=None,
+        momentum=0.9,
+        lr_decay=1.0,
+        lr_schedule=None,
+        warmup=None,
+        epochs=10,
+        sync=None,
+        seed=1,
+        dtype="float32",
+        shuffle=True,
+        kernel="auto",
+        verbose=False,
+        comm=None,
+    ):
         self.hidden = hidden
         self.activation = activation
         self.output = output
@@ -164,8 +182,27 @@ class PNNClassifier:
         self.verbose = verbose
         self.comm = comm
 
-    _PARAMS = ("hidden", "activation", "output", "init", "bias_init", "batch_size", "lr", "momentum", "lr_decay",
-               "lr_schedule", "warmup", "epochs", "sync", "seed", "dtype", "shuffle", "kernel", "verbose", "comm")
+    _PARAMS = (
+        "hidden",
+        "activation",
+        "output",
+        "init",
+        "bias_init",
+        "batch_size",
+        "lr",
+        "momentum",
+        "lr_decay",
+        "lr_schedule",
+        "warmup",
+        "epochs",
+        "sync",
+        "seed",
+        "dtype",
+        "shuffle",
+        "kernel",
+        "verbose",
+        "comm",
+    )
 
     # ---------------------------------------------------------------- parameters
 
@@ -201,12 +238,25 @@ class PNNClassifier:
         hidden = (self.hidden,) if isinstance(self.hidden, (int, np.integer)) else tuple(self.hidden or ())
         try:
             return TrainConfig(
-                hidden=hidden, activation=self.activation, output=self.output, init=self.init,
-                bias_init=float(self.bias_init), batch_size=self.batch_size, lr=None if self.lr is None else float(self.lr),
-                momentum=float(self.momentum), lr_decay=float(self.lr_decay), lr_schedule=self.lr_schedule,
-                warmup=None if self.warmup is None else int(self.warmup), epochs=int(self.epochs),
-                sync=self.sync, seed=int(self.seed), dtype=self.dtype, shuffle=bool(self.shuffle),
-                kernel=self.kernel, eval_every=0, dataset="custom",
+                hidden=hidden,
+                activation=self.activation,
+                output=self.output,
+                init=self.init,
+                bias_init=float(self.bias_init),
+                batch_size=self.batch_size,
+                lr=None if self.lr is None else float(self.lr),
+                momentum=float(self.momentum),
+                lr_decay=float(self.lr_decay),
+                lr_schedule=self.lr_schedule,
+                warmup=None if self.warmup is None else int(self.warmup),
+                epochs=int(self.epochs),
+                sync=self.sync,
+                seed=int(self.seed),
+                dtype=self.dtype,
+                shuffle=bool(self.shuffle),
+                kernel=self.kernel,
+                eval_every=0,
+                dataset="custom",
             )
         except (UserError, TypeError) as exc:
             said = re.sub(r"^--([a-z-]+) ", lambda m: m.group(1).replace("-", "_") + "=", str(exc))  # name the parameter, not the flag
@@ -300,8 +350,13 @@ class PNNClassifier:
         state = dict(self.__dict__)
         net = state.get("network_")
         if isinstance(net, Network):
-            state["network_"] = {"sizes": net.sizes, "activation": net.activation_name, "output": net.output_name,
-                                 "dtype": net.dtype.name, "params": net.params.copy()}
+            state["network_"] = {
+                "sizes": net.sizes,
+                "activation": net.activation_name,
+                "output": net.output_name,
+                "dtype": net.dtype.name,
+                "params": net.params.copy(),
+            }
         if state.get("comm") is not None:
             state["comm"] = None  # a communicator belongs to its processes
         return state

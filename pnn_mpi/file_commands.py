@@ -29,11 +29,14 @@ def cmd_download(argv: list[str]) -> int:
     fetchable = [name for name, spec in datasets.DATASETS.items() if spec.md5]  # 'custom' has nothing to fetch
     p.add_argument("--dataset", choices=fetchable, default="mnist", help="which dataset (default: mnist)")
     p.add_argument("--dir", metavar="DIR", help="where to store the files (default: ./data/DATASET, where training looks)")
-    p.add_argument("--mirror", action="append", metavar="URL|DIR",
-                   help="try this mirror instead of the built-in ones (repeatable, tried in order): an http(s) URL prefix, "
-                        "a file:// URL or a local folder holding the .gz (or raw) files")
-    p.add_argument("--if-missing", action="store_true",
-                   help="do nothing if training would already find the dataset (in --dir, or where training looks)")
+    p.add_argument(
+        "--mirror",
+        action="append",
+        metavar="URL|DIR",
+        help="try this mirror instead of the built-in ones (repeatable, tried in order): an http(s) URL prefix, "
+        "a file:// URL or a local folder holding the .gz (or raw) files",
+    )
+    p.add_argument("--if-missing", action="store_true", help="do nothing if training would already find the dataset (in --dir, or where training looks)")
     args = p.parse_args(argv)
     if args.if_missing:
         try:
@@ -101,12 +104,19 @@ def cmd_evaluate(argv: list[str]) -> int:
 def cmd_predict(argv: list[str]) -> int:
     p = Parser(prog="python -m pnn_mpi predict", description="Predict the class of every image in an IDX file or a .npy array with a saved model.")
     p.add_argument("--model", required=True, metavar="FILE", help="a model.npz saved by training")
-    p.add_argument("--images", required=True, metavar="FILE",
-                   help="IDX images (raw or .gz), or a .npy array of shape (n, rows, cols) or (n, pixels): uint8 pixels, or floats already in [0, 1]")
+    p.add_argument(
+        "--images",
+        required=True,
+        metavar="FILE",
+        help="IDX images (raw or .gz), or a .npy array of shape (n, rows, cols) or (n, pixels): uint8 pixels, or floats already in [0, 1]",
+    )
     p.add_argument("--out", metavar="FILE", help="write the predictions to FILE (.npy, or text with one label per line); default: print them")
-    p.add_argument("--proba", action="store_true",
-                   help="give every class's probability instead of the predicted class: one line of space-separated "
-                        "probabilities per image (class 0 first), or an (images, classes) float64 array in a .npy --out")
+    p.add_argument(
+        "--proba",
+        action="store_true",
+        help="give every class's probability instead of the predicted class: one line of space-separated "
+        "probabilities per image (class 0 first), or an (images, classes) float64 array in a .npy --out",
+    )
     args = p.parse_args(argv)
     net, _ = load_model(Path(args.model))
     images = open_images(args.images)
@@ -131,4 +141,3 @@ def cmd_predict(argv: list[str]) -> int:
     except OSError as exc:
         raise UserError(f"--out {args.out}: cannot write there ({os_reason(exc)})") from None
     return 0
-

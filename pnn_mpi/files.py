@@ -26,8 +26,10 @@ from typing import BinaryIO
 
 TEMP_PREFIX = ".pnn_mpi-tmp-"
 # Temporaries of earlier versions (model_io: ".model.npz.XXXX.tmp", run: the write probe).
-_LEGACY_TEMP = re.compile(r"^\.(model\.npz|metrics\.json|checkpoint\.npz|launch\.json|results\.csv|report\.md)\.[^/]+\.tmp$"
-                          r"|^\.pnn_mpi-write-test$|^\.pnn_mpi-[^/]*\.part-[^/]+$")
+_LEGACY_TEMP = re.compile(
+    r"^\.(model\.npz|metrics\.json|checkpoint\.npz|launch\.json|results\.csv|report\.md)\.[^/]+\.tmp$"
+    r"|^\.pnn_mpi-write-test$|^\.pnn_mpi-[^/]*\.part-[^/]+$"
+)
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 

@@ -67,8 +67,10 @@ def _cause(lr: float, momentum: float, batch: str, default_lr: float, default_mo
         side = "too low"
     else:
         return f"lr {lr:g} and momentum {momentum:g} are the defaults for {batch}; the data or the network may be the problem"
-    return (f"the learning rate is likely {side} for {batch} (lr {lr:g} with momentum {momentum:g} steps like"
-            f" lr {mine:.3g} without; the defaults for {batch} are lr {default_lr:.3g}, momentum {default_momentum:g})")
+    return (
+        f"the learning rate is likely {side} for {batch} (lr {lr:g} with momentum {momentum:g} steps like"
+        f" lr {mine:.3g} without; the defaults for {batch} are lr {default_lr:.3g}, momentum {default_momentum:g})"
+    )
 
 
 @dataclass
@@ -95,16 +97,20 @@ class Watch:
         if "chance" not in self.given and len(records) == 1:
             self.given.add("chance")  # judged once, on the first epoch only
             if steps_done >= MIN_STEPS and at_chance(first.test_accuracy, self.classes):
-                out.append(f"pnn_mpi: warning: the parallel network is at chance level after epoch 1 (test accuracy"
-                           f" {first.test_accuracy:.2%}): {_cause(self.lr, self.momentum, self.batch, self.default_lr, self.default_momentum)}")
+                out.append(
+                    f"pnn_mpi: warning: the parallel network is at chance level after epoch 1 (test accuracy"
+                    f" {first.test_accuracy:.2%}): {_cause(self.lr, self.momentum, self.batch, self.default_lr, self.default_momentum)}"
+                )
         if "stall" not in self.given:
             found = stalled([r.train_loss for r in records])
             if found:
                 self.given.add("stall")
                 epoch, best = found
                 now = records[-1].train_loss
-                out.append(f"pnn_mpi: warning: the training loss stopped falling: {now:.4g} in epoch {len(records)},"
-                           f" no better than {best:.4g} in epoch {epoch}: "
-                           f"{_cause(self.lr, self.momentum, self.batch, self.default_lr, self.default_momentum)}")
+                out.append(
+                    f"pnn_mpi: warning: the training loss stopped falling: {now:.4g} in epoch {len(records)},"
+                    f" no better than {best:.4g} in epoch {epoch}: "
+                    f"{_cause(self.lr, self.momentum, self.batch, self.default_lr, self.default_momentum)}"
+                )
         self.said += out
         return out

@@ -194,9 +194,7 @@ class _GzipStream(_Stream):
             elif not out and not self._pending:
                 self._pending = self._fh.read(CHUNK)
                 if not self._pending:
-                    raise self._fail(
-                        "gzip stream cut short (the file ends inside the compressed data)"
-                    )
+                    raise self._fail("gzip stream cut short (the file ends inside the compressed data)")
             if out:
                 self._account(out)
                 return out
@@ -273,18 +271,12 @@ def _parse_header(path: Path, stream, expect: str) -> IdxHeader:
         raise UserError(f"{path}: {what}; expected an IDX {expect} file")
     needed = 4 + 4 * want_dims
     if len(head) < 4:
-        raise UserError(
-            f"{path}: short header: file holds {len(head)} bytes, "
-            f"an IDX {expect} header needs {needed}"
-        )
+        raise UserError(f"{path}: short header: file holds {len(head)} bytes, an IDX {expect} header needs {needed}")
     magic = int.from_bytes(head, "big")
     type_code, ndims = head[2], head[3]
     if head[:2] == b"\0\0" and type_code != _UNSIGNED_BYTE:
         name = _TYPE_NAMES.get(type_code, "unknown type")
-        raise UserError(
-            f"{path}: unsupported element type 0x{type_code:02X} ({name}); "
-            f"only 0x08 (unsigned byte) is supported"
-        )
+        raise UserError(f"{path}: unsupported element type 0x{type_code:02X} ({name}); only 0x08 (unsigned byte) is supported")
     if magic != want_magic:
         hint = ""
         if head[:2] == _GZIP_MAGIC and not stream.compressed:
@@ -296,22 +288,13 @@ def _parse_header(path: Path, stream, expect: str) -> IdxHeader:
         )
     dims = stream.read(4 * ndims)
     if len(dims) < 4 * ndims:
-        raise UserError(
-            f"{path}: short header: file holds {4 + len(dims)} bytes, "
-            f"an IDX {expect} header needs {needed}"
-        )
+        raise UserError(f"{path}: short header: file holds {4 + len(dims)} bytes, an IDX {expect} header needs {needed}")
     shape = tuple(int.from_bytes(dims[i : i + 4], "big") for i in range(0, len(dims), 4))
     if expect == "images" and (shape[1] < 1 or shape[2] < 1):
-        raise UserError(
-            f"{path}: bad image dimensions {shape[1]}x{shape[2]}: "
-            f"rows and columns must be at least 1"
-        )
+        raise UserError(f"{path}: bad image dimensions {shape[1]}x{shape[2]}: rows and columns must be at least 1")
     if expect == "images" and shape[1] * shape[2] > _MAX_IMAGE_PIXELS:
         # Even a file of no images must not claim records no array could hold.
-        raise UserError(
-            f"{path}: bad image dimensions {shape[1]}x{shape[2]}: "
-            f"more than {_MAX_IMAGE_PIXELS} pixels per image"
-        )
+        raise UserError(f"{path}: bad image dimensions {shape[1]}x{shape[2]}: more than {_MAX_IMAGE_PIXELS} pixels per image")
     return IdxHeader(path=path, magic=magic, shape=shape, header_bytes=needed)
 
 
@@ -326,10 +309,7 @@ def read_header(path: str | os.PathLike, expect: str) -> IdxHeader:
 
 
 def _amount(header: IdxHeader, expect: str, payload_bytes: int) -> str:
-    return (
-        f"header says {header.count} {expect} ({header.payload_bytes} bytes), "
-        f"file holds {payload_bytes} bytes"
-    )
+    return f"header says {header.count} {expect} ({header.payload_bytes} bytes), file holds {payload_bytes} bytes"
 
 
 def _truncated(header: IdxHeader, expect: str, held: int) -> UserError:
@@ -338,20 +318,14 @@ def _truncated(header: IdxHeader, expect: str, held: int) -> UserError:
 
 def _oversized(header: IdxHeader, expect: str, extra: int) -> UserError:
     held = header.payload_bytes + extra
-    return UserError(
-        f"{header.path}: oversized payload: {_amount(header, expect, held)} "
-        f"({extra} bytes after the last record)"
-    )
+    return UserError(f"{header.path}: oversized payload: {_amount(header, expect, held)} ({extra} bytes after the last record)")
 
 
 def _check_range(header: IdxHeader, start, stop) -> tuple[int, int]:
     start = operator.index(start)
     stop = header.count if stop is None else operator.index(stop)
     if not 0 <= start <= stop <= header.count:
-        raise UserError(
-            f"{header.path}: records [{start}, {stop}) are outside the file's "
-            f"range [0, {header.count}]"
-        )
+        raise UserError(f"{header.path}: records [{start}, {stop}) are outside the file's range [0, {header.count}]")
     return start, stop
 
 
@@ -515,18 +489,14 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
         raise TypeError(f"write_idx needs a uint8 array, got {array.dtype}")
     if not 1 <= array.ndim <= 255:
         raise ValueError(f"write_idx needs 1 to 255 dimensions, got {array.ndim}")
-    header = bytes([0, 0, _UNSIGNED_BYTE, array.ndim]) + b"".join(
-        int(n).to_bytes(4, "big") for n in array.shape
-    )
+    header = bytes([0, 0, _UNSIGNED_BYTE, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
     payload = np.ascontiguousarray(array).data  # a view: no second copy in memory
     with files.Staged(path) as staged:  # like every file we make: exclusive, no link followed, whole
         fh = staged.file
         if _is_gzip_name(path):
             # filename="" and mtime=0 keep the compressed bytes reproducible;
             # level 6 (gzip's default) is several times faster than 9 for ~1% size.
-            with gzip.GzipFile(
-                filename="", mode="wb", fileobj=fh, mtime=0, compresslevel=6
-            ) as gz:
+            with gzip.GzipFile(filename="", mode="wb", fileobj=fh, mtime=0, compresslevel=6) as gz:
                 gz.write(header)
                 gz.write(payload)
         else:

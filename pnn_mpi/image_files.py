@@ -53,8 +53,7 @@ def open_images(path: str, stop: int | None = None, idx_only: bool = False) -> I
         return _npy_images(path)
     header = idx.read_header(path, "images")
     count = header.count if stop is None else min(header.count, stop)
-    return Images(path, count, (count, *header.shape[1:]),
-                  lambda: idx.iter_records(path, count, expect="images", chunk=CHUNK))
+    return Images(path, count, (count, *header.shape[1:]), lambda: idx.iter_records(path, count, expect="images", chunk=CHUNK))
 
 
 def _npy_images(path: str) -> Images:
@@ -91,14 +90,14 @@ def _npy_images(path: str) -> Images:
         except OSError as exc:
             raise refuse(exc.strerror or str(exc)) from None
         if not (lowest >= 0 and highest <= 1):  # after the last block: the range over the whole file
-            raise UserError(f"{path}: float pixels must lie in [0, 1], found {lowest:g} to {highest:g} "
-                            f"(save uint8 pixels 0..255, or divide by 255)")
+            raise UserError(f"{path}: float pixels must lie in [0, 1], found {lowest:g} to {highest:g} (save uint8 pixels 0..255, or divide by 255)")
 
     return Images(path, shape[0] if shape else 0, shape, blocks)
 
 
-def labelled_blocks(images: Images, labels_path: str, stop: int | None = None,
-                    md5: dict[str, str | None] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def labelled_blocks(
+    images: Images, labels_path: str, stop: int | None = None, md5: dict[str, str | None] | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(images, labels) blocks of an IDX image file and its label file (the first ``stop``), read in step.
 
     ``md5`` maps each path to the payload MD5 it must have (None: not checked).
@@ -113,4 +112,3 @@ def labelled_blocks(images: Images, labels_path: str, stop: int | None = None,
         yield pictures, next(label_blocks)
     for _ in label_blocks:  # checks the label file's end (and MD5)
         pass
-

@@ -86,8 +86,7 @@ def available(share: int = 1) -> tuple[int, str]:
     found = _cgroup_headroom()
     if found is not None:
         limits.append((max(found, 0) // share, f"the cgroup's memory.max{per}"))
-    for name, rlimit, field in (("address-space limit (ulimit -v)", resource.RLIMIT_AS, "VmSize"),
-                                ("data limit (ulimit -d)", resource.RLIMIT_DATA, "VmData")):
+    for name, rlimit, field in (("address-space limit (ulimit -v)", resource.RLIMIT_AS, "VmSize"), ("data limit (ulimit -d)", resource.RLIMIT_DATA, "VmData")):
         soft, _ = resource.getrlimit(rlimit)
         used = _status_bytes(field)
         if soft != resource.RLIM_INFINITY and used is not None:
@@ -105,8 +104,7 @@ def check(parts: dict[str, int], what: str, hint: str, share: int = 1) -> None:
         return
     biggest = sorted(((n, name) for name, n in parts.items() if n), reverse=True)[:3]
     detail = ", ".join(f"{name} {size_text(n)}" for n, name in biggest)
-    raise UserError(f"{what} needs about {size_text(total)} of memory ({detail}), more than the {size_text(room)} "
-                    f"available ({source}); {hint}")
+    raise UserError(f"{what} needs about {size_text(total)} of memory ({detail}), more than the {size_text(room)} available ({source}); {hint}")
 
 
 def network_name(sizes: tuple[int, ...]) -> str:
@@ -125,8 +123,9 @@ def workspace_bytes(sizes: tuple[int, ...], itemsize: int, rows: int) -> int:
     return rows * (itemsize * (sizes[0] + 3 * sum(sizes[1:]) + 2 * sizes[-1] + 2) + 16)
 
 
-def training_parts(sizes: tuple[int, ...], itemsize: int, *, momentum: bool, batch: int, slice_n: int, test_n: int,
-                   ranks: int, lead: bool, batch_one_index: bool) -> dict[str, int]:
+def training_parts(
+    sizes: tuple[int, ...], itemsize: int, *, momentum: bool, batch: int, slice_n: int, test_n: int, ranks: int, lead: bool, batch_one_index: bool
+) -> dict[str, int]:
     """What one rank holds at its peak while training: what it keeps all along, plus the
     largest of what it needs only for a while (rank 0, ``lead``, also gathers checkpoints)."""
     params = network_bytes(sizes, itemsize)
@@ -163,18 +162,28 @@ def check_training(cfg, world, share: int, train_n: int, test_n: int, pixels: in
     sizes = (int(pixels), *cfg.hidden, 10)  # 10 classes at most (idx: labels 0..9), so an upper bound
     slices = slice_sizes(train_n, world.size)
     batch = max(slices) if cfg.full_batch else min(int(cfg.batch_size), max(slices))
-    parts = training_parts(sizes, np.dtype(cfg.dtype).itemsize, momentum=bool(cfg.momentum), batch=batch,
-                           slice_n=max(slices), test_n=test_n, ranks=world.size, lead=True,
-                           batch_one_index=batch == 1 and cfg.kernel != "generic")
+    parts = training_parts(
+        sizes,
+        np.dtype(cfg.dtype).itemsize,
+        momentum=bool(cfg.momentum),
+        batch=batch,
+        slice_n=max(slices),
+        test_n=test_n,
+        ranks=world.size,
+        lead=True,
+        batch_one_index=batch == 1 and cfg.kernel != "generic",
+    )
     net = network_name(sizes)
-    check(parts, f"training network {net} on {max(slices):,} samples per rank",
-          "use narrower --hidden layers, a smaller --batch-size, --train-size/--test-size, or fewer ranks per machine", share)
+    check(
+        parts,
+        f"training network {net} on {max(slices):,} samples per rank",
+        "use narrower --hidden layers, a smaller --batch-size, --train-size/--test-size, or fewer ranks per machine",
+        share,
+    )
 
 
 def check_model(path: str, sizes: tuple[int, ...], itemsize: int, images: int = 0) -> None:
     """Refuse loading a model (and scoring ``images`` with it) that cannot fit."""
     params = network_bytes(sizes, itemsize)
-    parts = {"parameters": 2 * params, "workspace": workspace_bytes(sizes, itemsize, EVAL_CHUNK),
-             "predictions": 8 * images}
+    parts = {"parameters": 2 * params, "workspace": workspace_bytes(sizes, itemsize, EVAL_CHUNK), "predictions": 8 * images}
     check(parts, f"{path}: the model {network_name(sizes)}", "is the file what you meant?")
-

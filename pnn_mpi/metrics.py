@@ -30,8 +30,7 @@ def _spread(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
 
 
-def metrics(cfg: TrainConfig, result: TrainResult, data: RankData, ranks: int, mpi: dict[str, str], loads: list[float],
-            peaks: list[float]) -> dict:
+def metrics(cfg: TrainConfig, result: TrainResult, data: RankData, ranks: int, mpi: dict[str, str], loads: list[float], peaks: list[float]) -> dict:
     """The whole record of a run, as stored in ``metrics.json``."""
     clocks = result.clocks
     syncs = clocks[0].syncs
@@ -95,15 +94,14 @@ def summary_lines(record: dict) -> list[str]:
     if record.get("early_stop"):
         e = record["early_stop"]
         stopped = f"; stopped early after epoch {e['stopped_after_epoch']}" if e["stopped_early"] else ""
-        validation = [f"validation ({record['dataset']['val_samples']} held-out samples): best {e['best_val_accuracy']:.2%} "
-                      f"after epoch {e['best_epoch']}{stopped}"]
+        validation = [
+            f"validation ({record['dataset']['val_samples']} held-out samples): best {e['best_val_accuracy']:.2%} after epoch {e['best_epoch']}{stopped}"
+        ]
     return [
         *validation,
-        f"parallel network: test accuracy {record['test_accuracy']:.2%}, confidence {record['test_confidence']:.2%}"
-        f" (loss {record['test_loss']:.4f})",
+        f"parallel network: test accuracy {record['test_accuracy']:.2%}, confidence {record['test_confidence']:.2%} (loss {record['test_loss']:.4f})",
         f"local networks before averaging: mean {local['mean']:.2%}, min {local['min']:.2%}, max {local['max']:.2%} ({ranks})",
-        f"train time {record['train_seconds']:.2f} s, {record['samples_per_second']:,.0f} samples/s"
-        f" ({record['samples_per_second_per_rank']:,.0f} per rank)",
+        f"train time {record['train_seconds']:.2f} s, {record['samples_per_second']:,.0f} samples/s ({record['samples_per_second_per_rank']:,.0f} per rank)",
         f"seconds per rank (mean/max): load {split('load_seconds')}, compute {split('compute_seconds')},"
         f" communication {split('communication_seconds')} ({syncs}{per_sync}), waiting {split('wait_seconds')},"
         f" evaluation {split('evaluation_seconds')}",

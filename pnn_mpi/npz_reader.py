@@ -75,8 +75,9 @@ def read_header(handle) -> ArrayHeader:
     return ArrayHeader(tuple(int(n) for n in shape), dtype, bool(fortran), handle.tell())
 
 
-def check_header(header: ArrayHeader, name: str, *, shape: tuple[int, ...] | None = None, ndim: int | None = None,
-                 kinds: str | None = None, max_bytes: int | None = None) -> None:
+def check_header(
+    header: ArrayHeader, name: str, *, shape: tuple[int, ...] | None = None, ndim: int | None = None, kinds: str | None = None, max_bytes: int | None = None
+) -> None:
     """Refuse a header whose shape, dtype kind or size is not what the caller needs."""
     if kinds is not None and header.dtype.kind not in kinds:
         raise Refused(f"{name} has dtype {header.dtype}")
@@ -90,8 +91,7 @@ def check_header(header: ArrayHeader, name: str, *, shape: tuple[int, ...] | Non
 
 def read_data(handle, header: ArrayHeader, out: np.ndarray | None = None) -> np.ndarray:
     """Exactly the data ``header`` declares, read in blocks into ``out`` (or a new array)."""
-    direct = (out is not None and not header.fortran and out.dtype == header.dtype and out.flags.c_contiguous
-              and out.shape == header.shape)
+    direct = out is not None and not header.fortran and out.dtype == header.dtype and out.flags.c_contiguous and out.shape == header.shape
     target = out if direct and out is not None else np.empty(header.shape, dtype=header.dtype, order="F" if header.fortran else "C")
     flat = target.reshape(-1, order="A").view(np.uint8) if target.size else np.empty(0, np.uint8)
     filled = 0
@@ -133,8 +133,16 @@ class NpzArchive:
         with self._open(name) as handle:
             return self._checked_header(name, handle)
 
-    def read(self, name: str, *, shape: tuple[int, ...] | None = None, ndim: int | None = None, kinds: str | None = None,
-             max_bytes: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    def read(
+        self,
+        name: str,
+        *,
+        shape: tuple[int, ...] | None = None,
+        ndim: int | None = None,
+        kinds: str | None = None,
+        max_bytes: int | None = None,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Entry ``name`` as an array, refused from its headers unless it is what the caller needs."""
         with self._open(name) as handle:
             header = self._checked_header(name, handle)
@@ -169,8 +177,7 @@ class NpzArchive:
         declared = self._entries[name].file_size
         if declared != header.offset + header.nbytes:
             raise Refused(
-                f"entry {name}: the archive declares {declared:,} bytes, its header {header.offset + header.nbytes:,} "
-                f"({header.shape} {header.dtype})"
+                f"entry {name}: the archive declares {declared:,} bytes, its header {header.offset + header.nbytes:,} ({header.shape} {header.dtype})"
             )
         return header
 

@@ -46,7 +46,7 @@ class Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         prog = kwargs.get("prog")
         if prog and prog.startswith(MODULE_PROG + " ") or prog == MODULE_PROG:
-            kwargs["prog"] = program_name() + prog[len(MODULE_PROG):]
+            kwargs["prog"] = program_name() + prog[len(MODULE_PROG) :]
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):
@@ -96,12 +96,11 @@ def train_parser() -> Parser:
             "  plot       draw a run's curves from its metrics.json as a PNG\n"
             "  scaling    calibrate here, then simulate 1 to 1,024 ranks per sync schedule: scaling.csv, plot, report.md\n"
             "\n"
-            "defaults that follow the gradient mode (measured: README, \"Defaults\"); a value you set,\n"
-            "by flag or in --config, always wins:\n"
-            + "\n".join(rule_lines()) + "\n"
+            'defaults that follow the gradient mode (measured: README, "Defaults"); a value you set,\n'
+            "by flag or in --config, always wins:\n" + "\n".join(rule_lines()) + "\n"
             "\n"
             "A TOML file given with --config may set any option, by its flag name\n"
-            "(e.g. hidden = [128, 64], lr = 0.1, sync = \"epoch\"); a flag given on the command line wins,\n"
+            '(e.g. hidden = [128, 64], lr = 0.1, sync = "epoch"); a flag given on the command line wins,\n'
             "before or after --config."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -109,84 +108,163 @@ def train_parser() -> Parser:
     d = _DEFAULTS
     p.add_argument("--version", action="version", version=f"pnn_mpi {__version__}", help="print the version and exit")
     net = p.add_argument_group("network")
-    net.add_argument("--hidden", type=positive_int, nargs="*", metavar="N", default=list(d.hidden),
-                     help=f"widths of the hidden layers, e.g. --hidden 128 64; none for a linear model (default: {' '.join(map(str, d.hidden))})")
+    net.add_argument(
+        "--hidden",
+        type=positive_int,
+        nargs="*",
+        metavar="N",
+        default=list(d.hidden),
+        help=f"widths of the hidden layers, e.g. --hidden 128 64; none for a linear model (default: {' '.join(map(str, d.hidden))})",
+    )
     net.add_argument("--activation", choices=list(ACTIVATIONS), default=d.activation, help=f"hidden-layer activation (default: {d.activation})")
-    net.add_argument("--output", choices=list(OUTPUTS), default=d.output,
-                     help=f"output layer and loss: softmax + cross-entropy, or sigmoid + mean squared error (default: {d.output})")
-    net.add_argument("--init", choices=list(INITIALIZERS), default=d.init,
-                     help=f"weight initialisation; uniform/normal have scale 1/sqrt(fan_in), xavier = Glorot (default: {d.init})")
+    net.add_argument(
+        "--output",
+        choices=list(OUTPUTS),
+        default=d.output,
+        help=f"output layer and loss: softmax + cross-entropy, or sigmoid + mean squared error (default: {d.output})",
+    )
+    net.add_argument(
+        "--init",
+        choices=list(INITIALIZERS),
+        default=d.init,
+        help=f"weight initialisation; uniform/normal have scale 1/sqrt(fan_in), xavier = Glorot (default: {d.init})",
+    )
     net.add_argument("--bias-init", type=float, default=d.bias_init, metavar="B", help=f"initial value of every bias (default: {d.bias_init})")
     net.add_argument("--dtype", choices=DTYPES, default=d.dtype, help=f"floating-point type of parameters and inputs (default: {d.dtype})")
-    net.add_argument("--kernel", choices=KERNELS, default=d.kernel,
-                     help="how batch-1 steps run: numba (compiled; needs numba) or numpy kernels, many samples per call; "
-                          f"auto = numba when installed, else numpy; generic = the plain step (default: {d.kernel})")
+    net.add_argument(
+        "--kernel",
+        choices=KERNELS,
+        default=d.kernel,
+        help="how batch-1 steps run: numba (compiled; needs numba) or numpy kernels, many samples per call; "
+        f"auto = numba when installed, else numpy; generic = the plain step (default: {d.kernel})",
+    )
 
     opt = p.add_argument_group("training")
-    opt.add_argument("--batch-size", type=batch_size_or_full, default=d.batch_size, metavar="N|full",
-                     help=f"samples per SGD step on each rank: 1 = stochastic (per-sample updates, the paper's mode), "
-                          f"N = mini-batch, 'full' = the whole slice (default: {d.batch_size})")
+    opt.add_argument(
+        "--batch-size",
+        type=batch_size_or_full,
+        default=d.batch_size,
+        metavar="N|full",
+        help=f"samples per SGD step on each rank: 1 = stochastic (per-sample updates, the paper's mode), "
+        f"N = mini-batch, 'full' = the whole slice (default: {d.batch_size})",
+    )
     opt.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default: {FOLLOWS['lr']})")
     opt.add_argument("--momentum", type=float, default=d.momentum, help=f"SGD momentum in [0, 1); 0 = plain SGD (default: {d.momentum}, in every mode)")
-    opt.add_argument("--lr-decay", type=float, default=d.lr_decay, metavar="F",
-                     help=f"multiply the learning rate by F after every epoch (default: {d.lr_decay}, constant)")
-    opt.add_argument("--lr-schedule", choices=SCHEDULES, default=d.lr_schedule,
-                     help="the rate over the epochs: constant, or cosine (from --lr down towards 0 by the last epoch) "
-                          f"(default: {FOLLOWS['lr_schedule']})")
-    opt.add_argument("--warmup", type=non_negative_int, default=d.warmup, metavar="E",
-                     help=f"raise the rate linearly over the first E epochs (epoch e < E runs at (e+1)/(E+1) of it) (default: {FOLLOWS['warmup']})")
+    opt.add_argument(
+        "--lr-decay", type=float, default=d.lr_decay, metavar="F", help=f"multiply the learning rate by F after every epoch (default: {d.lr_decay}, constant)"
+    )
+    opt.add_argument(
+        "--lr-schedule",
+        choices=SCHEDULES,
+        default=d.lr_schedule,
+        help=f"the rate over the epochs: constant, or cosine (from --lr down towards 0 by the last epoch) (default: {FOLLOWS['lr_schedule']})",
+    )
+    opt.add_argument(
+        "--warmup",
+        type=non_negative_int,
+        default=d.warmup,
+        metavar="E",
+        help=f"raise the rate linearly over the first E epochs (epoch e < E runs at (e+1)/(E+1) of it) (default: {FOLLOWS['warmup']})",
+    )
     opt.add_argument("--epochs", type=positive_int, default=d.epochs, help=f"passes over each rank's slice (default: {d.epochs})")
-    opt.add_argument("--sync", default=d.sync, metavar="SCHEDULE",
-                     help="when ranks average: 'end' (train locally, average once at the end: the paper's scheme), "
-                          "'epoch' (average parameters after every epoch), 'steps:K' (every K steps), "
-                          f"'grad' (average gradients every step, as Horovod/DDP) (default: {FOLLOWS['sync']})")
+    opt.add_argument(
+        "--sync",
+        default=d.sync,
+        metavar="SCHEDULE",
+        help="when ranks average: 'end' (train locally, average once at the end: the paper's scheme), "
+        "'epoch' (average parameters after every epoch), 'steps:K' (every K steps), "
+        f"'grad' (average gradients every step, as Horovod/DDP) (default: {FOLLOWS['sync']})",
+    )
     opt.add_argument("--seed", type=non_negative_int, default=d.seed, help=f"seed of the initial weights and of each rank's shuffling (default: {d.seed})")
-    opt.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=d.shuffle,
-                     help="reshuffle each rank's slice every epoch (default: on)")
-    opt.add_argument("--eval-every", type=non_negative_int, default=d.eval_every, metavar="E",
-                     help=f"score the parallel network on the test set every E epochs; 0 = only at the end (default: {d.eval_every})")
+    opt.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=d.shuffle, help="reshuffle each rank's slice every epoch (default: on)")
+    opt.add_argument(
+        "--eval-every",
+        type=non_negative_int,
+        default=d.eval_every,
+        metavar="E",
+        help=f"score the parallel network on the test set every E epochs; 0 = only at the end (default: {d.eval_every})",
+    )
 
-    opt.add_argument("--val-size", type=non_negative_int, default=d.val_size, metavar="N",
-                     help="hold out N training samples (after the ones trained on), sliced across the ranks like the rest, "
-                          "and score the parallel network on them every epoch; the test set is then scored only at the end "
-                          f"(default: {d.val_size}, none)")
-    opt.add_argument("--early-stop", type=non_negative_int, default=d.early_stop, metavar="K",
-                     help="stop when the validation accuracy has not improved for K epochs (needs --val-size; "
-                          f"recorded in metrics.json) (default: {d.early_stop}, never)")
-    opt.add_argument("--progress-every", type=float, default=d.progress_every, metavar="SECONDS",
-                     help="inside an epoch that lasts longer, rank 0 prints a progress line about every SECONDS "
-                          f"(plain lines, for logs too); 0 = none (default: {d.progress_every:g})")
+    opt.add_argument(
+        "--val-size",
+        type=non_negative_int,
+        default=d.val_size,
+        metavar="N",
+        help="hold out N training samples (after the ones trained on), sliced across the ranks like the rest, "
+        "and score the parallel network on them every epoch; the test set is then scored only at the end "
+        f"(default: {d.val_size}, none)",
+    )
+    opt.add_argument(
+        "--early-stop",
+        type=non_negative_int,
+        default=d.early_stop,
+        metavar="K",
+        help=f"stop when the validation accuracy has not improved for K epochs (needs --val-size; recorded in metrics.json) (default: {d.early_stop}, never)",
+    )
+    opt.add_argument(
+        "--progress-every",
+        type=float,
+        default=d.progress_every,
+        metavar="SECONDS",
+        help="inside an epoch that lasts longer, rank 0 prints a progress line about every SECONDS "
+        f"(plain lines, for logs too); 0 = none (default: {d.progress_every:g})",
+    )
 
     data = p.add_argument_group("data and output")
-    data.add_argument("--dataset", choices=list(DATASETS), default=d.dataset,
-                      help=f"which dataset; 'custom' = your own IDX files in --data-dir, with no known checksums (default: {d.dataset})")
-    data.add_argument("--data-dir", metavar="DIR",
-                      help="the folder holding the four IDX files (raw or .gz), and the only place looked in; if omitted: "
-                           "$PNN_MPI_DATA/DATASET, $PNN_MPI_DATA, ./data/DATASET, ~/.cache/pnn_mpi/DATASET, /usr/share/datasets/DATASET")
+    data.add_argument(
+        "--dataset",
+        choices=list(DATASETS),
+        default=d.dataset,
+        help=f"which dataset; 'custom' = your own IDX files in --data-dir, with no known checksums (default: {d.dataset})",
+    )
+    data.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="the folder holding the four IDX files (raw or .gz), and the only place looked in; if omitted: "
+        "$PNN_MPI_DATA/DATASET, $PNN_MPI_DATA, ./data/DATASET, ~/.cache/pnn_mpi/DATASET, /usr/share/datasets/DATASET",
+    )
     data.add_argument("--train-size", type=positive_int, metavar="N", help="use only the first N training samples")
     data.add_argument("--test-size", type=positive_int, metavar="N", help="use only the first N test samples")
     data.add_argument("--out", metavar="DIR", help="where rank 0 saves model.npz and metrics.json (default: runs/DATASET-nRANKS-TIME)")
-    data.add_argument("--plot", action=argparse.BooleanOptionalAction, default=d.plot,
-                      help="also draw OUT/curves.png (loss, accuracy, parallel vs local networks; needs matplotlib: "
-                           'pip install "pnn_mpi[plot]")')
+    data.add_argument(
+        "--plot",
+        action=argparse.BooleanOptionalAction,
+        default=d.plot,
+        help='also draw OUT/curves.png (loss, accuracy, parallel vs local networks; needs matplotlib: pip install "pnn_mpi[plot]")',
+    )
     data.add_argument("--config", metavar="FILE", help="read options from a TOML file; a flag given on the command line wins, before or after --config")
-    data.add_argument("--timeline", metavar="FILE",
-                      help="write where every rank's time goes (data load, compute, sync Allreduce, waiting, scoring, "
-                           "checkpoints, signals) as one Chrome trace-event JSON file: open it in ui.perfetto.dev")
+    data.add_argument(
+        "--timeline",
+        metavar="FILE",
+        help="write where every rank's time goes (data load, compute, sync Allreduce, waiting, scoring, "
+        "checkpoints, signals) as one Chrome trace-event JSON file: open it in ui.perfetto.dev",
+    )
 
     jobs = p.add_argument_group("long runs and batch jobs")
-    jobs.add_argument("--checkpoint-every", type=non_negative_int, default=d.checkpoint_every, metavar="E",
-                      help="write OUT/checkpoint.npz every E epochs (0 = only when stopped by a signal). SIGINT (Ctrl-C), SIGTERM or SIGUSR1 "
-                           f"always makes every rank finish its step, write a checkpoint and exit with status {STOP_EXIT_CODE}")
-    jobs.add_argument("--resume", action="store_true",
-                      help="continue the run whose checkpoint is in --out (same flags, same number of ranks); "
-                           "starts from scratch when there is no checkpoint yet")
-    jobs.add_argument("--expect-ranks", type=positive_int, metavar="N",
-                      help="fail unless MPI started exactly N ranks (catches a launcher that starts N one-rank jobs)")
-    jobs.add_argument("--on-rank-failure", choices=ON_RANK_FAILURE, default=d.on_rank_failure,
-                      help="when a rank dies: 'abort' ends the job (resume from the last checkpoint), 'continue' lets the "
-                           "survivors roll back to their last common state and train on without it (needs Open MPI 5 "
-                           f"and mpiexec --with-ft ulfm; see README) (default: {d.on_rank_failure})")
+    jobs.add_argument(
+        "--checkpoint-every",
+        type=non_negative_int,
+        default=d.checkpoint_every,
+        metavar="E",
+        help="write OUT/checkpoint.npz every E epochs (0 = only when stopped by a signal). SIGINT (Ctrl-C), SIGTERM or SIGUSR1 "
+        f"always makes every rank finish its step, write a checkpoint and exit with status {STOP_EXIT_CODE}",
+    )
+    jobs.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run whose checkpoint is in --out (same flags, same number of ranks); starts from scratch when there is no checkpoint yet",
+    )
+    jobs.add_argument(
+        "--expect-ranks", type=positive_int, metavar="N", help="fail unless MPI started exactly N ranks (catches a launcher that starts N one-rank jobs)"
+    )
+    jobs.add_argument(
+        "--on-rank-failure",
+        choices=ON_RANK_FAILURE,
+        default=d.on_rank_failure,
+        help="when a rank dies: 'abort' ends the job (resume from the last checkpoint), 'continue' lets the "
+        "survivors roll back to their last common state and train on without it (needs Open MPI 5 "
+        f"and mpiexec --with-ft ulfm; see README) (default: {d.on_rank_failure})",
+    )
     return p
 
 

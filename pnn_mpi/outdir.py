@@ -148,4 +148,3 @@ def results_match(folder: str | os.PathLike) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(record, dict) and record.get("model_sha256") == digest
-

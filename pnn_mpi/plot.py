@@ -91,10 +91,13 @@ def draw(record: dict, out: Path, title: str = "") -> Path:
     net_ax.grid(alpha=0.3)
 
     config = record.get("config", {})
-    fig.suptitle(title or (
-        f"{record.get('dataset', {}).get('name', '')}: {record.get('ranks', '?')} rank{'s' * (record.get('ranks') != 1)}, sync {config.get('sync', '?')}, "
-        f"hidden {config.get('hidden', '?')}, batch {config.get('batch_size', '?')}, {record.get('mpi_library', '')}"
-    ))
+    fig.suptitle(
+        title
+        or (
+            f"{record.get('dataset', {}).get('name', '')}: {record.get('ranks', '?')} rank{'s' * (record.get('ranks') != 1)}, sync {config.get('sync', '?')}, "
+            f"hidden {config.get('hidden', '?')}, batch {config.get('batch_size', '?')}, {record.get('mpi_library', '')}"
+        )
+    )
     fig.tight_layout()
     try:
         fig.savefig(out, dpi=100)
@@ -115,9 +118,13 @@ def plot_run(run: Path, out: Path | None = None) -> Path:
 def main(argv: list[str]) -> int:
     from .options import Parser
 
-    p = Parser(prog="python -m pnn_mpi plot", description="Draw a run's curves from its metrics.json as a PNG: training loss and "
-               "accuracy per epoch, and the parallel network against the spread of the local networks.",
-               formatter_class=argparse.RawDescriptionHelpFormatter, epilog=f"needs matplotlib: {INSTALL_HINT.split(': ', 1)[1]}")
+    p = Parser(
+        prog="python -m pnn_mpi plot",
+        description="Draw a run's curves from its metrics.json as a PNG: training loss and "
+        "accuracy per epoch, and the parallel network against the spread of the local networks.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"needs matplotlib: {INSTALL_HINT.split(': ', 1)[1]}",
+    )
     p.add_argument("run", metavar="RUN_DIR", help="the --out folder of a run (or its metrics.json)")
     p.add_argument("--out", metavar="PNG", help=f"where to write the figure (default: RUN_DIR/{FILE})")
     args = p.parse_args(argv)

@@ -32,8 +32,10 @@ OLD_DEFAULTS = ["--lr", "0.05", "--lr-schedule", "constant", "--warmup", "0", "-
 def machine_line() -> str:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     busy = " (shared: other work was running)" if load > 0.5 else ""
-    return (f"machine: {platform.node()}, {detect().describe()}, Linux {platform.release()}, Python {platform.python_version()}, "
-            f"pnn_mpi {__version__}; load average {load:.2f} at start{busy}")
+    return (
+        f"machine: {platform.node()}, {detect().describe()}, Linux {platform.release()}, Python {platform.python_version()}, "
+        f"pnn_mpi {__version__}; load average {load:.2f} at start{busy}"
+    )
 
 
 def _run(ranks: int, flags: Sequence[str], timeout: float = 1800) -> tuple[str, str]:
@@ -72,8 +74,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         accuracies[ranks] = _accuracy(stdout)
         if ranks == 4:
             section("README 'Two commands': the make train transcript (mpiexec -n 4, every option at its default)", command, stdout)
-    section("README 'Defaults that follow the gradient mode': default run, test accuracy of the parallel network", "the three runs above",
-            ", ".join(f"{accuracies[r]} at {r} rank{'s' * (r > 1)}" for r in (1, 4, 16)))
+    section(
+        "README 'Defaults that follow the gradient mode': default run, test accuracy of the parallel network",
+        "the three runs above",
+        ", ".join(f"{accuracies[r]} at {r} rank{'s' * (r > 1)}" for r in (1, 4, 16)),
+    )
 
     # "Tests": the end-to-end test's run.
     command, stdout = _run(4, ["--train-size", "20000", "--epochs", "3", "--seed", "1", "--out", str(out / "e2e")])
@@ -81,10 +86,38 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # "Validation split" and "Progress inside long epochs" (this issue's sections).
     command, stdout = _run(2, ["--val-size", "5000", "--early-stop", "2", "--epochs", "30", *OLD_DEFAULTS, "--out", str(out / "val")])
-    section("README 'A validation split': early stopping on 5,000 held-out samples", command,
-            "\n".join(line for line in stdout.splitlines() if line.startswith(("epoch", "validation", "early stop", "parallel"))))
-    command, stdout = _run(1, ["--batch-size", "1", "--lr", "0.01", "--momentum", "0", "--lr-schedule", "constant", "--warmup", "0", "--sync", "epoch", "--kernel", "generic", "--epochs", "1", "--train-size", "20000",
-                               "--progress-every", "2", "--out", str(out / "progress")])
+    section(
+        "README 'A validation split': early stopping on 5,000 held-out samples",
+        command,
+        "\n".join(line for line in stdout.splitlines() if line.startswith(("epoch", "validation", "early stop", "parallel"))),
+    )
+    command, stdout = _run(
+        1,
+        [
+            "--batch-size",
+            "1",
+            "--lr",
+            "0.01",
+            "--momentum",
+            "0",
+            "--lr-schedule",
+            "constant",
+            "--warmup",
+            "0",
+            "--sync",
+            "epoch",
+            "--kernel",
+            "generic",
+            "--epochs",
+            "1",
+            "--train-size",
+            "20000",
+            "--progress-every",
+            "2",
+            "--out",
+            str(out / "progress"),
+        ],
+    )
     section("README 'Progress inside long epochs'", command, "\n".join(line for line in stdout.splitlines() if line.startswith("epoch")))
 
     # "Speed": the bench.

@@ -55,15 +55,25 @@ def header_lines(cfg: TrainConfig, world: Communicator, data: RankData, followed
         f"pnn_mpi {__version__}: {plural(world.size, 'rank')}, {world.library()}",
         f"data: {cfg.dataset} from {data.directory}: {data.train_total} training samples ({per_rank} per rank), {len(data.test_labels)} test",
         f"network {sizes}, {cfg.activation}, {cfg.output}, init {cfg.init}; batch {cfg.batch_size}, lr {cfg.lr:g},"
-        f" momentum {cfg.momentum:g}, {cfg.lr_schedule} schedule" + (f", warm-up {cfg.warmup}" if cfg.warmup else "")
+        f" momentum {cfg.momentum:g}, {cfg.lr_schedule} schedule"
+        + (f", warm-up {cfg.warmup}" if cfg.warmup else "")
         + f", sync {cfg.sync}, {plural(cfg.epochs, 'epoch')}, {cfg.dtype}, seed {cfg.seed}",
-    ] + ([f"defaults for {in_words(cfg.batch_size, settled(cfg.sync), world.size)}: "
-          + ", ".join(name.replace("_", "-") for name in followed) + " (set them to choose; --help has the rule)"] if followed else [])
+    ] + (
+        [
+            f"defaults for {in_words(cfg.batch_size, settled(cfg.sync), world.size)}: "
+            + ", ".join(name.replace("_", "-") for name in followed)
+            + " (set them to choose; --help has the rule)"
+        ]
+        if followed
+        else []
+    )
 
 
 def check_world_size(cfg: TrainConfig, world: Communicator) -> None:
     if cfg.expect_ranks is not None and world.size != cfg.expect_ranks and not world.mpi:
-        raise UserError(f"--expect-ranks {cfg.expect_ranks}: this process runs without MPI, as one rank: {INSTALL_MPI}, then pnn-mpi launch -n {cfg.expect_ranks}")
+        raise UserError(
+            f"--expect-ranks {cfg.expect_ranks}: this process runs without MPI, as one rank: {INSTALL_MPI}, then pnn-mpi launch -n {cfg.expect_ranks}"
+        )
     if cfg.expect_ranks is not None and world.size != cfg.expect_ranks:
         raise UserError(
             f"expected {cfg.expect_ranks} ranks (--expect-ranks) but MPI started {world.size} in this job: the launcher "
@@ -71,8 +81,7 @@ def check_world_size(cfg: TrainConfig, world: Communicator) -> None:
         )
 
 
-def resume_point(cfg: TrainConfig, world: Communicator, out: Path, expect: checkpoint.Expected | None = None
-                 ) -> tuple[Progress, RankState] | None:
+def resume_point(cfg: TrainConfig, world: Communicator, out: Path, expect: checkpoint.Expected | None = None) -> tuple[Progress, RankState] | None:
     """Where a ``--resume`` run continues: rank 0 reads the checkpoint (checked against ``expect``),
     every rank gets its own state."""
 
@@ -125,8 +134,7 @@ def checkpoint_writer(cfg: TrainConfig, world: Communicator, out: Path, data: di
                     if files.is_our_temporary(name) and name.endswith(checkpoint.FILE):
                         (out / name).unlink(missing_ok=True)
                 try:
-                    checkpoint.save(out / checkpoint.FILE, cfg, world.size, progress, states, data, lost=lost,
-                                    before_rename=lambda: inject(progress.epoch))
+                    checkpoint.save(out / checkpoint.FILE, cfg, world.size, progress, states, data, lost=lost, before_rename=lambda: inject(progress.epoch))
                 except OSError as exc:
                     raise UserError(f"--out {out}: cannot write the checkpoint ({os_reason(exc)}); the previous one is intact") from None
 
@@ -152,17 +160,25 @@ def start_timeline(cfg: TrainConfig, world: Communicator) -> Timeline | None:
     return Timeline(world)
 
 
-def finish_timeline(cfg: TrainConfig, world: Communicator, recorder: Timeline | None, stop: StopRequest, data: RankData,
-                    train_seconds: float | None) -> None:
+def finish_timeline(cfg: TrainConfig, world: Communicator, recorder: Timeline | None, stop: StopRequest, data: RankData, train_seconds: float | None) -> None:
     """Gather every rank's timeline and write it (rank 0); a collective, reached by all ranks alike."""
     if recorder is None:
         return
     for name, at in stop.arrivals:
         recorder.instant(f"signal {name}", at)
     sizes = [data.x.shape[1], *cfg.hidden, data.classes]
-    meta = {"pnn_mpi_version": __version__, "ranks": world.size, "sizes": sizes, "samples": data.train_total,
-            "slice_sizes": data.slice_sizes, "sync": str(cfg.schedule), "epochs": cfg.epochs, "batch_size": cfg.batch_size,
-            "dtype": cfg.dtype, "train_seconds": train_seconds}
+    meta = {
+        "pnn_mpi_version": __version__,
+        "ranks": world.size,
+        "sizes": sizes,
+        "samples": data.train_total,
+        "slice_sizes": data.slice_sizes,
+        "sync": str(cfg.schedule),
+        "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
+        "dtype": cfg.dtype,
+        "train_seconds": train_seconds,
+    }
 
     def write() -> None:
         try:
@@ -245,8 +261,7 @@ def _train_into(cfg: TrainConfig, world: Communicator, out: Path, stop: StopRequ
     if not cfg.full_batch and int(cfg.batch_size) > min(data.slice_sizes):
         raise UserError(
             f"--batch-size {cfg.batch_size} is larger than a rank's slice ({min(data.slice_sizes)} samples"
-            f" with {plural(world.size, 'rank')}): use a smaller batch, --batch-size full"
-            + (", or fewer ranks" if world.size > 1 else "")
+            f" with {plural(world.size, 'rank')}): use a smaller batch, --batch-size full" + (", or fewer ranks" if world.size > 1 else "")
         )
     resume = resume_point(cfg, world, out, expectations(cfg, data, data_id)) if cfg.resume else None
     if world.rank == 0:
@@ -254,8 +269,9 @@ def _train_into(cfg: TrainConfig, world: Communicator, out: Path, stop: StopRequ
             say(line)
         if resume:
             say(f"resuming from {out / checkpoint.FILE}: epoch {resume[0].epoch + 1}, step {resume[0].step}")
-    hooks = Hooks(stop_reason=stop, checkpoint=checkpoint_writer(cfg, world, out, data_id), resume=resume,
-                  phase_listener=recorder.listener if recorder else None)
+    hooks = Hooks(
+        stop_reason=stop, checkpoint=checkpoint_writer(cfg, world, out, data_id), resume=resume, phase_listener=recorder.listener if recorder else None
+    )
     surviving = isinstance(world, ResilientWorld)
     try:
         with np.errstate(all="ignore"):  # a diverging run is reported once, by the loop's own check

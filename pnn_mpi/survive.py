@@ -235,14 +235,22 @@ def train_surviving(cfg: TrainConfig, world, data: RankData, log=print, hooks: H
                 mine = holdings.hand_over(list(event.lost), list(event.survivors))[world.launch_rank]
                 began_reading = time.perf_counter()
                 data = take_over_samples(cfg, data, mine, holdings.sizes(world.members))
-                failures.append(Failure(live.epoch + 1, live.global_step, list(event.lost), list(event.survivors),
-                                        repair_seconds=event.repair_seconds, read_seconds=time.perf_counter() - began_reading))
+                failures.append(
+                    Failure(
+                        live.epoch + 1,
+                        live.global_step,
+                        list(event.lost),
+                        list(event.survivors),
+                        repair_seconds=event.repair_seconds,
+                        read_seconds=time.perf_counter() - began_reading,
+                    )
+                )
             if resume is not None:
                 resume = (resume[0], _with_order_for(resume[1], len(data.y)))
                 point.adopt(*resume)
             hooks = replace(hooks, resume=resume)
             began = recovery[0].detected
-            events = failures[-len(recovery):]
+            events = failures[-len(recovery) :]
             at = {"epoch": (resume[0].epoch + 1) if resume else 1, "step": resume[0].step if resume else 0}
 
             def ready(events=events, began=began, at=at) -> None:
@@ -266,8 +274,17 @@ def finish_surviving(world, result: TrainResult, data: RankData, failures: list[
         try:
             return tail()
         except RankLost as lost:
-            failures.append(Failure(len(result.epochs), -1, list(lost.lost), list(lost.survivors), time.perf_counter() - lost.detected,
-                                    repair_seconds=lost.repair_seconds, resumed_at={"epoch": len(result.epochs), "step": -1}))
+            failures.append(
+                Failure(
+                    len(result.epochs),
+                    -1,
+                    list(lost.lost),
+                    list(lost.survivors),
+                    time.perf_counter() - lost.detected,
+                    repair_seconds=lost.repair_seconds,
+                    resumed_at={"epoch": len(result.epochs), "step": -1},
+                )
+            )
             if world.rank == 0 and math.isnan(result.test_accuracy):
                 result.test_accuracy, result.test_loss, result.test_confidence = evaluate(result.net, data.test_images, data.test_labels)
                 last = result.epochs[-1]

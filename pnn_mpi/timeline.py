@@ -72,8 +72,7 @@ class Timeline:
 
     def gather_and_write(self, path: Path, meta: dict) -> dict | None:
         """Collective: every rank's spans to rank 0, which writes ``path``; returns the trace on rank 0."""
-        mine = {"rank": self.world.rank, "host": socket.gethostname(), "offset": self.offset,
-                "spans": self.spans, "instants": self.instants}
+        mine = {"rank": self.world.rank, "host": socket.gethostname(), "offset": self.offset, "spans": self.spans, "instants": self.instants}
         every = self.world.gather(mine)
         if self.world.rank != 0:
             return None
@@ -93,14 +92,22 @@ def chrome_trace(ranks: list[dict], meta: dict) -> dict:
         events.append({"name": "process_sort_index", "ph": "M", "pid": pid, "tid": 0, "args": {"sort_index": pid}})
         epoch = 1
         for phase, began, ended in sorted(r["spans"], key=lambda s: (s[1], -s[2])):
-            events.append({"name": NAMES.get(phase, phase), "cat": phase, "ph": "X", "pid": pid, "tid": 0,
-                           "ts": round((began + r["offset"] - origin) * 1e6, 3), "dur": round((ended - began) * 1e6, 3),
-                           "args": {"epoch": epoch}})
+            events.append(
+                {
+                    "name": NAMES.get(phase, phase),
+                    "cat": phase,
+                    "ph": "X",
+                    "pid": pid,
+                    "tid": 0,
+                    "ts": round((began + r["offset"] - origin) * 1e6, 3),
+                    "dur": round((ended - began) * 1e6, 3),
+                    "args": {"epoch": epoch},
+                }
+            )
             if phase == "wait":
                 epoch += 1
         for name, at in r["instants"]:
-            events.append({"name": name, "cat": "signal", "ph": "i", "s": "p", "pid": pid, "tid": 0,
-                           "ts": round((at + r["offset"] - origin) * 1e6, 3)})
+            events.append({"name": name, "cat": "signal", "ph": "i", "s": "p", "pid": pid, "tid": 0, "ts": round((at + r["offset"] - origin) * 1e6, 3)})
     other = {**meta, "clock_offsets_seconds": [r["offset"] for r in ranks], "hosts": [r["host"] for r in ranks]}
     return {"traceEvents": events, "displayTimeUnit": "ms", "otherData": other}
 

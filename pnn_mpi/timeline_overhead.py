@@ -88,12 +88,15 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     m_on, m_off = statistics.median(on), statistics.median(off)
     print(f"{args.ranks} ranks, {args.pairs} pairs, flags: {' '.join(args.extra) or '(defaults)'}")
-    print(f"median train seconds: off {m_off:.3f}, on {m_on:.3f}: overhead {m_on / m_off - 1:+.2%}"
-          f" (median of pair ratios {statistics.median(ratios) - 1:+.2%})")
+    print(
+        f"median train seconds: off {m_off:.3f}, on {m_on:.3f}: overhead {m_on / m_off - 1:+.2%} (median of pair ratios {statistics.median(ratios) - 1:+.2%})"
+    )
     bare, listened = listener_cost()
     cost, most = max(listened - bare, 0.0), max(spans)
-    print(f"direct: a phase span costs {bare * 1e9:.0f} ns without the timeline, {listened * 1e9:.0f} ns with it; "
-          f"{cost * 1e9:.0f} ns x {most} spans on the busiest rank = {cost * most * 1e3:.3f} ms, {cost * most / m_off:.4%} of the median train time")
+    print(
+        f"direct: a phase span costs {bare * 1e9:.0f} ns without the timeline, {listened * 1e9:.0f} ns with it; "
+        f"{cost * 1e9:.0f} ns x {most} spans on the busiest rank = {cost * most * 1e3:.3f} ms, {cost * most / m_off:.4%} of the median train time"
+    )
     return 0
 
 

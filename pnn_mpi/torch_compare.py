@@ -47,8 +47,7 @@ GOALS = {"end": 2.0, "grad": 4.0}  # pnn_mpi / PyTorch samples/s the project aim
 
 
 def _parser() -> Parser:
-    p = Parser(prog="python -m pnn_mpi.torch_compare", description=__doc__.split("\n\n")[0],
-               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(prog="python -m pnn_mpi.torch_compare", description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--momentum", type=float, default=0.9)
@@ -143,8 +142,18 @@ def _pnn_run(world: World, cfg: TrainConfig, data) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     world = World()
-    base = TrainConfig(hidden=(args.hidden,), batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-                       lr_schedule="constant", warmup=0, epochs=args.epochs, train_size=args.train_size, dtype="float32", eval_every=0)
+    base = TrainConfig(
+        hidden=(args.hidden,),
+        batch_size=args.batch_size,
+        lr=args.lr,
+        momentum=args.momentum,
+        lr_schedule="constant",
+        warmup=0,
+        epochs=args.epochs,
+        train_size=args.train_size,
+        dtype="float32",
+        eval_every=0,
+    )
     data = load_rank_data(base, world)
     torch, dist = _torch_setup(world)
     results = {}
@@ -160,9 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     dist.destroy_process_group()
     if world.rank == 0:
         per_rank = f"{min(data.slice_sizes)}" if min(data.slice_sizes) == max(data.slice_sizes) else f"{min(data.slice_sizes)}-{max(data.slice_sizes)}"
-        print(f"pnn_mpi vs PyTorch {torch.__version__}: {plural(world.size, 'rank')} ({world.library()}), one thread each; "
-              f"784-{args.hidden}-10 relu softmax-xent float32, batch {args.batch_size}, lr {args.lr}, momentum {args.momentum}, "
-              f"{args.epochs} epochs of {per_rank} samples per rank; best of {args.repeats}")
+        print(
+            f"pnn_mpi vs PyTorch {torch.__version__}: {plural(world.size, 'rank')} ({world.library()}), one thread each; "
+            f"784-{args.hidden}-10 relu softmax-xent float32, batch {args.batch_size}, lr {args.lr}, momentum {args.momentum}, "
+            f"{args.epochs} epochs of {per_rank} samples per rank; best of {args.repeats}"
+        )
         print(f"{'mode':<44} {'pnn_mpi':>12} {'PyTorch':>12} {'ratio':>7} {'goal':>6}   test accuracy pnn_mpi / PyTorch")
         names = {"end": "(a) local SGD, one average at the end", "grad": "(b) gradient sync every step (DDP)"}
         for mode, best in results.items():

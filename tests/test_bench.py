@@ -29,8 +29,14 @@ def test_one_rank_prints_every_row_and_writes_json(tmp_path):
     result = run_pnn("bench", *QUICK, "--json", str(out), timeout=240)
     assert result.returncode == 0, result.stderr
     text = result.stdout
-    expected = ["train step, batch 1", *kernel_rows(), "train step, batch 32", "whole run, batch 32",
-                "parameter sync (12,730 float32)", "parameter sync, back to back"]
+    expected = [
+        "train step, batch 1",
+        *kernel_rows(),
+        "train step, batch 32",
+        "whole run, batch 32",
+        "parameter sync (12,730 float32)",
+        "parameter sync, back to back",
+    ]
     for what in expected:
         assert what in text, f"no row {what!r} in:\n{text}"
     assert "per-sample numpy loop" in text and "bare matrix products" in text and "bare in-place Allreduce, in a training loop" in text

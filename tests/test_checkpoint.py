@@ -154,8 +154,13 @@ def test_periodic_checkpoints_resume_bit_identically(make_rank_data, data):
     images, labels, test_images, test_labels = data
     cfg = TrainConfig(hidden=(10,), epochs=4, batch_size=5, checkpoint_every=1)
     saved = []
-    whole = train(cfg, SerialWorld(), make_rank_data(images, labels, test_images, test_labels), log=lambda *_: None,
-                  hooks=Hooks(checkpoint=lambda p, s: saved.append((Progress(**vars(p)), s))))
+    whole = train(
+        cfg,
+        SerialWorld(),
+        make_rank_data(images, labels, test_images, test_labels),
+        log=lambda *_: None,
+        hooks=Hooks(checkpoint=lambda p, s: saved.append((Progress(**vars(p)), s))),
+    )
     assert [p.epoch for p, _ in saved] == [1, 2, 3]  # none after the last epoch: the model is saved then
     for progress, state in saved:
         again = train(cfg, SerialWorld(), make_rank_data(images, labels, test_images, test_labels), log=lambda *_: None, hooks=Hooks(resume=(progress, state)))

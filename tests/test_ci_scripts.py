@@ -18,6 +18,5 @@ def test_ci_scripts_count_the_real_cores(script):
     counts = re.findall(r"\$\(([^()]*nproc[^()]*)\) cores", text)
     assert counts, f"{script} prints no core count"
     for expression in counts:
-        said = subprocess.run(["bash", "-c", expression], capture_output=True, text=True, timeout=10,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout.strip()
+        said = subprocess.run(["bash", "-c", expression], capture_output=True, text=True, timeout=10, env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout.strip()
         assert said == str(len(os.sched_getaffinity(0))), expression

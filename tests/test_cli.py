@@ -47,9 +47,26 @@ def test_flags_parse_into_config():
         "--dataset mnist --data-dir /tmp/d --train-size 600 --test-size 100 --out /tmp/o --eval-every 0 --no-shuffle".split()
     )
     assert cfg == TrainConfig(
-        hidden=(128, 64), activation="tanh", output="sigmoid-mse", init="xavier-uniform", bias_init=-0.5,
-        batch_size=1, lr=0.1, momentum=0.0, lr_decay=0.9, epochs=3, sync="steps:10", seed=7, dtype="float64",
-        dataset="mnist", data_dir="/tmp/d", train_size=600, test_size=100, out="/tmp/o", eval_every=0, shuffle=False,
+        hidden=(128, 64),
+        activation="tanh",
+        output="sigmoid-mse",
+        init="xavier-uniform",
+        bias_init=-0.5,
+        batch_size=1,
+        lr=0.1,
+        momentum=0.0,
+        lr_decay=0.9,
+        epochs=3,
+        sync="steps:10",
+        seed=7,
+        dtype="float64",
+        dataset="mnist",
+        data_dir="/tmp/d",
+        train_size=600,
+        test_size=100,
+        out="/tmp/o",
+        eval_every=0,
+        shuffle=False,
     )
     assert cfg.hidden == (128, 64) and isinstance(cfg.hidden, tuple)
     assert cfg.schedule.kind == "steps" and cfg.schedule.every == 10
@@ -79,8 +96,9 @@ def test_toml_config_sets_values(tmp_path):
         "shuffle = false\nbias_init = -0.25\nseed = 0\ntrain-size = 1000\nepochs = 2\n",
     )
     cfg = parse_train_args(["--config", str(path)])
-    assert cfg == TrainConfig(hidden=(64, 32), lr=0.1, sync="epoch", batch_size="full", lr_decay=0.5, shuffle=False,
-                              bias_init=-0.25, seed=0, train_size=1000, epochs=2)
+    assert cfg == TrainConfig(
+        hidden=(64, 32), lr=0.1, sync="epoch", batch_size="full", lr_decay=0.5, shuffle=False, bias_init=-0.25, seed=0, train_size=1000, epochs=2
+    )
 
 
 def test_toml_empty_hidden_and_true_shuffle(tmp_path):
@@ -262,9 +280,24 @@ def test_commands_table():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(epochs=0), dict(lr=0.0), dict(momentum=1.0), dict(lr_decay=0.0), dict(activation="nope"), dict(batch_size=0),
-     dict(batch_size="most"), dict(sync="bogus"), dict(hidden=(0,)), dict(train_size=-5), dict(seed=-1), dict(dtype="int8"),
-     dict(eval_every=-1), dict(test_size=0), dict(init="zeros"), dict(output="hinge")],
+    [
+        dict(epochs=0),
+        dict(lr=0.0),
+        dict(momentum=1.0),
+        dict(lr_decay=0.0),
+        dict(activation="nope"),
+        dict(batch_size=0),
+        dict(batch_size="most"),
+        dict(sync="bogus"),
+        dict(hidden=(0,)),
+        dict(train_size=-5),
+        dict(seed=-1),
+        dict(dtype="int8"),
+        dict(eval_every=-1),
+        dict(test_size=0),
+        dict(init="zeros"),
+        dict(output="hinge"),
+    ],
 )
 def test_train_config_validates_directly(kwargs):
     """TrainConfig itself rejects every bad value (the TOML and flag paths both end here)."""

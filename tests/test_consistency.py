@@ -30,15 +30,30 @@ def tiny(tmp_path_factory):
 
 
 def _flags(tiny, out, *more):
-    return ["--dataset", "custom", "--data-dir", str(tiny), "--hidden", "8", "--epochs", "3", "--checkpoint-every", "1",
-            "--batch-size", "8", "--out", str(out), *more]
+    return [
+        "--dataset",
+        "custom",
+        "--data-dir",
+        str(tiny),
+        "--hidden",
+        "8",
+        "--epochs",
+        "3",
+        "--checkpoint-every",
+        "1",
+        "--batch-size",
+        "8",
+        "--out",
+        str(out),
+        *more,
+    ]
 
 
 def _one_line(capsys, status) -> str:
     out, err = capsys.readouterr()
     assert status == 2, err
     assert err.count("\n") == 1 and err.startswith(PREFIX) and "Traceback" not in err, err
-    return err[len(PREFIX):].rstrip("\n")
+    return err[len(PREFIX) :].rstrip("\n")
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +73,14 @@ def _arrays(raw: bytes) -> tuple[dict, dict[str, np.ndarray]]:
 def _header(change):
     def damage(header, arrays):
         change(header)
+
     return damage
 
 
 def _array(name, change):
     def damage(header, arrays):
         arrays[name] = change(arrays[name])
+
     return damage
 
 
@@ -73,6 +90,7 @@ def _drop(name):
 
 def _set(path: str, value):
     """Set header[a][b]... = value (path 'a.b'); value None on a top-level key removes it."""
+
     def change(header):
         keys = path.split(".")
         target = header
@@ -82,6 +100,7 @@ def _set(path: str, value):
             del target[keys[-1]]
         else:
             target[keys[-1]] = value
+
     return _header(change)
 
 
@@ -129,8 +148,10 @@ DAMAGES = {
     "velocity-wrong-shape": (_array("velocity_0", lambda v: v[:5]), r"velocity_0 has shape"),
     "header-not-json": (lambda h, a: h.update(__raw__="{not json"), r"header is not JSON"),
     "older-format": (_set("format", "pnn_mpi-checkpoint-1"), r"written by another pnn_mpi version \(pnn_mpi-checkpoint-1\)"),
-    "other-data-identity": (_header(lambda h: h["data"]["files"]["train-images"].update(sample_sha256="0" * 32)),
-                            r"written for other data: files.train-images.sample_sha256 was 0+, now [0-9a-f]+"),
+    "other-data-identity": (
+        _header(lambda h: h["data"]["files"]["train-images"].update(sample_sha256="0" * 32)),
+        r"written for other data: files.train-images.sample_sha256 was 0+, now [0-9a-f]+",
+    ),
 }
 
 
@@ -189,11 +210,30 @@ def test_resume_with_the_same_data_elsewhere_is_accepted(tiny, tmp_path, good_ch
 
 # --- ranks that disagree --------------------------------------------------------------------
 
+
 def _mpmd(tiny, tmp_path, left: list[str], right: list[str], env_left=(), env_right=()) -> subprocess.CompletedProcess:
     base = ["--dataset", "custom", "--hidden", "8", "--epochs", "1", "--out", str(tmp_path / "run")]
     python = [sys.executable, "-m", "pnn_mpi", *base]
-    command = [mpiexec_path(), "-n", "1", "env", *env_left, *python, "--data-dir", str(tiny), *left, ":",
-               "-n", "1", "env", *env_right, *python, "--data-dir", str(tiny), *right]
+    command = [
+        mpiexec_path(),
+        "-n",
+        "1",
+        "env",
+        *env_left,
+        *python,
+        "--data-dir",
+        str(tiny),
+        *left,
+        ":",
+        "-n",
+        "1",
+        "env",
+        *env_right,
+        *python,
+        "--data-dir",
+        str(tiny),
+        *right,
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=120, env=clean_env(), cwd=REPO, stdin=subprocess.DEVNULL)
 
 
@@ -244,8 +284,11 @@ def test_ranks_that_agree_train_together(tiny, tmp_path):
 
 # --- TOML switches -----------------------------------------------------------------------------
 
+
 def _switches() -> list[str]:
-    return sorted(a.dest for a in train_parser()._actions if a.option_strings and a.nargs == 0 and a.dest not in ("help", "version"))  # --help, --version: no settings
+    return sorted(
+        a.dest for a in train_parser()._actions if a.option_strings and a.nargs == 0 and a.dest not in ("help", "version")
+    )  # --help, --version: no settings
 
 
 def _command_line_for(dest: str, value: bool) -> list[str]:
@@ -285,9 +328,11 @@ def test_a_switch_given_a_non_boolean_is_one_line(tmp_path, capsys, value):
 HUGE = "x" * 10_000_000
 
 
-@pytest.mark.parametrize("key, value", [("sync", f'"{HUGE}"'), ("activation", f'"{HUGE}"'), ("dataset", f'"{HUGE}"'),
-                                        ("lr", f'"{HUGE}"'), (HUGE[:5_000_000], "1"), ("hidden", f'["{HUGE}"]')],
-                         ids=["sync", "activation", "dataset", "lr", "key", "hidden"])
+@pytest.mark.parametrize(
+    "key, value",
+    [("sync", f'"{HUGE}"'), ("activation", f'"{HUGE}"'), ("dataset", f'"{HUGE}"'), ("lr", f'"{HUGE}"'), (HUGE[:5_000_000], "1"), ("hidden", f'["{HUGE}"]')],
+    ids=["sync", "activation", "dataset", "lr", "key", "hidden"],
+)
 def test_a_huge_toml_value_is_quoted_as_a_bounded_prefix(tmp_path, capsys, key, value):
     config = tmp_path / "run.toml"
     config.write_text(f"{key} = {value}\n")
@@ -323,8 +368,10 @@ def test_a_path_with_a_newline_cannot_break_the_line(tiny, tmp_path, case, capsy
     _one_line(capsys, main(argv))
 
 
-@pytest.mark.parametrize("value, shown", [("plain", "plain"), ("a\nb", "'a\\nb'"), ("x" * 300, "x" * 200 + "... (300 characters)"),
-                                          (Path("/tmp/p"), "/tmp/p"), ("tab\there", "'tab\\there'")])
+@pytest.mark.parametrize(
+    "value, shown",
+    [("plain", "plain"), ("a\nb", "'a\\nb'"), ("x" * 300, "x" * 200 + "... (300 characters)"), (Path("/tmp/p"), "/tmp/p"), ("tab\there", "'tab\\there'")],
+)
 def test_quote(value, shown):
     assert quote(value) == shown
 
@@ -335,6 +382,7 @@ def test_bounded_line_bounds_and_escapes():
 
 
 # --- download into a full disk --------------------------------------------------------------------
+
 
 @pytest.fixture
 def small_disk(tmp_path):

@@ -38,11 +38,9 @@ def make_tiny(folder: Path, n_train=12, n_test=5, gz=True, train_labels=None) ->
     suffix = ".gz" if gz else ""
     for split, n in (("train", n_train), ("test", n_test)):
         files = get_spec("mnist").files
-        idx.write_idx(folder / (files[f"{split}-images"] + suffix),
-                      rng.integers(0, 256, (n, 4, 3), dtype=np.uint8))
+        idx.write_idx(folder / (files[f"{split}-images"] + suffix), rng.integers(0, 256, (n, 4, 3), dtype=np.uint8))
         m = train_labels if split == "train" and train_labels is not None else n
-        idx.write_idx(folder / (files[f"{split}-labels"] + suffix),
-                      rng.integers(0, 10, m, dtype=np.uint8))
+        idx.write_idx(folder / (files[f"{split}-labels"] + suffix), rng.integers(0, 10, m, dtype=np.uint8))
     return folder
 
 
@@ -141,8 +139,7 @@ def test_locate_error_names_every_place(tmp_path):
         datasets.locate("fashion-mnist", env=env, cwd=tmp_path / "cwd", home=tmp_path / "home")
     msg = str(info.value)
     assert "\n" not in msg and msg.startswith("dataset fashion-mnist not found")
-    for place in datasets.candidate_dirs("fashion-mnist", env=env, cwd=tmp_path / "cwd",
-                                         home=tmp_path / "home"):
+    for place in datasets.candidate_dirs("fashion-mnist", env=env, cwd=tmp_path / "cwd", home=tmp_path / "home"):
         assert str(place) in msg
     assert "missing train-labels-idx1-ubyte[.gz]" in msg
     assert "python -m pnn_mpi download --dataset fashion-mnist" in msg
@@ -179,8 +176,7 @@ def test_split_count_and_load(tmp_path, gz):
 def test_count_mismatch(tmp_path):
     folder = make_tiny(tmp_path, train_labels=11)
     spec = get_spec("mnist")
-    for call in (lambda: datasets.split_count(spec, folder, "train"),
-                 lambda: datasets.load_split(spec, folder, "train", 0, 3)):
+    for call in (lambda: datasets.split_count(spec, folder, "train"), lambda: datasets.load_split(spec, folder, "train", 0, 3)):
         with pytest.raises(UserError) as info:
             call()
         msg = str(info.value)

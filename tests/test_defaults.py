@@ -12,20 +12,33 @@ def test_batch_one_averages_parameters_with_its_own_small_rate(ranks):
     """Batch 1 never gets the mini-batch rate (the trap: 0.05 with momentum 0.9 ends at chance level)."""
     found = d.for_mode(1, None, ranks)
     assert (found.mode, found.sync, found.lr, found.momentum, found.lr_schedule, found.warmup) == (
-        d.STOCHASTIC, "epoch", pytest.approx(0.05 / 32), d.MOMENTUM, "cosine", 0)
+        d.STOCHASTIC,
+        "epoch",
+        pytest.approx(0.05 / 32),
+        d.MOMENTUM,
+        "cosine",
+        0,
+    )
 
 
 @pytest.mark.parametrize("ranks", [1, 4, 16])
 def test_full_batch_takes_a_constant_large_rate(ranks):
     found = d.for_mode("full", None, ranks)
-    assert (found.mode, found.sync, found.lr, found.momentum, found.lr_schedule, found.warmup) == (
-        d.FULL, "epoch", d.FULL_LR, d.MOMENTUM, "constant", 0)
+    assert (found.mode, found.sync, found.lr, found.momentum, found.lr_schedule, found.warmup) == (d.FULL, "epoch", d.FULL_LR, d.MOMENTUM, "constant", 0)
 
 
-@pytest.mark.parametrize("batch, ranks, lr, warmup", [
-    (32, 1, 0.05, 0), (32, 4, 0.2, 1), (32, 16, 0.8, 1), (32, 64, 0.8, 1),  # capped at MAX_LR
-    (8, 1, 0.0125, 0), (8, 4, 0.05, 0), (64, 1, 0.1, 1),
-])
+@pytest.mark.parametrize(
+    "batch, ranks, lr, warmup",
+    [
+        (32, 1, 0.05, 0),
+        (32, 4, 0.2, 1),
+        (32, 16, 0.8, 1),
+        (32, 64, 0.8, 1),  # capped at MAX_LR
+        (8, 1, 0.0125, 0),
+        (8, 4, 0.05, 0),
+        (64, 1, 0.1, 1),
+    ],
+)
 def test_mini_batch_rate_follows_the_global_batch(batch, ranks, lr, warmup):
     """Under gradient averaging one update sees P*b samples: the rate scales with it (linear scaling rule),
     capped, with a warm-up epoch whenever it was scaled above the batch-32 rate."""
@@ -56,14 +69,17 @@ def test_resolve_fills_only_what_is_unset():
 from pnn_mpi.options import parse_train_args  # noqa: E402
 
 
-@pytest.mark.parametrize("flags, ranks, expected", [
-    ([], 1, dict(lr=0.05, lr_schedule="cosine", warmup=0, sync="grad", momentum=0.9)),
-    ([], 4, dict(lr=0.2, lr_schedule="cosine", warmup=1, sync="grad", momentum=0.9)),
-    ([], 16, dict(lr=0.8, lr_schedule="cosine", warmup=1, sync="grad", momentum=0.9)),
-    (["--batch-size", "1"], 4, dict(lr=0.05 / 32, lr_schedule="cosine", warmup=0, sync="epoch", momentum=0.9)),
-    (["--batch-size", "full"], 4, dict(lr=0.3, lr_schedule="constant", warmup=0, sync="epoch", momentum=0.9)),
-    (["--batch-size", "8", "--sync", "epoch"], 16, dict(lr=0.0125, lr_schedule="cosine", warmup=0, sync="epoch")),
-])
+@pytest.mark.parametrize(
+    "flags, ranks, expected",
+    [
+        ([], 1, dict(lr=0.05, lr_schedule="cosine", warmup=0, sync="grad", momentum=0.9)),
+        ([], 4, dict(lr=0.2, lr_schedule="cosine", warmup=1, sync="grad", momentum=0.9)),
+        ([], 16, dict(lr=0.8, lr_schedule="cosine", warmup=1, sync="grad", momentum=0.9)),
+        (["--batch-size", "1"], 4, dict(lr=0.05 / 32, lr_schedule="cosine", warmup=0, sync="epoch", momentum=0.9)),
+        (["--batch-size", "full"], 4, dict(lr=0.3, lr_schedule="constant", warmup=0, sync="epoch", momentum=0.9)),
+        (["--batch-size", "8", "--sync", "epoch"], 16, dict(lr=0.0125, lr_schedule="cosine", warmup=0, sync="epoch")),
+    ],
+)
 def test_flags_left_unset_follow_the_mode(flags, ranks, expected):
     cfg = parse_train_args(flags).resolved(ranks)
     for key, value in expected.items():
@@ -101,8 +117,23 @@ def test_a_launch_records_the_values_it_used(tmp_path):
 
     data = write_dataset(tmp_path / "data", train=400, test=50, seed=2)
     out = tmp_path / "out"
-    proc = run_pnn("--dataset", "custom", "--data-dir", str(data), "--hidden", "8", "--epochs", "1", "--batch-size", "20",
-                   "--lr-schedule", "constant", "--out", str(out), ranks=2)
+    proc = run_pnn(
+        "--dataset",
+        "custom",
+        "--data-dir",
+        str(data),
+        "--hidden",
+        "8",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "20",
+        "--lr-schedule",
+        "constant",
+        "--out",
+        str(out),
+        ranks=2,
+    )
     assert proc.returncode == 0, proc.stderr
     config = __import__("json").loads((out / "metrics.json").read_text())["config"]
     assert (config["lr"], config["sync"], config["lr_schedule"], config["warmup"]) == (pytest.approx(0.05 * 40 / 32), "grad", "constant", 1)

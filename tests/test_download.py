@@ -142,8 +142,7 @@ def test_progress_redrawn_on_a_tty(tmp_path, tiny):
     text = out.getvalue()
     assert "\r" in text and "100%" in text and "MD5 ok" in text
     # Each failure message starts on a line of its own, not after a progress line.
-    assert all(line.startswith(("train", "t10k")) for line in text.split("\n")
-               if "failed" in line)
+    assert all(line.startswith(("train", "t10k")) for line in text.split("\n") if "failed" in line)
 
 
 def test_already_present_files_are_skipped(tmp_path, tiny, dead_url):
@@ -294,7 +293,6 @@ def test_custom_is_not_offered_for_download():
 
 
 def test_make_train_passes_mirrors_to_download():
-    proc = subprocess.run(["make", "-n", "data", "MIRROR=/srv/mnist https://example.org/mnist/"], capture_output=True,
-                          text=True, timeout=60, cwd=REPO)
+    proc = subprocess.run(["make", "-n", "data", "MIRROR=/srv/mnist https://example.org/mnist/"], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert "download --dataset mnist --if-missing --mirror /srv/mnist --mirror https://example.org/mnist/" in proc.stdout

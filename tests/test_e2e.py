@@ -151,9 +151,7 @@ def test_unwritable_out_fails_before_training(tiny, tmp_path):
 
 def test_toml_config_replaces_flags(tiny, tmp_path):
     config = tmp_path / "run.toml"
-    config.write_text(
-        f'dataset = "custom"\ndata-dir = "{tiny}"\nhidden = [12, 8]\nepochs = 2\nsync = "grad"\nbatch_size = 10\n'
-    )
+    config.write_text(f'dataset = "custom"\ndata-dir = "{tiny}"\nhidden = [12, 8]\nepochs = 2\nsync = "grad"\nbatch_size = 10\n')
     proc = run_pnn("--config", str(config), "--out", str(tmp_path / "out"), "--epochs", "1", ranks=2)
     assert proc.returncode == 0, proc.stderr
     record = json.loads((tmp_path / "out" / "metrics.json").read_text())
@@ -175,9 +173,9 @@ def test_predict_and_evaluate_without_mpi(tiny, tmp_path):
     script = f"""
 import sys
 from pnn_mpi.cli import main
-assert main(["evaluate", "--model", {model!r}, "--images", {str(tiny / 't10k-images-idx3-ubyte')!r}, "--labels", {str(tiny / 't10k-labels-idx1-ubyte')!r}, "--json"]) == 0
-assert main(["predict", "--model", {model!r}, "--images", {str(tiny / 't10k-images-idx3-ubyte')!r}, "--out", {str(tmp_path / 'idx.npy')!r}]) == 0
-assert main(["predict", "--model", {model!r}, "--images", {str(tmp_path / 'images.npy')!r}, "--out", {str(tmp_path / 'npy.txt')!r}]) == 0
+assert main(["evaluate", "--model", {model!r}, "--images", {str(tiny / "t10k-images-idx3-ubyte")!r}, "--labels", {str(tiny / "t10k-labels-idx1-ubyte")!r}, "--json"]) == 0
+assert main(["predict", "--model", {model!r}, "--images", {str(tiny / "t10k-images-idx3-ubyte")!r}, "--out", {str(tmp_path / "idx.npy")!r}]) == 0
+assert main(["predict", "--model", {model!r}, "--images", {str(tmp_path / "images.npy")!r}, "--out", {str(tmp_path / "npy.txt")!r}]) == 0
 assert "mpi4py" not in sys.modules, "evaluate/predict imported MPI"
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=clean_env(), cwd=REPO, timeout=120)
@@ -211,8 +209,25 @@ def test_download_from_a_folder_mirror_then_found(mnist_dir, tmp_path):
 def test_help_documents_every_flag_without_mpi():
     proc = run_pnn("--help")
     assert proc.returncode == 0
-    for flag in ("--hidden", "--activation", "--output", "--init", "--batch-size", "--lr", "--momentum", "--epochs",
-                 "--sync", "--seed", "--dtype", "--data-dir", "--dataset", "--train-size", "--test-size", "--out", "--config"):
+    for flag in (
+        "--hidden",
+        "--activation",
+        "--output",
+        "--init",
+        "--batch-size",
+        "--lr",
+        "--momentum",
+        "--epochs",
+        "--sync",
+        "--seed",
+        "--dtype",
+        "--data-dir",
+        "--dataset",
+        "--train-size",
+        "--test-size",
+        "--out",
+        "--config",
+    ):
         assert flag in proc.stdout
 
 

@@ -44,8 +44,10 @@ def test_scikit_learn_estimator_checks(estimator, check):
 
 
 def test_the_estimator_imports_no_scikit_learn():
-    code = "import sys, numpy as np; from pnn_mpi import PNNClassifier; " \
-           "PNNClassifier(hidden=4, epochs=1).fit(np.eye(4), [0, 1, 0, 1]); print('sklearn' in sys.modules)"
+    code = (
+        "import sys, numpy as np; from pnn_mpi import PNNClassifier; "
+        "PNNClassifier(hidden=4, epochs=1).fit(np.eye(4), [0, 1, 0, 1]); print('sklearn' in sys.modules)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.stdout.strip() == "False", proc.stderr
 
@@ -93,8 +95,9 @@ def test_fit_gives_the_command_lines_model_file(mnist_dir, tmp_path):
     flags = ["--train-size", "3000", "--test-size", "500", "--epochs", "2", "--hidden", "32", "--sync", "end", "--seed", "4"]
     proc = run_pnn(*flags, "--out", str(out), env=env)
     assert proc.returncode == 0, proc.stderr
-    fit = subprocess.run([sys.executable, "-c", textwrap.dedent(FIT_MNIST), str(mnist_dir), str(tmp_path)],
-                         capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    fit = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(FIT_MNIST), str(mnist_dir), str(tmp_path)], capture_output=True, text=True, timeout=300, env=env, cwd=REPO
+    )
     assert fit.returncode == 0, fit.stderr
     assert (tmp_path / "est.npz").read_bytes() == (out / "model.npz").read_bytes()
     clf = pickle.loads((tmp_path / "est.pkl").read_bytes())
@@ -144,11 +147,32 @@ def test_fit_under_mpiexec_is_the_parallel_network_of_the_command_line(tmp_path)
     script = tmp_path / "user_script.py"
     script.write_text(textwrap.dedent(SCRIPT))
     env = clean_env()
-    proc = subprocess.run([mpiexec_path(), "-n", "2", sys.executable, str(script), str(data), str(tmp_path / "est.npz")],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    proc = subprocess.run(
+        [mpiexec_path(), "-n", "2", sys.executable, str(script), str(data), str(tmp_path / "est.npz")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    cli = run_pnn("--dataset", "custom", "--data-dir", str(data), "--hidden", "16", "--epochs", "3", "--seed", "2", "--sync", "epoch",
-                  "--out", str(tmp_path / "cli"), ranks=2)
+    cli = run_pnn(
+        "--dataset",
+        "custom",
+        "--data-dir",
+        str(data),
+        "--hidden",
+        "16",
+        "--epochs",
+        "3",
+        "--seed",
+        "2",
+        "--sync",
+        "epoch",
+        "--out",
+        str(tmp_path / "cli"),
+        ranks=2,
+    )
     assert cli.returncode == 0, cli.stderr
     assert (tmp_path / "est.npz").read_bytes() == (tmp_path / "cli" / "model.npz").read_bytes()
     net, meta = load_model(tmp_path / "est.npz")

@@ -33,8 +33,7 @@ def _args(folder, out, *more):
 
 def _start(ranks: int, args: list[str], env=None) -> subprocess.Popen:
     command = [mpiexec_path(), "-n", str(ranks), sys.executable, "-m", "pnn_mpi", *args]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
-                            env=env or clean_env(), cwd=REPO)
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL, env=env or clean_env(), cwd=REPO)
 
 
 def _wait_for_line(proc: subprocess.Popen, prefix: str, timeout: float = 60) -> None:

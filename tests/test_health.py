@@ -68,8 +68,7 @@ from conftest import clean_env, run_pnn  # noqa: E402
 
 def _launch(mnist_dir, tmp_path, *flags, ranks=2):
     out = tmp_path / "out"
-    proc = run_pnn("--train-size", "4000", "--test-size", "2000", "--out", str(out), *flags, ranks=ranks,
-                   env=clean_env(PNN_MPI_DATA=str(mnist_dir)))
+    proc = run_pnn("--train-size", "4000", "--test-size", "2000", "--out", str(out), *flags, ranks=ranks, env=clean_env(PNN_MPI_DATA=str(mnist_dir)))
     assert proc.returncode == 0, proc.stderr
     return proc, json.loads((out / "metrics.json").read_text())
 

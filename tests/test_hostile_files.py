@@ -68,19 +68,29 @@ def _run_capped(args: list[str], cap: int | None, cwd: Path) -> subprocess.Compl
         if cap is not None:
             resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
 
-    return subprocess.run([sys.executable, "-m", "pnn_mpi", *args], capture_output=True, text=True, timeout=300,
-                          env=clean_env(), cwd=cwd, stdin=subprocess.DEVNULL, preexec_fn=limit)
+    return subprocess.run(
+        [sys.executable, "-m", "pnn_mpi", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=clean_env(),
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=limit,
+    )
 
 
 def _vm_peak_of(args: list[str], cwd: Path) -> int:
     """Peak address space of ``python -m pnn_mpi ARGS`` (read from /proc by a wrapper)."""
-    code = ("import runpy, sys, atexit\n"
-            "def peak():\n"
-            "    line = [l for l in open('/proc/self/status') if l.startswith('VmPeak:')][0]\n"
-            "    sys.stderr.write('VMPEAK %d\\n' % (int(line.split()[1]) * 1024))\n"
-            "atexit.register(peak)\n"
-            f"sys.argv = ['pnn_mpi', *{args!r}]\n"
-            "try:\n    runpy.run_module('pnn_mpi', run_name='__main__')\nexcept SystemExit:\n    pass\n")
+    code = (
+        "import runpy, sys, atexit\n"
+        "def peak():\n"
+        "    line = [l for l in open('/proc/self/status') if l.startswith('VmPeak:')][0]\n"
+        "    sys.stderr.write('VMPEAK %d\\n' % (int(line.split()[1]) * 1024))\n"
+        "atexit.register(peak)\n"
+        f"sys.argv = ['pnn_mpi', *{args!r}]\n"
+        "try:\n    runpy.run_module('pnn_mpi', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=clean_env(), cwd=cwd)
     found = re.search(r"VMPEAK (\d+)", proc.stderr)
     assert found, proc.stderr
@@ -149,18 +159,24 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 BOMBS = {
     # command line (placeholders: {root}, {data}), what it must print: an error line (regex) or None for success
-    "model-with-unused-bomb-entry": (["evaluate", "--model", "{root}/bomb-unused.npz", "--images", "{data}/t10k-images-idx3-ubyte",
-                                      "--labels", "{data}/t10k-labels-idx1-ubyte"], None),
-    "model-whose-W1-is-a-bomb": (["evaluate", "--model", "{root}/bomb-used.npz", "--images", "{data}/t10k-images-idx3-ubyte",
-                                  "--labels", "{data}/t10k-labels-idx1-ubyte"], r"broken pnn_mpi model: W1 has shape \(36, \d+\)"),
-    "predict-gz-images-bomb": (["predict", "--model", "{root}/mnist-model.npz", "--images", "{root}/bomb-images.gz",
-                                "--out", "{root}/predicted.npy"], None),
-    "evaluate-gz-images-bomb": (["evaluate", "--model", "{root}/mnist-model.npz", "--images", "{root}/bomb-images.gz",
-                                 "--labels", "{root}/bomb-labels.gz"], None),
-    "predict-big-honest-npy": (["predict", "--model", "{root}/mnist-model.npz", "--images", "{root}/big.npy",
-                                "--out", "{root}/big-predicted.npy"], None),
-    "train-on-gz-bomb": (["--dataset", "custom", "--data-dir", "{root}/bombdata", "--hidden", "8", "--epochs", "1",
-                          "--out", "{root}/bomb-run"], r"training network 784-8-10 .* needs about .* more than the .* available"),
+    "model-with-unused-bomb-entry": (
+        ["evaluate", "--model", "{root}/bomb-unused.npz", "--images", "{data}/t10k-images-idx3-ubyte", "--labels", "{data}/t10k-labels-idx1-ubyte"],
+        None,
+    ),
+    "model-whose-W1-is-a-bomb": (
+        ["evaluate", "--model", "{root}/bomb-used.npz", "--images", "{data}/t10k-images-idx3-ubyte", "--labels", "{data}/t10k-labels-idx1-ubyte"],
+        r"broken pnn_mpi model: W1 has shape \(36, \d+\)",
+    ),
+    "predict-gz-images-bomb": (["predict", "--model", "{root}/mnist-model.npz", "--images", "{root}/bomb-images.gz", "--out", "{root}/predicted.npy"], None),
+    "evaluate-gz-images-bomb": (
+        ["evaluate", "--model", "{root}/mnist-model.npz", "--images", "{root}/bomb-images.gz", "--labels", "{root}/bomb-labels.gz"],
+        None,
+    ),
+    "predict-big-honest-npy": (["predict", "--model", "{root}/mnist-model.npz", "--images", "{root}/big.npy", "--out", "{root}/big-predicted.npy"], None),
+    "train-on-gz-bomb": (
+        ["--dataset", "custom", "--data-dir", "{root}/bombdata", "--hidden", "8", "--epochs", "1", "--out", "{root}/bomb-run"],
+        r"training network 784-8-10 .* needs about .* more than the .* available",
+    ),
 }
 
 
@@ -200,6 +216,7 @@ def test_the_cap_is_tight_enough_to_catch_a_whole_inflation(files):
 
 # --- declared shapes refused from the header, in process ------------------------------------
 
+
 def _huge_w1_model(path: Path, shape, descr="<f4", sizes=None, data: bytes = b"") -> None:
     """A model whose W1 header declares ``shape`` while the entry holds only ``data``."""
     arrays = model_arrays(_model())
@@ -232,14 +249,21 @@ def _lying_zip_size(path: Path) -> None:
 
 HEADERS = {
     # name: how the model file is built, and the message the one line must hold
-    "W1-declares-58-TiB": (lambda p: _huge_w1_model(p, (36, 2**42)), r"entry W1: the archive declares 128 bytes, its header [\d,]+ \(\(36, 4398046511104\) float32\)"),
-    "sizes-and-W1-agree-on-a-huge-layer": (lambda p: _huge_w1_model(p, (36, 8 * 2**30), sizes=[36, 8 * 2**30, 10]),
-                                           r"the archive declares .* bytes, its header|needs about .* of memory"),
+    "W1-declares-58-TiB": (
+        lambda p: _huge_w1_model(p, (36, 2**42)),
+        r"entry W1: the archive declares 128 bytes, its header [\d,]+ \(\(36, 4398046511104\) float32\)",
+    ),
+    "sizes-and-W1-agree-on-a-huge-layer": (
+        lambda p: _huge_w1_model(p, (36, 8 * 2**30), sizes=[36, 8 * 2**30, 10]),
+        r"the archive declares .* bytes, its header|needs about .* of memory",
+    ),
     "W1-header-beyond-entry": (lambda p: _huge_w1_model(p, (36, 8)), r"the archive declares \d+ bytes, its header \d+"),
     "zip-directory-lies-about-size": (_lying_zip_size, r"the archive declares [\d,]+ bytes, its header"),
     "W1-object-dtype": (lambda p: _huge_w1_model(p, (36, 8), descr="|O"), r"never loaded \(allow_pickle=False\)"),
-    "sizes-declares-a-billion-layers": (lambda p: _huge_w1_model(p, (36, 8), sizes=None) or _replace_entry(p, "sizes", _npy_header((10**9,), "<i8")),
-                                        r"'sizes' must list two or more positive layer widths"),
+    "sizes-declares-a-billion-layers": (
+        lambda p: _huge_w1_model(p, (36, 8), sizes=None) or _replace_entry(p, "sizes", _npy_header((10**9,), "<i8")),
+        r"'sizes' must list two or more positive layer widths",
+    ),
 }
 
 
@@ -273,8 +297,7 @@ NPY_INPUTS = {
     "declares-58-TiB": (lambda p: _npy_file(p, (2**40, 28, 28)), r"truncated: its header declares \(1099511627776, 28, 28\)"),
     "declares-more-than-it-holds": (lambda p: _npy_file(p, (10, 28, 28), data=bytes(784)), r"truncated: its header declares"),
     "holds-more-than-declared": (lambda p: _npy_file(p, (1, 28, 28), data=bytes(784 * 2)), r"oversized: its header declares"),
-    "an-npz-instead": (lambda p: p.write_bytes(npz_bytes({"images": np.zeros((2, 28, 28), np.uint8)})),
-                       r"an \.npz archive, not a \.npy array"),
+    "an-npz-instead": (lambda p: p.write_bytes(npz_bytes({"images": np.zeros((2, 28, 28), np.uint8)})), r"an \.npz archive, not a \.npy array"),
     "object-array": (lambda p: _npy_file(p, (2,), "|O", bytes(16)), r"never loaded \(allow_pickle=False\)"),
     "header-too-long": (lambda p: p.write_bytes(b"\x93NUMPY\x01\x00\xff\xff" + b" " * 65535), r"not a readable \.npy"),
     "not-npy-at-all": (lambda p: p.write_bytes(b"hello"), r"not a readable \.npy"),
@@ -297,8 +320,10 @@ def test_predict_npy_refused_from_its_header(files, tmp_path, case, capsys):
 
 GZ_INPUTS = {
     # declared record counts a .gz of this size cannot hold (deflate expands at most ~1032:1)
-    "images-declare-a-billion": ("images", lambda: gzip.compress((2051).to_bytes(4, "big") + (10**9).to_bytes(4, "big")
-                                                                 + (28).to_bytes(4, "big") * 2 + bytes(784 * 3))),
+    "images-declare-a-billion": (
+        "images",
+        lambda: gzip.compress((2051).to_bytes(4, "big") + (10**9).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + bytes(784 * 3)),
+    ),
     "labels-declare-4-billion": ("labels", lambda: gzip.compress((2049).to_bytes(4, "big") + (2**32 - 1).to_bytes(4, "big") + bytes(20))),
 }
 
@@ -315,8 +340,7 @@ def test_gz_idx_with_impossible_counts_is_refused(files, tmp_path, case, command
     labels = str(bad) if role == "labels" else str(data / "t10k-labels-idx1-ubyte")
     if command == "predict" and role == "labels":
         pytest.skip("predict reads no labels")
-    argv = ["predict", "--model", model, "--images", images] if command == "predict" else \
-           ["evaluate", "--model", model, "--images", images, "--labels", labels]
+    argv = ["predict", "--model", model, "--images", images] if command == "predict" else ["evaluate", "--model", model, "--images", images, "--labels", labels]
     status = main(argv)
     out, err = capsys.readouterr()
     assert status == 2 and err.count("\n") == 1 and str(bad) in err, err
@@ -325,10 +349,10 @@ def test_gz_idx_with_impossible_counts_is_refused(files, tmp_path, case, command
 
 # --- requests that cannot fit ------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("hidden", [["1000000000"], ["100000", "100000", "100000"], ["4096"] * 3000])
 def test_training_that_cannot_fit_is_one_line_naming_the_figure(files, hidden, capsys):
-    status = main(["--dataset", "custom", "--data-dir", str(files["data"]), "--epochs", "1", "--out", str(files["root"] / "never"),
-                   "--hidden", *hidden])
+    status = main(["--dataset", "custom", "--data-dir", str(files["data"]), "--epochs", "1", "--out", str(files["root"] / "never"), "--hidden", *hidden])
     out, err = capsys.readouterr()
     assert status == 2 and err.count("\n") == 1, err
     assert re.search(r"needs about [\d.]+ [KMGTP]iB of memory \(.*\), more than the [\d.]+ [KMGTP]?i?B available", err), err
@@ -348,8 +372,7 @@ def test_a_model_bigger_than_the_memory_cap_is_one_line(files):
 def test_hidden_a_billion_under_mpiexec_is_one_line(files):
     from conftest import run_pnn
 
-    proc = run_pnn("--dataset", "custom", "--data-dir", str(files["data"]), "--hidden", "1000000000", "--out", str(files["root"] / "n2"),
-                   ranks=2, timeout=120)
+    proc = run_pnn("--dataset", "custom", "--data-dir", str(files["data"]), "--hidden", "1000000000", "--out", str(files["root"] / "n2"), ranks=2, timeout=120)
     lines = [line for line in proc.stderr.splitlines() if line.startswith("pnn_mpi")]
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
     assert len(lines) == 1 and "needs about" in lines[0] and "TiB" in lines[0], proc.stderr

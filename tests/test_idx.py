@@ -77,9 +77,7 @@ def test_gzip_output_is_deterministic(tmp_path, images):
     idx.write_idx(tmp_path / "a.gz", images)
     idx.write_idx(tmp_path / "b.gz", images)
     assert (tmp_path / "a.gz").read_bytes() == (tmp_path / "b.gz").read_bytes()
-    assert gzip.decompress((tmp_path / "a.gz").read_bytes()) == (
-        header(8, [37, 5, 3]) + images.tobytes()
-    )
+    assert gzip.decompress((tmp_path / "a.gz").read_bytes()) == (header(8, [37, 5, 3]) + images.tobytes())
 
 
 def test_payload_md5_is_of_decompressed_file(tmp_path, images):
@@ -119,9 +117,7 @@ def test_multi_member_gzip_and_zero_padding(tmp_path, images):
     # gzip(1) accepts concatenated members and trailing zeros; so do we.
     data = header(8, [37, 5, 3]) + images.tobytes()
     path = tmp_path / "multi.gz"
-    path.write_bytes(
-        gzip.compress(data[:100], mtime=0) + gzip.compress(data[100:], mtime=0) + b"\0" * 9
-    )
+    path.write_bytes(gzip.compress(data[:100], mtime=0) + gzip.compress(data[100:], mtime=0) + b"\0" * 9)
     got = idx.read_records(path, 2, 37, expect="images", check_end=True)
     np.testing.assert_array_equal(got, images.reshape(37, 15)[2:])
 
@@ -198,8 +194,7 @@ def test_empty_file(tmp_path, suffix):
 @pytest.mark.parametrize("suffix", SUFFIXES)
 def test_short_header(tmp_path, suffix):
     path = put(tmp_path / f"x{suffix}", b"\0\0")
-    expect_error("short header: file holds 2 bytes, an IDX images header needs 16",
-                 idx.read_header, path, "images")
+    expect_error("short header: file holds 2 bytes, an IDX images header needs 16", idx.read_header, path, "images")
     put(path, header(8, [10, 28, 28])[:11])
     expect_error("short header: file holds 11 bytes", idx.read_records, path, expect="images")
 
@@ -211,24 +206,20 @@ def test_truncated_payload(tmp_path, suffix):
     assert msg == f"{path}: truncated payload: header says 10 images (40 bytes), file holds 25 bytes"
     # A slice inside the good part still fails for raw (stat is cheap) and
     # for gz when the end is checked.
-    expect_error("file holds 25 bytes", idx.read_records, path, 0, 2, expect="images",
-                 check_end=True)
+    expect_error("file holds 25 bytes", idx.read_records, path, 0, 2, expect="images", check_end=True)
 
 
 def test_truncated_payload_detected_when_slice_hits_the_gap_gz(tmp_path):
     path = put(tmp_path / "x.gz", header(8, [10]) + bytes(6))
-    expect_error("header says 10 labels .10 bytes., file holds 6 bytes",
-                 idx.read_records, path, 4, 8, expect="labels")
+    expect_error("header says 10 labels .10 bytes., file holds 6 bytes", idx.read_records, path, 4, 8, expect="labels")
 
 
 @pytest.mark.parametrize("suffix", SUFFIXES)
 def test_oversized_payload(tmp_path, suffix):
     path = put(tmp_path / f"x{suffix}", header(8, [10]) + bytes(13))
     msg = expect_error("oversized payload", idx.read_records, path, expect="labels")
-    assert msg.endswith("header says 10 labels (10 bytes), file holds 13 bytes "
-                        "(3 bytes after the last record)")
-    expect_error("oversized payload", idx.read_records, path, 0, 3, expect="labels",
-                 check_end=True)
+    assert msg.endswith("header says 10 labels (10 bytes), file holds 13 bytes (3 bytes after the last record)")
+    expect_error("oversized payload", idx.read_records, path, 0, 3, expect="labels", check_end=True)
 
 
 def test_lying_header_does_not_allocate_huge_arrays(tmp_path):
@@ -246,8 +237,7 @@ def test_label_out_of_range(tmp_path, suffix):
     path = tmp_path / f"l{suffix}"
     idx.write_idx(path, labels)
     expect_error("label out of range at index 3: 12", idx.read_records, path, expect="labels")
-    expect_error("label out of range at index 5: 200", idx.read_records, path, 4, 6,
-                 expect="labels")
+    expect_error("label out of range at index 5: 200", idx.read_records, path, 4, 6, expect="labels")
     np.testing.assert_array_equal(idx.read_records(path, 0, 3, expect="labels"), [1, 2, 3])
 
 
@@ -257,10 +247,8 @@ def test_checksum_mismatch(tmp_path, images, suffix):
     idx.write_idx(path, images)
     good = idx.payload_md5(path)
     idx.read_records(path, 0, 1, expect="images", md5=good)
-    msg = expect_error("checksum mismatch", idx.read_records, path, 0, 1, expect="images",
-                       md5="0" * 32)
-    assert msg == (f"{path}: checksum mismatch: payload MD5 is {good}, expected {'0' * 32} "
-                   "(not the canonical train-images-idx3-ubyte?)")
+    msg = expect_error("checksum mismatch", idx.read_records, path, 0, 1, expect="images", md5="0" * 32)
+    assert msg == (f"{path}: checksum mismatch: payload MD5 is {good}, expected {'0' * 32} (not the canonical train-images-idx3-ubyte?)")
 
 
 def test_corrupt_gzip(tmp_path):
@@ -282,8 +270,7 @@ def test_gzip_crc_checked_at_end(tmp_path, labels):
     blob[-8] ^= 0x01  # CRC32 in the gzip trailer
     path.write_bytes(bytes(blob))
     assert idx.read_records(path, 0, 5, expect="labels").size == 5  # slice: no end check
-    expect_error("corrupt gzip data", idx.read_records, path, 0, 5, expect="labels",
-                 check_end=True)
+    expect_error("corrupt gzip data", idx.read_records, path, 0, 5, expect="labels", check_end=True)
     expect_error("corrupt gzip data", idx.read_records, path, 30, 37, expect="labels")
 
 
@@ -301,8 +288,7 @@ def test_trailing_garbage_after_gzip(tmp_path, labels):
     path = tmp_path / "l.gz"
     idx.write_idx(path, labels)
     path.write_bytes(path.read_bytes() + b"junk")
-    expect_error("trailing garbage after the gzip data", idx.read_records, path,
-                 expect="labels", check_end=True)
+    expect_error("trailing garbage after the gzip data", idx.read_records, path, expect="labels", check_end=True)
 
 
 @pytest.mark.parametrize("suffix", SUFFIXES)
@@ -310,13 +296,11 @@ def test_slice_outside_range(tmp_path, labels, suffix):
     path = tmp_path / f"l{suffix}"
     idx.write_idx(path, labels)
     for start, stop in [(-1, 3), (0, 38), (5, 4), (38, None)]:
-        expect_error(r"outside the file's range \[0, 37\]", idx.read_records, path, start, stop,
-                     expect="labels")
+        expect_error(r"outside the file's range \[0, 37\]", idx.read_records, path, start, stop, expect="labels")
 
 
 def test_missing_and_unreadable_files(tmp_path):
-    expect_error(f"{tmp_path / 'nope'}: cannot read: No such file",
-                 idx.read_header, tmp_path / "nope", "images")
+    expect_error(f"{tmp_path / 'nope'}: cannot read: No such file", idx.read_header, tmp_path / "nope", "images")
     expect_error("cannot read", idx.read_records, tmp_path, expect="labels")  # a folder
     expect_error("cannot read", idx.payload_md5, tmp_path / "nope.gz")
 
@@ -330,9 +314,7 @@ def test_real_slice_equals_full_read():
     assert full.shape == (60000, 784)
     n = 60000 // 16
     for start, stop in [(0, n), (60000 - n, 60000), (29999, 30001), (12345, 12345)]:
-        np.testing.assert_array_equal(
-            idx.read_records(path, start, stop, expect="images"), full[start:stop]
-        )
+        np.testing.assert_array_equal(idx.read_records(path, start, stop, expect="images"), full[start:stop])
 
 
 def test_real_checksums():
@@ -362,9 +344,7 @@ else:
     def _idx_like():
         """Bytes that often start like a real IDX header, so deeper checks run."""
         prefix = st.sampled_from([b"", b"\0\0\x08\x03", b"\0\0\x08\x01", b"\0\0\x0d\x03"])
-        dims = st.lists(st.integers(0, 40), min_size=0, max_size=3).map(
-            lambda ds: b"".join(d.to_bytes(4, "big") for d in ds)
-        )
+        dims = st.lists(st.integers(0, 40), min_size=0, max_size=3).map(lambda ds: b"".join(d.to_bytes(4, "big") for d in ds))
         return st.tuples(prefix, dims, st.binary(max_size=300)).map(lambda t: b"".join(t))
 
     @hypothesis.settings(max_examples=150, deadline=None, database=None)

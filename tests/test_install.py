@@ -32,20 +32,21 @@ def _no_mpi_env(tmp: Path) -> dict[str, str]:
 def venv(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fresh")
     subprocess.run([sys.executable, "-m", "venv", str(tmp / "v")], check=True, timeout=120)
-    pip = subprocess.run([str(tmp / "v" / "bin" / "pip"), "install", "-q", str(REPO)], capture_output=True, text=True, timeout=600,
-                         env=_no_mpi_env(tmp), cwd=tmp)
+    pip = subprocess.run(
+        [str(tmp / "v" / "bin" / "pip"), "install", "-q", str(REPO)], capture_output=True, text=True, timeout=600, env=_no_mpi_env(tmp), cwd=tmp
+    )
     assert pip.returncode == 0, pip.stdout + pip.stderr
     return tmp
 
 
 def _pnn(venv: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(venv / "v" / "bin" / "pnn-mpi"), *args], capture_output=True, text=True, timeout=300,
-                          env=_no_mpi_env(venv), cwd=venv)
+    return subprocess.run([str(venv / "v" / "bin" / "pnn-mpi"), *args], capture_output=True, text=True, timeout=300, env=_no_mpi_env(venv), cwd=venv)
 
 
 def test_no_libmpi_loads_in_the_fresh_venv(venv):
-    proc = subprocess.run([str(venv / "v" / "bin" / "python"), "-c", "from mpi4py import MPI"], capture_output=True, text=True,
-                          timeout=60, env=_no_mpi_env(venv), cwd=venv)
+    proc = subprocess.run(
+        [str(venv / "v" / "bin" / "python"), "-c", "from mpi4py import MPI"], capture_output=True, text=True, timeout=60, env=_no_mpi_env(venv), cwd=venv
+    )
     assert proc.returncode != 0 and "cannot load MPI library" in proc.stderr
 
 

@@ -52,8 +52,9 @@ def _start(args, ranks: int | None = 2, env=None, **popen) -> subprocess.Popen:
     command = [sys.executable, "-m", "pnn_mpi", *args]
     if ranks is not None:
         command = [mpiexec_path(), "-n", str(ranks), *command]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
-                            env=env or clean_env(), cwd=REPO, **popen)
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL, env=env or clean_env(), cwd=REPO, **popen
+    )
 
 
 def _wait_for_epoch(proc: subprocess.Popen, epoch: int = 3) -> None:
@@ -202,7 +203,15 @@ def test_predict_into_a_closed_pipe_prints_no_traceback(tiny, tmp_path, out):
     assert run_pnn("--dataset", "custom", "--data-dir", str(tiny), "--hidden", "8", "--epochs", "1", "--out", str(trained)).returncode == 0
     write_idx(tmp_path / "many-idx3-ubyte", np.zeros((60_000, 6, 6), np.uint8))
     command = f"{sys.executable} -m pnn_mpi predict --model {trained / 'model.npz'} --images {tmp_path / 'many-idx3-ubyte'}"
-    proc = subprocess.run(f"{command} | head -c {1 if out == 'text' else 0}; echo \"status ${{PIPESTATUS[0]}}\"", shell=True,
-                          executable="/bin/bash", capture_output=True, text=True, env=clean_env(), cwd=REPO, timeout=60)
+    proc = subprocess.run(
+        f'{command} | head -c {1 if out == "text" else 0}; echo "status ${{PIPESTATUS[0]}}"',
+        shell=True,
+        executable="/bin/bash",
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        cwd=REPO,
+        timeout=60,
+    )
     assert "Traceback" not in proc.stderr and "Error" not in proc.stderr, proc.stderr
     assert proc.stdout.endswith("status 0\n"), proc.stdout

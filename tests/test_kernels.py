@@ -169,6 +169,7 @@ def test_resolve_and_errors():
 
 def test_auto_falls_back_to_numpy_when_numba_cannot_load(monkeypatch):
     """A numba that is installed but fails to import makes "auto" use numpy; asking for numba then fails."""
+
     def broken():
         raise ImportError("numba is broken here")
 
@@ -185,18 +186,20 @@ def test_precompile_fills_the_cache():
     """precompile() compiles both dtypes; a numba stepper then builds."""
     pytest.importorskip("numba")
     kernels.precompile()
-    assert kernels.SampleStepper(make_net((30, 8, 10), "relu", "softmax-xent", "float64"),
-                                 sparse_inputs(4, 30, "float64"), "numba").backend == "numba"
+    assert kernels.SampleStepper(make_net((30, 8, 10), "relu", "softmax-xent", "float64"), sparse_inputs(4, 30, "float64"), "numba").backend == "numba"
 
 
 def test_importing_the_package_does_not_import_numba():
     """numba stays optional and costs nothing until the numba backend runs."""
-    code = ("import sys, pnn_mpi, pnn_mpi.kernels, pnn_mpi.train, pnn_mpi.bench, pnn_mpi.file_commands, pnn_mpi.cli\n"
-            "assert 'numba' not in sys.modules, 'numba imported'\n")
+    code = (
+        "import sys, pnn_mpi, pnn_mpi.kernels, pnn_mpi.train, pnn_mpi.bench, pnn_mpi.file_commands, pnn_mpi.cli\n"
+        "assert 'numba' not in sys.modules, 'numba imported'\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=60)
 
 
 # --- In the trainer: batch 1 through a kernel takes the generic loop's steps -------------------
+
 
 class RecordingWorld(SerialWorld):
     """One rank that records every collective's kind and buffer, in order."""
@@ -215,14 +218,22 @@ def small_rank_data(n: int = 45) -> RankData:
     rng = np.random.default_rng(21)
     images, labels = learnable_images(n, rng)
     test_images, test_labels = learnable_images(20, rng)
-    return RankData(directory=Path("."), train_total=n, slice_sizes=[n], start=0,
-                    x=to_inputs(images.reshape(n, -1), "float64"), y=labels.astype(np.intp),
-                    test_images=test_images.reshape(20, -1), test_labels=test_labels.astype(np.intp),
-                    image_shape=images.shape[1:], classes=10, load_seconds=0.0)
+    return RankData(
+        directory=Path("."),
+        train_total=n,
+        slice_sizes=[n],
+        start=0,
+        x=to_inputs(images.reshape(n, -1), "float64"),
+        y=labels.astype(np.intp),
+        test_images=test_images.reshape(20, -1),
+        test_labels=test_labels.astype(np.intp),
+        image_shape=images.shape[1:],
+        classes=10,
+        load_seconds=0.0,
+    )
 
 
-needs_kernel_option = pytest.mark.skipif("kernel" not in TrainConfig.__dataclass_fields__,
-                                         reason="the trainer has no kernel option yet")
+needs_kernel_option = pytest.mark.skipif("kernel" not in TrainConfig.__dataclass_fields__, reason="the trainer has no kernel option yet")
 
 
 @needs_kernel_option
@@ -239,8 +250,7 @@ def test_trainer_batch1_kernel_equals_generic_loop(backend, momentum, sync, monk
     runs = {}
     for kernel in (backend, "generic"):
         world = RecordingWorld()
-        cfg = TrainConfig(hidden=(12,), epochs=3, batch_size=1, lr=0.1, momentum=momentum, dtype="float64",
-                          eval_every=0, sync=sync, kernel=kernel)
+        cfg = TrainConfig(hidden=(12,), epochs=3, batch_size=1, lr=0.1, momentum=momentum, dtype="float64", eval_every=0, sync=sync, kernel=kernel)
         runs[kernel] = (train_module.train(cfg, world, data, log=lambda *_: None), world.calls)
     (fast, fast_calls), (plain, plain_calls) = runs[backend], runs["generic"]
     np.testing.assert_allclose(fast.net.params, plain.net.params, rtol=1e-10, atol=1e-12)

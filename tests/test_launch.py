@@ -51,8 +51,12 @@ def test_identify_reads_the_version_text(tmp_path, text, family, major):
         (OPEN_MPI_5, 2, True, ROOT_VARS),
         (OPEN_MPI_5, 16, False, {"PRTE_MCA_rmaps_default_mapping_policy": ":oversubscribe", "OMPI_MCA_mpi_yield_when_idle": "1"}),
         (OPEN_MPI_4, 16, False, {"OMPI_MCA_rmaps_base_oversubscribe": "1", "OMPI_MCA_mpi_yield_when_idle": "1"}),
-        (Mpi("openmpi", None), 3, False, {"PRTE_MCA_rmaps_default_mapping_policy": ":oversubscribe",
-                                         "OMPI_MCA_rmaps_base_oversubscribe": "1", "OMPI_MCA_mpi_yield_when_idle": "1"}),
+        (
+            Mpi("openmpi", None),
+            3,
+            False,
+            {"PRTE_MCA_rmaps_default_mapping_policy": ":oversubscribe", "OMPI_MCA_rmaps_base_oversubscribe": "1", "OMPI_MCA_mpi_yield_when_idle": "1"},
+        ),
         (OPEN_MPI_5, 16, True, {**ROOT_VARS, "PRTE_MCA_rmaps_default_mapping_policy": ":oversubscribe", "OMPI_MCA_mpi_yield_when_idle": "1"}),
         (MPICH, 16, True, {}),
         (Mpi("unknown"), 16, True, {}),
@@ -64,8 +68,7 @@ def test_open_mpi_gets_only_what_applies(mpi, ranks, root, expected):
 
 def test_a_value_the_user_set_wins_and_slurm_maps_by_itself():
     mine = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_MCA_mpi_yield_when_idle": "0"}
-    assert needed_env(OPEN_MPI_5, 16, 2, True, mine) == {"OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-                                                         "PRTE_MCA_rmaps_default_mapping_policy": ":oversubscribe"}
+    assert needed_env(OPEN_MPI_5, 16, 2, True, mine) == {"OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "PRTE_MCA_rmaps_default_mapping_policy": ":oversubscribe"}
     assert needed_env(OPEN_MPI_5, 16, 2, False, {"SLURM_JOB_ID": "7"}) == {"OMPI_MCA_mpi_yield_when_idle": "1"}
 
 
@@ -109,6 +112,7 @@ def test_the_venvs_mpiexec_comes_first(tmp_path):
 
 # ---------------------------------------------------------------- real launches
 
+
 def _bare_env(**extra: str) -> dict[str, str]:
     """Our environment without any Open MPI setting: the launcher must add what it needs."""
     drop = ("OMPI_", "PRTE_", "PMIX_", "PMI_", "HYDRA_")
@@ -131,8 +135,15 @@ def tiny(tmp_path_factory):
 
 
 def _launch(*args: str, env=None, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pnn_mpi", "launch", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env or _bare_env(), stdin=subprocess.DEVNULL, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "pnn_mpi", "launch", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or _bare_env(),
+        stdin=subprocess.DEVNULL,
+        cwd=REPO,
+    )
 
 
 def test_launch_runs_more_ranks_than_cores_with_nothing_exported(tiny, tmp_path):
@@ -166,8 +177,9 @@ def test_dry_run_prints_and_runs_nothing(tmp_path):
 
 
 def test_shorthand_and_bad_flags_fail_before_any_rank_starts():
-    proc = subprocess.run([sys.executable, "-m", "pnn_mpi", "-n", "2", "--dry-run", "--epochs", "0"], capture_output=True,
-                          text=True, timeout=60, env=_bare_env(), cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pnn_mpi", "-n", "2", "--dry-run", "--epochs", "0"], capture_output=True, text=True, timeout=60, env=_bare_env(), cwd=REPO
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["pnn_mpi: error: argument --epochs: expected a number of at least 1, got 0"]
     assert proc.stdout == ""
@@ -176,8 +188,30 @@ def test_shorthand_and_bad_flags_fail_before_any_rank_starts():
 def test_launcher_passes_sigusr1_on_and_the_job_exits_resumable(tiny, tmp_path):
     """A batch system signals the launcher; the ranks checkpoint and the launcher exits 75."""
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "pnn_mpi", "launch", "-n", "2", "--dataset", "custom", "--data-dir", str(tiny),
-               "--hidden", "8", "--epochs", "400", "--batch-size", "1", "--kernel", "generic", "--eval-every", "0", "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "pnn_mpi",
+        "launch",
+        "-n",
+        "2",
+        "--dataset",
+        "custom",
+        "--data-dir",
+        str(tiny),
+        "--hidden",
+        "8",
+        "--epochs",
+        "400",
+        "--batch-size",
+        "1",
+        "--kernel",
+        "generic",
+        "--eval-every",
+        "0",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_bare_env(), cwd=REPO)
     try:
         deadline = time.monotonic() + 120

@@ -64,7 +64,12 @@ def plain_arrays(net: Network) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize(
     "activation, output, dtype, sizes",
-    [("tanh", "softmax-xent", "float32", SIZES), ("relu", "sigmoid-mse", "float64", SIZES), ("leaky-relu", "softmax-xent", "float64", (7, 2)), ("sigmoid", "sigmoid-mse", "float32", (4, 8, 8, 8, 2))],
+    [
+        ("tanh", "softmax-xent", "float32", SIZES),
+        ("relu", "sigmoid-mse", "float64", SIZES),
+        ("leaky-relu", "softmax-xent", "float64", (7, 2)),
+        ("sigmoid", "sigmoid-mse", "float32", (4, 8, 8, 8, 2)),
+    ],
 )
 def test_round_trip(tmp_path, activation, output, dtype, sizes):
     """load(save(net)) restores params exactly, the architecture, the dtype and the metadata strings."""

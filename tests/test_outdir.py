@@ -36,14 +36,14 @@ def _train(tiny, out, *more) -> list[str]:
 
 def _holder(folder: Path) -> subprocess.Popen:
     """Another process that claims ``folder`` and keeps it until killed."""
-    code = ("import sys, time; from pnn_mpi.outdir import RunFolder; RunFolder.claim(sys.argv[1]); "
-            "print('held', flush=True); time.sleep(600)")
+    code = "import sys, time; from pnn_mpi.outdir import RunFolder; RunFolder.claim(sys.argv[1]); print('held', flush=True); time.sleep(600)"
     proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True, env=clean_env(), cwd=REPO)
     assert proc.stdout.readline().strip() == "held"
     return proc
 
 
 # --- one owner at a time ----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("how", ["in-process claim", "training run"])
 def test_a_folder_in_use_is_refused_in_one_line_naming_the_holder(tiny, tmp_path, how, capsys):
@@ -82,8 +82,9 @@ def test_a_second_run_cannot_take_over_a_running_one_and_the_first_resumes(tiny,
     """The issue's case: the second run replaced the first one's checkpoint, whose --resume was then refused."""
     out = tmp_path / "run"
     flags = ["--batch-size", "1", "--kernel", "generic", "--epochs", "120", "--checkpoint-every", "1", "--hidden", "64"]
-    first = subprocess.Popen([sys.executable, "-m", "pnn_mpi", *_train(tiny, out), *flags], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=clean_env(), cwd=REPO)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "pnn_mpi", *_train(tiny, out), *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(), cwd=REPO
+    )
     try:
         while not re.match(r"epoch +2/", first.stdout.readline()):
             assert first.poll() is None, first.stderr.read()
@@ -109,8 +110,15 @@ def test_sequential_runs_into_one_folder_are_allowed(tiny, tmp_path, capsys):
 
 # --- temporaries of our own naming, and nothing else, are cleaned ----------------------------
 
-STALE = [".pnn_mpi-tmp-0a1b2c3d-checkpoint.npz", ".pnn_mpi-tmp-ffff0000-model.npz", ".checkpoint.npz.k2j3h4.tmp",
-         ".model.npz.abc123.tmp", ".metrics.json.x_9.tmp", ".pnn_mpi-write-test", ".pnn_mpi-abc.part-train-images-idx3-ubyte.gz"]
+STALE = [
+    ".pnn_mpi-tmp-0a1b2c3d-checkpoint.npz",
+    ".pnn_mpi-tmp-ffff0000-model.npz",
+    ".checkpoint.npz.k2j3h4.tmp",
+    ".model.npz.abc123.tmp",
+    ".metrics.json.x_9.tmp",
+    ".pnn_mpi-write-test",
+    ".pnn_mpi-abc.part-train-images-idx3-ubyte.gz",
+]
 KEPT = ["notes.tmp", ".checkpoint.npz.keep", "checkpoint.npz.tmp", "my-model.npz", ".pnn_mpi-tmp", "pnn_mpi-tmp-x"]
 
 
@@ -139,6 +147,7 @@ def test_a_killed_checkpoint_write_leaves_nothing_after_resume(tiny, tmp_path):
 
 
 # --- links are never followed ---------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["model.npz", "metrics.json", "checkpoint.npz", ".pnn_mpi-write-test"])
 def test_a_planted_link_in_the_run_folder_is_never_written_through(tiny, tmp_path, name, capsys):
@@ -192,6 +201,7 @@ def test_predict_out_replaces_a_link_instead_of_following_it(tmp_path, suffix, c
 
 
 # --- model.npz and metrics.json change together ------------------------------------------------
+
 
 def _fail_on(monkeypatch, name: str, stage: str):
     real = {"finish": files.Staged.finish, "rename": files.Staged.rename}[stage]

@@ -63,17 +63,42 @@ def test_progress_lines_ride_on_the_existing_check_not_a_collective_of_their_own
     (quiet_sums, quiet_params, none), (busy_sums, busy_params, progress) = runs
     assert quiet_sums == busy_sums and quiet_params == busy_params and none == []
     # batch 1 checks every 2,048 steps: at 2048 and 4096 of each epoch's 5000 (the end has its epoch line)
-    assert [line.split("  train")[0] for line in progress] == [f"epoch {e}/2  step {s}/5000 ({100 * s // 5000}%)"
-                                                               for e in (1, 2) for s in (2048, 4096)]
+    assert [line.split("  train")[0] for line in progress] == [f"epoch {e}/2  step {s}/5000 ({100 * s // 5000}%)" for e in (1, 2) for s in (2048, 4096)]
 
 
 def test_a_long_epoch_prints_plain_progress_lines(tmp_path):
     """Batch 1 on 6,000 samples with a pace of 0.05 s: lines between the epoch lines, no carriage returns."""
     data = write_dataset(tmp_path / "d", train=6000, test=100, seed=2)
-    proc = subprocess.run([sys.executable, "-m", "pnn_mpi", "--dataset", "custom", "--data-dir", str(data), "--hidden", "8",
-                           "--batch-size", "1", "--kernel", "generic", "--epochs", "2", "--eval-every", "0",
-                           "--progress-every", "0.05", "--out", str(tmp_path / "run")],
-                          capture_output=True, text=True, timeout=300, env=clean_env(), cwd=REPO)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pnn_mpi",
+            "--dataset",
+            "custom",
+            "--data-dir",
+            str(data),
+            "--hidden",
+            "8",
+            "--batch-size",
+            "1",
+            "--kernel",
+            "generic",
+            "--epochs",
+            "2",
+            "--eval-every",
+            "0",
+            "--progress-every",
+            "0.05",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=clean_env(),
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     progress = [line for line in lines if " step " in line]

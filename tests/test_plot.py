@@ -16,8 +16,7 @@ from conftest import REPO, clean_env, run_pnn
 def real_run(mnist_dir, tmp_path_factory):
     """A real short run on MNIST at 2 ranks: 4,000 samples, 3 epochs."""
     out = tmp_path_factory.mktemp("run") / "run"
-    proc = run_pnn("--train-size", "4000", "--test-size", "1000", "--epochs", "3", "--out", str(out), ranks=2,
-                   env=clean_env(PNN_MPI_DATA=str(mnist_dir)))
+    proc = run_pnn("--train-size", "4000", "--test-size", "1000", "--epochs", "3", "--out", str(out), ranks=2, env=clean_env(PNN_MPI_DATA=str(mnist_dir)))
     assert proc.returncode == 0, proc.stderr
     return out
 
@@ -50,8 +49,7 @@ def test_plot_user_errors_are_one_line(tmp_path):
 
 
 def test_without_matplotlib_one_line_names_the_extra(real_run):
-    code = ("import sys; sys.modules['matplotlib'] = None; from pnn_mpi.cli import main; "
-            f"raise SystemExit(main(['plot', {str(real_run)!r}]))")
+    code = f"import sys; sys.modules['matplotlib'] = None; from pnn_mpi.cli import main; raise SystemExit(main(['plot', {str(real_run)!r}]))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=clean_env(), cwd=REPO)
     assert proc.returncode == 2
     assert proc.stderr == 'pnn_mpi: error: plots need matplotlib: pip install "pnn_mpi[plot]"\n'

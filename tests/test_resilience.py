@@ -98,8 +98,15 @@ def test_survivors_of_two_losses_shrink_and_keep_every_collective_working(ulfm, 
     see each loss once, in launch numbering, and the last Allreduce sums over the two left."""
     script = tmp_path / "survivor.py"
     script.write_text(SURVIVOR)
-    proc = subprocess.run([mpiexec_path(), "--with-ft", "ulfm", "-n", "4", sys.executable, str(script)],
-                          capture_output=True, text=True, timeout=120, env=clean_env(), cwd=REPO, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [mpiexec_path(), "--with-ft", "ulfm", "-n", "4", sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=clean_env(),
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+    )
     lines = sorted(proc.stdout.splitlines())
     assert lines == [
         "0 lost [2] survivors [0, 1, 3] size 3",  # before it dies itself
@@ -116,7 +123,14 @@ def test_survivors_of_two_losses_shrink_and_keep_every_collective_working(ulfm, 
 def test_without_with_ft_the_continue_mode_refuses_in_one_line(ulfm, tmp_path):
     script = tmp_path / "refuse.py"
     script.write_text("from pnn_mpi.resilience import ResilientWorld, check_fault_tolerance\ncheck_fault_tolerance(ResilientWorld())\n")
-    proc = subprocess.run([mpiexec_path(), "-n", "2", sys.executable, str(script)],
-                          capture_output=True, text=True, timeout=120, env=clean_env(), cwd=REPO, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [mpiexec_path(), "-n", "2", sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=clean_env(),
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode != 0
     assert "UserError: --on-rank-failure continue needs fault tolerance from the launcher: start with mpiexec --with-ft ulfm" in proc.stderr

@@ -33,9 +33,19 @@ def tiny_data(n: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     x = rng.random((n, 4)).astype(np.float32)
     y = rng.integers(0, 2, n).astype(np.intp)
-    return RankData(directory=Path("."), train_total=n, slice_sizes=[n], start=0, x=x, y=y,
-                    test_images=(rng.random((10, 4)) * 255).astype(np.uint8), test_labels=rng.integers(0, 2, 10), image_shape=(2, 2),
-                    classes=2, load_seconds=0.0)
+    return RankData(
+        directory=Path("."),
+        train_total=n,
+        slice_sizes=[n],
+        start=0,
+        x=x,
+        y=y,
+        test_images=(rng.random((10, 4)) * 255).astype(np.uint8),
+        test_labels=rng.integers(0, 2, 10),
+        image_shape=(2, 2),
+        classes=2,
+        load_seconds=0.0,
+    )
 
 
 @pytest.mark.parametrize("sync", ["end", "epoch", "steps:3", "steps:7", "grad"])
@@ -147,10 +157,14 @@ def test_a_platform_without_clusters_is_refused(tmp_path):
 def test_fit_recovers_a_known_link():
     """Timings made by the model from a known link give that link back."""
     unit_link = Link(42e-6, 2.5e9)
-    plat = platforms.from_xml("pair", platforms._fill(
-        "<platform version='4.1'><zone id='z' routing='Full'><cluster id='c' prefix='h' suffix='' radical='0-0' core='2' "
-        "speed='1Gf' bw='{bw}Bps' lat='0s' loopback_bw='{bw}Bps' loopback_lat='{lat}s'/></zone></platform>",
-        {"bw": unit_link.bandwidth, "lat": unit_link.latency}))
+    plat = platforms.from_xml(
+        "pair",
+        platforms._fill(
+            "<platform version='4.1'><zone id='z' routing='Full'><cluster id='c' prefix='h' suffix='' radical='0-0' core='2' "
+            "speed='1Gf' bw='{bw}Bps' lat='0s' loopback_bw='{bw}Bps' loopback_lat='{lat}s'/></zone></platform>",
+            {"bw": unit_link.bandwidth, "lat": unit_link.latency},
+        ),
+    )
     timings = {}
     for count in calibrate.COUNTS:
         nbytes = count * 4
@@ -171,10 +185,20 @@ def test_step_cost_line():
 def test_bounds_name_what_stops_scaling():
     rows = []
     for p, (c, lat, bw) in {1: (8.0, 0, 0), 2: (4.0, 0.01, 0.2), 4: (2.0, 0.01, 2.0)}.items():
-        rows.append({"ranks": p, "sync": "grad", "model": "m", "platform": "x", "predicted_seconds": c + lat + bw,
-                     "compute_seconds": c, "latency_seconds": lat, "bandwidth_seconds": bw})
+        rows.append(
+            {
+                "ranks": p,
+                "sync": "grad",
+                "model": "m",
+                "platform": "x",
+                "predicted_seconds": c + lat + bw,
+                "compute_seconds": c,
+                "latency_seconds": lat,
+                "bandwidth_seconds": bw,
+            }
+        )
     report.add_speedups(rows)
-    (best, why), = report.bound(rows).values()
+    ((best, why),) = report.bound(rows).values()
     assert best == 2 and why.startswith("bandwidth")
 
 
@@ -220,8 +244,9 @@ def test_a_timeline_is_a_source_of_the_simulated_compute(tmp_path):
     from pnn_mpi.scaling.from_timeline import apply
 
     data = write_dataset(tmp_path / "data", train=600, test=20)
-    cfg = TrainConfig(dataset="custom", data_dir=str(data), hidden=(8,), epochs=2, batch_size=10, sync="epoch",
-                      out=str(tmp_path / "run"), timeline=str(tmp_path / "t.json"))
+    cfg = TrainConfig(
+        dataset="custom", data_dir=str(data), hidden=(8,), epochs=2, batch_size=10, sync="epoch", out=str(tmp_path / "run"), timeline=str(tmp_path / "t.json")
+    )
     record = run_training(cfg, SerialWorld())
     cal, note = apply(toy_calibration(), tmp_path / "t.json")
     assert "36-8-10" in note

@@ -46,6 +46,8 @@ REQUEUED = ("PENDING", "REQUEUED", "REQUEUE_HOLD")
 def requeued_or_over(info: dict[str, str]) -> bool:
     """Requeued and back in the queue (not still COMPLETING), or ended for good."""
     return (int(info.get("Restarts", 0)) >= 1 and info["JobState"] in REQUEUED) or info["JobState"] in FINAL
+
+
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
 
 
@@ -149,8 +151,7 @@ def release_requeued(cluster: Cluster, job_id: int) -> None:
 
 
 def _script(name: str, *args: str, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run(["bash", str(HELPERS / name), *args], capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL, env=env)
+    proc = subprocess.run(["bash", str(HELPERS / name), *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, env=env)
     if proc.returncode != 0:
         raise AssertionError(f"tests/slurm/{name} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
     return proc
@@ -251,8 +252,7 @@ def veth_bytes() -> dict[str, int]:
 
 @needs_slurm
 def test_train_sbatch_trains_with_the_ranks_slurm_gave(cluster, tmp_path):
-    job, status = cluster.submit("train.sbatch", *SMALL, "--epochs", "2", cwd=tmp_path, env=cluster.env(),
-                                 options=["--ntasks=3"], wait=True)
+    job, status = cluster.submit("train.sbatch", *SMALL, "--epochs", "2", cwd=tmp_path, env=cluster.env(), options=["--ntasks=3"], wait=True)
     log = log_of(tmp_path, job)
     assert status == 0, log
     assert "launcher: mpiexec --bind-to none -n 3" in log
@@ -307,8 +307,9 @@ def test_time_limit_warning_signal_checkpoints_and_requeues(cluster, tmp_path):
     @50 it could come at once, before the ranks' Python had installed its handler, killing them
     (exit 138, no requeue; a flake seen here). With --time=2 it comes 10 to 70 s into the job.
     """
-    job, _ = cluster.submit("train.sbatch", *LONG, "--epochs", "5000", cwd=tmp_path, env=cluster.env(),
-                            options=["--ntasks=2", "--time=2", "--signal=B:USR1@50"])
+    job, _ = cluster.submit(
+        "train.sbatch", *LONG, "--epochs", "5000", cwd=tmp_path, env=cluster.env(), options=["--ntasks=2", "--time=2", "--signal=B:USR1@50"]
+    )
     try:
         info = cluster.wait(job, until=requeued_or_over, timeout=180, what="requeued")
         log = log_of(tmp_path, job)
@@ -324,10 +325,9 @@ def test_study_sbatch_runs_every_point_inside_one_allocation(cluster, tmp_path):
     grid.write_text(
         '[study]\ntitle = "slurm test"\ntimeout = 120\n'
         '[fixed]\ndataset = "mnist"\ntrain-size = 2000\ntest-size = 1000\nepochs = 1\nhidden = [32]\n'
-        '[grids.ranks]\naxes = { ranks = [1, 2] }\n'
+        "[grids.ranks]\naxes = { ranks = [1, 2] }\n"
     )
-    job, status = cluster.submit("study.sbatch", "--grid", str(grid), "--no-plots", cwd=tmp_path, env=cluster.env(),
-                                 options=["--ntasks=2"], wait=True)
+    job, status = cluster.submit("study.sbatch", "--grid", str(grid), "--no-plots", cwd=tmp_path, env=cluster.env(), options=["--ntasks=2"], wait=True)
     log = log_of(tmp_path, job)
     assert status == 0, log
     results = tmp_path / "results" / f"slurm-{job}"
@@ -344,7 +344,7 @@ def test_study_sbatch_stops_on_usr1_requeues_and_finishes(cluster, tmp_path):
         '[study]\ntitle = "slurm signal test"\ntimeout = 120\n'
         '[fixed]\ndataset = "mnist"\ntrain-size = 2000\ntest-size = 1000\nepochs = 60\nranks = 2\n'
         'batch-size = 1\nkernel = "generic"\nmomentum = 0.0\nlr = 0.01\neval-every = 0\n'
-        '[grids.seeds]\naxes = { seed = [1, 2] }\n'
+        "[grids.seeds]\naxes = { seed = [1, 2] }\n"
     )
     job, _ = cluster.submit("study.sbatch", "--grid", str(grid), "--no-plots", cwd=tmp_path, env=cluster.env(), options=["--ntasks=2"])
     results = tmp_path / "results" / f"slurm-{job}"

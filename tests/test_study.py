@@ -71,7 +71,9 @@ def test_the_default_grid_holds_the_four_experiments():
 
 def test_point_flags_give_the_trainer_the_point_settings(tmp_path):
     """Precedence fixed < grid fixed < axes < --set, checked through the trainer's own parser."""
-    s = grid(tmp_path, """
+    s = grid(
+        tmp_path,
+        """
         [fixed]
         epochs = 7
         lr = 0.1
@@ -79,15 +81,16 @@ def test_point_flags_give_the_trainer_the_point_settings(tmp_path):
         [grids.g]
         fixed = { epochs = 2, hidden = [16, 8], shuffle = false }
         axes = { lr = [0.2, 0.3], ranks = [1, 3], batch-size = [4, "full"] }
-    """, overrides={"momentum": 0.0})
+    """,
+        overrides={"momentum": 0.0},
+    )
     assert len(s.points) == 8
     for p in s.points:
         cfg = parse_train_args(list(p.flags))
         assert cfg.epochs == 2 and cfg.hidden == (16, 8) and cfg.shuffle is False and cfg.momentum == 0.0
         assert cfg.lr == p.axes["lr"] and cfg.batch_size == p.axes["batch-size"] and p.ranks == p.axes["ranks"]
         assert "--out" not in p.flags
-    assert {(p.axes["lr"], p.ranks, p.axes["batch-size"]) for p in s.points} == {
-        (lr, r, b) for lr in (0.2, 0.3) for r in (1, 3) for b in (4, "full")}
+    assert {(p.axes["lr"], p.ranks, p.axes["batch-size"]) for p in s.points} == {(lr, r, b) for lr in (0.2, 0.3) for r in (1, 3) for b in (4, "full")}
 
 
 def test_ids_do_not_depend_on_the_order_of_the_axes(tmp_path):
@@ -104,30 +107,33 @@ def test_repeats_make_distinct_points_with_the_same_settings(tmp_path):
     assert len({(p.flags, p.ranks) for p in s.points}) == 2
 
 
-@pytest.mark.parametrize("text, named", [
-    ("[grids.g\naxes = 1", "not valid TOML"),
-    ("[grids.g]\naxes = { lrr = [0.1] }", "'lrr'"),
-    ("[grids.g]\naxes = { ranks = [0, 2] }", "ranks"),
-    ("[grids.g]\naxes = { ranks = 2 }", "ranks"),
-    ("[grids.g]\naxes = { lr = [] }", "lr"),
-    ("[grids.g]\naxes = { lr = [0.1, 0.1] }", "repeats a value"),
-    ("[grids.g]\naxes = { activation = [\"relu\", \"rellu\"] }", "rellu"),
-    ("[grids.g]\naxes = { lr = [0.1, -1] }", "--lr -1"),
-    ("[grids.g]\naxes = { sync = [\"steps:0\"] }", "steps:0"),
-    ("[grids.g]\naxes = { shuffle = [\"yes\"] }", "shuffle"),
-    ("[grids.g]\naxes = { hidden = [128] }", "hidden"),
-    ("[grids.g]\nfixed = { out = \"x\" }", "out"),
-    ("[grids.g]\nfixed = { lr = 0.1 }\naxes = { lr = [0.2] }", "both fixed and an axis"),
-    ("[grids.g]\nplots = [\"pie\"]", "plots"),
-    ("[grids.g]\nplots = [\"accuracy\"]\naxes = { sync = [\"end\", \"epoch\"] }", "ranks"),
-    ("[grids.g]\nplots = [\"heatmap\"]\naxes = { ranks = [1, 2], lr = [0.1, 0.2], sync = [\"end\", \"epoch\"] }", "heatmap"),
-    ("[grids.g]\nrepeat = 3", "'repeat'"),
-    ("[grids.g]\nrepeats = 0", "repeats"),
-    ("[study]\ntimeout = -1\n[grids.g]", "timeout"),
-    ("[fixed]\nepochs = 2", "no [grids.NAME]"),
-    ("[grids.\"a b\"]", "grid name"),
-    ("[setup]\n[grids.g]", "'setup'"),
-])
+@pytest.mark.parametrize(
+    "text, named",
+    [
+        ("[grids.g\naxes = 1", "not valid TOML"),
+        ("[grids.g]\naxes = { lrr = [0.1] }", "'lrr'"),
+        ("[grids.g]\naxes = { ranks = [0, 2] }", "ranks"),
+        ("[grids.g]\naxes = { ranks = 2 }", "ranks"),
+        ("[grids.g]\naxes = { lr = [] }", "lr"),
+        ("[grids.g]\naxes = { lr = [0.1, 0.1] }", "repeats a value"),
+        ('[grids.g]\naxes = { activation = ["relu", "rellu"] }', "rellu"),
+        ("[grids.g]\naxes = { lr = [0.1, -1] }", "--lr -1"),
+        ('[grids.g]\naxes = { sync = ["steps:0"] }', "steps:0"),
+        ('[grids.g]\naxes = { shuffle = ["yes"] }', "shuffle"),
+        ("[grids.g]\naxes = { hidden = [128] }", "hidden"),
+        ('[grids.g]\nfixed = { out = "x" }', "out"),
+        ("[grids.g]\nfixed = { lr = 0.1 }\naxes = { lr = [0.2] }", "both fixed and an axis"),
+        ('[grids.g]\nplots = ["pie"]', "plots"),
+        ('[grids.g]\nplots = ["accuracy"]\naxes = { sync = ["end", "epoch"] }', "ranks"),
+        ('[grids.g]\nplots = ["heatmap"]\naxes = { ranks = [1, 2], lr = [0.1, 0.2], sync = ["end", "epoch"] }', "heatmap"),
+        ("[grids.g]\nrepeat = 3", "'repeat'"),
+        ("[grids.g]\nrepeats = 0", "repeats"),
+        ("[study]\ntimeout = -1\n[grids.g]", "timeout"),
+        ("[fixed]\nepochs = 2", "no [grids.NAME]"),
+        ('[grids."a b"]', "grid name"),
+        ("[setup]\n[grids.g]", "'setup'"),
+    ],
+)
 def test_bad_grids_are_one_user_error_naming_the_problem(tmp_path, text, named):
     with pytest.raises(UserError, match=None) as caught:
         grid(tmp_path, text)
@@ -137,7 +143,7 @@ def test_bad_grids_are_one_user_error_naming_the_problem(tmp_path, text, named):
 
 def test_a_bad_point_is_named_before_anything_runs(tmp_path):
     with pytest.raises(UserError) as caught:
-        grid(tmp_path, '[grids.g]\naxes = { ranks = [1, 2], lr = [0.1, -1] }\n')
+        grid(tmp_path, "[grids.g]\naxes = { ranks = [1, 2], lr = [0.1, -1] }\n")
     assert "g_P1_lr=-1" in str(caught.value)
 
 
@@ -224,8 +230,7 @@ def test_a_stop_request_is_passed_to_the_launch(tmp_path):
 def test_a_launch_that_outlives_its_timeout_is_killed(tmp_path, monkeypatch):
     monkeypatch.setattr(study_launch, "GRACE_SECONDS", 0)
     began = time.monotonic()
-    outcome = study_launch.run_command([sys.executable, "-c", "import time; time.sleep(60)"], dict(os.environ), 0.5,
-                                       tmp_path / "out", tmp_path / "err")
+    outcome = study_launch.run_command([sys.executable, "-c", "import time; time.sleep(60)"], dict(os.environ), 0.5, tmp_path / "out", tmp_path / "err")
     assert outcome.timed_out and outcome.returncode != 0
     assert time.monotonic() - began < 30
 
@@ -243,8 +248,13 @@ def test_the_estimate_is_calibrated_by_the_launches_made(tmp_path):
 
 
 def test_the_error_line_skips_open_mpi_boxes():
-    stderr = ("pnn_mpi: error: --batch-size 400 is larger than a rank's slice\n" + "-" * 40
-              + "\nprterun detected that one or more processes exited with non-zero status\n" + "-" * 40 + "\n")
+    stderr = (
+        "pnn_mpi: error: --batch-size 400 is larger than a rank's slice\n"
+        + "-" * 40
+        + "\nprterun detected that one or more processes exited with non-zero status\n"
+        + "-" * 40
+        + "\n"
+    )
     assert error_line(stderr).startswith("pnn_mpi: error: --batch-size 400")
     assert error_line("Traceback\nValueError: boom\n") == "ValueError: boom"
 
@@ -265,11 +275,24 @@ def test_without_matplotlib_plots_say_how_to_install_it(monkeypatch):
 def fake_result(point, accuracy, local, train, wall=5.0):
     timing = {"mean": 0.1, "min": 0.1, "max": 0.2}
     metrics = {
-        "test_accuracy": accuracy, "test_loss": 0.3, "train_seconds": train, "samples_per_second": 1000.0,
-        "samples_per_second_per_rank": 500.0, "local_test_accuracy": {"mean": local, "min": local, "max": local},
-        "timings": {"load_seconds": timing, "compute_seconds": timing, "communication_seconds": timing, "wait_seconds": timing,
-                    "evaluation_seconds": timing, "syncs": 3, "seconds_per_sync": 0.01},
-        "epochs": [{"epoch": 1, "test_accuracy": accuracy}], "dataset": {"train_samples": 600}, "config": {"epochs": 1},
+        "test_accuracy": accuracy,
+        "test_loss": 0.3,
+        "train_seconds": train,
+        "samples_per_second": 1000.0,
+        "samples_per_second_per_rank": 500.0,
+        "local_test_accuracy": {"mean": local, "min": local, "max": local},
+        "timings": {
+            "load_seconds": timing,
+            "compute_seconds": timing,
+            "communication_seconds": timing,
+            "wait_seconds": timing,
+            "evaluation_seconds": timing,
+            "syncs": 3,
+            "seconds_per_sync": 0.01,
+        },
+        "epochs": [{"epoch": 1, "test_accuracy": accuracy}],
+        "dataset": {"train_samples": 600},
+        "config": {"epochs": 1},
     }
     return Result(point, "ok", metrics, wall)
 
@@ -316,8 +339,22 @@ def tiny_data(tmp_path_factory):
 
 
 def quick_args(results, data):
-    return ["--grid", "quick", "--results", str(results), "--set", "dataset=custom", "--set", f"data-dir={data}",
-            "--set", "train-size=600", "--set", "test-size=100", "--set", "hidden=[16]"]
+    return [
+        "--grid",
+        "quick",
+        "--results",
+        str(results),
+        "--set",
+        "dataset=custom",
+        "--set",
+        f"data-dir={data}",
+        "--set",
+        "train-size=600",
+        "--set",
+        "test-size=100",
+        "--set",
+        "hidden=[16]",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -346,9 +383,25 @@ def test_quick_study_writes_complete_rows_figures_and_report(quick_study):
     assert [r["point"] for r in rows] == [p.id for p in expected]
     for r in rows:
         assert r["status"] == "ok"
-        for column in ("ranks", "sync", "activation", "init", "epochs", "train_size", "test_accuracy", "local_accuracy_mean",
-                       "local_accuracy_min", "local_accuracy_max", "test_loss", "train_seconds", "communication_seconds",
-                       "load_seconds", "wall_seconds", "startup_seconds", "samples_per_second"):
+        for column in (
+            "ranks",
+            "sync",
+            "activation",
+            "init",
+            "epochs",
+            "train_size",
+            "test_accuracy",
+            "local_accuracy_mean",
+            "local_accuracy_min",
+            "local_accuracy_max",
+            "test_loss",
+            "train_seconds",
+            "communication_seconds",
+            "load_seconds",
+            "wall_seconds",
+            "startup_seconds",
+            "samples_per_second",
+        ):
             assert r[column] != "", (r["point"], column)
         assert 0 <= float(r["test_accuracy"]) <= 1 and float(r["train_seconds"]) > 0 and r["train_size"] == "600"
         metrics = (results / "runs" / r["point"] / "metrics.json").read_text()
@@ -472,13 +525,18 @@ def test_dry_run_commands_work_as_printed_with_nothing_exported(tmp_path, tiny_d
     environment has no Open MPI setting, a 2-rank launch runs, as root too."""
     for key in [k for k in os.environ if k.startswith(("OMPI_", "PRTE_", "MPIEXEC_TIMEOUT"))]:
         monkeypatch.delenv(key)
-    proc = subprocess.run([sys.executable, "-m", "pnn_mpi", "study", *quick_args(tmp_path / "r", tiny_data), "--dry-run"],
-                          capture_output=True, text=True, timeout=60, env=dict(os.environ), cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pnn_mpi", "study", *quick_args(tmp_path / "r", tiny_data), "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ),
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     exports = next(line.strip() for line in lines if line.strip().startswith("export "))
     command = next(line.strip() for line in lines if " -n 2 " in line)
-    ran = subprocess.run(["bash", "-c", f"{exports}; {command}"], capture_output=True, text=True, timeout=300,
-                         env=dict(os.environ), cwd=tmp_path)
+    ran = subprocess.run(["bash", "-c", f"{exports}; {command}"], capture_output=True, text=True, timeout=300, env=dict(os.environ), cwd=tmp_path)
     assert ran.returncode == 0, ran.stderr
     assert "parallel network: test accuracy" in ran.stdout

@@ -20,8 +20,14 @@ def _run_copy(tmp_path, **extra: str) -> subprocess.CompletedProcess:
     (tmp_path / "empty").mkdir()
     env = {k: v for k, v in os.environ.items() if k != WITHOUT_MNIST}
     env.update(PNN_MPI_DATA=str(tmp_path / "empty"), HOME=str(tmp_path), PYTHONPATH=str(REPO), **extra)
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--color=no", str(tests)],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--color=no", str(tests)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=env,
+    )
 
 
 def test_a_test_that_finds_no_mnist_fails_and_says_how_to_get_it(tmp_path):
@@ -50,8 +56,14 @@ def test_under_mpi_the_banner_is_one_line_from_rank_0(tmp_path):
     tests.mkdir(parents=True)
     shutil.copy(REPO / "tests" / "conftest.py", tests / "conftest.py")
     (tests / "test_two.py").write_text("import pytest\n\n@pytest.mark.mpi(min_size=2)\ndef test_two():\n    pass\n")
-    proc = subprocess.run([mpiexec_path(), "-n", "2", sys.executable, "-m", "pytest", "--with-mpi", "-q", "-p", "no:cacheprovider",
-                           "--color=no", str(tests)], capture_output=True, text=True, timeout=240, cwd=tmp_path, env=clean_env())
+    proc = subprocess.run(
+        [mpiexec_path(), "-n", "2", sys.executable, "-m", "pytest", "--with-mpi", "-q", "-p", "no:cacheprovider", "--color=no", str(tests)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+        env=clean_env(),
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "MPI Information" not in proc.stdout and "mpi4py config" not in proc.stdout
     assert len([line for line in proc.stdout.splitlines() if line.startswith("MPI: ")]) == 1, proc.stdout

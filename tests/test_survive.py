@@ -34,10 +34,36 @@ def tiny(tmp_path_factory):
 
 
 def _launch(tiny, out, inject, *flags, ranks=4, ft=True, on_failure="continue"):
-    command = [mpiexec_path(), *(["--with-ft", "ulfm"] if ft else []), "-n", str(ranks), sys.executable, "-m", "pnn_mpi",
-               "--dataset", "custom", "--data-dir", str(tiny), "--hidden", "16", "--epochs", "3", "--out", str(out),
-               "--lr", "0.05", "--momentum", "0.9", "--lr-schedule", "constant", "--warmup", "0",  # fixed, whatever the defaults
-               "--on-rank-failure", on_failure, *flags]
+    command = [
+        mpiexec_path(),
+        *(["--with-ft", "ulfm"] if ft else []),
+        "-n",
+        str(ranks),
+        sys.executable,
+        "-m",
+        "pnn_mpi",
+        "--dataset",
+        "custom",
+        "--data-dir",
+        str(tiny),
+        "--hidden",
+        "16",
+        "--epochs",
+        "3",
+        "--out",
+        str(out),
+        "--lr",
+        "0.05",
+        "--momentum",
+        "0.9",
+        "--lr-schedule",
+        "constant",
+        "--warmup",
+        "0",  # fixed, whatever the defaults
+        "--on-rank-failure",
+        on_failure,
+        *flags,
+    ]
     env = clean_env(PNN_MPI_INJECT=inject) if inject else clean_env()
     return subprocess.run(command, capture_output=True, text=True, timeout=180, env=env, cwd=REPO, stdin=subprocess.DEVNULL)
 
@@ -129,8 +155,9 @@ def test_the_parallel_network_is_the_average_of_the_survivors_networks(tiny, tmp
     out = tmp_path / "run"
     flags = ["--sync", "end", "--momentum", "0", "--no-shuffle", "--seed", "3"]
     _finished(_launch(tiny, out, "kill:1:2", *flags), out, [[1]])
-    cfg = TrainConfig(dataset="custom", hidden=(16,), epochs=3, sync="end", lr=0.05, momentum=0.0, lr_schedule="constant", warmup=0,
-                      shuffle=False, seed=3).resolved(1)
+    cfg = TrainConfig(
+        dataset="custom", hidden=(16,), epochs=3, sync="end", lr=0.05, momentum=0.0, lr_schedule="constant", warmup=0, shuffle=False, seed=3
+    ).resolved(1)
     lost_start, lost_stop = slice_bounds(TRAIN, 4, 1)
     nets = []
     for i, rank in enumerate([0, 2, 3]):

@@ -40,8 +40,17 @@ def test_serial_run_writes_a_timeline_whose_sums_are_the_metrics(tmp_path):
 
     data = write_dataset(tmp_path / "data", train=200, test=20)
     path = tmp_path / "trace.json"
-    cfg = TrainConfig(dataset="custom", data_dir=str(data), hidden=(8,), epochs=3, batch_size=10, sync="steps:7",
-                      out=str(tmp_path / "run"), timeline=str(path), checkpoint_every=1)
+    cfg = TrainConfig(
+        dataset="custom",
+        data_dir=str(data),
+        hidden=(8,),
+        epochs=3,
+        batch_size=10,
+        sync="steps:7",
+        out=str(tmp_path / "run"),
+        timeline=str(path),
+        checkpoint_every=1,
+    )
     record = run_training(cfg, SerialWorld())
     trace = json.loads(path.read_text())
     _check_complete(trace, record, 1)
@@ -104,8 +113,9 @@ def test_every_rank_is_in_the_trace_and_the_rows_line_up(tmp_path_factory, sync)
         write_dataset(folder / "data", train=40 * world.size, test=20)
     world.barrier()
     path = folder / "trace.json"
-    cfg = TrainConfig(dataset="custom", data_dir=str(folder / "data"), hidden=(8,), epochs=3, batch_size=8, sync=sync,
-                      out=str(folder / "run"), timeline=str(path))
+    cfg = TrainConfig(
+        dataset="custom", data_dir=str(folder / "data"), hidden=(8,), epochs=3, batch_size=8, sync=sync, out=str(folder / "run"), timeline=str(path)
+    )
     record = run_training(cfg, world)
     world.barrier()
     if world.rank == 0:

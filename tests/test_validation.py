@@ -64,10 +64,17 @@ def _history(scores):
     return [EpochRecord(i + 1, 0.1, 1.0, None, None, 0.0, val_accuracy=s) for i, s in enumerate(scores)]
 
 
-@pytest.mark.parametrize("scores, patience, due", [
-    ([0.5, 0.6, 0.6], 2, False), ([0.5, 0.6, 0.6, 0.55], 2, True), ([0.5, 0.6, 0.7], 1, False),
-    ([0.7, 0.6], 1, True), ([0.7], 1, False), ([0.5, 0.6, 0.6, 0.6], 0, False),
-])
+@pytest.mark.parametrize(
+    "scores, patience, due",
+    [
+        ([0.5, 0.6, 0.6], 2, False),
+        ([0.5, 0.6, 0.6, 0.55], 2, True),
+        ([0.5, 0.6, 0.7], 1, False),
+        ([0.7, 0.6], 1, True),
+        ([0.7], 1, False),
+        ([0.5, 0.6, 0.6, 0.6], 0, False),
+    ],
+)
 def test_early_stop_counts_epochs_since_the_first_best(scores, patience, due):
     assert early_stop_due(TrainConfig(val_size=10, early_stop=patience), _history(scores)) is due
 
@@ -83,12 +90,34 @@ def test_two_ranks_stop_together_and_metrics_say_where(tiny, tmp_path):
     """A learning rate too small to improve anything: the best validation score is epoch 1's, so
     with patience 2 both ranks stop after epoch 3 of 20 (a rank that went on would hang the other)."""
     out = tmp_path / "run"
-    proc = run_pnn("--dataset", "custom", "--data-dir", str(tiny), "--hidden", "16", "--epochs", "20", "--lr", "1e-9",
-                   "--val-size", "100", "--early-stop", "2", "--out", str(out), ranks=2)
+    proc = run_pnn(
+        "--dataset",
+        "custom",
+        "--data-dir",
+        str(tiny),
+        "--hidden",
+        "16",
+        "--epochs",
+        "20",
+        "--lr",
+        "1e-9",
+        "--val-size",
+        "100",
+        "--early-stop",
+        "2",
+        "--out",
+        str(out),
+        ranks=2,
+    )
     assert proc.returncode == 0, proc.stderr
     record = json.loads((out / "metrics.json").read_text())
-    assert record["early_stop"] == {"patience": 2, "best_epoch": 1, "best_val_accuracy": record["epochs"][0]["val_accuracy"],
-                                    "stopped_early": True, "stopped_after_epoch": 3}
+    assert record["early_stop"] == {
+        "patience": 2,
+        "best_epoch": 1,
+        "best_val_accuracy": record["epochs"][0]["val_accuracy"],
+        "stopped_early": True,
+        "stopped_after_epoch": 3,
+    }
     assert len(record["epochs"]) == 3 and record["dataset"]["val_samples"] == 100 and record["dataset"]["train_samples"] == 500
     assert "early stop: no better validation accuracy for 2 epochs" in proc.stdout
     assert "validation (100 held-out samples): best" in proc.stdout

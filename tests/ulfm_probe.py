@@ -56,7 +56,17 @@ def launch(mode: str, env: dict[str, str], ranks: int = 4, timeout: float = 30) 
     with tempfile.TemporaryDirectory() as tmp:
         child = Path(tmp) / "child.py"
         child.write_text(CHILD)
-        command = [str(Path(sys.executable).parent / "mpiexec"), "--with-ft", "ulfm", "-n", str(ranks), sys.executable, str(child), mode, str(Path(tmp) / "stamp")]
+        command = [
+            str(Path(sys.executable).parent / "mpiexec"),
+            "--with-ft",
+            "ulfm",
+            "-n",
+            str(ranks),
+            sys.executable,
+            str(child),
+            mode,
+            str(Path(tmp) / "stamp"),
+        ]
         try:
             proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired as exc:
@@ -68,8 +78,14 @@ def launch(mode: str, env: dict[str, str], ranks: int = 4, timeout: float = 30) 
 def main() -> None:
     trials = int(sys.argv[1]) if len(sys.argv) > 1 else 10
     base = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_COMM_WORLD", "PMIX_", "OMPI_MCA_async"))}
-    base.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", PRTE_MCA_rmaps_default_mapping_policy=":oversubscribe",
-                OMPI_MCA_mpi_yield_when_idle="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    base.update(
+        OMPI_ALLOW_RUN_AS_ROOT="1",
+        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+        PRTE_MCA_rmaps_default_mapping_policy=":oversubscribe",
+        OMPI_MCA_mpi_yield_when_idle="1",
+        OMP_NUM_THREADS="1",
+        OPENBLAS_NUM_THREADS="1",
+    )
     for btl in ("^ofi", "tcp,self"):
         for finalize in ("", "1"):
             env = {**base, "OMPI_MCA_btl": btl, **({"OMPI_MCA_async_mpi_finalize": finalize} if finalize else {})}
@@ -80,8 +96,10 @@ def main() -> None:
                 seen += detected
             ended = sum(c is not None for c in codes)
             median = f"{statistics.median(seen) * 1e3:.0f} ms" if seen else "-"
-            print(f"btl {btl:8} async_mpi_finalize {finalize or 'unset':5}: {ended}/{trials} jobs ended (the rest hung),"
-                  f" launcher status {sorted(set(c for c in codes if c is not None))}, survivors saw the error after {median} (median)")
+            print(
+                f"btl {btl:8} async_mpi_finalize {finalize or 'unset':5}: {ended}/{trials} jobs ended (the rest hung),"
+                f" launcher status {sorted(set(c for c in codes if c is not None))}, survivors saw the error after {median} (median)"
+            )
             time.sleep(0.5)
     env = {**base, "OMPI_MCA_async_mpi_finalize": "1"}
     print(f"every rank SIGKILLed: launcher status {launch('all', env, ranks=3)[0]}")

@@ -9,7 +9,6 @@ report (``report``).
 """
 
 
-
 def main(argv: list[str] | None = None) -> int:
     """The ``scaling`` command; imported only when it runs."""
     from .command import main as run

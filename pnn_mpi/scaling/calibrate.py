@@ -62,8 +62,10 @@ def measure_compute(world, models, samples: int, repeats: int) -> dict:
                 result = train(cfg, world, data, log=lambda *_: None)
                 clock = result.clocks[world.rank]
                 timings[label][str(b)].append(clock.compute / result.steps_per_epoch)
-    return {"median": {m: {b: statistics.median(v) for b, v in per.items()} for m, per in timings.items()},
-            "min": {m: {b: min(v) for b, v in per.items()} for m, per in timings.items()}}
+    return {
+        "median": {m: {b: statistics.median(v) for b, v in per.items()} for m, per in timings.items()},
+        "min": {m: {b: min(v) for b, v in per.items()} for m, per in timings.items()},
+    }
 
 
 def step_cost(per_batch: dict[str, float]) -> StepCost:
@@ -136,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         from mpi4py import MPI
 
         timed = measure_allreduce(world, args.counts, args.repeats)
-        record = {"ranks": world.size, "hosts": sorted(set(world.allgather(MPI.Get_processor_name()))),
-                  "seconds": timed["median"], "seconds_min": timed["min"]}
+        record = {"ranks": world.size, "hosts": sorted(set(world.allgather(MPI.Get_processor_name()))), "seconds": timed["median"], "seconds_min": timed["min"]}
     if world.rank == 0:
         Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
     return 0

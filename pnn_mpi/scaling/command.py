@@ -22,15 +22,21 @@ from .costs import Calibration
 def _parser() -> argparse.ArgumentParser:
     from ..options import Parser, positive_int
 
-    p = Parser(prog="python -m pnn_mpi scaling", description=__doc__.split("\n\n")[0].split(": ", 1)[1],
-               formatter_class=argparse.RawDescriptionHelpFormatter,
-               epilog="Without SimGrid (apt-get install libsimgrid-dev) the analytic alpha-beta model predicts alone.")
+    p = Parser(
+        prog="python -m pnn_mpi scaling",
+        description=__doc__.split("\n\n")[0].split(": ", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Without SimGrid (apt-get install libsimgrid-dev) the analytic alpha-beta model predicts alone.",
+    )
     p.add_argument("--out", default="results/scaling", metavar="DIR", help="where scaling.csv, scaling.png, report.md go (default: results/scaling)")
-    p.add_argument("--platform", action="append", metavar="FILE",
-                   help="a SimGrid platform of <cluster>s to predict on (repeatable; default: the built-in node, cluster-25g, cluster-100g)")
+    p.add_argument(
+        "--platform",
+        action="append",
+        metavar="FILE",
+        help="a SimGrid platform of <cluster>s to predict on (repeatable; default: the built-in node, cluster-25g, cluster-100g)",
+    )
     p.add_argument("--calibration", metavar="FILE", help="a calibration.json from an earlier run, instead of measuring now")
-    p.add_argument("--from-timeline", metavar="FILE",
-                   help="take the compute between collectives from a --timeline trace of a real run (its model's step cost)")
+    p.add_argument("--from-timeline", metavar="FILE", help="take the compute between collectives from a --timeline trace of a real run (its model's step cost)")
     p.add_argument("--validate", action="store_true", help="also launch every configuration this machine can run and compare (minutes)")
     p.add_argument("--rounds", type=positive_int, default=3, metavar="N", help="validation rounds, each recalibrating first (default 3)")
     p.add_argument("--quick", action="store_true", help="a small version: short calibration, one model, epoch and grad, P = 1, 2, 16 (for CI)")
@@ -49,9 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         raise UserError(f"--out {out}: cannot create it ({exc.strerror or exc})") from None
     use_simgrid = simulate.available() and not args.analytic
-    engine = ("simulated with SimGrid SMPI (smpireplaymain), cross-checked by the analytic alpha-beta model" if use_simgrid else
-              "SimGrid not found (apt-get install libsimgrid-dev): analytic alpha-beta model only" if not args.analytic else
-              "analytic alpha-beta model only (--analytic)")
+    engine = (
+        "simulated with SimGrid SMPI (smpireplaymain), cross-checked by the analytic alpha-beta model"
+        if use_simgrid
+        else "SimGrid not found (apt-get install libsimgrid-dev): analytic alpha-beta model only"
+        if not args.analytic
+        else "analytic alpha-beta model only (--analytic)"
+    )
     print(f"scaling: {engine}", flush=True)
 
     def calibrate(models=measure.calibrate.SIZES, folder: Path = out, estimator: str = "min") -> Calibration:
@@ -60,8 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     cal = Calibration.load(Path(args.calibration)) if args.calibration else None
     validation: list[dict] = []
     if args.validate:
-        validation = validate.validate(lambda models, folder: cal if cal is not None else calibrate(models, folder, "median"), args.rounds,
-                                       args.quick, out / "validation-runs", log=lambda s: print(s, flush=True), tcp=not args.no_tcp)
+        validation = validate.validate(
+            lambda models, folder: cal if cal is not None else calibrate(models, folder, "median"),
+            args.rounds,
+            args.quick,
+            out / "validation-runs",
+            log=lambda s: print(s, flush=True),
+            tcp=not args.no_tcp,
+        )
     if cal is None:
         cal = calibrate()
     if args.from_timeline:
@@ -97,9 +113,16 @@ def _measured_rows(validation: list[dict]) -> list[dict]:
     rows = []
     ones = {(v["model"], v["sync"], v["epochs"]): v["train_seconds"] for v in validation if v["ranks"] == 1}
     for v in validation:
-        row = {"ranks": v["ranks"], "sync": v["sync"], "model": v["model"], "platform": v["platform"],
-               "predicted_seconds": v.get("simulated_seconds", v["analytic_seconds"]), "measured_seconds": v["train_seconds"],
-               "analytic_seconds": v["analytic_seconds"], "engine": "simgrid" if "simulated_seconds" in v else "analytic"}
+        row = {
+            "ranks": v["ranks"],
+            "sync": v["sync"],
+            "model": v["model"],
+            "platform": v["platform"],
+            "predicted_seconds": v.get("simulated_seconds", v["analytic_seconds"]),
+            "measured_seconds": v["train_seconds"],
+            "analytic_seconds": v["analytic_seconds"],
+            "engine": "simgrid" if "simulated_seconds" in v else "analytic",
+        }
         one = ones.get((v["model"], v["sync"], v["epochs"]))
         if one:
             row["speedup"] = one / v["train_seconds"]

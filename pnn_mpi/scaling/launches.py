@@ -23,8 +23,13 @@ WHERE = ("local", "twonodes")
 # while the other is free, so calibration and validation launches are placed alike. One BLAS
 # thread per rank, also for the calibration module (which does not start through pnn_mpi's
 # __main__): unpinned, a step of 784-128-10 took 40 times longer on the loaded machine.
-JOB_ENV = {"PRTE_MCA_hwloc_default_binding_policy": "none", "OMPI_MCA_hwloc_base_binding_policy": "none",
-           "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+JOB_ENV = {
+    "PRTE_MCA_hwloc_default_binding_policy": "none",
+    "OMPI_MCA_hwloc_base_binding_policy": "none",
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
 
 
 def job(where: str, ranks: int, module_args: Sequence[str], folder: Path, timeout: float = 600) -> Path:
@@ -45,8 +50,10 @@ def job(where: str, ranks: int, module_args: Sequence[str], folder: Path, timeou
     outcome = run_command(command, env, timeout, folder / "stdout.txt", folder / "stderr.txt")
     if outcome.returncode != 0:
         tail = (folder / "stderr.txt").read_text(errors="replace").strip().splitlines()[-4:]
-        raise UserError(f"{where} job with {ranks} ranks failed (exit {outcome.returncode}{', timed out' if outcome.timed_out else ''}): "
-                        f"{' '.join(module_args[:4])} ...: {' | '.join(tail) or 'no output'}")
+        raise UserError(
+            f"{where} job with {ranks} ranks failed (exit {outcome.returncode}{', timed out' if outcome.timed_out else ''}): "
+            f"{' '.join(module_args[:4])} ...: {' | '.join(tail) or 'no output'}"
+        )
     return folder
 
 

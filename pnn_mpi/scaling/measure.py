@@ -23,13 +23,17 @@ from .platforms import from_xml
 
 def _trial_platform(link: Link, same_host: bool):
     """Two ranks joined by ``link``: on one host through its loopback, or on two hosts."""
-    attrs = (f'bw="{link.bandwidth:.6g}Bps" lat="{link.latency / 2:.6g}s" loopback_bw="{link.bandwidth:.6g}Bps" '
-             f'loopback_lat="{link.latency:.6g}s" bb_bw="{2 * link.bandwidth:.6g}Bps" bb_lat="0s"')
+    attrs = (
+        f'bw="{link.bandwidth:.6g}Bps" lat="{link.latency / 2:.6g}s" loopback_bw="{link.bandwidth:.6g}Bps" '
+        f'loopback_lat="{link.latency:.6g}s" bb_bw="{2 * link.bandwidth:.6g}Bps" bb_lat="0s"'
+    )
     radical = "0-0" if same_host else "0-1"
     cores = 2 if same_host else 1
-    xml = ("<?xml version='1.0'?>\n<!DOCTYPE platform SYSTEM \"https://simgrid.org/simgrid.dtd\">\n<platform version=\"4.1\">\n"
-           f'<zone id="trial" routing="Full"><cluster id="pair" prefix="h" suffix="" radical="{radical}" core="{cores}" speed="1Gf" '
-           f'sharing_policy="SPLITDUPLEX" {attrs}/></zone>\n</platform>\n')
+    xml = (
+        '<?xml version=\'1.0\'?>\n<!DOCTYPE platform SYSTEM "https://simgrid.org/simgrid.dtd">\n<platform version="4.1">\n'
+        f'<zone id="trial" routing="Full"><cluster id="pair" prefix="h" suffix="" radical="{radical}" core="{cores}" speed="1Gf" '
+        f'sharing_policy="SPLITDUPLEX" {attrs}/></zone>\n</platform>\n'
+    )
     return from_xml("trial", xml)
 
 
@@ -100,8 +104,24 @@ def run(out: Path, quick: bool = False, tcp: bool = True, log=print, models=cali
     try:
         for ranks in sorted({1, cores}):
             log(f"calibration: compute, {ranks} rank{'s' * (ranks > 1)}, {samples} samples per rank, {repeats} repeat(s)")
-            job("local", ranks, ["-m", "pnn_mpi.scaling.calibrate", "compute", "--out", str(work / f"compute-{ranks}.json"),
-                                 "--samples", str(samples), "--repeats", str(repeats), "--models", *models], work / f"compute-{ranks}")
+            job(
+                "local",
+                ranks,
+                [
+                    "-m",
+                    "pnn_mpi.scaling.calibrate",
+                    "compute",
+                    "--out",
+                    str(work / f"compute-{ranks}.json"),
+                    "--samples",
+                    str(samples),
+                    "--repeats",
+                    str(repeats),
+                    "--models",
+                    *models,
+                ],
+                work / f"compute-{ranks}",
+            )
             measured["compute"][str(ranks)] = json.loads((work / f"compute-{ranks}.json").read_text())["seconds_per_step" + suffix]
         places = [("shm", "local")]
         reason = twonodes.why_not() if tcp else "not asked for (--no-tcp)"
@@ -116,8 +136,22 @@ def run(out: Path, quick: bool = False, tcp: bool = True, log=print, models=cali
                 twonodes.up()
                 before = twonodes.bytes_crossed()
             try:
-                job(where, 2, ["-m", "pnn_mpi.scaling.calibrate", "allreduce", "--out", str(work / f"allreduce-{name}.json"),
-                               "--counts", *map(str, counts), "--repeats", str(3 if quick else 5)], work / f"allreduce-{name}")
+                job(
+                    where,
+                    2,
+                    [
+                        "-m",
+                        "pnn_mpi.scaling.calibrate",
+                        "allreduce",
+                        "--out",
+                        str(work / f"allreduce-{name}.json"),
+                        "--counts",
+                        *map(str, counts),
+                        "--repeats",
+                        str(3 if quick else 5),
+                    ],
+                    work / f"allreduce-{name}",
+                )
                 record = json.loads((work / f"allreduce-{name}.json").read_text())
                 if where == "twonodes":
                     record["bytes_crossed"] = twonodes.bytes_crossed() - before
@@ -130,10 +164,13 @@ def run(out: Path, quick: bool = False, tcp: bool = True, log=print, models=cali
         measured["estimator"] = estimator
         measured["links_fitted_on"] = "SimGrid replay" if use_simgrid else "analytic model"
         measured["load_average_after"] = os.getloadavg()[0]
-        compute = {m: {"one": calibrate.step_cost(measured["compute"]["1"][m]),
-                       "all": calibrate.step_cost(measured["compute"][str(cores)][m])} for m in measured["compute"]["1"]}
-        cal = Calibration(machine=f"{host_platform.node()} ({cores} cores, {host_platform.machine()}, shared)", cores=cores,
-                          compute=compute, links=links, measured=measured)
+        compute = {
+            m: {"one": calibrate.step_cost(measured["compute"]["1"][m]), "all": calibrate.step_cost(measured["compute"][str(cores)][m])}
+            for m in measured["compute"]["1"]
+        }
+        cal = Calibration(
+            machine=f"{host_platform.node()} ({cores} cores, {host_platform.machine()}, shared)", cores=cores, compute=compute, links=links, measured=measured
+        )
         (out / "calibration.json").write_text(cal.to_json())
         return cal
     finally:

@@ -17,8 +17,7 @@ SYNCS = ("end", "epoch", "steps:20", "grad")
 MODELS = ((784, 128, 10), (784, 800, 10))
 
 
-def sweep(cal: Calibration, plats: list[Platform], models, syncs, ranks, samples: int, epochs: int, use_simgrid: bool,
-          log=print) -> list[dict]:
+def sweep(cal: Calibration, plats: list[Platform], models, syncs, ranks, samples: int, epochs: int, use_simgrid: bool, log=print) -> list[dict]:
     rows = []
     for plat in plats:
         sim = simulate.Simulator(plat, cal) if use_simgrid else None
@@ -30,8 +29,16 @@ def sweep(cal: Calibration, plats: list[Platform], models, syncs, ranks, samples
                             continue
                         run = Run(tuple(sizes), samples, p, sync, epochs)
                         parts = model.predict(run, plat, cal)
-                        row = {"ranks": p, "sync": sync, "model": run.label, "platform": plat.name, "analytic_seconds": parts.total,
-                               "compute_seconds": parts.compute, "latency_seconds": parts.latency, "bandwidth_seconds": parts.bandwidth}
+                        row = {
+                            "ranks": p,
+                            "sync": sync,
+                            "model": run.label,
+                            "platform": plat.name,
+                            "analytic_seconds": parts.total,
+                            "compute_seconds": parts.compute,
+                            "latency_seconds": parts.latency,
+                            "bandwidth_seconds": parts.bandwidth,
+                        }
                         if sim is not None:
                             row["predicted_seconds"], row["engine"] = sim.predict(run), "simgrid"
                         else:

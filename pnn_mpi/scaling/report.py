@@ -17,8 +17,21 @@ from pathlib import Path
 
 from ..files import write_atomically
 
-FIELDS = ("ranks", "sync", "model", "platform", "predicted_seconds", "speedup", "efficiency", "measured_seconds",
-          "engine", "analytic_seconds", "compute_seconds", "latency_seconds", "bandwidth_seconds")
+FIELDS = (
+    "ranks",
+    "sync",
+    "model",
+    "platform",
+    "predicted_seconds",
+    "speedup",
+    "efficiency",
+    "measured_seconds",
+    "engine",
+    "analytic_seconds",
+    "compute_seconds",
+    "latency_seconds",
+    "bandwidth_seconds",
+)
 GOOD = 0.8
 
 
@@ -85,8 +98,11 @@ def plot(path: Path, rows: list[dict], measured: list[dict], platforms: list[str
     for col, plat in enumerate(platforms):
         for sync in syncs:
             for m in models:
-                pts = sorted((r["ranks"], r["speedup"], r["efficiency"]) for r in rows
-                             if r["platform"] == plat and r["sync"] == sync and r["model"] == m and "speedup" in r)
+                pts = sorted(
+                    (r["ranks"], r["speedup"], r["efficiency"])
+                    for r in rows
+                    if r["platform"] == plat and r["sync"] == sync and r["model"] == m and "speedup" in r
+                )
                 if not pts:
                     continue
                 p, s, e = zip(*pts)
@@ -116,31 +132,40 @@ def plot(path: Path, rows: list[dict], measured: list[dict], platforms: list[str
 
 
 def markdown(rows: list[dict], validation: list[dict], cal, engine_note: str, plotted: bool, show=(16, 64, 256, 1024)) -> str:
-    lines = ["# pnn_mpi scaling", "", engine_note, "",
-             f"Calibration: {cal.machine}. Compute per step (one busy core / all busy):"]
+    lines = ["# pnn_mpi scaling", "", engine_note, "", f"Calibration: {cal.machine}. Compute per step (one busy core / all busy):"]
     for m, c in cal.compute.items():
-        lines.append(f"- {m}: {c['one'].per_step * 1e6:.0f} µs + {c['one'].per_sample * 1e6:.2f} µs/sample"
-                     f" / {c['all'].per_step * 1e6:.0f} µs + {c['all'].per_sample * 1e6:.2f} µs/sample")
+        lines.append(
+            f"- {m}: {c['one'].per_step * 1e6:.0f} µs + {c['one'].per_sample * 1e6:.2f} µs/sample"
+            f" / {c['all'].per_step * 1e6:.0f} µs + {c['all'].per_sample * 1e6:.2f} µs/sample"
+        )
     for name, link in cal.links.items():
         lines.append(f"- link {name}: latency {link.latency * 1e6:.1f} µs, bandwidth {link.bandwidth / 1e9:.3g} GB/s")
     if cal.measured.get("estimator") == "min":
         lines.append("- each figure is the least disturbed of its repeats (the machine is shared; the predicted machines' cores are not)")
     if "load_average_before" in cal.measured:
-        lines.append(f"- the machine was shared: load average {cal.measured['load_average_before']:.1f} when calibration began, "
-                     f"{cal.measured.get('load_average_after', float('nan')):.1f} when it ended ({cal.cores} cores)")
+        lines.append(
+            f"- the machine was shared: load average {cal.measured['load_average_before']:.1f} when calibration began, "
+            f"{cal.measured.get('load_average_after', float('nan')):.1f} when it ended ({cal.cores} cores)"
+        )
     if "from_timeline" in cal.measured:
         lines.append(f"- {cal.measured['from_timeline']}")
     if "tcp_unavailable" in cal.measured:
         lines.append(f"- no TCP measurement: {cal.measured['tcp_unavailable']}")
     if validation:
-        lines += ["", "## Validation: predicted against measured train seconds on this machine", "",
-                  "| model | sync | epochs | platform | P | measured s | simulated s | error | analytic s | error |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Validation: predicted against measured train seconds on this machine",
+            "",
+            "| model | sync | epochs | platform | P | measured s | simulated s | error | analytic s | error |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for v in validation:
             sim = v.get("simulated_seconds")
             simulated = "| |" if sim is None else f"| {sim:.3f} | {v['error']:+.1%} |"
-            lines.append(f"| {v['model']} | {v['sync']} | {v['epochs']} | {v['platform']} | {v['ranks']} | {v['train_seconds']:.3f} "
-                         f"{simulated} {v['analytic_seconds']:.3f} | {v['analytic_error']:+.1%} |")
+            lines.append(
+                f"| {v['model']} | {v['sync']} | {v['epochs']} | {v['platform']} | {v['ranks']} | {v['train_seconds']:.3f} "
+                f"{simulated} {v['analytic_seconds']:.3f} | {v['analytic_error']:+.1%} |"
+            )
         over = [v for v in validation if v["ranks"] > cal.cores or (v["platform"] == "twonodes" and v["ranks"] > 2)]
         if over:
             lines.append("")
@@ -150,23 +175,36 @@ def markdown(rows: list[dict], validation: list[dict], cal, engine_note: str, pl
     models = list(dict.fromkeys(r["model"] for r in rows))
     syncs = list(dict.fromkeys(r["sync"] for r in rows))
     for m in models:
-        lines += ["", f"## {m}: largest P with at least 80% efficiency, and what bounds it", "",
-                  "| sync | " + " | ".join(platforms) + " |", "|---|" + "---|" * len(platforms)]
+        lines += [
+            "",
+            f"## {m}: largest P with at least 80% efficiency, and what bounds it",
+            "",
+            "| sync | " + " | ".join(platforms) + " |",
+            "|---|" + "---|" * len(platforms),
+        ]
         for s in syncs:
             cells = []
             for plat in platforms:
                 got = best.get((s, m, plat))
                 cells.append("" if got is None else f"{got[0]}: {got[1]}")
             lines.append(f"| {s} | " + " | ".join(cells) + " |")
-        lines += ["", f"Predicted efficiency of {m}:", "",
-                  "| sync | platform | " + " | ".join(f"P = {p}" for p in show) + " |", "|---|---|" + "---|" * len(show)]
+        lines += [
+            "",
+            f"Predicted efficiency of {m}:",
+            "",
+            "| sync | platform | " + " | ".join(f"P = {p}" for p in show) + " |",
+            "|---|---|" + "---|" * len(show),
+        ]
         for s in syncs:
             for plat in platforms:
                 eff = {r["ranks"]: r.get("efficiency") for r in rows if r["sync"] == s and r["model"] == m and r["platform"] == plat}
                 lines.append(f"| {s} | {plat} | " + " | ".join("" if eff.get(p) is None else f"{eff[p]:.0%}" for p in show) + " |")
     if plotted:
         lines += ["", "![speed-up and efficiency](scaling.png)"]
-    lines += ["", "Every prediction is the default run (60,000 samples, 10 epochs, batch 32, float32) priced with the calibration above, "
-              "which was measured on this shared 2-core machine; a slice shrinks as 60,000/P, so at P = 1,024 each rank holds 58 samples "
-              "(2 steps an epoch)."]
+    lines += [
+        "",
+        "Every prediction is the default run (60,000 samples, 10 epochs, batch 32, float32) priced with the calibration above, "
+        "which was measured on this shared 2-core machine; a slice shrinks as 60,000/P, so at P = 1,024 each rank holds 58 samples "
+        "(2 steps an epoch).",
+    ]
     return "\n".join(lines) + "\n"

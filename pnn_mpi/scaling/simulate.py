@@ -28,8 +28,12 @@ from .costs import Calibration
 from .platforms import Platform
 from .program import Phase, Run, phases
 
-REPLAYER_PLACES = ("/usr/lib/x86_64-linux-gnu/simgrid/smpireplaymain", "/usr/lib/aarch64-linux-gnu/simgrid/smpireplaymain",
-                   "/usr/lib/simgrid/smpireplaymain", "/usr/local/lib/simgrid/smpireplaymain")
+REPLAYER_PLACES = (
+    "/usr/lib/x86_64-linux-gnu/simgrid/smpireplaymain",
+    "/usr/lib/aarch64-linux-gnu/simgrid/smpireplaymain",
+    "/usr/lib/simgrid/smpireplaymain",
+    "/usr/local/lib/simgrid/smpireplaymain",
+)
 SMPI_CONFIG = (
     "--cfg=smpi/allreduce:rab_rdb",
     "--cfg=smpi/barrier:ompi_recursivedoubling",
@@ -69,8 +73,20 @@ def replay(plat: Platform, ranks: int, listing: Path, work: Path) -> float:
         platform_file.write_text(plat.xml)
     hostfile = work / f"hosts-{ranks}"
     hostfile.write_text(plat.hostfile(ranks))
-    command = [smpirun, "-no-privatize", "-np", str(ranks), "-platform", str(platform_file), "-hostfile", str(hostfile),
-               "-replay", str(listing), replayer, *SMPI_CONFIG]
+    command = [
+        smpirun,
+        "-no-privatize",
+        "-np",
+        str(ranks),
+        "-platform",
+        str(platform_file),
+        "-hostfile",
+        str(hostfile),
+        "-replay",
+        str(listing),
+        replayer,
+        *SMPI_CONFIG,
+    ]
     done = subprocess.run(command, capture_output=True, text=True, cwd=work, timeout=3600)
     times = [float(t) for t in _TIME.findall(done.stdout + done.stderr)]
     if done.returncode != 0 or not times:

@@ -98,8 +98,18 @@ def bytes_crossed() -> int:
         return 0
 
 
-PASSED = ("PATH", "PYTHONPATH", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "PNN_MPI_DATA",
-          "OMPI_MCA_mpi_yield_when_idle", "OMPI_MCA_btl", "OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM")
+PASSED = (
+    "PATH",
+    "PYTHONPATH",
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "PNN_MPI_DATA",
+    "OMPI_MCA_mpi_yield_when_idle",
+    "OMPI_MCA_btl",
+    "OMPI_ALLOW_RUN_AS_ROOT",
+    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM",
+)
 
 
 def launcher(mpirun: str, ranks: int, env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
@@ -113,8 +123,23 @@ def launcher(mpirun: str, ranks: int, env: dict[str, str]) -> tuple[list[str], d
     per = ranks // 2
     hosts = ",".join(f"{n}:{per}" for n in NODES)
     inner = f'mount --bind {STATE}/hosts /etc/hosts && exec "$@"'
-    words = ["unshare", "--mount", "--propagation", "private", "sh", "-c", inner, "sh",
-             mpirun, "--host", hosts, "--map-by", f"ppr:{per}:node", "--bind-to", "none"]
+    words = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        inner,
+        "sh",
+        mpirun,
+        "--host",
+        hosts,
+        "--map-by",
+        f"ppr:{per}:node",
+        "--bind-to",
+        "none",
+    ]
     for name in PASSED:
         if name in env:
             words += ["-x", name]

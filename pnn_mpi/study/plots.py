@@ -61,8 +61,15 @@ def accuracy(path, table: dict, title: str) -> None:
     for i, (line, cells) in enumerate(table.items()):
         xs = list(cells)
         color = f"C{i % 10}"
-        ax.errorbar(xs, [c.accuracy.mean * 100 for c in cells.values()], yerr=[c.accuracy.std * 100 for c in cells.values()],
-                    marker="o", capsize=3, color=color, label=_label(line))
+        ax.errorbar(
+            xs,
+            [c.accuracy.mean * 100 for c in cells.values()],
+            yerr=[c.accuracy.std * 100 for c in cells.values()],
+            marker="o",
+            capsize=3,
+            color=color,
+            label=_label(line),
+        )
         ax.plot(xs, [c.local.mean * 100 for c in cells.values()], linestyle="--", marker=".", color=color, alpha=0.7)
     ax.plot([], [], linestyle="--", color="grey", label="dashed: local networks' mean")
     _rank_axis(ax, ranks)
@@ -97,8 +104,12 @@ def speedup(path, table: dict[Line, list[SpeedRow]], machine: Machine, title: st
     ax_e.set_title("efficiency")
 
     rows = next(iter(table.values()))
-    parts = [("train", [r.train for r in rows]), ("load", [r.load for r in rows]),
-             ("evaluation", [r.evaluation for r in rows]), ("start-up", [max(0.0, r.startup) for r in rows])]
+    parts = [
+        ("train", [r.train for r in rows]),
+        ("load", [r.load for r in rows]),
+        ("evaluation", [r.evaluation for r in rows]),
+        ("start-up", [max(0.0, r.startup) for r in rows]),
+    ]
     positions = range(len(rows))
     bottom = [0.0] * len(rows)
     for i, (name, values) in enumerate(parts):

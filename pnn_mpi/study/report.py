@@ -49,8 +49,15 @@ def report_lines(study: Study, results: list[Result], machine: Machine, figures:
             if r.stderr_tail:
                 out += ["", "  ```", *(f"  {text}" for text in r.stderr_tail.splitlines()), "  ```"]
         out.append("")
-    out += ["## Reproduce", "", "```sh", shlex.join(command), "```", "",
-            "Rerunning the same command skips every point whose run folder already holds its complete `metrics.json`."]
+    out += [
+        "## Reproduce",
+        "",
+        "```sh",
+        shlex.join(command),
+        "```",
+        "",
+        "Rerunning the same command skips every point whose run folder already holds its complete `metrics.json`.",
+    ]
     return out
 
 
@@ -86,8 +93,11 @@ def _grid_section(grid: Grid, results: list[Result], machine: Machine, figures: 
     if grid.about:
         out += [grid.about, ""]
     axes = ", ".join(f"`{k}` \u2208 {{{', '.join(render(v) for v in values)}}}" for k, values in grid.axes.items())
-    out += [f"Axes: {axes or 'none'}" + (f"; {grid.repeats} repeats of each point" if grid.repeats > 1 else "") + ".",
-            f"Other settings: {_other_settings(grid, results)}.", ""]
+    out += [
+        f"Axes: {axes or 'none'}" + (f"; {grid.repeats} repeats of each point" if grid.repeats > 1 else "") + ".",
+        f"Other settings: {_other_settings(grid, results)}.",
+        "",
+    ]
     runs = stats.successes(grid, results)
     if not runs:
         return out + ["No run of this grid succeeded.", ""]
@@ -150,15 +160,29 @@ def _speed_rows(table: dict, machine: Machine) -> list[str]:
         if line:
             out += [f"{stats.line_label(line)}:", ""]
         header = ["P", "ranks per core", "runs", "train s", "speed-up", "efficiency", "communication s", "load s", "evaluation s", "start-up s", "wall s"]
-        body = [[str(r.ranks), f"{r.ranks / machine.cores:g}", str(r.runs), _num(r.train), _num(r.speedup, "\u00d7"),
-                 f"{r.efficiency:.0%}", _num(r.communication), _num(r.load), _num(r.evaluation), _num(r.startup), _num(r.wall, digits=1)]
-                for r in rows]
+        body = [
+            [
+                str(r.ranks),
+                f"{r.ranks / machine.cores:g}",
+                str(r.runs),
+                _num(r.train),
+                _num(r.speedup, "\u00d7"),
+                f"{r.efficiency:.0%}",
+                _num(r.communication),
+                _num(r.load),
+                _num(r.evaluation),
+                _num(r.startup),
+                _num(r.wall, digits=1),
+            ]
+            for r in rows
+        ]
         out += _table(header, body) + [""]
     return out[:-1]
 
 
 def _heat_rows(heat: stats.Heat) -> list[str]:
     header = [f"{heat.row_axis} \\ {heat.col_axis}"] + [render(v) for v in heat.col_values]
+
     def cell_text(cell) -> str:
         if cell is None:
             return "failed"

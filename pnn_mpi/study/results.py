@@ -115,9 +115,24 @@ def tail(text: str, lines: int = 12) -> str:
 # results.csv: identity, the configuration, then what came out
 _ID_COLUMNS = ["point", "grid", "status", "repeat", "ranks"]
 _OUT_COLUMNS = [
-    "test_accuracy", "test_confidence", "local_accuracy_mean", "local_accuracy_min", "local_accuracy_max", "test_loss",
-    "train_seconds", "communication_seconds", "compute_seconds", "wait_seconds", "load_seconds", "evaluation_seconds",
-    "wall_seconds", "startup_seconds", "samples_per_second", "samples_per_second_per_rank", "syncs", "error",
+    "test_accuracy",
+    "test_confidence",
+    "local_accuracy_mean",
+    "local_accuracy_min",
+    "local_accuracy_max",
+    "test_loss",
+    "train_seconds",
+    "communication_seconds",
+    "compute_seconds",
+    "wait_seconds",
+    "load_seconds",
+    "evaluation_seconds",
+    "wall_seconds",
+    "startup_seconds",
+    "samples_per_second",
+    "samples_per_second_per_rank",
+    "syncs",
+    "error",
 ]
 
 
@@ -142,12 +157,20 @@ def row(result: Result) -> dict:
     if m:
         t, local = m["timings"], m["local_test_accuracy"]
         out.update(
-            test_accuracy=m["test_accuracy"], test_loss=m["test_loss"], test_confidence=m.get("test_confidence"),
-            local_accuracy_mean=local["mean"], local_accuracy_min=local["min"], local_accuracy_max=local["max"],
-            train_seconds=m["train_seconds"], communication_seconds=t["communication_seconds"]["mean"],
-            compute_seconds=t["compute_seconds"]["mean"], wait_seconds=t["wait_seconds"]["mean"],
-            load_seconds=t["load_seconds"]["max"], evaluation_seconds=t["evaluation_seconds"]["max"],
-            samples_per_second=m["samples_per_second"], samples_per_second_per_rank=m["samples_per_second_per_rank"],
+            test_accuracy=m["test_accuracy"],
+            test_loss=m["test_loss"],
+            test_confidence=m.get("test_confidence"),
+            local_accuracy_mean=local["mean"],
+            local_accuracy_min=local["min"],
+            local_accuracy_max=local["max"],
+            train_seconds=m["train_seconds"],
+            communication_seconds=t["communication_seconds"]["mean"],
+            compute_seconds=t["compute_seconds"]["mean"],
+            wait_seconds=t["wait_seconds"]["mean"],
+            load_seconds=t["load_seconds"]["max"],
+            evaluation_seconds=t["evaluation_seconds"]["max"],
+            samples_per_second=m["samples_per_second"],
+            samples_per_second_per_rank=m["samples_per_second_per_rank"],
             syncs=t["syncs"],
         )
         if result.wall_seconds is not None:

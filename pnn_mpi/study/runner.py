@@ -46,8 +46,10 @@ def run_study(study: Study, results: Path, launcher: list[str], env: dict, log: 
     points = list(study.points)
     done = {p.id: finished_metrics(run_dir(results, p), p) for p in points}
     pending = [p for p in points if done[p.id] is None]
-    log(f"study {study.title}: {len(points)} points in {plural(len(study.grids), 'grid')}, "
-        f"{len(points) - len(pending)} already done, {len(pending)} to launch; results in {results}")
+    log(
+        f"study {study.title}: {len(points)} points in {plural(len(study.grids), 'grid')}, "
+        f"{len(points) - len(pending)} already done, {len(pending)} to launch; results in {results}"
+    )
     estimate = Estimate()
     stop = StopRequest().install()
     outcomes: list[Result] = []
@@ -93,13 +95,19 @@ def launch_point(study: Study, point, folder: Path, launcher: list[str], env: di
             error = f"killed after {study.timeout:g} s: {error}"
         elif outcome.returncode == 0:
             error = f"exit status 0 but no complete metrics.json: {error}"
-    write_launch(folder, {
-        "point": point.id, "command": command, "returncode": outcome.returncode, "status": status,
-        "wall_seconds": outcome.wall_seconds, "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(began)),
-        "error": error,
-    })
-    return Result(point, status, metrics if status == OK else None, outcome.wall_seconds, error,
-                  stderr_tail="" if status == OK else tail(stderr))
+    write_launch(
+        folder,
+        {
+            "point": point.id,
+            "command": command,
+            "returncode": outcome.returncode,
+            "status": status,
+            "wall_seconds": outcome.wall_seconds,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(began)),
+            "error": error,
+        },
+    )
+    return Result(point, status, metrics if status == OK else None, outcome.wall_seconds, error, stderr_tail="" if status == OK else tail(stderr))
 
 
 def _describe(result: Result) -> str:

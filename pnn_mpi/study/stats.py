@@ -151,14 +151,21 @@ def speedup_table(grid: Grid, results: list[Result]) -> dict[Line, list[SpeedRow
             train = median([r.number("train_seconds") for r in runs])
             ideal = ranks / base_ranks
             speedup = base / train if train > 0 else math.nan
-            rows.append(SpeedRow(
-                ranks=ranks, runs=len(runs), train=train, speedup=speedup, efficiency=speedup / ideal, ideal=ideal,
-                load=median([r.number("load_seconds") for r in runs]),
-                evaluation=median([r.number("evaluation_seconds") for r in runs]),
-                startup=median([r.number("startup_seconds") for r in runs]),
-                communication=median([r.number("communication_seconds") for r in runs]),
-                wall=median([r.number("wall_seconds") for r in runs]),
-            ))
+            rows.append(
+                SpeedRow(
+                    ranks=ranks,
+                    runs=len(runs),
+                    train=train,
+                    speedup=speedup,
+                    efficiency=speedup / ideal,
+                    ideal=ideal,
+                    load=median([r.number("load_seconds") for r in runs]),
+                    evaluation=median([r.number("evaluation_seconds") for r in runs]),
+                    startup=median([r.number("startup_seconds") for r in runs]),
+                    communication=median([r.number("communication_seconds") for r in runs]),
+                    wall=median([r.number("wall_seconds") for r in runs]),
+                )
+            )
         out[line] = rows
     return out
 
@@ -186,7 +193,9 @@ def curve_table(grid: Grid, results: list[Result]) -> dict[Line, Curve]:
                     scored.setdefault(record["epoch"], []).append(record["test_accuracy"])
         epochs = sorted(scored)
         out[line] = Curve(
-            epochs=epochs, accuracy=[statistics.fmean(scored[e]) for e in epochs],
-            final=stat([r.number("test_accuracy") for r in runs]), train=median([r.number("train_seconds") for r in runs]),
+            epochs=epochs,
+            accuracy=[statistics.fmean(scored[e]) for e in epochs],
+            final=stat([r.number("test_accuracy") for r in runs]),
+            train=median([r.number("train_seconds") for r in runs]),
         )
     return out
