@@ -66,21 +66,28 @@ def _sample_images(world, n: int) -> tuple[np.ndarray, np.ndarray]:
     return to_inputs(images.reshape(n, -1).astype(np.uint8), np.float32), labels.astype(np.intp)
 
 
-def _best_rates(world, seconds: float, repeats: int, runs: dict[str, Callable[[], int]]) -> dict[str, float]:
+def _best_rates(world, seconds: float, repeats: int, runs: dict[str, Callable[[], int]], collective: frozenset[str] = frozenset()) -> dict[str, float]:
     """Units per second of each run (which returns how many units it did), best of ``repeats`` windows.
 
     The runs take turns window by window, so a burst of load on a shared machine
     hits them alike; every window starts at a barrier, so all ranks measure at once.
+    A run named in ``collective`` holds collectives of its own, so every rank must
+    call it equally often: rank 0's clock decides, after each call, for all ranks.
     """
     best = dict.fromkeys(runs, 0.0)
     for _ in range(repeats):
         for name, run in runs.items():
             world.barrier()
             done, began = 0, time.perf_counter()
-            while (elapsed := time.perf_counter() - began) < seconds:
+            while _window_open(world, time.perf_counter() - began < seconds, name in collective):
                 done += run()
-            best[name] = max(best[name], done / elapsed)
+            best[name] = max(best[name], done / (time.perf_counter() - began))
     return best
+
+
+def _window_open(world, open_here: bool, together: bool) -> bool:
+    """Whether a timing window goes on: this rank's own clock, or rank 0's for every rank alike."""
+    return world.bcast(open_here) if together else open_here
 
 
 def _bench_data(world: Communicator, x: np.ndarray, y: np.ndarray) -> RankData:
@@ -107,8 +114,11 @@ def _trainer(cfg: TrainConfig, world: Communicator, data: RankData) -> tuple[Run
 
 
 def _step_run(cfg: TrainConfig, world: Communicator, data: RankData) -> Callable[[], int]:
-    """The trainer's step (``train.one_step``: gather, forward, backward, SGD) on the next batch of a fixed order."""
-    run, state = _trainer(replace(cfg, kernel="generic", shuffle=False), world, data)
+    """The trainer's step (``train.one_step``: gather, forward, backward, SGD) on the next batch of a fixed order.
+
+    A local step: under the ``grad`` schedule the step would hold an Allreduce, which the sync rows measure apart.
+    """
+    run, state = _trainer(replace(cfg, kernel="generic", shuffle=False, sync="epoch"), world, data)
     steps = len(data.y) // run.plan.batch
     at = [0]
 
@@ -370,7 +380,7 @@ def _measure_batch(args: argparse.Namespace, data: RankData, sizes: tuple[int, .
                 table.notes.append(f"numba kernel ready in {max(world.allgather(first)):.2f} s (compiled, or loaded from numba's cache)")
         if not numba_available():
             table.notes.append("numba is not installed: no numba row (pip install numba, or the fast extra)")
-    rates = _best_rates(world, args.seconds, args.repeats, runs)
+    rates = _best_rates(world, args.seconds, args.repeats, runs, collective=frozenset({"whole run"}))
     del runs
     table.add(f"train step, batch {batch}", rates["step"], rates["reference"], what)
     for backend in ("numpy", "numba"):
