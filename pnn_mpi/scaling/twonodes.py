@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from ..errors import UserError
@@ -30,9 +31,22 @@ _AGENT = """#!/bin/sh
 while [ $# -gt 0 ]; do case $1 in -*) shift;; *) break;; esac; done
 host=$1; shift
 exec nsenter --net=/run/netns/$host unshare --uts --mount --propagation private sh -c '
-hostname "$1"; mount --bind "$2/$1/tmp" /tmp; mount --bind "$2/$1/shm" /dev/shm; mount --bind "$2/hosts" /etc/hosts
-shift 2; exec sh -c "$*"' sh "$host" "{state}" "$@"
+hostname "$1"
+for p in $3; do mkdir -p "$2/$1/keep$p"; mount --bind "$p" "$2/$1/keep$p"; done
+mount --bind "$2/$1/tmp" /tmp; mount --bind "$2/$1/shm" /dev/shm; mount --bind "$2/hosts" /etc/hosts
+for p in $3; do mkdir -p "$p"; mount --bind "$2/$1/keep$p" "$p"; done
+shift 3; exec sh -c "$*"' sh "$host" "{state}" "{keep}" "$@"
 """
+
+
+def kept_under_tmp() -> list[str]:
+    """Folders under /tmp that the nodes must still see behind their own /tmp: the checkout, the
+    interpreter's environment and the data (a CI clone or a scratch checkout may live in /tmp)."""
+    wanted = [Path(__file__).resolve().parents[2], Path(sys.prefix).resolve(), Path.cwd().resolve()]
+    if os.environ.get("PNN_MPI_DATA"):
+        wanted.append(Path(os.environ["PNN_MPI_DATA"]).resolve())
+    under = {str(p) for p in wanted if p.is_dir() and str(p).startswith("/tmp/") and not any(c.isspace() for c in str(p))}
+    return sorted(under)
 
 
 def why_not() -> str | None:
@@ -75,7 +89,7 @@ def up() -> Path:
             (STATE / node / sub).chmod(0o1777)
     (STATE / "hosts").write_text("127.0.0.1 localhost\n" + f"{NET}.1 simhead\n" + "".join(f"{NET}.1{i} {n}\n" for i, n in enumerate(NODES, 1)))
     agent = STATE / "agent"
-    agent.write_text(_AGENT.replace("{state}", str(STATE)))
+    agent.write_text(_AGENT.replace("{state}", str(STATE)).replace("{keep}", " ".join(kept_under_tmp())))
     agent.chmod(0o755)
     return STATE
 
