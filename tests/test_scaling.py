@@ -119,11 +119,56 @@ def test_simgrid_and_the_analytic_model_agree(plat_name, sync, ranks):
     assert model.predict(run, plat, cal).total == pytest.approx(simulated, rel=0.05)
 
 
+def test_each_platform_names_the_rate_its_ranks_compute_at():
+    cal = toy_calibration()
+    thisvm, twonodes, cluster = (platforms.built_in(n, cal) for n in ("thisvm", "twonodes", "cluster-25g"))
+    assert [thisvm.rate(p) for p in (1, 2, 3)] == ["one", "all", "over"]
+    assert [twonodes.rate(p) for p in (1, 2, 4)] == ["one", "all", "over"]
+    assert [cluster.rate(p) for p in (1, 16, 1024)] == ["all", "all", "all"]
+
+
+def test_two_ranks_to_a_core_compute_at_the_rate_measured_so():
+    """With an "over" cost the oversubscribed run takes it (shared by two), without it the loaded rate (shared by two)."""
+    slow, fast = StepCost(3e-3, 0.0), StepCost(1e-3, 0.0)
+    run = Run((4, 3, 2), 64, 4, "end", 1, 8)  # 2 steps a rank
+    without = Calibration("toy", 2, {"4-3-2": {"one": fast, "all": fast}}, {"shm": SHM, "tcp": TCP})
+    with_over = Calibration("toy", 2, {"4-3-2": {"one": fast, "all": fast, "over": slow}}, {"shm": SHM, "tcp": TCP})
+    plat = platforms.built_in("twonodes", without)
+    assert model.predict(run, plat, without).compute == pytest.approx(2 * 2 * 1e-3)
+    assert model.predict(run, plat, with_over).compute == pytest.approx(2 * 2 * 3e-3)
+
+
+def _with_in_loop(cal: Calibration, key: str, label: str, seconds: float) -> Calibration:
+    return Calibration(cal.machine, cal.cores, cal.compute, cal.links, cal.measured, {key: {label: seconds}})
+
+
+@pytest.mark.parametrize("engine", ["analytic", pytest.param("simgrid", marks=needs_simgrid)])
+def test_an_allreduce_measured_between_steps_adds_its_excess_to_every_sync(engine):
+    cal = toy_calibration()
+    plat = platforms.built_in("twonodes", cal)
+    run = Run((4, 3, 2), 64, 2, "grad", 1, 8)  # 4 gradient Allreduces
+    price = model.allreduce(plat, 2, run.parameters * 4).total
+    measured = _with_in_loop(cal, "twonodes:2", "4-3-2", price + 2e-3)
+
+    def seconds(c: Calibration) -> float:
+        if engine == "analytic":
+            return model.predict(run, plat, c).total
+        with simulate.Simulator(plat, c) as sim:
+            return sim.predict(run)
+
+    assert model.in_loop_excess(run, plat, measured) == pytest.approx(2e-3)
+    assert seconds(measured) - seconds(cal) == pytest.approx(4 * 2e-3, rel=0.01)
+    assert model.in_loop_excess(run.with_ranks(4), plat, measured) == 0.0  # measured at 2 ranks only
+    assert model.in_loop_excess(run, platforms.built_in("thisvm", cal), measured) == 0.0  # and on the other platform
+    cheaper = _with_in_loop(cal, "twonodes:2", "4-3-2", price / 2)
+    assert model.in_loop_excess(run, plat, cheaper) == 0.0  # never a discount on the Allreduce's price
+
+
 def test_traces_are_complete_for_every_rank(tmp_path):
     run = Run((784, 128, 10), 1000, 3, "steps:5", 2)
     cal = Calibration("toy", 2, {"784-128-10": {"one": StepCost(1e-5, 1e-6), "all": StepCost(1e-5, 1e-6)}}, {"shm": SHM})
     for i, phase in enumerate(phases(run)):
-        listing = traces.write(tmp_path / str(i), phase, 3, cal.step_cost(run.sizes, True))
+        listing = traces.write(tmp_path / str(i), phase, 3, cal.step_cost(run.sizes, "all"))
         files = listing.read_text().split()
         assert len(files) == 3
         bodies = [Path(f).read_text().splitlines() for f in files]
@@ -235,6 +280,13 @@ def test_validation_figures_come_from_the_runs_the_command_made(tmp_path):
         assert Path(run, "command.txt").read_text().split()[-1] == str(Path(run) / "run")
     csv = (out / "scaling.csv").read_text()
     assert all(f"{r['train_seconds']:.6g}" in csv for r in rows)
+    # The validation's calibration measured what only this machine's runs meet, and the 2-rank row used it.
+    (folder,) = (out / "validation-runs").glob("round1-*-epoch-calibration")
+    cal = Calibration.load(folder / "calibration.json")
+    assert set(cal.in_loop) == {"thisvm:2"} and cal.in_loop["thisvm:2"]["784-128-10"] > 0
+    assert all("over" in per_rate for per_rate in cal.compute.values())
+    two = next(r for r in rows if r["ranks"] == 2 and r["sync"] == "grad")
+    assert "in_loop_excess_seconds" in two
 
 
 def test_a_timeline_is_a_source_of_the_simulated_compute(tmp_path):

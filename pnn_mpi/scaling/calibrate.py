@@ -14,6 +14,11 @@ launcher and written as JSON by rank 0:
              the larger model's parameters, timed back to back after a barrier,
              median and least per size; run with two ranks on one host
              (shared memory) or on two namespace nodes (TCP).
+``in-loop``  the real training loop under ``--sync grad``: the seconds of one
+             gradient Allreduce between real steps (the clock's communication
+             over its syncs, averaged over the ranks: a rank that computed less
+             waits longer in it), per model; run at each place the validation
+             launches more than one rank.
 
 ``fit_link`` turns Allreduce timings into a link's latency and bandwidth by
 least squares on the structure of the algorithm that will replay them
@@ -68,6 +73,23 @@ def measure_compute(world, models, samples: int, repeats: int) -> dict:
     }
 
 
+def measure_in_loop(world, models, samples: int, repeats: int) -> dict[str, list[float]]:
+    """Seconds per gradient Allreduce inside the real training loop (``--sync grad``, batch 32), per model and repeat."""
+    from ..config import TrainConfig
+    from ..rank_data import load_rank_data
+    from ..train import train
+
+    seen: dict[str, list[float]] = {m: [] for m in models}
+    for label in models:
+        sizes = _sizes(label)
+        cfg = TrainConfig(hidden=sizes[1:-1], train_size=samples * world.size, test_size=100, epochs=1, sync="grad", eval_every=0, batch_size=32)
+        data = load_rank_data(cfg, world)
+        for _ in range(repeats):
+            clock = train(cfg, world, data, log=lambda *_: None).clocks[world.rank]
+            seen[label].append(clock.comm / max(clock.syncs, 1))
+    return seen
+
+
 def step_cost(per_batch: dict[str, float]) -> StepCost:
     """The line through the seconds per step at the two measured batch sizes."""
     (b1, t1), (b2, t2) = sorted((int(b), t) for b, t in per_batch.items())[:2]
@@ -118,7 +140,7 @@ def fit_link(timings: dict[str, float], coefficients) -> Link:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pnn_mpi.scaling.calibrate", description="One calibration measurement (run under a launcher).")
-    p.add_argument("what", choices=("compute", "allreduce"))
+    p.add_argument("what", choices=("compute", "allreduce", "in-loop"))
     p.add_argument("--out", required=True, help="JSON file rank 0 writes")
     p.add_argument("--models", nargs="+", default=list(SIZES))
     p.add_argument("--samples", type=int, default=6144, help="training samples per rank (compute)")
@@ -134,6 +156,16 @@ def main(argv: list[str] | None = None) -> int:
         # The slowest rank sets the pace of a synchronous run.
         slowest = {stat: {m: {b: max(g[stat][m][b] for g in gathered) for b in mine[stat][m]} for m in mine[stat]} for stat in mine}
         record = {"ranks": world.size, "seconds_per_step": slowest["median"], "seconds_per_step_min": slowest["min"]}
+    elif args.what == "in-loop":
+        per_rank = world.allgather(measure_in_loop(world, args.models, args.samples, args.repeats))
+        # Ranks leave each Allreduce together, so one that computed faster waits longer in it: the
+        # mean over ranks is what the Allreduce adds to a step the model prices at the mean compute.
+        mean = {m: [statistics.fmean(g[m][i] for g in per_rank) for i in range(args.repeats)] for m in args.models}
+        record = {
+            "ranks": world.size,
+            "seconds": {m: statistics.median(v) for m, v in mean.items()},
+            "seconds_min": {m: min(v) for m, v in mean.items()},
+        }
     else:
         from mpi4py import MPI
 

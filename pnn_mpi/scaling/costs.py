@@ -3,9 +3,15 @@
 A training step costs ``per_step + per_sample * b`` seconds for a batch of b
 samples; that line is measured for each model, once with one busy core and
 once with every core of the machine busy (cores share caches and memory
-bandwidth, so a rank is slower when its neighbours work). A link between two
-ranks is a latency and a bandwidth (Hockney's alpha and 1/beta), fitted to
-timed Allreduces over shared memory and over TCP. ``calibrate.py`` measures
+bandwidth, so a rank is slower when its neighbours work), and for the
+validation also with two ranks to a core (their caches are lost at every
+switch, so a shared core does less than half its work for each). A link
+between two ranks is a latency and a bandwidth (Hockney's alpha and 1/beta),
+fitted to timed Allreduces over shared memory and over TCP. An Allreduce
+between training steps costs more than one timed back to back (ranks arrive
+apart, the network stack competes with the steps for the cores): for the
+validation that is measured in a short real run at each place it validates,
+``in_loop``. ``calibrate.py`` measures
 these; everything downstream reads only this record, so predictions can be
 redone from a saved ``calibration.json`` without measuring again.
 """
@@ -39,17 +45,22 @@ class Link:
 class Calibration:
     machine: str
     cores: int
-    compute: dict[str, dict[str, StepCost]]  # model label -> {"one": one busy core, "all": all cores busy}
+    # model label -> {"one": one busy core, "all": all cores busy, "over" (optional): two ranks to
+    # every core, per rank and per core share (the simulator shares the core between them)}
+    compute: dict[str, dict[str, StepCost]]
     links: dict[str, Link]  # "shm", and "tcp" when it could be measured
     measured: dict = field(default_factory=dict)  # the raw timings the fit came from
+    # "PLATFORM:RANKS" -> {model label: seconds of one parameter-sized Allreduce between the
+    # steps of a real run there}; only this machine's validation places have one
+    in_loop: dict[str, dict[str, float]] = field(default_factory=dict)
 
-    def step_cost(self, sizes: tuple[int, ...], loaded: bool) -> StepCost:
-        """The step cost of this model with the other cores busy (``loaded``) or idle: measured,
-        or scaled from the nearest measured model by parameter count."""
-        which = "all" if loaded else "one"
+    def step_cost(self, sizes: tuple[int, ...], rate: str) -> StepCost:
+        """The step cost of this model at ``rate`` ("one", "all" or "over"; "over" falls back to
+        "all" when it was not measured): measured, or scaled from the nearest measured model by
+        parameter count."""
         label = "-".join(map(str, sizes))
         if label in self.compute:
-            return self.compute[label][which]
+            return self._rate(self.compute[label], rate)
         if not self.compute:
             raise UserError("the calibration holds no compute measurement")
         want = parameter_count(sizes)
@@ -58,8 +69,16 @@ class Calibration:
             return parameter_count(tuple(int(v) for v in lbl.split("-")))
 
         nearest = min(self.compute, key=lambda lbl: abs(params(lbl) - want))
-        cost = self.compute[nearest][which]
+        cost = self._rate(self.compute[nearest], rate)
         return StepCost(cost.per_step, cost.per_sample * want / params(nearest))
+
+    @staticmethod
+    def _rate(costs: dict[str, StepCost], rate: str) -> StepCost:
+        return costs.get(rate) or costs["all"]
+
+    def sync_in_loop(self, platform: str, ranks: int, sizes: tuple[int, ...]) -> float | None:
+        """Seconds of the parameter Allreduce between real steps at ``ranks`` on ``platform``, if measured."""
+        return self.in_loop.get(f"{platform}:{ranks}", {}).get("-".join(map(str, sizes)))
 
     def link(self, name: str) -> Link:
         if name not in self.links:
@@ -77,6 +96,7 @@ class Calibration:
             compute={m: {k: StepCost(**v) for k, v in c.items()} for m, c in record["compute"].items()},
             links={k: Link(**v) for k, v in record["links"].items()},
             measured=record.get("measured", {}),
+            in_loop={k: {m: float(t) for m, t in v.items()} for k, v in record.get("in_loop", {}).items()},
         )
 
     @classmethod

@@ -56,5 +56,5 @@ def apply(cal: Calibration, path: Path) -> tuple[Calibration, str]:
         cost = StepCost(0.0, per_step / batch)
     compute = {**cal.compute, label: {**known, which: cost, **({} if known else {"one": cost, "all": cost})}}
     note = f"compute of {label} from the timeline {path} ({ranks} rank{'s' * (ranks > 1)}): {per_step * 1e3:.3f} ms per step of {batch}"
-    updated = Calibration(cal.machine, cal.cores, compute, cal.links, {**cal.measured, "from_timeline": note})
+    updated = Calibration(cal.machine, cal.cores, compute, cal.links, {**cal.measured, "from_timeline": note}, cal.in_loop)
     return updated, note

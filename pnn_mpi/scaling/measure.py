@@ -2,7 +2,9 @@
 
 Compute with one rank and with one rank per core; the Allreduce with two ranks
 over shared memory and, when two namespace nodes can be made (root), over TCP
-between them. Links are fitted on the structure of the algorithm that will
+between them. For the validation (``for_validation``), also what only this
+machine's own runs meet: compute with two ranks to a core, and the gradient
+Allreduce between real steps at each place the validation launches. Links are fitted on the structure of the algorithm that will
 replay them: SimGrid's own when it is installed (by replaying the measured
 sizes on trial links), the analytic model's otherwise.
 """
@@ -19,6 +21,7 @@ from . import calibrate, model, simulate, twonodes
 from .costs import Calibration, Link
 from .launches import job, scratch
 from .platforms import from_xml
+from .validate import PLACES
 
 
 def _trial_platform(link: Link, same_host: bool):
@@ -87,7 +90,23 @@ def fit(timings: dict[str, float], same_host: bool, use_simgrid: bool, work: Pat
     return link
 
 
-def run(out: Path, quick: bool = False, tcp: bool = True, log=print, models=calibrate.SIZES, estimator: str = "median") -> Calibration:
+def _in_loop(where: str, ranks: int, models, samples: int, repeats: int, work: Path, log) -> dict:
+    log(f"calibration: gradient Allreduce between real steps, {ranks} ranks {'on the cores' if where == 'local' else 'on the namespace nodes'}")
+    name = f"in-loop-{where}-{ranks}"
+    if where == "twonodes":
+        twonodes.up()
+    try:
+        args = ["-m", "pnn_mpi.scaling.calibrate", "in-loop", "--out", str(work / f"{name}.json"), "--samples", str(samples), "--repeats", str(repeats)]
+        job(where, ranks, [*args, "--models", *models], work / name)
+    finally:
+        if where == "twonodes":
+            twonodes.down()
+    return json.loads((work / f"{name}.json").read_text())
+
+
+def run(
+    out: Path, quick: bool = False, tcp: bool = True, log=print, models=calibrate.SIZES, estimator: str = "median", for_validation: bool = False
+) -> Calibration:
     """Measure this machine (the step cost of ``models``, the links) and write ``out/calibration.json``.
 
     ``estimator`` picks from the repeats: "median" (what a run at the same time
@@ -102,7 +121,7 @@ def run(out: Path, quick: bool = False, tcp: bool = True, log=print, models=cali
     counts = calibrate.COUNTS if not quick else (2, 2048, 16384, 101770)
     measured: dict = {"compute": {}, "allreduce": {}, "load_average_before": os.getloadavg()[0]}
     try:
-        for ranks in sorted({1, cores}):
+        for ranks in sorted({1, cores} | ({2 * cores} if for_validation else set())):
             log(f"calibration: compute, {ranks} rank{'s' * (ranks > 1)}, {samples} samples per rank, {repeats} repeat(s)")
             job(
                 "local",
@@ -159,6 +178,13 @@ def run(out: Path, quick: bool = False, tcp: bool = True, log=print, models=cali
                 if where == "twonodes":
                     twonodes.down()
             measured["allreduce"][name] = record
+        in_loop: dict[str, dict[str, float]] = {}
+        if for_validation:
+            for plat_name, where, ranks in PLACES:
+                if ranks > 1 and (where == "local" or "tcp" in measured["allreduce"]):
+                    record = _in_loop(where, ranks, models, samples, repeats, work, log)
+                    measured.setdefault("in_loop", {})[f"{plat_name}:{ranks}"] = record
+                    in_loop[f"{plat_name}:{ranks}"] = record["seconds" + suffix]
         use_simgrid = simulate.available()
         links = {name: fit(rec["seconds" + suffix], name == "shm", use_simgrid, work) for name, rec in measured["allreduce"].items()}
         measured["estimator"] = estimator
@@ -168,8 +194,16 @@ def run(out: Path, quick: bool = False, tcp: bool = True, log=print, models=cali
             m: {"one": calibrate.step_cost(measured["compute"]["1"][m]), "all": calibrate.step_cost(measured["compute"][str(cores)][m])}
             for m in measured["compute"]["1"]
         }
+        if str(2 * cores) in measured["compute"]:  # a rank's wall seconds while it shares its core with one other
+            for m, per_batch in measured["compute"][str(2 * cores)].items():
+                compute[m]["over"] = calibrate.step_cost({b: t / 2 for b, t in per_batch.items()})
         cal = Calibration(
-            machine=f"{host_platform.node()} ({cores} cores, {host_platform.machine()}, shared)", cores=cores, compute=compute, links=links, measured=measured
+            machine=f"{host_platform.node()} ({cores} cores, {host_platform.machine()}, shared)",
+            cores=cores,
+            compute=compute,
+            links=links,
+            measured=measured,
+            in_loop=in_loop,
         )
         (out / "calibration.json").write_text(cal.to_json())
         return cal

@@ -10,7 +10,10 @@ and the ranks of a host share its link, all flows between hosts the backbone.
 The run is bulk-synchronous (every collective waits for the slowest rank), so a
 phase costs the sum over its events of the slowest rank's compute and each
 collective's price. Costs are split into compute, latency and bandwidth, which
-is how the report tells what bounds a schedule.
+is how the report tells what bounds a schedule. On this machine's validation
+platforms a parameter Allreduce between real steps costs more than its price
+back to back (measured: ``Calibration.in_loop``); that excess is ``in_loop``,
+added to every such Allreduce by this model and by the simulator alike.
 """
 
 from __future__ import annotations
@@ -30,15 +33,17 @@ class Breakdown:
     compute: float = 0.0
     latency: float = 0.0
     bandwidth: float = 0.0
+    in_loop: float = 0.0  # Allreduces between steps beyond their price back to back (validation platforms)
 
     @property
     def total(self) -> float:
-        return self.compute + self.latency + self.bandwidth
+        return self.compute + self.latency + self.bandwidth + self.in_loop
 
     def add(self, other: Breakdown, times: int = 1) -> None:
         self.compute += other.compute * times
         self.latency += other.latency * times
         self.bandwidth += other.bandwidth * times
+        self.in_loop += other.in_loop * times
 
 
 def _step(plat: Platform, hosts: list[int], pairs: list[tuple[int, int]], nbytes: float) -> tuple[float, float]:
@@ -91,7 +96,8 @@ def barrier(plat: Platform, ranks: int) -> Breakdown:
     return Breakdown(latency=_recursive(plat, ranks, [0.0], 0).latency)
 
 
-def phase_cost(plat: Platform, ranks: int, phase: Phase, step: StepCost) -> Breakdown:
+def phase_cost(plat: Platform, ranks: int, phase: Phase, step: StepCost, excess: float = 0.0) -> Breakdown:
+    """One phase's price; ``excess`` is what every parameter Allreduce costs here beyond its price (``in_loop_excess``)."""
     scale = REFERENCE_SPEED / plat.speed * oversubscription(plat, ranks)
     cost = Breakdown()
     for e in phase.events:
@@ -99,6 +105,7 @@ def phase_cost(plat: Platform, ranks: int, phase: Phase, step: StepCost) -> Brea
             cost.compute += float(step.seconds(e.steps, e.samples).max() + e.empty_steps * step.per_step) * scale
         elif isinstance(e, Allreduce):
             cost.add(barrier(plat, ranks) if e.purpose == "check" else allreduce(plat, ranks, e.nbytes))
+            cost.in_loop += excess if e.purpose != "check" else 0.0
         elif isinstance(e, Barrier):
             cost.add(barrier(plat, ranks))
     return cost
@@ -109,10 +116,21 @@ def oversubscription(plat: Platform, ranks: int) -> float:
     return max(1.0, ranks / plat.slots)
 
 
+def in_loop_excess(run: Run, plat: Platform, cal: Calibration) -> float:
+    """Seconds a parameter Allreduce of ``run`` costs between real steps on ``plat`` beyond its
+    price here: measured on this machine's validation places (0 elsewhere, and where the
+    measurement came out cheaper)."""
+    seen = cal.sync_in_loop(plat.name, run.ranks, run.sizes)
+    if seen is None or run.ranks == 1:
+        return 0.0
+    return max(seen - allreduce(plat, run.ranks, run.parameters * run.itemsize).total, 0.0)
+
+
 def predict(run: Run, plat: Platform, cal: Calibration) -> Breakdown:
-    """Train seconds of ``run`` on ``plat``, split into compute, latency and bandwidth."""
-    step = cal.step_cost(run.sizes, plat.loaded(run.ranks))
+    """Train seconds of ``run`` on ``plat``, split into compute, latency, bandwidth and the in-loop excess."""
+    step = cal.step_cost(run.sizes, plat.rate(run.ranks))
+    excess = in_loop_excess(run, plat, cal)
     total = Breakdown()
     for phase in phases(run):
-        total.add(phase_cost(plat, run.ranks, phase, step), phase.repeat)
+        total.add(phase_cost(plat, run.ranks, phase, step, excess), phase.repeat)
     return total

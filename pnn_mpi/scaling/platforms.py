@@ -72,11 +72,14 @@ class Platform:
     backbone_bandwidth: float  # shared by every flow between hosts
     idle_neighbours: bool = False  # this very machine: one rank alone runs at the idle-core rate
 
-    def loaded(self, ranks: int) -> bool:
-        """Whether a rank computes at the loaded-core rate. On the predicted platforms always:
-        their speed-ups then show what communication and slicing cost, not how much faster a
-        core runs when its neighbours idle (which 2 cores cannot tell for 16)."""
-        return not (self.idle_neighbours and ranks == 1)
+    def rate(self, ranks: int) -> str:
+        """Which measured step cost a rank runs at: "one" (this very machine, a rank alone), "over"
+        (more ranks than cores: two share a core), else "all". On the predicted platforms always
+        "all" up to their size: their speed-ups then show what communication and slicing cost,
+        not how much faster a core runs when its neighbours idle (which 2 cores cannot tell for 16)."""
+        if ranks > self.slots:
+            return "over"
+        return "one" if self.idle_neighbours and ranks == 1 else "all"
 
     @property
     def slots(self) -> int:

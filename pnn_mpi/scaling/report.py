@@ -169,7 +169,19 @@ def markdown(rows: list[dict], validation: list[dict], cal, engine_note: str, pl
         over = [v for v in validation if v["ranks"] > cal.cores or (v["platform"] == "twonodes" and v["ranks"] > 2)]
         if over:
             lines.append("")
-            lines.append(f"P = 4 on the two namespace nodes puts two ranks on each of this machine's {cal.cores} cores (oversubscribed).")
+            lines.append(
+                f"P = 4 on the two namespace nodes puts two ranks on each of this machine's {cal.cores} cores (oversubscribed); "
+                "those ranks compute at the rate measured with two ranks to a core."
+            )
+        excess = [v for v in validation if v.get("in_loop_excess_seconds")]
+        if excess:
+            lines.append("")
+            lines.append(
+                "Each parameter Allreduce of these runs is priced with what one cost between real steps, measured at the same place "
+                "just before, beyond its price back to back: "
+                + "; ".join(f"{v['model']} on {v['platform']} at P = {v['ranks']}: {v['in_loop_excess_seconds'] * 1e6:.0f} µs" for v in excess)
+                + "."
+            )
     best = bound(rows)
     platforms = list(dict.fromkeys(r["platform"] for r in rows))
     models = list(dict.fromkeys(r["model"] for r in rows))

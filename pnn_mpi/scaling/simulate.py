@@ -23,7 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..errors import UserError
-from . import traces
+from . import model, traces
 from .costs import Calibration
 from .platforms import Platform
 from .program import Phase, Run, phases
@@ -107,11 +107,12 @@ class Simulator:
         self.replays = 0
 
     def phase_seconds(self, ranks: int, phase: Phase, run: Run) -> float:
-        step = self.cal.step_cost(run.sizes, self.plat.loaded(ranks))
-        key = (ranks, step, phase.key())
+        step = self.cal.step_cost(run.sizes, self.plat.rate(ranks))
+        excess = model.in_loop_excess(run.with_ranks(ranks), self.plat, self.cal)
+        key = (ranks, step, excess, phase.key())
         if key not in self._seen:
             folder = self.work / f"replay-{self.replays}"
-            listing = traces.write(folder, phase, ranks, step)
+            listing = traces.write(folder, phase, ranks, step, excess)
             self._seen[key] = replay(self.plat, ranks, listing, self.work)
             self.replays += 1
             shutil.rmtree(folder, ignore_errors=True)

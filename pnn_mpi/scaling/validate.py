@@ -112,6 +112,7 @@ def validate(calibrate_round, rounds: int, quick: bool, work: Path, log=print, t
                 plat = built_in(plat_name, cal)
                 run = case.run(ranks)
                 got["analytic_seconds"] = model.predict(run, plat, cal).total
+                got["in_loop_excess_seconds"] = model.in_loop_excess(run, plat, cal)
                 if simulate.available():
                     with simulate.Simulator(plat, cal) as sim:
                         got["simulated_seconds"] = sim.predict(run)
@@ -128,7 +129,7 @@ def validate(calibrate_round, rounds: int, quick: bool, work: Path, log=print, t
             "rounds": len(runs),
             "runs": [g["run"] for g in runs],
         }
-        for field in ("train_seconds", "compute_seconds", "communication_seconds", "analytic_seconds", "simulated_seconds"):
+        for field in ("train_seconds", "compute_seconds", "communication_seconds", "analytic_seconds", "simulated_seconds", "in_loop_excess_seconds"):
             values = [g[field] for g in runs if field in g]
             if values:
                 row[field] = statistics.median(values)
