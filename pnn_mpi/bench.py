@@ -10,7 +10,10 @@ in-place Allreduce of the same buffer (what each adds to a loop of SGD-like
 updates, and back to back: see ``_sync_seconds``). A mini-batch size also gets
 a "whole run" row: whole epochs through the trainer's own loop (shuffling,
 batching, loss bookkeeping, stop checks, the per-epoch sync; no scoring)
-against the bare step, measured in the same interleaved windows. All ranks measure at once,
+against the bare step, measured in the same interleaved windows; and a "step
+overhead" row: the step against the least any numpy step must do besides its
+products (gather the batch from the slice, then update every parameter in
+numpy's two passes), which bounds the step-to-products ratio from above. All ranks measure at once,
 so per-rank figures include the sharing of cores that a real run has. Each
 rank's memory is broken down so that RSS can be checked against its parts.
 """
@@ -185,6 +188,28 @@ def _matmul_run(sizes: tuple[int, ...], batch: int, dtype) -> Callable[[], int]:
             np.dot(acts[layer].T, acts[layer + 1], out=grads[layer])
             if layer:
                 np.dot(acts[layer + 1], weights[layer].T, out=outs[layer])
+        return batch
+
+    return run
+
+
+def _floor_run(sizes: tuple[int, ...], batch: int, x: np.ndarray, momentum: float) -> Callable[[], int]:
+    """The bare matrix products plus what no numpy step can skip: gathering the batch's rows from
+    the slice, and the SGD update of every parameter (two passes, four with momentum)."""
+    products = _matmul_run(sizes, batch, x.dtype)
+    n = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+    params, grads = np.zeros(n, x.dtype), np.zeros(n, x.dtype)
+    opt = SGD(params, momentum)
+    rows = np.empty((batch, x.shape[1]), x.dtype)
+    order = np.random.default_rng(0).permutation(len(x))
+    steps = len(x) // batch
+    at = [0]
+
+    def run() -> int:
+        s = at[0] = (at[0] + 1) % steps
+        x.take(order[s * batch : (s + 1) * batch], 0, rows, "clip")
+        products()
+        opt.step(params, grads, 1.0)  # zeros: the same passes over memory, and no denormals
         return batch
 
     return run
@@ -368,6 +393,7 @@ def _measure_batch(args: argparse.Namespace, data: RankData, sizes: tuple[int, .
         runs["reference"], what = _matmul_run(sizes, batch, np.dtype(args.dtype)), "bare matrix products"
     if batch > 1:
         runs["whole run"] = _epoch_run(cfg, world, data)
+        runs["floor"] = _floor_run(sizes, batch, x, args.momentum)
     if batch == 1:
         for backend in ("numpy", "numba") if numba_available() else ("numpy",):
             if backend == "numba":
@@ -386,6 +412,8 @@ def _measure_batch(args: argparse.Namespace, data: RankData, sizes: tuple[int, .
     for backend in ("numpy", "numba"):
         if backend in rates:
             table.add(f"batch-1 kernel, {backend}", rates[backend], rates["reference"], what)
+    if "floor" in rates:
+        table.add(f"step overhead, batch {batch}", rates["step"], rates["floor"], "bare products + batch gather + SGD update")
     if "whole run" in rates:
         table.add(f"whole run, batch {batch}", rates["whole run"], rates["step"], "train step alone (epochs: shuffle, steps, loss, sync)")
 

@@ -33,6 +33,7 @@ def test_one_rank_prints_every_row_and_writes_json(tmp_path):
         "train step, batch 1",
         *kernel_rows(),
         "train step, batch 32",
+        "step overhead, batch 32",
         "whole run, batch 32",
         "parameter sync (12,730 float32)",
         "parameter sync, back to back",
@@ -40,6 +41,7 @@ def test_one_rank_prints_every_row_and_writes_json(tmp_path):
     for what in expected:
         assert what in text, f"no row {what!r} in:\n{text}"
     assert "per-sample numpy loop" in text and "bare matrix products" in text and "bare in-place Allreduce, in a training loop" in text
+    assert "bare products + batch gather + SGD update" in text
     assert "baseline" in text and "parameter copies" in text
     record = json.loads(out.read_text())
     assert record["ranks"] == 1 and record["network"] == [784, 16, 10]
@@ -61,7 +63,7 @@ def test_in_process_without_mpi(capsys):
     float64 and a two-layer network work too."""
     assert bench.main([*QUICK[:4], "--hidden", "8", "4", "--batch-sizes", "1", "5", "--dtype", "float64"], world=SerialWorld()) == 0
     out = capsys.readouterr().out
-    for what in ["train step, batch 1", *kernel_rows(), "train step, batch 5", "whole run, batch 5"]:
+    for what in ["train step, batch 1", *kernel_rows(), "train step, batch 5", "step overhead, batch 5", "whole run, batch 5"]:
         assert what in out
     assert "parameter sync" not in out and "no MPI communicator" in out
     assert "bare matrix products" in out and "per-sample numpy loop" not in out  # two hidden layers: no naive loop

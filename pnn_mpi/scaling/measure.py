@@ -117,7 +117,7 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     work = scratch("pnn-scaling-cal-")
     cores = os.cpu_count() or 1
-    samples, repeats = (2048, 1) if quick else (6144, 3)
+    samples, repeats = (2048, 1) if quick else (16384, 3)
     counts = calibrate.COUNTS if not quick else (2, 2048, 16384, 101770)
     measured: dict = {"compute": {}, "allreduce": {}, "load_average_before": os.getloadavg()[0]}
     try:
