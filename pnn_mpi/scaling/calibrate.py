@@ -47,12 +47,14 @@ def _sizes(label: str) -> tuple[int, ...]:
     return tuple(int(v) for v in label.split("-"))
 
 
-def measure_compute(world, models, samples: int, repeats: int) -> dict:
+def measure_compute(world, models, samples: int, repeats: int, sync: str = "end") -> dict:
     """Seconds per step of the real training loop on this rank, per model and batch size (median and least of repeats).
 
     Each repeat trains two epochs and times the second: the first also pays for
     what a run pays once (a fresh network's buffers faulted in, caches filled),
-    which in a short run would pass for a per-step cost.
+    which in a short run would pass for a per-step cost. ``sync`` is the
+    schedule trained under (its Allreduces are not compute: the clock keeps
+    them apart); a gradient step does a little more than a local one.
     """
     from ..config import TrainConfig
     from ..rank_data import load_rank_data
@@ -62,7 +64,7 @@ def measure_compute(world, models, samples: int, repeats: int) -> dict:
     loaded = {}
     for label in models:
         sizes = _sizes(label)
-        base = TrainConfig(hidden=sizes[1:-1], train_size=samples * world.size, test_size=100, epochs=2, sync="end", eval_every=0)
+        base = TrainConfig(hidden=sizes[1:-1], train_size=samples * world.size, test_size=100, epochs=2, sync=sync, eval_every=0)
         loaded[label] = (base, load_rank_data(base, world))
     for _ in range(repeats):
         for label in models:
@@ -70,8 +72,10 @@ def measure_compute(world, models, samples: int, repeats: int) -> dict:
             for b in BATCHES:
                 cfg = TrainConfig(**{**base.as_dict(), "hidden": base.hidden, "batch_size": b})
                 result = train(cfg, world, data, log=lambda *_: None)
+                clock = result.clocks[world.rank]
                 first, second = result.epochs[0].train_seconds, result.epochs[1].train_seconds
-                timings[label][str(b)].append((second - first) / result.steps_per_epoch)
+                comm = clock.comm / 2  # the second epoch's share of the schedule's Allreduces
+                timings[label][str(b)].append((second - first - comm) / result.steps_per_epoch)
     return {
         "median": {m: {b: statistics.median(v) for b, v in per.items()} for m, per in timings.items()},
         "min": {m: {b: min(v) for b, v in per.items()} for m, per in timings.items()},
@@ -151,12 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=16384, help="training samples per rank")
     p.add_argument("--counts", nargs="+", type=int, default=list(COUNTS))
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--sync", default="end", help="the schedule the compute is measured under")
     args = p.parse_args(argv)
     from ..comm import World
 
     world = World()
     if args.what == "compute":
-        mine = measure_compute(world, args.models, args.samples, args.repeats)
+        mine = measure_compute(world, args.models, args.samples, args.repeats, args.sync)
         gathered = world.allgather(mine)
         # The slowest rank sets the pace of a synchronous run.
         slowest = {stat: {m: {b: max(g[stat][m][b] for g in gathered) for b in mine[stat][m]} for m in mine[stat]} for stat in mine}

@@ -64,16 +64,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"scaling: {engine}", flush=True)
 
-    def calibrate(models=measure.calibrate.SIZES, folder: Path = out, estimator: str = "min", for_validation: bool = False) -> Calibration:
+    def calibrate(models=measure.calibrate.SIZES, folder: Path = out, estimator: str = "min", for_validation: bool = False, sync: str = "end") -> Calibration:
         return measure.run(
-            folder, quick=args.quick, tcp=not args.no_tcp, log=lambda s: print(s, flush=True), models=models, estimator=estimator, for_validation=for_validation
+            folder,
+            quick=args.quick,
+            tcp=not args.no_tcp,
+            log=lambda s: print(s, flush=True),
+            models=models,
+            estimator=estimator,
+            for_validation=for_validation,
+            sync=sync,
         )
 
     cal = Calibration.load(Path(args.calibration)) if args.calibration else None
     validation: list[dict] = []
     if args.validate:
         validation = validate.validate(
-            lambda models, folder: cal if cal is not None else calibrate(models, folder, "median", for_validation=True),
+            lambda models, folder, sync: cal if cal is not None else calibrate(models, folder, "median", for_validation=True, sync=sync),
             args.rounds,
             args.quick,
             out / "validation-runs",

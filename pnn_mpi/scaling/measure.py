@@ -105,13 +105,21 @@ def _in_loop(where: str, ranks: int, models, samples: int, repeats: int, work: P
 
 
 def run(
-    out: Path, quick: bool = False, tcp: bool = True, log=print, models=calibrate.SIZES, estimator: str = "median", for_validation: bool = False
+    out: Path,
+    quick: bool = False,
+    tcp: bool = True,
+    log=print,
+    models=calibrate.SIZES,
+    estimator: str = "median",
+    for_validation: bool = False,
+    sync: str = "end",
 ) -> Calibration:
     """Measure this machine (the step cost of ``models``, the links) and write ``out/calibration.json``.
 
     ``estimator`` picks from the repeats: "median" (what a run at the same time
     meets: the validation) or "min" (the least disturbed repeat: the machine is
-    shared, and the predicted machines' cores are not).
+    shared, and the predicted machines' cores are not). ``sync`` is the schedule
+    the compute is measured under (the validation measures each case under its own).
     """
     suffix = "" if estimator == "median" else "_min"
     out.mkdir(parents=True, exist_ok=True)
@@ -119,10 +127,10 @@ def run(
     cores = os.cpu_count() or 1
     samples, repeats = (2048, 1) if quick else (16384, 3)
     counts = calibrate.COUNTS if not quick else (2, 2048, 16384, 101770)
-    measured: dict = {"compute": {}, "allreduce": {}, "load_average_before": os.getloadavg()[0]}
+    measured: dict = {"compute": {}, "allreduce": {}, "load_average_before": os.getloadavg()[0], "compute_sync": sync}
     try:
         for ranks in sorted({1, cores} | ({2 * cores} if for_validation else set())):
-            log(f"calibration: compute, {ranks} rank{'s' * (ranks > 1)}, {samples} samples per rank, {repeats} repeat(s)")
+            log(f"calibration: compute, {ranks} rank{'s' * (ranks > 1)}, {samples} samples per rank, {repeats} repeat(s), --sync {sync}")
             job(
                 "local",
                 ranks,
@@ -136,6 +144,8 @@ def run(
                     str(samples),
                     "--repeats",
                     str(repeats),
+                    "--sync",
+                    sync,
                     "--models",
                     *models,
                 ],

@@ -156,15 +156,16 @@ def markdown(rows: list[dict], validation: list[dict], cal, engine_note: str, pl
             "",
             "## Validation: predicted against measured train seconds on this machine",
             "",
-            "| model | sync | epochs | platform | P | measured s | simulated s | error | analytic s | error |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| model | sync | epochs | platform | P | measured s | measured range s | simulated s | error | analytic s | error |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for v in validation:
             sim = v.get("simulated_seconds")
             simulated = "| |" if sim is None else f"| {sim:.3f} | {v['error']:+.1%} |"
+            spread = v.get("train_seconds_rounds") or [v["train_seconds"]]
             lines.append(
                 f"| {v['model']} | {v['sync']} | {v['epochs']} | {v['platform']} | {v['ranks']} | {v['train_seconds']:.3f} "
-                f"{simulated} {v['analytic_seconds']:.3f} | {v['analytic_error']:+.1%} |"
+                f"| {min(spread):.2f}–{max(spread):.2f} {simulated} {v['analytic_seconds']:.3f} | {v['analytic_error']:+.1%} |"
             )
         over = [v for v in validation if v["ranks"] > cal.cores or (v["platform"] == "twonodes" and v["ranks"] > 2)]
         if over:

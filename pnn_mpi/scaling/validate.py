@@ -76,7 +76,8 @@ def measured_seconds(where: str, ranks: int, case: Case, folder: Path) -> dict:
 def validate(calibrate_round, rounds: int, quick: bool, work: Path, log=print, tcp: bool = True) -> list[dict]:
     """Rows of the validation table: one per (case, place), medians over ``rounds``.
 
-    ``calibrate_round(models, folder)`` measures the machine afresh for those models and returns a Calibration.
+    ``calibrate_round(models, folder, sync)`` measures the machine afresh for those models (their compute
+    under that schedule) and returns a Calibration.
     Every launch keeps its folder under ``work`` (command, output, metrics.json),
     named in the row's ``runs``, so each figure can be traced to its run.
     """
@@ -93,7 +94,7 @@ def validate(calibrate_round, rounds: int, quick: bool, work: Path, log=print, t
     for r in range(rounds):
         for case in cases:
             label = "-".join(map(str, case.sizes))
-            cal: Calibration = calibrate_round([label], work / f"round{r + 1}-{label}-{case.sync.replace(':', '')}-calibration")
+            cal: Calibration = calibrate_round([label], work / f"round{r + 1}-{label}-{case.sync.replace(':', '')}-calibration", case.sync)
             for plat_name, where, ranks in places:
                 key = (case, plat_name, ranks)
                 log(
@@ -128,6 +129,7 @@ def validate(calibrate_round, rounds: int, quick: bool, work: Path, log=print, t
             "ranks": ranks,
             "rounds": len(runs),
             "runs": [g["run"] for g in runs],
+            "train_seconds_rounds": [g["train_seconds"] for g in runs],  # how much identical launches differ
         }
         for field in ("train_seconds", "compute_seconds", "communication_seconds", "analytic_seconds", "simulated_seconds", "in_loop_excess_seconds"):
             values = [g[field] for g in runs if field in g]
