@@ -41,6 +41,7 @@ from .errors import UserError
 from .evaluate import to_inputs
 from .files import write_atomically
 from .kernels import SampleStepper, numba_available
+from .network import parameter_count
 from .optim import SGD
 from .options import Parser, positive_int
 from .rank_data import RankData
@@ -197,8 +198,8 @@ def _floor_run(sizes: tuple[int, ...], batch: int, x: np.ndarray, momentum: floa
     """The bare matrix products plus what no numpy step can skip: gathering the batch's rows from
     the slice, and the SGD update of every parameter (two passes, four with momentum)."""
     products = _matmul_run(sizes, batch, x.dtype)
-    n = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
-    params, grads = np.zeros(n, x.dtype), np.zeros(n, x.dtype)
+    params = np.zeros(parameter_count(sizes), x.dtype)
+    grads = np.zeros_like(params)
     opt = SGD(params, momentum)
     rows = np.empty((batch, x.shape[1]), x.dtype)
     order = np.random.default_rng(0).permutation(len(x))

@@ -93,14 +93,9 @@ def fit(timings: dict[str, float], same_host: bool, use_simgrid: bool, work: Pat
 def _in_loop(where: str, ranks: int, models, samples: int, repeats: int, work: Path, log) -> dict:
     log(f"calibration: gradient Allreduce between real steps, {ranks} ranks {'on the cores' if where == 'local' else 'on the namespace nodes'}")
     name = f"in-loop-{where}-{ranks}"
-    if where == "twonodes":
-        twonodes.up()
-    try:
+    with twonodes.up_for(where):
         args = ["-m", "pnn_mpi.scaling.calibrate", "in-loop", "--out", str(work / f"{name}.json"), "--samples", str(samples), "--repeats", str(repeats)]
         job(where, ranks, [*args, "--models", *models], work / name)
-    finally:
-        if where == "twonodes":
-            twonodes.down()
     return json.loads((work / f"{name}.json").read_text())
 
 
@@ -161,10 +156,8 @@ def run(
             log(f"calibration: no TCP measurement: {reason}")
         for name, where in places:
             log(f"calibration: Allreduce over {name}, 2 ranks")
-            if where == "twonodes":
-                twonodes.up()
-                before = twonodes.bytes_crossed()
-            try:
+            with twonodes.up_for(where):
+                before = twonodes.bytes_crossed() if where == "twonodes" else 0
                 job(
                     where,
                     2,
@@ -184,9 +177,6 @@ def run(
                 record = json.loads((work / f"allreduce-{name}.json").read_text())
                 if where == "twonodes":
                     record["bytes_crossed"] = twonodes.bytes_crossed() - before
-            finally:
-                if where == "twonodes":
-                    twonodes.down()
             measured["allreduce"][name] = record
         in_loop: dict[str, dict[str, float]] = {}
         if for_validation:

@@ -17,6 +17,8 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import UserError
@@ -101,6 +103,19 @@ def down() -> None:
         _ip("netns", "del", node, check=False)
     _ip("link", "del", BRIDGE, check=False)
     shutil.rmtree(STATE, ignore_errors=True)
+
+
+@contextmanager
+def up_for(where: str) -> Iterator[None]:
+    """The two nodes made for a job ``where`` runs ("twonodes") and removed after it; nothing for "local"."""
+    if where != "twonodes":
+        yield
+        return
+    up()
+    try:
+        yield
+    finally:
+        down()
 
 
 def bytes_crossed() -> int:

@@ -101,15 +101,10 @@ def validate(calibrate_round, rounds: int, quick: bool, work: Path, log=print, t
                     f"validation round {r + 1}/{rounds}: {'-'.join(map(str, case.sizes))} {case.sync} {case.epochs} epochs, "
                     f"{ranks} rank{'s' * (ranks > 1)} on {plat_name}"
                 )
-                if where == "twonodes":
-                    twonodes.up()
                 folder = work / f"round{r + 1}-{plat_name}-{ranks}-{'-'.join(map(str, case.sizes))}-{case.sync.replace(':', '')}"
-                try:
+                with twonodes.up_for(where):
                     got = measured_seconds(where, ranks, case, folder)
                     got["run"] = str(folder)
-                finally:
-                    if where == "twonodes":
-                        twonodes.down()
                 plat = built_in(plat_name, cal)
                 run = case.run(ranks)
                 got["analytic_seconds"] = model.predict(run, plat, cal).total
