@@ -28,7 +28,7 @@ from .npz_reader import NpzArchive, Refused, file_kind
 from .wording import quote
 
 FILE = "checkpoint.npz"
-FORMAT = "pnn_mpi-checkpoint-2"  # 2: the data's identity is part of it
+FORMAT = "pnn_mpi-checkpoint-3"  # 2: the data's identity is part of it; 3: steps since the last average
 
 # Settings that change where files are or how often a run reports, not what it computes.
 _NOT_IDENTITY = ("out", "data_dir", "eval_every", "checkpoint_every", "resume", "expect_ranks", "timeline", "progress_every", "plot", "on_rank_failure")
@@ -57,6 +57,7 @@ class Progress:
     epoch: int = 0  # 0-based epoch in progress
     step: int = 0  # next step within the epoch
     global_step: int = 0  # steps taken since the start of training
+    since_average: int = 0  # steps taken since the last parameter average (local, steps:K)
     in_sync: bool = True
     train_seconds: float = 0.0
     history: list[dict] = field(default_factory=list)  # EpochRecord fields
@@ -182,7 +183,7 @@ def _check_header(header: dict, cfg: TrainConfig, ranks: int, expect: Expected |
     names = [f.name for f in fields(Progress)]
     if not isinstance(progress, dict) or sorted(progress) != sorted(names):
         raise bad(f"its progress must hold exactly {', '.join(names)}")
-    for key in ("epoch", "step", "global_step"):
+    for key in ("epoch", "step", "global_step", "since_average"):
         if not _is_int(progress[key]) or progress[key] < 0:
             raise bad(f"progress {key} is {quote(progress[key])}, not a count")
     if progress["epoch"] >= cfg.epochs:

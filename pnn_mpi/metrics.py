@@ -30,6 +30,18 @@ def _spread(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
 
 
+PURPOSES = ("average", "gradient", "score", "check")  # train.Clock's Allreduce counters
+
+
+def allreduce_counts(clock) -> dict:
+    """Rank ``clock``'s Allreduces and the bytes of the buffers it passed, by purpose and in all.
+
+    The same on every rank (every rank takes part in each), so rank 0's stand for all.
+    """
+    kinds = {k: {"calls": getattr(clock, f"{k}_allreduces"), "bytes": getattr(clock, f"{k}_bytes")} for k in PURPOSES}
+    return {**kinds, "total": {"calls": sum(v["calls"] for v in kinds.values()), "bytes": sum(v["bytes"] for v in kinds.values())}}
+
+
 def metrics(cfg: TrainConfig, result: TrainResult, data: RankData, ranks: int, mpi: dict[str, str], loads: list[float], peaks: list[float]) -> dict:
     """The whole record of a run, as stored in ``metrics.json``."""
     clocks = result.clocks
@@ -75,6 +87,7 @@ def metrics(cfg: TrainConfig, result: TrainResult, data: RankData, ranks: int, m
             "syncs": syncs,
             "seconds_per_sync": statistics.fmean(comm) / syncs if syncs else None,
         },
+        "allreduces_per_rank": allreduce_counts(clocks[0]),
         "peak_memory_mib": {**_spread(peaks), "per_rank": peaks},
         "epochs": [asdict(e) for e in result.epochs],
     }
@@ -105,8 +118,16 @@ def summary_lines(record: dict) -> list[str]:
         f"seconds per rank (mean/max): load {split('load_seconds')}, compute {split('compute_seconds')},"
         f" communication {split('communication_seconds')} ({syncs}{per_sync}), waiting {split('wait_seconds')},"
         f" evaluation {split('evaluation_seconds')}",
+        allreduce_line(record["allreduces_per_rank"]),
         f"peak memory per rank {record['peak_memory_mib']['mean']:.0f} MiB (max {record['peak_memory_mib']['max']:.0f})",
     ]
+
+
+def allreduce_line(counts: dict) -> str:
+    """One line: every Allreduce a rank took part in, by purpose, with the megabytes it passed."""
+    parts = ", ".join(f"{counts[k]['calls']} {k}" for k in PURPOSES if counts[k]["calls"])
+    total = counts["total"]
+    return f"Allreduces per rank: {total['calls']} ({parts or 'none'}), {total['bytes'] / 1e6:.1f} MB passed"
 
 
 def write_metrics(path: Path, record: dict) -> None:

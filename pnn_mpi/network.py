@@ -182,6 +182,18 @@ class Network:
             inputs[...] = x
         return inputs
 
+    def move_into(self, storage: np.ndarray) -> None:
+        """Keep the parameters in ``storage`` from now on (its values become theirs).
+
+        The optimizer puts its momentum right after them in one buffer, so one
+        Allreduce averages both (optim.SGD.beside).
+        """
+        if storage.shape != self.params.shape or storage.dtype != self.dtype:
+            raise ValueError(f"storage of shape {storage.shape} and {storage.dtype} cannot hold {self.params.shape} {self.dtype} parameters")
+        storage[...] = self.params
+        self.params = storage
+        self.weights, self.biases = layer_views(storage, self.sizes)
+
     def copy(self) -> Network:
         twin = Network(self.sizes, self.activation_name, self.output_name, self.dtype)
         twin.params[...] = self.params

@@ -32,11 +32,32 @@ def heavy_ball(velocity, gradient, momentum):
 
 
 class SGD:
-    """SGD with optional (heavy-ball) momentum: v = mu v + g; p -= lr v."""
+    """SGD with optional (heavy-ball) momentum: v = mu v + g; p -= lr v.
 
-    def __init__(self, params: np.ndarray, momentum: float = 0.0):
+    ``state`` is what a parameter average averages: the parameters, and the
+    velocity right after them when ``beside`` made the optimizer.
+    """
+
+    def __init__(self, params: np.ndarray, momentum: float = 0.0, velocity: np.ndarray | None = None):
         self.momentum = float(momentum)
-        self.velocity = np.zeros_like(params) if self.momentum else None
+        self.velocity = velocity if velocity is not None or not self.momentum else np.zeros_like(params)
+        self.state = params
+
+    @classmethod
+    def beside(cls, net, momentum: float = 0.0) -> SGD:
+        """SGD whose velocity follows ``net``'s parameters in one contiguous buffer.
+
+        Averaging only the parameters and letting each rank keep its own momentum
+        costs accuracy under local SGD (the momentum then pushes each rank back
+        towards where it was heading before the average); with the two adjacent,
+        averaging both is still one in-place Allreduce on ``state``.
+        """
+        n = len(net.params)
+        state = np.zeros(n * (2 if momentum else 1), net.dtype)
+        net.move_into(state[:n])
+        opt = cls(net.params, momentum, state[n:] if momentum else None)
+        opt.state = state
+        return opt
 
     def step(self, params: np.ndarray, grads: np.ndarray, lr: float) -> None:
         """Apply one update in place. ``grads`` is overwritten."""
@@ -46,13 +67,19 @@ class SGD:
 SCHEDULES = ("constant", "cosine")
 
 
-def learning_rate(base: float, decay: float, epoch: int, schedule: str = "constant", epochs: int = 1, warmup: int = 0) -> float:
-    """The rate for a 0-based ``epoch`` of ``epochs``: ``base`` times ``decay**epoch``,
-    times the schedule's factor (cosine: from 1 down towards 0 over the run), times a
-    linear warm-up over the first ``warmup`` epochs."""
+def rate_fraction(decay: float, epoch: int, schedule: str = "constant", epochs: int = 1, warmup: int = 0) -> float:
+    """The fraction of the peak rate that a 0-based ``epoch`` of ``epochs`` runs at:
+    ``decay**epoch``, times the schedule's factor (cosine: from 1 down towards 0 over
+    the run), times a linear warm-up over the first ``warmup`` epochs. ``local``'s
+    period follows it (sync.py)."""
     factor = decay**epoch
     if schedule == "cosine":
         factor *= 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
     if epoch < warmup:
         factor *= (epoch + 1) / (warmup + 1)
-    return base * factor
+    return factor
+
+
+def learning_rate(base: float, decay: float, epoch: int, schedule: str = "constant", epochs: int = 1, warmup: int = 0) -> float:
+    """The rate for a 0-based ``epoch``: ``base`` times ``rate_fraction``."""
+    return base * rate_fraction(decay, epoch, schedule, epochs, warmup)

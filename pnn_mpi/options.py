@@ -173,7 +173,9 @@ def train_parser() -> Parser:
         metavar="SCHEDULE",
         help="when ranks average: 'end' (train locally, average once at the end: the paper's scheme), "
         "'epoch' (average parameters after every epoch), 'steps:K' (every K steps), "
-        f"'grad' (average gradients every step, as Horovod/DDP) (default: {FOLLOWS['sync']})",
+        "'local:K:L' (every K steps at the peak rate, less often as the rate falls, at most every L, and at each epoch's end), "
+        "'grad' (average gradients every step, as Horovod/DDP); every parameter average carries the momentum too "
+        f"(default: {FOLLOWS['sync']})",
     )
     opt.add_argument("--seed", type=non_negative_int, default=d.seed, help=f"seed of the initial weights and of each rank's shuffling (default: {d.seed})")
     opt.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=d.shuffle, help="reshuffle each rank's slice every epoch (default: on)")

@@ -36,7 +36,7 @@ from .faults import Fault, planned_faults
 from .health import Watch
 from .kernels import SampleStepper
 from .network import Network, Workspace
-from .optim import SGD, learning_rate
+from .optim import SGD, rate_fraction
 from .pace import Pace
 from .rank_data import RankData
 from .slicing import slice_bounds
@@ -51,7 +51,17 @@ class Clock:
     comm: float = 0.0  # synchronisation Allreduces
     wait: float = 0.0  # idle at the end of an epoch, waiting for slower ranks
     eval: float = 0.0  # scoring, and the collectives that only feed a score
-    syncs: int = 0
+    syncs: int = 0  # parameter averages and gradient sums
+    # Every Allreduce this rank took part in, and the bytes of the buffers it passed, by purpose:
+    # parameter (and momentum) averages, gradient sums, scores, stop checks.
+    average_allreduces: int = 0
+    average_bytes: int = 0
+    gradient_allreduces: int = 0
+    gradient_bytes: int = 0
+    score_allreduces: int = 0
+    score_bytes: int = 0
+    check_allreduces: int = 0
+    check_bytes: int = 0
 
 
 CLOCKED = tuple(f.name for f in fields(Clock) if f.type in ("float", float))  # the phases with a total in Clock
@@ -198,13 +208,14 @@ def check_interval(batch: int) -> int:
     return max(1, 2048 // batch)
 
 
-def segment_end(start: int, steps: int, every: int, sync: Sync, global_step: int) -> int:
+def segment_end(start: int, steps: int, every: int, period: int, since_average: int) -> int:
     """Where a run of batch-1 steps from ``start`` must stop: at the next check for a
-    stop request, the next parameter average of ``steps:K``, or the epoch's end.
-    ``global_step`` counts the steps taken before ``start``."""
+    stop request, the next parameter average (every ``period`` steps, 0: none inside
+    the epoch), or the epoch's end. ``since_average`` counts the steps already taken
+    since the last average."""
     stop = min(steps, (start // every + 1) * every)
-    if sync.kind == "steps":
-        stop = min(stop, start + sync.every - global_step % sync.every)
+    if period:
+        stop = min(stop, start + max(period - since_average, 1))
     return stop
 
 
@@ -218,6 +229,7 @@ class LoopState:
     shuffler: np.random.Generator
     progress: Progress = field(default_factory=Progress)
     loss_sum: float = 0.0  # summed training loss of the epoch so far
+    epoch_loss: float | None = None  # the epoch's loss summed over all ranks, once its last stop check summed it
     clock: Clock = field(default_factory=Clock)
     history: list[EpochRecord] = field(default_factory=list)
 
@@ -225,7 +237,7 @@ class LoopState:
     def start(cls, cfg: TrainConfig, rank: int, data: RankData) -> LoopState:
         """The state before the first step: the seeded network, zero momentum, the slice in file order."""
         net = build_network(cfg, data.x.shape[1], data.classes)
-        return cls(net, SGD(net.params, cfg.momentum), np.arange(len(data.y)), np.random.default_rng([cfg.seed, rank]))
+        return cls(net, SGD.beside(net, cfg.momentum), np.arange(len(data.y)), np.random.default_rng([cfg.seed, rank]))
 
     def snapshot(self) -> tuple[Progress, RankState]:
         """A copy of where this rank stands, taken without any collective.
@@ -245,6 +257,7 @@ class LoopState:
         self.order[...] = state.order
         self.shuffler.bit_generator.state = state.rng
         self.loss_sum = state.loss_sum
+        self.epoch_loss = None
         self.progress = replace(progress, history=[], clocks=[])
         self.history = [EpochRecord(**record) for record in progress.history]
         for name, value in (clock or {}).items():
@@ -323,8 +336,10 @@ def train(cfg: TrainConfig, world: Communicator, data: RankData, log=print, hook
     for epoch in range(state.progress.epoch, cfg.epochs):
         for fault in run.faults:
             fault.fire(run.launch_rank, epoch + 1)
-        lr = learning_rate(settled(cfg.lr), cfg.lr_decay, epoch, settled(cfg.lr_schedule), cfg.epochs, settled(cfg.warmup))
-        train_epoch(run, state, epoch, lr)
+        fraction = rate_fraction(cfg.lr_decay, epoch, settled(cfg.lr_schedule), cfg.epochs, settled(cfg.warmup))
+        lr = settled(cfg.lr) * fraction
+        period = run.sync.period(fraction)  # local: averages less often while the rate is low
+        train_epoch(run, state, epoch, lr, period)
         record = score_epoch(run, state, epoch, lr)
         stopping = epoch < cfg.epochs - 1 and early_stop_due(cfg, [*state.history, record])
         report_epoch(run, state, record, last=stopping)
@@ -344,8 +359,9 @@ def train(cfg: TrainConfig, world: Communicator, data: RankData, log=print, hook
 # --- one epoch ---------------------------------------------------------------------------
 
 
-def train_epoch(run: Run, state: LoopState, epoch: int, lr: float) -> None:
-    """Every step of ``epoch`` on this rank, the syncs the schedule asks for, then meet the other ranks."""
+def train_epoch(run: Run, state: LoopState, epoch: int, lr: float, period: int = 0) -> None:
+    """Every step of ``epoch`` on this rank, the syncs the schedule asks for (an average
+    every ``period`` steps, 0: none inside the epoch), then meet the other ranks."""
     progress, final = state.progress, epoch == run.cfg.epochs - 1
     began = time.perf_counter()
     run.pace.start_epoch()
@@ -354,35 +370,38 @@ def train_epoch(run: Run, state: LoopState, epoch: int, lr: float) -> None:
             state.loss_sum = 0.0
             if run.cfg.shuffle:
                 state.shuffler.shuffle(state.order)
+        state.epoch_loss = None
         s = progress.step
         while s < run.plan.steps:
-            stop = take_steps(run, state, s, lr)
+            stop = take_steps(run, state, s, lr, period)
             progress.step = stop
             if run.sync.averages_gradients:
                 consistent(run, state, "grad")
-            if run.sync.averages_after_step(progress.global_step) and not (final and stop == run.plan.steps):
+            if period and progress.since_average >= period and stop < run.plan.steps:
                 sync_parameters(run, state)
             if stop % run.check_every == 0 or stop == run.plan.steps:
                 check_stop(run, state, epoch, stop)
             s = stop
-        if run.sync.averages_after_epoch and not final:
+        epoch_ends = run.sync.averages_after_epoch or (period and progress.since_average >= period)
+        if epoch_ends and not final and progress.since_average:
             sync_parameters(run, state)
     with run.phases("wait"):
         run.world.barrier()
     progress.train_seconds += time.perf_counter() - began
 
 
-def take_steps(run: Run, state: LoopState, s: int, lr: float) -> int:
+def take_steps(run: Run, state: LoopState, s: int, lr: float, period: int = 0) -> int:
     """Step ``s`` of the epoch, or with a batch-1 kernel every step up to the next collective; returns where it stopped."""
     for fault in run.faults:
         fault.fire(run.launch_rank, state.progress.epoch + 1, s)
     if run.stepper:
-        stop = segment_end(s, run.plan.steps, run.check_every, run.sync, state.progress.global_step)
+        stop = segment_end(s, run.plan.steps, run.check_every, period, state.progress.since_average)
         state.loss_sum += run.stepper.run(state.opt.velocity, run.data.y, state.order, s, stop, lr, run.cfg.momentum)  # fewer on a short slice
     else:
         stop = s + 1
         state.loss_sum += one_step(run, state, s, lr)
     state.progress.global_step += stop - s
+    state.progress.since_average += stop - s
     state.progress.in_sync = run.sync.averages_gradients  # some rank stepped (a step's samples are never 0 over all ranks)
     return stop
 
@@ -398,23 +417,34 @@ def one_step(run: Run, state: LoopState, s: int, lr: float) -> float:
     else:
         net.grads.fill(0.0)
     if by_gradients:
-        sync_buffer(run, state, net.grads, average=False)  # already scaled by the step's samples over all ranks
+        with run.phases("comm"):
+            allreduce(run, state, "gradient", net.grads)  # already scaled by the step's samples over all ranks
+        state.clock.syncs += 1
     if len(picked) or by_gradients:
         state.opt.step(net.params, net.grads, lr)
     return loss
 
 
-def sync_buffer(run: Run, state: LoopState, buffer: np.ndarray, average: bool = True) -> None:
-    """The sync: one in-place Allreduce of ``buffer`` (averaged, or summed)."""
-    with run.phases("comm"):
-        run.world.average_(buffer) if average else run.world.sum_(buffer)
-    state.clock.syncs += 1
+def allreduce(run: Run, state: LoopState, purpose: str, buffer: np.ndarray, average: bool = False) -> None:
+    """One in-place Allreduce of ``buffer`` (summed, or averaged), counted under ``purpose``
+    (average, gradient, score or check) with the bytes this rank passed."""
+    run.world.average_(buffer) if average else run.world.sum_(buffer)
+    clock = state.clock
+    setattr(clock, f"{purpose}_allreduces", getattr(clock, f"{purpose}_allreduces") + 1)
+    setattr(clock, f"{purpose}_bytes", getattr(clock, f"{purpose}_bytes") + buffer.nbytes)
 
 
-def sync_parameters(run: Run, state: LoopState) -> None:
-    """Average the parameters: every rank then holds the same network."""
-    sync_buffer(run, state, state.net.params)
+def sync_parameters(run: Run, state: LoopState, with_momentum: bool = True) -> None:
+    """Average the parameters, and the momentum with them (one buffer, one Allreduce):
+    every rank then holds the same network and optimizer. The final average leaves
+    the momentum (``with_momentum=False``): nothing steps after it. One rank alone is
+    its own average: no Allreduce then."""
+    if run.world.size > 1:
+        with run.phases("comm"):
+            allreduce(run, state, "average", state.opt.state if with_momentum else state.net.params, average=True)
+        state.clock.syncs += 1
     state.progress.in_sync = True
+    state.progress.since_average = 0
     consistent(run, state, "average")
 
 
@@ -423,7 +453,9 @@ def check_stop(run: Run, state: LoopState, epoch: int, step: int) -> None:
     reason = run.hooks.stop_reason()
     flags = np.array([reason is not None, not math.isfinite(state.loss_sum), state.loss_sum], dtype=np.float64)
     with run.phases("check"):  # not clocked: charged to compute, around it
-        run.world.sum_(flags)  # the loss rides along for rank 0's progress line: no collective of its own
+        allreduce(run, state, "check", flags)  # the loss rides along for rank 0's progress line: no collective of its own
+    if step == run.plan.steps:
+        state.epoch_loss = float(flags[2])  # spares score_epoch an Allreduce when nothing is scored
     if run.world.rank == 0 and math.isfinite(flags[2]):
         seen = float(run.plan.step_samples[:step].sum())
         line = run.pace.line(epoch + 1, run.cfg.epochs, step, run.plan.steps, flags[2] / max(seen, 1.0))
@@ -459,19 +491,21 @@ def score_epoch(run: Run, state: LoopState, epoch: int, lr: float) -> EpochRecor
     validating = data.val_total > 0  # then the test set waits for the final score
     with run.phases("eval"):
         totals = np.zeros(7)  # loss; test correct, loss, confidence; validation correct, loss, confidence
-        totals[0] = state.loss_sum
+        totals[0] = state.loss_sum if state.epoch_loss is None else 0.0
         due = not validating and cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and epoch < cfg.epochs - 1
         if due or validating:
             candidate = state.net
             if not state.progress.in_sync:
                 candidate = state.net.copy()
-                world.average_(candidate.params)
+                allreduce(run, state, "score", candidate.params, average=True)
             if due:
                 lo, hi = slice_bounds(len(data.test_labels), world.size, world.rank)
                 totals[1:4] = score(candidate, data.test_images[lo:hi], data.test_labels[lo:hi])
             if data.val_images is not None and data.val_labels is not None:  # validating: this rank's share of them
                 totals[4:7] = score(candidate, data.val_images, data.val_labels)
-        world.sum_(totals)
+        if due or validating or state.epoch_loss is None:
+            allreduce(run, state, "score", totals)
+        totals[0] += state.epoch_loss or 0.0
     tested = len(data.test_labels)
     return EpochRecord(
         epoch=epoch + 1,
@@ -542,7 +576,7 @@ def finish(run: Run, state: LoopState) -> TrainResult:
     if not state.progress.in_sync:
         world.barrier()
         began = time.perf_counter()
-        sync_parameters(run, state)
+        sync_parameters(run, state, with_momentum=False)
         train_seconds += time.perf_counter() - began
 
     accuracy = loss = confidence = float("nan")
@@ -571,7 +605,7 @@ def finish(run: Run, state: LoopState) -> TrainResult:
 
 def watch_for(cfg: TrainConfig, ranks: int) -> Watch:
     """The health watch of this run: its rate against the defaults for its gradient mode."""
-    usual = defaults.for_mode(cfg.batch_size, cfg.sync, ranks)
+    usual = defaults.for_mode(cfg.batch_size, cfg.sync, ranks, cfg.epochs)
     return Watch(settled(cfg.lr), cfg.momentum, defaults.in_words(cfg.batch_size, settled(cfg.sync), ranks), usual.lr, usual.momentum)
 
 

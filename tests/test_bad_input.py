@@ -524,7 +524,7 @@ CASES: list[Case] = [
     Case("output-mse", dataset(), (*TRAIN, "--output", "mse"), r"argument --output: invalid choice: 'mse' \(choose from .*sigmoid-mse"),
     Case("init-zeros", dataset(), (*TRAIN, "--init", "zeros"), r"argument --init: invalid choice: 'zeros'"),
     Case("sync-steps-0", dataset(), (*TRAIN, "--sync", "steps:0"), r"--sync 'steps:0': steps needs a positive step count"),
-    Case("sync-weekly", dataset(), (*TRAIN, "--sync", "weekly"), r"--sync 'weekly': expected one of end, epoch, steps:K, grad"),
+    Case("sync-weekly", dataset(), (*TRAIN, "--sync", "weekly"), r"--sync 'weekly': expected one of end, epoch, steps:K, local\[:K\[:L\]\], grad"),
     Case("dtype-float16", dataset(), (*TRAIN, "--dtype", "float16"), r"argument --dtype: invalid choice: 'float16'"),
     Case("seed-negative", dataset(), (*TRAIN, "--seed", "-1"), r"argument --seed: expected a number of at least 0, got -1"),
     Case("dataset-cifar", dataset(), (*TRAIN, "--dataset", "cifar"), r"argument --dataset: invalid choice: 'cifar'"),

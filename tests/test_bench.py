@@ -35,7 +35,7 @@ def test_one_rank_prints_every_row_and_writes_json(tmp_path):
         "train step, batch 32",
         "step overhead, batch 32",
         "whole run, batch 32",
-        "parameter sync (12,730 float32)",
+        "parameter sync (parameters and momentum: 25,460 float32)",
         "parameter sync, back to back",
     ]
     for what in expected:

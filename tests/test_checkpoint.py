@@ -47,7 +47,7 @@ def test_settings_that_do_not_change_the_computation_may_differ(tmp_path):
     [
         (dict(lr=0.1), "--lr 0.05 (now 0.1)"),
         (dict(hidden=(8, 4)), "--hidden [128] (now [8, 4])"),
-        (dict(sync="end"), "--sync 'grad' (now 'end')"),  # batch 32's default sync is grad
+        (dict(sync="end"), "--sync 'local:5:64' (now 'end')"),  # batch 32's default sync is local
         (dict(seed=2), "--seed 1 (now 2)"),
     ],
 )
@@ -122,6 +122,7 @@ def _stop_at(step: int):
         dict(sync="end", batch_size=4, momentum=0.9),
         dict(sync="epoch", batch_size=1, momentum=0.0),
         dict(sync="steps:3", batch_size=2, momentum=0.5, lr_decay=0.9),
+        dict(sync="local:2:5", batch_size=2, momentum=0.9, lr_schedule="cosine"),
         dict(sync="grad", batch_size="full", momentum=0.9),
     ],
 )

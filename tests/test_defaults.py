@@ -30,34 +30,63 @@ def test_full_batch_takes_a_constant_large_rate(ranks):
 @pytest.mark.parametrize(
     "batch, ranks, lr, warmup",
     [
-        (32, 1, 0.05, 0),
-        (32, 4, 0.2, 1),
-        (32, 16, 0.8, 1),
-        (32, 64, 0.8, 1),  # capped at MAX_LR
+        (32, 1, 0.05, 0),  # one rank: the single network's rate, as before local SGD became the default
+        (32, 2, 0.1, 2),
+        (32, 4, 0.2, 2),
+        (32, 16, 0.25, 2),  # capped at LOCAL_MAX_LR
+        (32, 64, 0.25, 2),
         (8, 1, 0.0125, 0),
-        (8, 4, 0.05, 0),
+        (8, 4, 0.05, 0),  # pools 32 samples: not scaled up, no warm-up
+        (16, 8, 0.125, 2),  # at most 5 x the one-rank rate of batch 16
+        (16, 16, 0.125, 2),
         (64, 1, 0.1, 1),
+        (512, 1, 0.8, 1),  # one rank keeps the single network's cap
     ],
 )
-def test_mini_batch_rate_follows_the_global_batch(batch, ranks, lr, warmup):
-    """Under gradient averaging one update sees P*b samples: the rate scales with it (linear scaling rule),
-    capped, with a warm-up epoch whenever it was scaled above the batch-32 rate."""
+def test_mini_batch_default_is_local_sgd_with_the_pooled_rate(batch, ranks, lr, warmup):
+    """The default for mini-batches averages parameters (local); the rate follows the samples that one
+    average pools (P*b), capped lower than grad's on 2+ ranks (at 0.25 and at 5 times the one-rank rate),
+    with two warm-up epochs when scaled up."""
     found = d.for_mode(batch, None, ranks)
-    assert found.sync == "grad" and found.momentum == d.MOMENTUM and found.lr_schedule == "cosine"
+    assert found.sync == "local:5:64" and found.momentum == d.MOMENTUM and found.lr_schedule == "cosine"
     assert found.lr == pytest.approx(lr) and found.warmup == warmup
 
 
+@pytest.mark.parametrize(
+    "batch, ranks, lr, warmup",
+    [(32, 1, 0.05, 0), (32, 4, 0.2, 1), (32, 16, 0.8, 1), (32, 64, 0.8, 1), (8, 1, 0.0125, 0), (8, 4, 0.05, 0), (64, 1, 0.1, 1)],
+)
+def test_grad_rate_follows_the_global_batch(batch, ranks, lr, warmup):
+    """Under gradient averaging one update sees P*b samples: the rate scales with it (linear scaling rule),
+    capped at MAX_LR, with a warm-up epoch whenever it was scaled above the batch-32 rate."""
+    found = d.for_mode(batch, "grad", ranks)
+    assert found.lr == pytest.approx(lr) and found.warmup == warmup and found.lr_schedule == "cosine"
+
+
+@pytest.mark.parametrize("epochs, warmup", [(1, 0), (2, 1), (5, 1), (9, 1), (10, 2), (30, 2)])
+def test_local_warmup_never_takes_the_whole_run(epochs, warmup):
+    assert d.for_mode(32, None, 4, epochs).warmup == warmup
+
+
+def test_one_rank_default_takes_the_steps_it_took_under_grad():
+    """P = 1 stays as it was: local and grad resolve to the same rate, schedule and warm-up there."""
+    for batch in (1, 8, 32, 64, 512):
+        local, grad = d.for_mode(batch, None, 1), d.for_mode(batch, "grad", 1)
+        assert (local.lr, local.lr_schedule, local.warmup) == (grad.lr, grad.lr_schedule, grad.warmup)
+
+
 def test_a_chosen_sync_changes_what_an_update_sees():
-    """With parameter averaging each rank's update sees only its own batch: no scaling by P."""
+    """Under epoch, steps:K and end each rank's update sees only its own batch: no scaling by P."""
     assert d.for_mode(32, "epoch", 16).lr == pytest.approx(0.05)
     assert d.for_mode(32, "steps:20", 16).warmup == 0
     assert d.for_mode(1, "grad", 4).lr == pytest.approx(0.05 * 4 / 32)  # batch 1 under grad: 4 samples per update
+    assert d.for_mode(32, "local:8:64", 16).lr == pytest.approx(0.25)  # any local schedule pools P*b
 
 
 def test_resolve_fills_only_what_is_unset():
     values = dict(batch_size=32, lr=None, momentum=0.5, lr_schedule=None, warmup=None, sync=None, epochs=3)
     out = d.resolve(values, 4)
-    assert out == dict(batch_size=32, lr=pytest.approx(0.2), momentum=0.5, lr_schedule="cosine", warmup=1, sync="grad", epochs=3)
+    assert out == dict(batch_size=32, lr=pytest.approx(0.2), momentum=0.5, lr_schedule="cosine", warmup=1, sync="local:5:64", epochs=3)
     assert d.FOLLOWING == ("lr", "lr_schedule", "warmup", "sync")
     assert d.resolve(out, 4) == out  # resolving twice changes nothing
     mine = dict(values, lr=0.05, sync="end", lr_schedule="constant", warmup=0, momentum=0.0)
@@ -72,9 +101,10 @@ from pnn_mpi.options import parse_train_args  # noqa: E402
 @pytest.mark.parametrize(
     "flags, ranks, expected",
     [
-        ([], 1, dict(lr=0.05, lr_schedule="cosine", warmup=0, sync="grad", momentum=0.9)),
-        ([], 4, dict(lr=0.2, lr_schedule="cosine", warmup=1, sync="grad", momentum=0.9)),
-        ([], 16, dict(lr=0.8, lr_schedule="cosine", warmup=1, sync="grad", momentum=0.9)),
+        ([], 1, dict(lr=0.05, lr_schedule="cosine", warmup=0, sync="local:5:64", momentum=0.9)),
+        ([], 4, dict(lr=0.2, lr_schedule="cosine", warmup=2, sync="local:5:64", momentum=0.9)),
+        ([], 16, dict(lr=0.25, lr_schedule="cosine", warmup=2, sync="local:5:64", momentum=0.9)),
+        (["--sync", "grad"], 16, dict(lr=0.8, lr_schedule="cosine", warmup=1, sync="grad", momentum=0.9)),
         (["--batch-size", "1"], 4, dict(lr=0.05 / 32, lr_schedule="cosine", warmup=0, sync="epoch", momentum=0.9)),
         (["--batch-size", "full"], 4, dict(lr=0.3, lr_schedule="constant", warmup=0, sync="epoch", momentum=0.9)),
         (["--batch-size", "8", "--sync", "epoch"], 16, dict(lr=0.0125, lr_schedule="cosine", warmup=0, sync="epoch")),
@@ -106,8 +136,9 @@ def test_values_from_a_toml_file_win_and_flags_after_it_win_over_them(tmp_path):
 def test_the_help_states_the_rule():
     text = " ".join(__import__("pnn_mpi.options", fromlist=["x"]).train_parser().format_help().split())
     assert "a value you set, by flag or in --config, always wins" in text
-    assert "lr 0.05 x B/32, at most 0.8" in text and "batch 32: lr 0.05 at 1 rank, 0.2 at 4 ranks, 0.8 at 16 ranks" in text
-    assert "grad for mini-batches, epoch for batch 1 (stochastic) and full batch" in text
+    assert "lr 0.05 x B/32, where B = b x ranks under local and grad" in text
+    assert "batch 32: lr 0.05 at 1 rank, 0.2 at 4 ranks, 0.25 at 16 ranks; under grad 0.05, 0.2, 0.8" in text
+    assert "local:5:64 for mini-batches" in text and "epoch for batch 1 and full batch" in text
     assert "full batch: lr 0.3, constant rate" in text and "momentum 0.9 in every mode" in text
 
 
@@ -136,5 +167,10 @@ def test_a_launch_records_the_values_it_used(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     config = __import__("json").loads((out / "metrics.json").read_text())["config"]
-    assert (config["lr"], config["sync"], config["lr_schedule"], config["warmup"]) == (pytest.approx(0.05 * 40 / 32), "grad", "constant", 1)
-    assert "defaults for batch 20 on 2 ranks under grad (40 samples per update): lr, warmup, sync" in proc.stdout
+    assert (config["lr"], config["sync"], config["lr_schedule"], config["warmup"]) == (
+        pytest.approx(0.05 * 40 / 32),
+        "local:5:64",
+        "constant",
+        0,
+    )  # 1 epoch: no warm-up
+    assert "defaults for batch 20 on 2 ranks under local (40 samples per average): lr, warmup, sync" in proc.stdout

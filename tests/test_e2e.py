@@ -55,7 +55,7 @@ def test_four_ranks_on_real_mnist_then_evaluate_reproduces(mnist_dir, tmp_path):
     record = json.loads((out / "metrics.json").read_text())
     assert record["test_accuracy"] >= 0.93
     assert record["ranks"] == 4 and record["dataset"]["slice_sizes"] == [5000] * 4
-    assert record["config"]["sync"] == "grad" and record["seed"] == 1  # batch 32's default sync
+    assert record["config"]["sync"] == "local:5:64" and record["seed"] == 1  # batch 32's default sync
     assert record["warnings"] == [] and "warning" not in proc.stderr
     assert record["mpi_library"] and record["mpi_library_version"]
     assert record["train_seconds"] > 0 and record["samples_per_second"] == pytest.approx(60000 / record["train_seconds"])
@@ -95,7 +95,7 @@ def test_one_rank_under_mpiexec_equals_no_launcher(tiny, tmp_path):
         (["--activation", "softsign"], "pnn_mpi: error: argument --activation: invalid choice: 'softsign'"),
         (["--train-size", "3"], "pnn_mpi: error: 4 ranks but only 3 training samples"),
         (["--batch-size", "200"], "pnn_mpi: error: --batch-size 200 is larger than a rank's slice (150 samples with 4 ranks)"),
-        (["--sync", "often"], "pnn_mpi: error: --sync 'often': expected one of end, epoch, steps:K, grad"),
+        (["--sync", "often"], "pnn_mpi: error: --sync 'often': expected one of end, epoch, steps:K, local[:K[:L]], grad"),
     ],
 )
 def test_user_error_is_one_line_and_fails_the_job(tiny, tmp_path, flags, message):

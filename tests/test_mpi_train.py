@@ -194,9 +194,11 @@ def test_more_ranks_than_samples_is_a_user_error(world, tmp_path_factory):
         load_rank_data(TrainConfig(dataset="custom", data_dir=str(folder)), world)
 
 
-def test_a_stop_seen_by_one_rank_checkpoints_all_and_resumes_bit_identically(make_rank_data, world, tmp_path_factory, monkeypatch):
+@pytest.mark.parametrize("sync, stop_after", [("end", 5), ("local:3:7", 5), ("local:3:7", 11), ("steps:5", 7)])
+def test_a_stop_seen_by_one_rank_checkpoints_all_and_resumes_bit_identically(make_rank_data, world, tmp_path_factory, monkeypatch, sync, stop_after):
     """Rank 1 alone is signalled; every rank stops at the same step, rank 0 writes every
-    rank's state, and the resumed run ends with the parameters of an uninterrupted one."""
+    rank's state, and the resumed run ends with the parameters of an uninterrupted one
+    (under local and steps:K: it averages where the uninterrupted run did, mid-period)."""
     from pnn_mpi.errors import Interrupted
     from pnn_mpi.run import checkpoint_writer, resume_point
     from pnn_mpi.train import Hooks
@@ -208,7 +210,7 @@ def test_a_stop_seen_by_one_rank_checkpoints_all_and_resumes_bit_identically(mak
     images, labels, test_images, test_labels = learnable_dataset(8, n, 20)
     sizes = slice_sizes(n, world.size)
     lo, hi = slice_bounds(n, world.size, world.rank)
-    cfg = TrainConfig(hidden=(8,), epochs=3, batch_size=3, momentum=0.9, sync="end", out=str(out))
+    cfg = TrainConfig(hidden=(8,), epochs=3, batch_size=3, momentum=0.9, sync=sync, out=str(out))
 
     def mine():
         return make_rank_data(images[lo:hi], labels[lo:hi], test_images, test_labels, "float32", sizes=sizes, start=lo)
@@ -218,7 +220,7 @@ def test_a_stop_seen_by_one_rank_checkpoints_all_and_resumes_bit_identically(mak
 
     def only_rank_one():
         checks["n"] += 1
-        return "SIGTERM" if world.rank == 1 and checks["n"] >= 5 else None
+        return "SIGTERM" if world.rank == 1 and checks["n"] >= stop_after else None
 
     with pytest.raises(Interrupted) as stopped:
         train(cfg, world, mine(), log=_quiet, hooks=Hooks(stop_reason=only_rank_one, checkpoint=checkpoint_writer(cfg, world, out)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +12,10 @@ import pytest
 
 from pnn_mpi.comm import SerialWorld
 from pnn_mpi.config import TrainConfig
-from pnn_mpi.scaling import calibrate, command, model, platforms, report, simulate, traces
+from pnn_mpi.scaling import calibrate, command, model, platforms, predict, report, simulate, traces
 from pnn_mpi.scaling.costs import Calibration, Link, StepCost
-from pnn_mpi.scaling.program import Allreduce, Barrier, Compute, Run, collectives, phases
+from pnn_mpi.scaling.program import Allreduce, Barrier, Compute, Run, all_phases, collectives, phases, schedule, second_epoch_share
+from pnn_mpi.sync import Sync
 from pnn_mpi.train import train
 
 needs_simgrid = pytest.mark.skipif(not simulate.available(), reason="SimGrid (libsimgrid-dev) is not installed")
@@ -27,19 +29,22 @@ def toy_calibration(per_step=1e-3, per_sample=0.0) -> Calibration:
     return Calibration("toy", 2, {"4-3-2": {"one": cost, "all": cost}}, {"shm": SHM, "tcp": TCP})
 
 
-def tiny_data(n: int, seed: int = 0):
+def tiny_data(n: int, seed: int = 0, ranks: int = 1, rank: int = 0):
+    """``n`` random samples of 4 features and 2 classes, or rank ``rank``'s slice of them among ``ranks``."""
     from pnn_mpi.rank_data import RankData
+    from pnn_mpi.slicing import slice_bounds, slice_sizes
 
     rng = np.random.default_rng(seed)
     x = rng.random((n, 4)).astype(np.float32)
     y = rng.integers(0, 2, n).astype(np.intp)
+    lo, hi = slice_bounds(n, ranks, rank)
     return RankData(
         directory=Path("."),
         train_total=n,
-        slice_sizes=[n],
-        start=0,
-        x=x,
-        y=y,
+        slice_sizes=slice_sizes(n, ranks),
+        start=lo,
+        x=x[lo:hi],
+        y=y[lo:hi],
         test_images=(rng.random((10, 4)) * 255).astype(np.uint8),
         test_labels=rng.integers(0, 2, 10),
         image_shape=(2, 2),
@@ -48,17 +53,152 @@ def tiny_data(n: int, seed: int = 0):
     )
 
 
-@pytest.mark.parametrize("sync", ["end", "epoch", "steps:3", "steps:7", "grad"])
-@pytest.mark.parametrize("batch", [4, 5])
-def test_program_makes_the_syncs_the_trainer_makes(sync, batch):
-    """The run program's parameter Allreduces are the ones the real loop times (its clock's ``syncs``)."""
-    n, epochs = 37, 3
-    cfg = TrainConfig(hidden=(3,), batch_size=batch, epochs=epochs, sync=sync, eval_every=0)
-    result = train(cfg, SerialWorld(), tiny_data(n), log=lambda *_: None)
-    run = Run((4, 3, 2), n, 1, sync, epochs, batch)
-    assert collectives(run).get("sync", 0) == result.clocks[0].syncs
+def recorded_allreduces(monkeypatch) -> list[tuple]:
+    """What the trainer's Allreduces will be, in order: (purpose, bytes, steps taken before it), its scores left out.
+
+    A gradient sum comes inside its step (before the update): its step counts here, as in the program,
+    where that step's compute comes before it.
+    """
+    import pnn_mpi.train as loop
+
+    seen: list[tuple] = []
+    real = loop.allreduce
+
+    def recording(run, state, purpose, buffer, average=False):
+        real(run, state, purpose, buffer, average)
+        if purpose != "score":
+            seen.append((purpose, buffer.nbytes, state.progress.global_step + (purpose == "gradient")))
+
+    monkeypatch.setattr(loop, "allreduce", recording)
+    return seen
+
+
+def program_allreduces(run: Run) -> list[tuple]:
+    """The program's Allreduces in order, as ``recorded_allreduces`` writes the trainer's.
+
+    Rank 0 holds the largest slice, so its steps are every step of the epoch.
+    """
+    seen, steps = [], 0
+    for phase in all_phases(run):
+        for e in phase.events:
+            if isinstance(e, Compute):
+                steps += int(e.steps[0])
+            elif isinstance(e, Allreduce):
+                seen.append((e.purpose, e.nbytes, steps))
+    return seen
+
+
+def assert_same_allreduces(run: Run, clock, recorded: list[tuple]) -> None:
+    """The program's Allreduces are the trainer's: in order, and in the clock's counts and bytes per purpose."""
+    assert program_allreduces(run) == recorded
+    got = collectives(run)
+    for purpose in ("average", "gradient", "check"):
+        calls, nbytes = got.get(purpose, (0, 0))
+        assert (calls, nbytes) == (getattr(clock, f"{purpose}_allreduces"), getattr(clock, f"{purpose}_bytes")), purpose
+    assert clock.syncs == clock.average_allreduces + clock.gradient_allreduces
+
+
+class FirstOfMany(SerialWorld):
+    """Rank 0 of ``size`` ranks whose collectives change nothing: the trainer's own decisions (when it
+    averages, checks, sums) at ``size`` ranks without MPI. They hang on steps alone, and every rank
+    takes the same steps, so rank 0's are every rank's (the MPI test below checks that too)."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def allgather(self, obj):
+        return [obj] * self.size
+
+    def gather(self, obj, root: int = 0):
+        return [obj] * self.size
+
+
+SYNCS = ["end", "epoch", "steps:3", "steps:7", "local:2:9", "local", "grad"]
+
+
+@pytest.mark.parametrize("sync", SYNCS)
+@pytest.mark.parametrize("batch, momentum", [(1, 0.9), (4, 0.9), (5, 0.0)])
+@pytest.mark.parametrize("ranks", [1, 3])
+def test_program_makes_the_allreduces_the_trainer_makes(monkeypatch, sync, batch, momentum, ranks):
+    """Over several epochs of the default (cosine) schedule, with a check every 4 steps among the averages:
+    the same Allreduces in the same order with the same buffers (batch 1 takes the many-step kernel;
+    one rank averages nothing, being its own average)."""
+    monkeypatch.setattr("pnn_mpi.train.check_interval", lambda batch: 4)
+    n, epochs = 37 * ranks, 6
+    recorded = recorded_allreduces(monkeypatch)
+    cfg = TrainConfig(hidden=(3,), batch_size=batch, epochs=epochs, sync=sync, momentum=momentum, eval_every=0)
+    result = train(cfg, FirstOfMany(ranks), tiny_data(n, ranks=ranks), log=lambda *_: None)
+    run = Run((4, 3, 2), n, ranks, sync, epochs, batch, momentum=momentum)
+    assert run.config() == cfg.resolved(ranks) and run.config().lr_schedule == "cosine"
+    assert_same_allreduces(run, result.clocks[0], recorded)
+    assert (result.clocks[0].average_allreduces > 0) == (ranks > 1 and sync != "grad")
     steps = sum(int(e.steps.max()) * p.repeat for p in phases(run) for e in p.events if isinstance(e, Compute))
     assert steps == result.steps_per_epoch * epochs
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("sync", ["local:2:9", "local", "steps:3", "epoch", "grad"])
+def test_program_makes_the_allreduces_the_trainer_makes_across_ranks(monkeypatch, sync):
+    """The same under MPI, on slices one sample apart (short ranks take smaller or empty last batches):
+    every rank makes the program's Allreduces, with momentum, over several cosine epochs."""
+    from pnn_mpi.comm import World
+
+    world = World()
+    monkeypatch.setattr("pnn_mpi.train.check_interval", lambda batch: 4)
+    n, epochs, batch = 16 * world.size + 1, 5, 3
+    recorded = recorded_allreduces(monkeypatch)
+    cfg = TrainConfig(hidden=(3,), batch_size=batch, epochs=epochs, sync=sync, eval_every=0)
+    result = train(cfg, world, tiny_data(n, ranks=world.size, rank=world.rank), log=lambda *_: None)
+    run = Run((4, 3, 2), n, world.size, sync, epochs, batch)
+    assert run.config() == cfg.resolved(world.size)
+    assert_same_allreduces(run, result.clocks[world.rank], recorded)
+    assert world.allgather(recorded) == [recorded] * world.size
+
+
+def test_an_average_carries_the_momentum_but_the_final_one():
+    """With momentum every average inside the run passes twice the parameters; the final one, the parameters alone."""
+    run = Run((4, 3, 2), 74, 2, "local:2:9", 6, 4)
+    params = run.parameters
+    averages = [e.count for p in all_phases(run) for e in p.events if isinstance(e, Allreduce) and e.purpose == "average"]
+    assert set(averages[:-1]) == {2 * params} and averages[-1] == params
+    plain = Run((4, 3, 2), 74, 2, "local:2:9", 6, 4, momentum=0.0)
+    assert {e.count for p in all_phases(plain) for e in p.events if isinstance(e, Allreduce) and e.purpose == "average"} == {params}
+
+
+def test_local_averages_less_often_while_the_rate_is_low():
+    """local:8:64 over ten cosine epochs, as the trainer computes its periods: two ranks of batch 32 get
+    the defaults' two warm-up epochs (rate at 1/3 and 2/3 of its peak), then the cosine decay; a constant
+    rate keeps K once warmed up."""
+    run = Run((4, 3, 2), 12800, 2, "local:8:64", 10, 32)  # 200 steps an epoch
+    periods = [24, 12, 9, 10, 12, 16, 23, 39, 64, 64]
+    assert schedule(run).periods == periods
+    assert schedule(replace(run, lr_schedule="constant")).periods == [24, 12, 8, 8, 8, 8, 8, 8, 8, 8]
+    epochs = [p for p in all_phases(run)]
+    in_epoch = [sum(isinstance(e, Allreduce) and e.purpose == "average" for e in p.events) for p in epochs]
+    assert in_epoch == [200 // k - (200 % k == 0) + 1 for k in periods[:-1]] + [200 // 64 - (200 % 64 == 0), 1]
+
+
+def test_the_calibration_takes_the_second_epochs_share_of_the_communication():
+    """Two epochs of 8 steps a rank: local:2:9 averages 4 times in the first (every 2 steps, and at its end)
+    and once in the second (every 4 steps: the cosine rate is at half), then the final average
+    of the parameters alone; grad sums as often in both; epoch and end average nowhere in the second."""
+
+    def share(sync: str, ranks: int = 2) -> float:
+        return second_epoch_share(Run((4, 3, 2), 32 * ranks, ranks, sync, 2, 4))
+
+    assert share("local:2:9") == pytest.approx(2 / (8 + 2 + 1))
+    assert share("grad") == pytest.approx(0.5)
+    assert share("epoch") == share("end") == share("local:2:9", ranks=1) == 0.0
+
+
+def test_the_sweeps_price_local_as_the_trainer_spells_it():
+    """Each swept schedule reads back as itself, and both sweeps hold the local schedule with its K and L."""
+    for syncs in (predict.SYNCS, predict.QUICK_SYNCS):
+        assert [str(Sync.parse(s)) for s in syncs] == list(syncs)
+        assert predict.local_schedule() in syncs
+    assert Sync.parse(predict.local_schedule()).kind == "local"
+    for sync in predict.SYNCS:
+        assert report.schedule_words(sync)
 
 
 def test_phases_repeat_identical_epochs_and_cover_every_sample():
@@ -75,13 +215,17 @@ def hand_priced_toy(plat_link: Link, ranks: int) -> float:
 
     Epoch 1: step, check, parameter average, barrier; epoch 2: step, check, barrier; then the final average.
     Every collective of 2 ranks on one host: a check or barrier is one exchange (latency);
-    Rabenseifner's average of n bytes is two exchanges of n/2 bytes.
+    Rabenseifner's average of n bytes is two exchanges of n/2 bytes. The epoch's average carries
+    the momentum too (2n bytes of n bytes of parameters), the final one the parameters alone.
     """
     assert ranks == 2
     n = Run((4, 3, 2), 16, 2).parameters * 4
     step, lat, bw = 1e-3, plat_link.latency, plat_link.bandwidth
-    average = 2 * (lat + n / 2 / bw)
-    return (step + lat + average + lat) + (step + lat + lat) + average
+
+    def average(nbytes: float) -> float:
+        return 2 * (lat + nbytes / 2 / bw)
+
+    return (step + lat + average(2 * n) + lat) + (step + lat + lat) + average(n)
 
 
 def toy_platform():
@@ -261,6 +405,8 @@ def test_scaling_works_without_simgrid(tmp_path, monkeypatch, capsys):
     assert all(",analytic," in r for r in rows[1:])
     text = (tmp_path / "out" / "report.md").read_text()
     assert "analytic alpha-beta model only" in text and "largest P with at least 80% efficiency" in text
+    assert {r.split(",")[1] for r in rows[1:]} == set(predict.QUICK_SYNCS)
+    assert all(f"- {s}: {report.schedule_words(s)}" in text for s in predict.QUICK_SYNCS)
     one = [r.split(",") for r in rows[1:] if r.startswith("1,")]
     assert all(math.isclose(float(r[5]), 1.0) for r in one)  # speed-up 1 at one rank
 

@@ -54,11 +54,13 @@ def measure_compute(world, models, samples: int, repeats: int, sync: str = "end"
     what a run pays once (a fresh network's buffers faulted in, caches filled),
     which in a short run would pass for a per-step cost. ``sync`` is the
     schedule trained under (its Allreduces are not compute: the clock keeps
-    them apart); a gradient step does a little more than a local one.
+    them apart, and the second epoch's share of them comes off its seconds);
+    a gradient step does a little more than a local one.
     """
     from ..config import TrainConfig
     from ..rank_data import load_rank_data
     from ..train import train
+    from .program import Run, second_epoch_share
 
     timings: dict[str, dict[str, list[float]]] = {m: {str(b): [] for b in BATCHES} for m in models}
     loaded = {}
@@ -74,7 +76,7 @@ def measure_compute(world, models, samples: int, repeats: int, sync: str = "end"
                 result = train(cfg, world, data, log=lambda *_: None)
                 clock = result.clocks[world.rank]
                 first, second = result.epochs[0].train_seconds, result.epochs[1].train_seconds
-                comm = clock.comm / 2  # the second epoch's share of the schedule's Allreduces
+                comm = clock.comm * second_epoch_share(Run(_sizes(label), data.train_total, world.size, sync, 2, b))
                 timings[label][str(b)].append((second - first - comm) / result.steps_per_epoch)
     return {
         "median": {m: {b: statistics.median(v) for b, v in per.items()} for m, per in timings.items()},

@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--from-timeline", metavar="FILE", help="take the compute between collectives from a --timeline trace of a real run (its model's step cost)")
     p.add_argument("--validate", action="store_true", help="also launch every configuration this machine can run and compare (minutes)")
     p.add_argument("--rounds", type=positive_int, default=3, metavar="N", help="validation rounds, each recalibrating first (default 3)")
-    p.add_argument("--quick", action="store_true", help="a small version: short calibration, one model, epoch and grad, P = 1, 2, 16 (for CI)")
+    p.add_argument("--quick", action="store_true", help="a small version: short calibration, one model, epoch, local and grad, P = 1, 2, 16 (for CI)")
     p.add_argument("--analytic", action="store_true", help="skip SimGrid even when it is installed")
     p.add_argument("--no-tcp", action="store_true", help="do not make the two namespace nodes (no TCP calibration or validation)")
     p.add_argument("--epochs", type=positive_int, default=10, help="epochs of the predicted run (default 10)")
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             print("scaling: no TCP calibration, so only the single-node platform is predicted")
         plats = [platforms.built_in(n, cal) for n in names]
     models = predict.MODELS[:1] if args.quick else predict.MODELS
-    syncs = ("epoch", "grad") if args.quick else predict.SYNCS
+    syncs = predict.QUICK_SYNCS if args.quick else predict.SYNCS
     ranks = (1, 2, 16) if args.quick else predict.RANKS
     rows = predict.sweep(cal, plats, models, syncs, ranks, args.samples, args.epochs, use_simgrid, log=lambda s: print(s, flush=True))
     report.add_speedups(rows)

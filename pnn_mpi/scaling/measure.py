@@ -57,7 +57,7 @@ def _simgrid_seconds(link: Link, same_host: bool, nbytes: int, work: Path) -> fl
     from .program import Allreduce, Phase
 
     plat = _trial_platform(link, same_host)
-    phase = Phase("trial", (Allreduce(nbytes // 4, 4, "sync" if nbytes >= model.SMALL_MESSAGE else "check"),))
+    phase = Phase("trial", (Allreduce(nbytes // 4, 4, "average" if nbytes >= model.SMALL_MESSAGE else "check"),))
     folder = work / f"trial-{nbytes}"
     listing = simulate.traces.write(folder, phase, 2, StepCost(0.0, 0.0))
     try:

@@ -7,13 +7,24 @@ compute, latency and bandwidth that the report's "what bounds it" reads.
 
 from __future__ import annotations
 
+from .. import defaults
+from ..sync import Sync
 from . import model, simulate
 from .costs import Calibration
 from .platforms import Platform
 from .program import Run
 
+
+def local_schedule(batch: int = Run.batch) -> str:
+    """``local`` spelled as the trainer resolves it (``local:K:L``), so a row names the periods it priced:
+    the mini-batch default when that is a local schedule, else ``local`` with its own K and L."""
+    chosen = Sync.parse(defaults.default_sync(batch))
+    return str(chosen if chosen.kind == "local" else Sync.parse("local"))
+
+
 RANKS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-SYNCS = ("end", "epoch", "steps:20", "grad")
+SYNCS = ("end", "epoch", "steps:20", local_schedule(), "grad")
+QUICK_SYNCS = ("epoch", local_schedule(), "grad")  # what --quick (CI) sweeps
 MODELS = ((784, 128, 10), (784, 800, 10))
 
 

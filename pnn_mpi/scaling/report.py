@@ -16,6 +16,8 @@ import io
 from pathlib import Path
 
 from ..files import write_atomically
+from ..sync import Sync
+from .program import Run
 
 FIELDS = (
     "ranks",
@@ -131,8 +133,41 @@ def plot(path: Path, rows: list[dict], measured: list[dict], platforms: list[str
     return True
 
 
+def schedule_words(sync: str) -> str:
+    """What a schedule's rows priced, in words: a label such as ``local:8:64`` does not say it."""
+    s = Sync.parse(sync)
+    return {
+        "end": "one parameter average, after the last epoch",
+        "epoch": "a parameter average after every epoch",
+        "steps": f"a parameter average every {s.every} local steps",
+        "local": f"a parameter average every {s.every} local steps at the peak rate, up to {s.largest} as the rate decays, and after every epoch",
+        "grad": "a gradient Allreduce every step",
+    }[s.kind]
+
+
 def markdown(rows: list[dict], validation: list[dict], cal, engine_note: str, plotted: bool, show=(16, 64, 256, 1024)) -> str:
-    lines = ["# pnn_mpi scaling", "", engine_note, "", f"Calibration: {cal.machine}. Compute per step (one busy core / all busy):"]
+    """report.md: the calibration, the validation, then per model the bounds and efficiencies, and what was priced."""
+    lines = ["# pnn_mpi scaling", "", engine_note, "", *_calibration_lines(cal)]
+    if validation:
+        lines += _validation_lines(validation, cal)
+    best = bound(rows)
+    for m in dict.fromkeys(r["model"] for r in rows):
+        lines += _model_lines([r for r in rows if r["model"] == m], m, best, show)
+    if plotted:
+        lines += ["", "![speed-up and efficiency](scaling.png)"]
+    lines += _schedule_lines(list(dict.fromkeys(r["sync"] for r in rows)))
+    lines += [
+        "",
+        "Every prediction is the default run (60,000 samples, 10 epochs, batch 32, float32) priced with the calibration above, "
+        "which was measured on this shared 2-core machine; a slice shrinks as 60,000/P, so at P = 1,024 each rank holds 58 samples "
+        "(2 steps an epoch).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _calibration_lines(cal) -> list[str]:
+    """What the predictions were priced with, and how disturbed the machine was when it was measured."""
+    lines = [f"Calibration: {cal.machine}. Compute per step (one busy core / all busy):"]
     for m, c in cal.compute.items():
         lines.append(
             f"- {m}: {c['one'].per_step * 1e6:.0f} µs + {c['one'].per_sample * 1e6:.2f} µs/sample"
@@ -151,73 +186,75 @@ def markdown(rows: list[dict], validation: list[dict], cal, engine_note: str, pl
         lines.append(f"- {cal.measured['from_timeline']}")
     if "tcp_unavailable" in cal.measured:
         lines.append(f"- no TCP measurement: {cal.measured['tcp_unavailable']}")
-    if validation:
-        lines += [
-            "",
-            "## Validation: predicted against measured train seconds on this machine",
-            "",
-            "| model | sync | epochs | platform | P | measured s | measured range s | simulated s | error | analytic s | error |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for v in validation:
-            sim = v.get("simulated_seconds")
-            simulated = "| |" if sim is None else f"| {sim:.3f} | {v['error']:+.1%} |"
-            spread = v.get("train_seconds_rounds") or [v["train_seconds"]]
-            lines.append(
-                f"| {v['model']} | {v['sync']} | {v['epochs']} | {v['platform']} | {v['ranks']} | {v['train_seconds']:.3f} "
-                f"| {min(spread):.2f}–{max(spread):.2f} {simulated} {v['analytic_seconds']:.3f} | {v['analytic_error']:+.1%} |"
-            )
-        over = [v for v in validation if v["ranks"] > cal.cores or (v["platform"] == "twonodes" and v["ranks"] > 2)]
-        if over:
-            lines.append("")
-            lines.append(
-                f"P = 4 on the two namespace nodes puts two ranks on each of this machine's {cal.cores} cores (oversubscribed); "
-                "those ranks compute at the rate measured with two ranks to a core."
-            )
-        excess = {(v["model"], v["platform"], v["ranks"]): v["in_loop_excess_seconds"] for v in validation if v.get("in_loop_excess_seconds")}
-        if excess:
-            lines.append("")
-            lines.append(
-                "Each parameter Allreduce of these runs is priced as one between real steps, measured at the same place just before: "
-                "its price back to back plus (median over rounds) "
-                + "; ".join(f"{m} on {plat} at P = {p}: {t * 1e6:.0f} µs" for (m, plat, p), t in excess.items())
-                + "."
-            )
-    best = bound(rows)
+    return lines
+
+
+def _validation_lines(validation: list[dict], cal) -> list[str]:
+    """The validation table, and what a reader needs to read its oversubscribed and in-loop rows."""
+    lines = [
+        "",
+        "## Validation: predicted against measured train seconds on this machine",
+        "",
+        "| model | sync | epochs | platform | P | measured s | measured range s | simulated s | error | analytic s | error |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for v in validation:
+        sim = v.get("simulated_seconds")
+        simulated = "| |" if sim is None else f"| {sim:.3f} | {v['error']:+.1%} |"
+        spread = v.get("train_seconds_rounds") or [v["train_seconds"]]
+        lines.append(
+            f"| {v['model']} | {v['sync']} | {v['epochs']} | {v['platform']} | {v['ranks']} | {v['train_seconds']:.3f} "
+            f"| {min(spread):.2f}–{max(spread):.2f} {simulated} {v['analytic_seconds']:.3f} | {v['analytic_error']:+.1%} |"
+        )
+    if any(v["ranks"] > cal.cores or (v["platform"] == "twonodes" and v["ranks"] > 2) for v in validation):
+        lines.append("")
+        lines.append(
+            f"P = 4 on the two namespace nodes puts two ranks on each of this machine's {cal.cores} cores (oversubscribed); "
+            "those ranks compute at the rate measured with two ranks to a core."
+        )
+    excess = {(v["model"], v["platform"], v["ranks"]): v["in_loop_excess_seconds"] for v in validation if v.get("in_loop_excess_seconds")}
+    if excess:
+        lines.append("")
+        lines.append(
+            "Each parameter Allreduce of these runs is priced as one between real steps, measured at the same place just before: "
+            "its price back to back plus (median over rounds) "
+            + "; ".join(f"{m} on {plat} at P = {p}: {t * 1e6:.0f} µs" for (m, plat, p), t in excess.items())
+            + "."
+        )
+    return lines
+
+
+def _model_lines(rows: list[dict], m: str, best: dict, show) -> list[str]:
+    """One model's two tables: the largest efficient P per schedule and platform, and the efficiency at ``show``."""
     platforms = list(dict.fromkeys(r["platform"] for r in rows))
-    models = list(dict.fromkeys(r["model"] for r in rows))
     syncs = list(dict.fromkeys(r["sync"] for r in rows))
-    for m in models:
-        lines += [
-            "",
-            f"## {m}: largest P with at least 80% efficiency, and what bounds it",
-            "",
-            "| sync | " + " | ".join(platforms) + " |",
-            "|---|" + "---|" * len(platforms),
-        ]
-        for s in syncs:
-            cells = []
-            for plat in platforms:
-                got = best.get((s, m, plat))
-                cells.append("" if got is None else f"{got[0]}: {got[1]}")
-            lines.append(f"| {s} | " + " | ".join(cells) + " |")
-        lines += [
-            "",
-            f"Predicted efficiency of {m}:",
-            "",
-            "| sync | platform | " + " | ".join(f"P = {p}" for p in show) + " |",
-            "|---|---|" + "---|" * len(show),
-        ]
-        for s in syncs:
-            for plat in platforms:
-                eff = {r["ranks"]: r.get("efficiency") for r in rows if r["sync"] == s and r["model"] == m and r["platform"] == plat}
-                lines.append(f"| {s} | {plat} | " + " | ".join("" if eff.get(p) is None else f"{eff[p]:.0%}" for p in show) + " |")
-    if plotted:
-        lines += ["", "![speed-up and efficiency](scaling.png)"]
+    lines = [
+        "",
+        f"## {m}: largest P with at least 80% efficiency, and what bounds it",
+        "",
+        "| sync | " + " | ".join(platforms) + " |",
+        "|---|" + "---|" * len(platforms),
+    ]
+    for s in syncs:
+        cells = ["" if best.get((s, m, plat)) is None else "{}: {}".format(*best[(s, m, plat)]) for plat in platforms]
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "Every prediction is the default run (60,000 samples, 10 epochs, batch 32, float32) priced with the calibration above, "
-        "which was measured on this shared 2-core machine; a slice shrinks as 60,000/P, so at P = 1,024 each rank holds 58 samples "
-        "(2 steps an epoch).",
+        f"Predicted efficiency of {m}:",
+        "",
+        "| sync | platform | " + " | ".join(f"P = {p}" for p in show) + " |",
+        "|---|---|" + "---|" * len(show),
     ]
-    return "\n".join(lines) + "\n"
+    for s in syncs:
+        for plat in platforms:
+            eff = {r["ranks"]: r.get("efficiency") for r in rows if r["sync"] == s and r["platform"] == plat}
+            lines.append(f"| {s} | {plat} | " + " | ".join("" if eff.get(p) is None else f"{eff[p]:.0%}" for p in show) + " |")
+    return lines
+
+
+def _schedule_lines(syncs: list[str]) -> list[str]:
+    """The schedules in words (a label such as ``local:8:64`` does not say what it averages, or how much)."""
+    lines = ["", "The schedules priced:", "", *[f"- {s}: {schedule_words(s)}" for s in syncs]]
+    if Run.momentum and any(Sync.parse(s).kind != "grad" for s in syncs):
+        lines.append(f"- every parameter average but the final one also averages the momentum ({Run.momentum:g}): twice the parameters in one Allreduce")
+    return lines

@@ -23,6 +23,7 @@ from . import model, simulate, twonodes
 from .costs import Calibration
 from .launches import job
 from .platforms import built_in
+from .predict import local_schedule
 from .program import Run
 
 PLACES = (("thisvm", "local", 1), ("thisvm", "local", 2), ("twonodes", "twonodes", 2), ("twonodes", "twonodes", 4))
@@ -39,7 +40,7 @@ class Case:
         return Run(self.sizes, self.samples, ranks, self.sync, self.epochs)
 
 
-CASES = (Case((784, 128, 10), "epoch", 3), Case((784, 128, 10), "grad", 2), Case((784, 800, 10), "epoch", 1))
+CASES = (Case((784, 128, 10), "epoch", 3), Case((784, 128, 10), local_schedule(), 2), Case((784, 128, 10), "grad", 2), Case((784, 800, 10), "epoch", 1))
 QUICK_CASES = (Case((784, 128, 10), "epoch", 1, 8192), Case((784, 128, 10), "grad", 1, 8192))
 
 

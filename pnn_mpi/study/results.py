@@ -132,6 +132,10 @@ _OUT_COLUMNS = [
     "samples_per_second",
     "samples_per_second_per_rank",
     "syncs",
+    "allreduces",  # per rank, every purpose (metrics.json allreduces_per_rank)
+    "allreduce_bytes",
+    "average_allreduces",
+    "gradient_allreduces",
     "error",
 ]
 
@@ -173,6 +177,14 @@ def row(result: Result) -> dict:
             samples_per_second_per_rank=m["samples_per_second_per_rank"],
             syncs=t["syncs"],
         )
+        counts = m.get("allreduces_per_rank")  # absent from runs made before it was recorded
+        if counts:
+            out.update(
+                allreduces=counts["total"]["calls"],
+                allreduce_bytes=counts["total"]["bytes"],
+                average_allreduces=counts["average"]["calls"],
+                gradient_allreduces=counts["gradient"]["calls"],
+            )
         if result.wall_seconds is not None:
             out["startup_seconds"] = result.wall_seconds - m["train_seconds"] - out["load_seconds"] - out["evaluation_seconds"]
     return out
