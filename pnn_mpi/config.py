@@ -51,7 +51,7 @@ class TrainConfig:
     lr_schedule: Union[str, None] = None  # constant or cosine; None: follows the gradient mode
     warmup: Union[int, None] = None  # epochs of linear warm-up; None: follows the gradient mode and ranks
     epochs: int = 10
-    sync: Union[str, None] = None  # None: grad for mini-batches, epoch for batch 1 and full batch (README, "Defaults")
+    sync: Union[str, None] = None  # None: local (defaults.MINI_BATCH_SYNC) for mini-batches, epoch for batch 1 and full batch (README, "Defaults")
     seed: int = 1
     dtype: str = "float32"
     dataset: str = "mnist"

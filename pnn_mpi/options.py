@@ -173,7 +173,7 @@ def train_parser() -> Parser:
         metavar="SCHEDULE",
         help="when ranks average: 'end' (train locally, average once at the end: the paper's scheme), "
         "'epoch' (average parameters after every epoch), 'steps:K' (every K steps), "
-        "'local:K:L' (every K steps at the peak rate, less often as the rate falls, at most every L, and at each epoch's end), "
+        "'local:K:L' (every K steps at the peak rate, less often while the rate is lower, at most every L), "
         "'grad' (average gradients every step, as Horovod/DDP); every parameter average carries the momentum too "
         f"(default: {FOLLOWS['sync']})",
     )

@@ -144,6 +144,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         section(f"README 'The study': its table (from {report}, written {stamp})", "make study", report.read_text())
     else:
         section("README 'The study': its table", "make study", "(no results/default/report.md yet: run make study, or this command with --study)")
+    # "The paper's method by default": its study (about 45 minutes), read from its last run.
+    local = Path("results/local/report.md")
+    if local.exists():
+        stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(local.stat().st_mtime))
+        section(
+            f"README 'The paper's method by default': its tables (from {local}, written {stamp})", "python -m pnn_mpi study --grid local", local.read_text()
+        )
+    else:
+        section(
+            "README 'The paper's method by default': its tables", "python -m pnn_mpi study --grid local", "(no results/local/report.md yet: run the command)"
+        )
     print(f"\nall figures measured in {time.monotonic() - began:.0f} s")
     return 0
 

@@ -5,7 +5,7 @@
 ``steps:K``   average every K local steps (local SGD);
 ``local:K:L`` average every K local steps while the rate is at its peak, and less
               often while it is lower (warming up or decayed): K x peak / rate,
-              at most L steps, and at every epoch's end (the default for mini-batches);
+              at most L steps, counted across epoch ends (the default for mini-batches);
 ``grad``      sum the gradients every step before updating (as Horovod/DDP do),
               so all ranks take the same step and stay identical.
 
@@ -88,4 +88,4 @@ class Sync:
 
     @property
     def averages_after_epoch(self) -> bool:
-        return self.kind in ("epoch", "local")
+        return self.kind == "epoch"

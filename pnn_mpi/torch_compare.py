@@ -327,7 +327,7 @@ def _local_notes(cfg: TrainConfig, ours: Outcome, theirs: Outcome) -> list[str]:
     warm = theirs.warmup_steps
     return [
         f"    pnn_mpi: {ours.averages} averages of parameters and momentum (the last of the parameters alone), "
-        f"every {periods} steps by epoch and at each epoch's end",
+        f"every {periods} steps by epoch (steps counted across epoch ends)",
         f"    PyTorch: PostLocalSGDOptimizer + PeriodicModelAverager(period={theirs.period}, warmup_steps={warm}): "
         + (f"DDP gradient averaging for {warm} steps ({theirs.gradients} Allreduces, post-localSGD hook; none after it), then " if warm else "")
         + f"{theirs.averages} averages of the parameters alone (the momentum stays each rank's own; the last by average_parameters)",

@@ -4,7 +4,7 @@ The reference below simulates every rank in one process the plain way: a
 relu/softmax network per rank with its own momentum, fresh arrays at every
 step, an average of parameters *and* momentum every K steps since the last
 one (K growing as the rate falls below its peak, in warm-up or cosine decay)
-and at each epoch's end, then a
+counted across epoch ends, then a
 final average of the parameters alone. The trainer (flat buffers, one
 Allreduce over parameters and momentum together) must reach the same
 network on every rank. Run under ``mpiexec -n P python -m pytest --with-mpi``.
@@ -67,7 +67,7 @@ def textbook_local_sgd(cfg: TrainConfig, x: np.ndarray, y: np.ndarray, bounds: l
             if since >= period and s < steps - 1:
                 average(True)
                 since = 0
-        if epoch < cfg.epochs - 1 and since:
+        if epoch < cfg.epochs - 1 and since >= period:  # the period ended on the epoch's last step
             average(True)
             since = 0
     average(False)
@@ -126,11 +126,17 @@ def test_local_sgd_counts_every_allreduce(make_rank_data):
     clock = result.clocks[world.rank]
     steps, params = 16, result.net.params.nbytes
     periods = [textbook_period(3, 9, 0.5 * (1 + math.cos(math.pi * e / 4)) * (0.5 if e == 0 else 1.0)) for e in range(4)]
-    inside = sum((steps - 1) // k for k in periods)  # averages inside epochs, never on the last step
-    expected = inside + 3 + 1  # + the ends of epochs 1-3 + the final average
-    assert clock.average_allreduces == expected == clock.syncs
-    assert clock.average_bytes == (expected - 1) * 2 * params + params
+    averages, scores, since = 0, 0, 0
+    for epoch, period in enumerate(periods):
+        for s in range(steps):
+            since += 1
+            if since >= period and not (epoch == 3 and s == steps - 1):  # the final step: the final average follows
+                averages, since = averages + 1, 0
+        if epoch < 3:  # scored: an average of a copy first when the epoch did not end on an average
+            scores += 1 + (since > 0)
+    assert clock.average_allreduces == averages + 1 == clock.syncs  # + the final average
+    assert clock.average_bytes == averages * 2 * params + params
     assert clock.gradient_allreduces == 0
-    # Epochs 1-3 end in sync (no average of a copy) and sum their scores; the last epoch scores nothing
-    # (the final score follows the final average) and its loss came with the last stop check: no Allreduce.
-    assert clock.score_allreduces == 3 and clock.check_allreduces == 4
+    # The last epoch scores nothing (the final score follows the final average) and its loss came
+    # with its last stop check: no Allreduce of its own.
+    assert clock.score_allreduces == scores and clock.check_allreduces == 4

@@ -140,7 +140,7 @@ def schedule_words(sync: str) -> str:
         "end": "one parameter average, after the last epoch",
         "epoch": "a parameter average after every epoch",
         "steps": f"a parameter average every {s.every} local steps",
-        "local": f"a parameter average every {s.every} local steps at the peak rate, up to {s.largest} as the rate decays, and after every epoch",
+        "local": f"a parameter average every {s.every} local steps at the peak rate, up to {s.largest} while the rate is lower (warm-up, decay), counted across epoch ends",
         "grad": "a gradient Allreduce every step",
     }[s.kind]
 
