@@ -22,6 +22,8 @@ import os
 import signal
 from dataclasses import dataclass
 
+from .errors import UserError
+
 VARIABLE = "PNN_MPI_INJECT"
 ACTIONS = ("raise", "kill", "interrupt", "kill-in-checkpoint", "kill-in-save")
 
@@ -71,7 +73,7 @@ def _kill() -> None:
 
 
 def planned_faults() -> list[Fault]:
-    """Every fault the environment asks for (a malformed value raises ValueError)."""
+    """Every fault the environment asks for (a malformed value is a UserError: one line, every rank)."""
     text = os.environ.get(VARIABLE, "").strip()
     return [_parse(part.strip(), text) for part in text.split(",") if part.strip()] if text else []
 
@@ -93,6 +95,6 @@ def _parse(part: str, text: str) -> Fault:
             raise ValueError(part)
         return Fault(action, *values)
     except ValueError:
-        raise ValueError(
+        raise UserError(
             f"{VARIABLE}={text!r}: expected raise|kill|interrupt:RANK[:EPOCH[:STEP]], kill-in-checkpoint:RANK[:EPOCH] or kill-in-save:RANK, comma-separated"
         ) from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +102,22 @@ def cmd_evaluate(argv: list[str]) -> int:
     return 0
 
 
+def _check_output(out: str, inputs: dict[str, str]) -> None:
+    """Refuse an output path that would replace one of the command's inputs, or is a folder,
+    before anything is read: writing the predictions must never cost the model."""
+    target = Path(out)
+    if target.is_dir():
+        raise UserError(f"--out {out}: is a directory; name a file to write the predictions to")
+    for flag, given in inputs.items():
+        source = Path(given)
+        try:
+            same = target.exists() and source.exists() and os.path.samefile(target, source)
+        except OSError:
+            same = False
+        if same or target.resolve() == source.resolve():
+            raise UserError(f"--out {out}: is the file given to {flag}; name another file for the predictions")
+
+
 def cmd_predict(argv: list[str]) -> int:
     p = Parser(prog="python -m pnn_mpi predict", description="Predict the class of every image in an IDX file or a .npy array with a saved model.")
     p.add_argument("--model", required=True, metavar="FILE", help="a model.npz saved by training")
@@ -118,6 +135,8 @@ def cmd_predict(argv: list[str]) -> int:
         "probabilities per image (class 0 first), or an (images, classes) float64 array in a .npy --out",
     )
     args = p.parse_args(argv)
+    if args.out is not None:
+        _check_output(args.out, {"--model": args.model, "--images": args.images})
     net, _ = load_model(Path(args.model))
     images = open_images(args.images)
     images.check_for(net.sizes[0])

@@ -11,11 +11,13 @@ imported only here, and its absence is one line saying what to install.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 from pathlib import Path
 
 from .errors import UserError
+from .files import write_atomically
 
 INSTALL_HINT = 'plots need matplotlib: pip install "pnn_mpi[plot]"'
 FILE = "curves.png"
@@ -100,7 +102,9 @@ def draw(record: dict, out: Path, title: str = "") -> Path:
     )
     fig.tight_layout()
     try:
-        fig.savefig(out, dpi=100)
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=100)
+        write_atomically(out, png.getvalue())  # whole, and never through a link planted where it goes
     except OSError as exc:
         raise UserError(f"--out {out}: cannot write the plot ({exc.strerror or exc})") from None
     finally:

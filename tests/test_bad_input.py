@@ -645,7 +645,7 @@ CASES: list[Case] = [
         "predict-out-is-a-folder",
         lambda tmp: (model()(tmp), tmp / "data")[1],
         (*PREDICT, "{data}/t10k-images-idx3-ubyte", "--out", "{bad}"),
-        r"--out \S+: cannot write there",
+        r"--out \S+: is a directory; name a file",
     ),
 ]
 

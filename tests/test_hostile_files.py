@@ -376,3 +376,21 @@ def test_hidden_a_billion_under_mpiexec_is_one_line(files):
     lines = [line for line in proc.stderr.splitlines() if line.startswith("pnn_mpi")]
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
     assert len(lines) == 1 and "needs about" in lines[0] and "TiB" in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("target", ["model", "images", "model-by-link", "folder"])
+def test_predict_out_never_replaces_an_input(tmp_path, target, capsys):
+    """--out naming the model, the images (directly or through a link) or a folder is refused in
+    one line before anything is read, and every input is left as it was."""
+    model, images = tmp_path / "model.npz", tmp_path / "images.npy"
+    save_model(model, _model(), {"dataset": "custom"})
+    np.save(images, np.zeros((3, 6, 6), np.uint8))
+    before = {p: p.read_bytes() for p in (model, images)}
+    out = {"model": model, "images": images, "folder": tmp_path}.get(target, tmp_path / "link.npz")
+    if target == "model-by-link":
+        out.symlink_to(model)
+    status = main(["predict", "--model", str(model), "--images", str(images), "--out", str(out)])
+    _, err = capsys.readouterr()
+    assert status == 2 and err.count("\n") == 1 and err.startswith(PREFIX), err
+    assert ("is a directory" if target == "folder" else "name another file") in err
+    assert {p: p.read_bytes() for p in before} == before

@@ -40,6 +40,20 @@ def test_plot_draws_a_real_runs_curves(real_run, tmp_path):
     assert len(record["epochs"]) == 3 and len(record["local_test_accuracy"]["per_rank"]) == 2
 
 
+def test_plot_never_writes_through_a_planted_link(real_run, tmp_path):
+    """A curves.png planted in the run folder as a link to another file: the plot replaces the
+    link with a file of its own, and the file the link named is left as it was."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    planted = real_run / "curves.png"
+    planted.unlink(missing_ok=True)
+    planted.symlink_to(victim)
+    proc = run_pnn("plot", str(real_run))
+    assert proc.returncode == 0, proc.stderr
+    assert victim.read_text() == "keep me"
+    assert not planted.is_symlink() and _png_size(planted) == (1300, 400)
+
+
 def test_plot_user_errors_are_one_line(tmp_path):
     (tmp_path / "metrics.json").write_text("{not json")
     for args in ([str(tmp_path / "none")], [str(tmp_path)]):

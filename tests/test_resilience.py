@@ -14,6 +14,7 @@ import pytest
 
 from conftest import REPO, clean_env, mpiexec_path
 from pnn_mpi import faults
+from pnn_mpi.errors import UserError
 from pnn_mpi.resilience import fault_tolerance_problem
 
 
@@ -28,8 +29,22 @@ def test_faults_parse_steps_checkpoints_and_lists(monkeypatch):
     assert faults.planned_fault() == faults.Fault("kill", 1, 2, 30)
     for bad in ("kill", "kill:x", "explode:1", "kill:1:2:3:4", "kill-in-checkpoint:1:2:3", "kill-in-save:1:2", "kill:-1"):
         monkeypatch.setenv(faults.VARIABLE, bad)
-        with pytest.raises(ValueError, match="expected raise|kill"):
+        with pytest.raises(UserError, match="expected raise|kill"):
             faults.planned_faults()
+
+
+@pytest.mark.parametrize("ranks", [None, 2])
+def test_a_malformed_injection_is_one_line_from_every_rank(tmp_path, ranks):
+    """A garbage PNN_MPI_INJECT ends the run with our one line and exit 2, never a traceback."""
+    from conftest import run_pnn, write_dataset
+
+    data = write_dataset(tmp_path / "d", train=200, test=10, seed=3)
+    env = {**clean_env(), faults.VARIABLE: "explode:x"}
+    proc = run_pnn("--dataset", "custom", "--data-dir", str(data), "--epochs", "1", "--out", str(tmp_path / "o"), ranks=ranks, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("pnn_mpi: error:")]
+    assert ours and all(f"{faults.VARIABLE}='explode:x': expected" in line for line in ours)
 
 
 def test_a_step_fault_fires_only_at_its_step():
