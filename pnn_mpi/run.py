@@ -151,6 +151,8 @@ def start_timeline(cfg: TrainConfig, world: Communicator) -> Timeline | None:
     def check() -> None:
         if world.rank == 0:
             folder = Path(cfg.timeline or "").resolve().parent
+            if Path(cfg.timeline or "").is_dir():
+                raise UserError(f"--timeline {cfg.timeline}: is a directory; name the file to write")
             if not folder.is_dir():
                 raise UserError(f"--timeline {cfg.timeline}: the folder {folder} does not exist")
             if not os.access(folder, os.W_OK):
@@ -160,8 +162,11 @@ def start_timeline(cfg: TrainConfig, world: Communicator) -> Timeline | None:
     return Timeline(world)
 
 
-def finish_timeline(cfg: TrainConfig, world: Communicator, recorder: Timeline | None, stop: StopRequest, data: RankData, train_seconds: float | None) -> None:
-    """Gather every rank's timeline and write it (rank 0); a collective, reached by all ranks alike."""
+def finish_timeline(
+    cfg: TrainConfig, world: Communicator, recorder: Timeline | None, stop: StopRequest, data: RankData, train_seconds: float | None, saved: Path | None = None
+) -> None:
+    """Gather every rank's timeline and write it (rank 0); a collective, reached by all ranks alike.
+    ``saved``: the run folder, when the model was saved there before (a failed write says so)."""
     if recorder is None:
         return
     for name, at in stop.arrivals:
@@ -184,7 +189,8 @@ def finish_timeline(cfg: TrainConfig, world: Communicator, recorder: Timeline | 
         try:
             recorder.gather_and_write(Path(cfg.timeline or ""), meta)
         except OSError as exc:
-            raise UserError(f"--timeline {cfg.timeline}: cannot write it ({os_reason(exc)})") from None
+            kept = f"; the model and metrics were saved in {saved}" if saved else ""
+            raise UserError(f"--timeline {cfg.timeline}: cannot write it ({os_reason(exc)}){kept}") from None
 
     fail_together(world, write)
     if world.rank == 0:
@@ -285,10 +291,12 @@ def _train_into(cfg: TrainConfig, world: Communicator, out: Path, stop: StopRequ
     except Interrupted:
         finish_timeline(cfg, world, recorder, stop, data, None)
         raise
-    finish_timeline(cfg, world, recorder, stop, data, result.train_seconds)
     if surviving:
+        finish_timeline(cfg, world, recorder, stop, data, result.train_seconds)
         return finish_surviving(world, result, data, failures, lambda: report_and_save(cfg, world, out, data, result, failures))
-    return report_and_save(cfg, world, out, data, result)
+    record = report_and_save(cfg, world, out, data, result)  # the model first: a side output never costs it
+    finish_timeline(cfg, world, recorder, stop, data, result.train_seconds, saved=out)
+    return record
 
 
 def report_and_save(cfg: TrainConfig, world: Communicator, out: Path, data: RankData, result, failures=None) -> dict | None:

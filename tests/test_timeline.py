@@ -66,6 +66,36 @@ def test_an_unwritable_timeline_folder_is_one_error_before_training(tmp_path):
         run_training(cfg, SerialWorld())
 
 
+def test_a_timeline_path_that_is_a_folder_is_one_error_before_training(tmp_path):
+    from pnn_mpi.errors import UserError
+    from pnn_mpi.run import run_training
+
+    data = write_dataset(tmp_path / "data", train=50, test=10)
+    cfg = TrainConfig(dataset="custom", data_dir=str(data), out=str(tmp_path / "run"), timeline=str(tmp_path))
+    with pytest.raises(UserError, match="--timeline .*is a directory"):
+        run_training(cfg, SerialWorld())
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+def test_a_timeline_that_fails_after_training_leaves_the_model_saved(tmp_path, monkeypatch):
+    """The side output comes after the model: when writing the timeline fails, model.npz and
+    metrics.json are already saved, and the error says where."""
+    from pnn_mpi.errors import UserError
+    from pnn_mpi.run import run_training
+    from pnn_mpi.timeline import Timeline
+
+    def refuse(self, path, meta):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Timeline, "gather_and_write", refuse)
+    data = write_dataset(tmp_path / "data", train=100, test=10)
+    out = tmp_path / "run"
+    cfg = TrainConfig(dataset="custom", data_dir=str(data), hidden=(4,), epochs=1, batch_size=10, out=str(out), timeline=str(tmp_path / "t.json"))
+    with pytest.raises(UserError, match=f"--timeline .*cannot write it .*the model and metrics were saved in {out}"):
+        run_training(cfg, SerialWorld())
+    assert (out / "model.npz").is_file() and (out / "metrics.json").is_file()
+
+
 def test_timeline_is_off_by_default():
     from pnn_mpi.run import start_timeline
 
