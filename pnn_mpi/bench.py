@@ -37,7 +37,6 @@ import numpy as np
 from . import datasets
 from .comm import Communicator, World
 from .config import DTYPES, TrainConfig, settled
-from .defaults import MOMENTUM
 from .errors import UserError
 from .evaluate import to_inputs
 from .files import write_atomically
@@ -425,13 +424,13 @@ def _measure_sync(args: argparse.Namespace, params: np.ndarray, table: Table) ->
     if not world.mpi:
         table.notes.append("no MPI communicator: no sync row")
         return
-    # Training's average carries the momentum (the default 0.9, whatever --momentum the steps here take)
-    # with the parameters: one buffer of twice their size (SGD.beside).
-    size = params.size * (2 if MOMENTUM else 1)
+    # Training's average carries the momentum (the default MOMENTUM, whatever --momentum the steps here
+    # take) with the parameters: one buffer of twice their size (SGD.beside).
+    size = 2 * params.size
     seconds = _sync_seconds(world, size, np.dtype(args.dtype), args.sync_calls, args.repeats)
     t = {k: max(world.allgather(v)) * 1e6 for k, v in seconds.items()}
     table.add(
-        f"parameter sync ({'parameters and momentum: ' * bool(MOMENTUM)}{size:,} {args.dtype})",
+        f"parameter sync (parameters and momentum: {size:,} {args.dtype})",
         t["step+average"] - t["step"],
         t["step+allreduce"] - t["step"],
         "bare in-place Allreduce, in a training loop",

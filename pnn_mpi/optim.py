@@ -40,7 +40,9 @@ class SGD:
 
     def __init__(self, params: np.ndarray, momentum: float = 0.0, velocity: np.ndarray | None = None):
         self.momentum = float(momentum)
-        self.velocity = velocity if velocity is not None or not self.momentum else np.zeros_like(params)
+        if velocity is None and self.momentum:
+            velocity = np.zeros_like(params)
+        self.velocity = velocity
         self.state = params
 
     @classmethod

@@ -47,9 +47,10 @@ class Sync:
         name, colon, arg = str(text).partition(":")
         arg = arg or colon  # "local:" names no count: refused below, like "local:x"
         if name == "steps":
-            counts = _counts(text, arg, 1, "steps needs a positive step count, e.g. steps:100")
+            needs = "steps needs a positive step count, e.g. steps:100"
+            counts = _counts(text, arg, 1, needs)
             if not counts:
-                raise UserError(f"--sync {text!r}: steps needs a positive step count, e.g. steps:100")
+                raise UserError(f"--sync {text!r}: {needs}")
             return cls("steps", counts[0])
         if name == "local":
             counts = _counts(text, arg, 2, "local takes up to two positive step counts: local, local:K or local:K:L (e.g. local:5:64)")

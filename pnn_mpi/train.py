@@ -51,7 +51,6 @@ class Clock:
     comm: float = 0.0  # synchronisation Allreduces
     wait: float = 0.0  # idle at the end of an epoch, waiting for slower ranks
     eval: float = 0.0  # scoring, and the collectives that only feed a score
-    syncs: int = 0  # parameter averages and gradient sums
     # Every Allreduce this rank took part in, and the bytes of the buffers it passed, by purpose:
     # parameter (and momentum) averages, gradient sums, scores, stop checks.
     average_allreduces: int = 0
@@ -62,6 +61,11 @@ class Clock:
     score_bytes: int = 0
     check_allreduces: int = 0
     check_bytes: int = 0
+
+    @property
+    def syncs(self) -> int:
+        """The synchronising Allreduces: parameter averages and gradient sums."""
+        return self.average_allreduces + self.gradient_allreduces
 
 
 CLOCKED = tuple(f.name for f in fields(Clock) if f.type in ("float", float))  # the phases with a total in Clock
@@ -377,13 +381,12 @@ def train_epoch(run: Run, state: LoopState, epoch: int, lr: float, period: int =
             progress.step = stop
             if run.sync.averages_gradients:
                 consistent(run, state, "grad")
-            if period and progress.since_average >= period and stop < run.plan.steps:
-                sync_parameters(run, state)
+            if period and progress.since_average >= period and not (final and stop == run.plan.steps):
+                sync_parameters(run, state)  # after the final step, finish averages (the parameters alone)
             if stop % run.check_every == 0 or stop == run.plan.steps:
                 check_stop(run, state, epoch, stop)
             s = stop
-        epoch_ends = run.sync.averages_after_epoch or (period and progress.since_average >= period)
-        if epoch_ends and not final and progress.since_average:
+        if run.sync.averages_after_epoch and not final:
             sync_parameters(run, state)
     with run.phases("wait"):
         run.world.barrier()
@@ -419,7 +422,6 @@ def one_step(run: Run, state: LoopState, s: int, lr: float) -> float:
     if by_gradients:
         with run.phases("comm"):
             allreduce(run, state, "gradient", net.grads)  # already scaled by the step's samples over all ranks
-        state.clock.syncs += 1
     if len(picked) or by_gradients:
         state.opt.step(net.params, net.grads, lr)
     return loss
@@ -442,7 +444,6 @@ def sync_parameters(run: Run, state: LoopState, with_momentum: bool = True) -> N
     if run.world.size > 1:
         with run.phases("comm"):
             allreduce(run, state, "average", state.opt.state if with_momentum else state.net.params, average=True)
-        state.clock.syncs += 1
     state.progress.in_sync = True
     state.progress.since_average = 0
     consistent(run, state, "average")
@@ -491,7 +492,8 @@ def score_epoch(run: Run, state: LoopState, epoch: int, lr: float) -> EpochRecor
     validating = data.val_total > 0  # then the test set waits for the final score
     with run.phases("eval"):
         totals = np.zeros(7)  # loss; test correct, loss, confidence; validation correct, loss, confidence
-        totals[0] = state.loss_sum if state.epoch_loss is None else 0.0
+        known = state.epoch_loss  # the epoch's summed loss, from its last stop check (None when resumed past it)
+        totals[0] = state.loss_sum if known is None else 0.0
         due = not validating and cfg.eval_every and (epoch + 1) % cfg.eval_every == 0 and epoch < cfg.epochs - 1
         if due or validating:
             candidate = state.net
@@ -503,9 +505,10 @@ def score_epoch(run: Run, state: LoopState, epoch: int, lr: float) -> EpochRecor
                 totals[1:4] = score(candidate, data.test_images[lo:hi], data.test_labels[lo:hi])
             if data.val_images is not None and data.val_labels is not None:  # validating: this rank's share of them
                 totals[4:7] = score(candidate, data.val_images, data.val_labels)
-        if due or validating or state.epoch_loss is None:
+        if due or validating or known is None:
             allreduce(run, state, "score", totals)
-        totals[0] += state.epoch_loss or 0.0
+        if known is not None:
+            totals[0] = known
     tested = len(data.test_labels)
     return EpochRecord(
         epoch=epoch + 1,

@@ -206,9 +206,8 @@ def _epoch(plan: Schedule, ranks: int, period: int, final: bool, since: int) -> 
     """One epoch's events in ``train.train_epoch``'s order, and the steps since the last average after it.
 
     ``since`` counts the steps since the last average, across epoch ends (``Progress.since_average``):
-    an average comes once it reaches ``period`` (not on the epoch's last step), and at the
-    epoch's end when the schedule averages there or ``since`` reached the period on that last
-    step, never after the final epoch (``finish`` averages then).
+    an average comes once it reaches ``period``, and at the epoch's end when the schedule averages
+    there, never after the final epoch's last step (``finish`` averages then).
     """
     out = _Events(ranks)
     for s in range(plan.steps):
@@ -216,13 +215,12 @@ def _epoch(plan: Schedule, ranks: int, period: int, final: bool, since: int) -> 
         stop, since = s + 1, since + 1
         if plan.sync.averages_gradients:
             out.meet(plan.gradient)
-        if period and since >= period and stop < plan.steps:
+        if period and since >= period and not (final and stop == plan.steps):
             out.meet(plan.average)
             since = 0
         if stop % plan.check_every == 0 or stop == plan.steps:
             out.meet(plan.check)
-    at_end = plan.sync.averages_after_epoch or (period and since >= period)
-    if at_end and not final and since:
+    if plan.sync.averages_after_epoch and not final:
         out.meet(plan.average)
         since = 0
     out.meet(Barrier())
