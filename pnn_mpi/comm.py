@@ -95,6 +95,15 @@ class World:
     def abort(self, code: int) -> None:
         self.comm.Abort(code)
 
+    def node(self) -> World:
+        """The ranks sharing this rank's node (its shared memory), in world-rank order (a collective)."""
+        return World(self.comm.Split_type(self._mpi.COMM_TYPE_SHARED, key=self.rank))
+
+    def free(self) -> None:
+        """Release a communicator this program made (never COMM_WORLD)."""
+        if self.comm != self._mpi.COMM_WORLD:
+            self.comm.Free()
+
     def library(self) -> str:
         """The MPI library's name and version, e.g. 'Open MPI 5.0.11'."""
         name, version = self._mpi.get_vendor()

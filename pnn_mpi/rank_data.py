@@ -12,15 +12,17 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from . import datasets, idx
-from .comm import Communicator, fail_together
+from .comm import Communicator, World, fail_together
 from .config import TrainConfig
 from .errors import UserError
 from .evaluate import to_inputs
+from .node_reading import broadcast_records, scatter_records
 from .slicing import check_enough_samples, slice_bounds, slice_sizes
 
 
@@ -90,7 +92,18 @@ def load_rank_data(cfg: TrainConfig, world: Communicator, fits: Callable[[int, i
         val = datasets.load_split(spec, directory, "train", train_n + val_lo, train_n + val_hi, verify=False, check_end=False)
         return images, labels, test_images, test_labels, *val
 
-    images, labels, test_images, test_labels, val_images, val_labels = fail_together(world, read)
+    reading: Callable[[], tuple[np.ndarray, ...]] = read
+    node = world.node() if isinstance(world, World) and world.size > 1 else None
+    if node is not None and node.size > 1:  # ranks that share a node: each file is inflated once there
+        members = node.allgather(world.rank)
+        wants = [[slice_bounds(train_n, world.size, r), _shifted(slice_bounds(cfg.val_size, world.size, r), train_n)] for r in members]
+        verify = node.allgather(lead)[0]  # the node of world rank 0 checks the MD5s
+        reading = partial(read_on_node, spec, directory, node, wants, test_n, verify)
+    try:
+        images, labels, test_images, test_labels, val_images, val_labels = fail_together(world, reading)
+    finally:
+        if node is not None:
+            node.free()
     largest = max(int(labels.max(initial=0)), int(test_labels.max(initial=0)), int(val_labels.max(initial=0)))
     classes = max(world.allgather(largest)) + 1
     return RankData(
@@ -109,3 +122,22 @@ def load_rank_data(cfg: TrainConfig, world: Communicator, fits: Callable[[int, i
         val_images=val_images if cfg.val_size else None,
         val_labels=val_labels.astype(np.intp) if cfg.val_size else None,
     )
+
+
+def _shifted(bounds: tuple[int, int], by: int) -> tuple[int, int]:
+    return bounds[0] + by, bounds[1] + by
+
+
+def read_on_node(spec: datasets.DatasetSpec, directory: Path, node, wants: list, test_n: int, verify: bool) -> tuple[np.ndarray, ...]:
+    """(images, labels, test images, test labels, validation images, validation labels) of this rank,
+    each file read once by the node's first rank (``node_reading``); ``wants`` holds every node rank's
+    training and validation ranges, ``verify`` whether the MD5s are checked here."""
+
+    def md5_of(header: idx.IdxHeader) -> str | None:
+        return spec.md5.get(header.path.name.removesuffix(".gz")) if verify else None
+
+    train = datasets.split_headers(spec, directory, "train")
+    test = datasets.split_headers(spec, directory, "test")
+    (images, val_images), (labels, val_labels) = (scatter_records(node, h, kind, wants, md5_of(h)) for h, kind in zip(train, ("images", "labels")))
+    test_images, test_labels = (broadcast_records(node, h, kind, test_n, md5_of(h)) for h, kind in zip(test, ("images", "labels")))
+    return images, labels, test_images, test_labels, val_images, val_labels

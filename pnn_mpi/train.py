@@ -136,9 +136,9 @@ class EpochRecord:
 class TrainResult:
     net: Network  # the parallel network (identical on all ranks)
     epochs: list[EpochRecord]
-    test_accuracy: float  # the parallel network's, scored by rank 0 (nan elsewhere)
+    test_accuracy: float  # the parallel network's, scored in shares by all ranks (every rank holds it)
     test_loss: float
-    test_confidence: float  # mean probability of the predicted class (evaluate.py), rank 0 (nan elsewhere)
+    test_confidence: float  # mean probability of the predicted class (evaluate.py), on every rank
     warnings: list[str]  # what health.py warned about, on rank 0 (empty elsewhere)
     local_accuracies: list[float]  # each rank's network before the final average
     clocks: list[Clock]  # every rank's
@@ -571,21 +571,27 @@ def end_epoch(run: Run, state: LoopState, epoch: int) -> None:
 
 
 def finish(run: Run, state: LoopState) -> TrainResult:
-    """Score the local networks as they are, average them into the parallel one, score that on rank 0."""
+    """Score the local networks as they are, average them into the parallel one, and score that.
+
+    Each local network differs, so each is scored on the whole test set; when the
+    ranks are in sync already the local networks are the parallel one, whose score
+    serves for both. The parallel network is scored in shares, one per rank, summed."""
     world, data, net = run.world, run.data, state.net
-    with run.phases("eval"):
-        local_accuracy = evaluate(net, data.test_images, data.test_labels)[0]
+    apart = not state.progress.in_sync
+    if apart:
+        with run.phases("eval"):
+            local_accuracy = evaluate(net, data.test_images, data.test_labels)[0]
     train_seconds = state.progress.train_seconds
-    if not state.progress.in_sync:
+    if apart:
         world.barrier()
         began = time.perf_counter()
         sync_parameters(run, state, with_momentum=False)
         train_seconds += time.perf_counter() - began
 
-    accuracy = loss = confidence = float("nan")
+    accuracy, loss, confidence = score_parallel(run, state)
+    if not apart:
+        local_accuracy = accuracy
     if world.rank == 0:
-        with run.phases("eval"):
-            accuracy, loss, confidence = evaluate(net, data.test_images, data.test_labels)
         last = state.history[-1]
         last.test_accuracy, last.test_loss, last.train_seconds = accuracy, loss, train_seconds
         last.test_confidence = confidence
@@ -604,6 +610,21 @@ def finish(run: Run, state: LoopState) -> TrainResult:
         samples_seen=data.train_total * len(state.history),
         steps_per_epoch=run.plan.steps,
     )
+
+
+def score_parallel(run: Run, state: LoopState) -> tuple[float, float, float]:
+    """(accuracy, mean loss, mean confidence) of the parallel network on the test set: each
+    rank scores its share and one small Allreduce sums the counts, so every rank knows them."""
+    data, world = run.data, run.world
+    tested = len(data.test_labels)
+    if tested == 0:  # the same on every rank (the estimator holds no test set): nothing to score
+        return float("nan"), float("nan"), float("nan")
+    with run.phases("eval"):
+        lo, hi = slice_bounds(len(data.test_labels), world.size, world.rank)
+        totals = np.array(score(state.net, data.test_images[lo:hi], data.test_labels[lo:hi]), dtype=np.float64)
+        if world.size > 1:
+            allreduce(run, state, "score", totals)
+    return float(totals[0]) / tested, float(totals[1]) / tested, float(totals[2]) / tested
 
 
 def watch_for(cfg: TrainConfig, ranks: int) -> Watch:
