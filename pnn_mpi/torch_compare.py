@@ -66,7 +66,7 @@ from .sync import Sync  # noqa: E402
 from .train import build_network, train  # noqa: E402
 from .wording import plural  # noqa: E402
 
-MODES = ("end", "grad", "local")
+MODES = ("end", "grad", "local", "time")
 GOALS = {"end": 2.0, "grad": 4.0}  # pnn_mpi / PyTorch samples/s the project aims for (none set for local)
 NAMES = {"end": "(a) local SGD, one average at the end", "grad": "(b) gradient sync every step (DDP)", "local": "(c) local:5:64 vs post-local SGD"}
 FIXED = {"lr": 0.05, "lr_schedule": "constant", "warmup": 0, "epochs": 2}  # end and grad, where no flag is given
@@ -84,7 +84,14 @@ def _parser() -> Parser:
     p.add_argument("--hidden", type=positive_int, default=128)
     p.add_argument("--train-size", type=positive_int, help="use only the first N training samples (default: all)")
     p.add_argument("--repeats", type=positive_int, default=2, help="runs of each side per mode; the best counts")
-    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="end: local SGD, one average; grad: DDP-style; local: the default schedule")
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        choices=MODES,
+        default=list(MODES),
+        help="end: local SGD, one average; grad: DDP-style; local: the default schedule; time: the default run's time to --target against DDP's",
+    )
+    p.add_argument("--target", type=float, default=0.98, help="time: the test accuracy both sides are timed to")
     p.add_argument(
         "--torch-warmup",
         choices=TORCH_WARMUPS,
@@ -221,15 +228,16 @@ def _torch_optimizer(torch, model, cfg: TrainConfig, mode: str, period: int, war
     return net, PostLocalSGDOptimizer(sgd, PeriodicModelAverager(period, warmup_steps)), sgd
 
 
-def _torch_epochs(torch, net, opt, rates, cfg: TrainConfig, x, y, steps: int, rank: int, calls: list[int]) -> tuple[int, int, int]:
+def _torch_epochs(torch, net, opt, rates, cfg: TrainConfig, x, y, steps: int, rank: int, calls: list[int], after_epoch=None) -> tuple[int, int, int]:
     """Every epoch's steps, the rate set per epoch by ``rates``; returns (samples this rank
-    saw, steps after which the optimizer averaged, steps since its last average)."""
+    saw, steps after which the optimizer averaged, steps since its last average).
+    ``after_epoch(epoch)``, when given, runs after each epoch and stops them by returning True."""
     batch = int(cfg.batch_size)  # this tool's --batch-size is a number
     shuffler = np.random.default_rng([cfg.seed, rank])
     order = np.arange(len(y))
     cross_entropy = torch.nn.functional.cross_entropy
     seen = averaged = since = 0
-    for _ in range(cfg.epochs):
+    for epoch in range(cfg.epochs):
         shuffler.shuffle(order)
         picks = torch.from_numpy(order)
         for s in range(steps):
@@ -244,6 +252,8 @@ def _torch_epochs(torch, net, opt, rates, cfg: TrainConfig, x, y, steps: int, ra
                 since += 1
             seen += len(idx)
         rates.step()
+        if after_epoch is not None and after_epoch(epoch):
+            break
     return seen, averaged, since
 
 
@@ -312,6 +322,69 @@ def _pnn_run(world: World, cfg: TrainConfig, data) -> Outcome:
     return Outcome(result.samples_seen / result.train_seconds, world.bcast(result.test_accuracy), clock.average_allreduces, clock.gradient_allreduces, other)
 
 
+def time_configs(args: argparse.Namespace, ranks: int) -> tuple[TrainConfig, TrainConfig]:
+    """(pnn_mpi's, PyTorch DDP's) runs for the time to accuracy, both scored after every epoch:
+    the default schedule with its rule, and gradient averaging with the rule pnn_mpi's own
+    ``--sync grad`` takes for these ranks (the recipe a gradient-averaging run gets here)."""
+    ours = dataclasses.replace(mode_config(args, "local", ranks), eval_every=1)
+    base = TrainConfig(hidden=(args.hidden,), batch_size=args.batch_size, momentum=args.momentum, sync="grad", train_size=args.train_size, dtype="float32")
+    given = {k: getattr(args, k) for k in FIXED if getattr(args, k) is not None}
+    return ours, dataclasses.replace(base, eval_every=1, **given).resolved(ranks)
+
+
+def _first_reaching(times: list[float], accuracies: list[float], target: float) -> tuple[float, int]:
+    """(training seconds, epoch) of the first epoch whose test accuracy reached ``target``; (nan, 0) if none did."""
+    for epoch, (seconds, accuracy) in enumerate(zip(times, accuracies), 1):
+        if accuracy >= target:
+            return seconds, epoch
+    return float("nan"), 0
+
+
+def _pnn_time(world: World, cfg: TrainConfig, data, target: float) -> tuple[float, int]:
+    """pnn_mpi's training seconds (scoring excluded, as its clock keeps them) to ``target``."""
+    result = train(cfg, world, data, log=lambda *_: None)
+    accuracies = [r.test_accuracy if r.test_accuracy is not None else -1.0 for r in result.epochs]
+    return _first_reaching([r.train_seconds for r in result.epochs], accuracies, target)
+
+
+def _torch_time(torch, world: World, cfg: TrainConfig, data, target: float) -> tuple[float, int]:
+    """DDP's training seconds to ``target``: the test set scored after each epoch, off the clock."""
+    steps, _, _ = _torch_plan(world, cfg, data, "grad", 0, "none")
+    model = _torch_model(torch, cfg, data.x.shape[1], data.classes)
+    net, opt, sgd = _torch_optimizer(torch, model, cfg, "grad", 0, 0)
+    fraction = functools.partial(rate_fraction, cfg.lr_decay, schedule=settled(cfg.lr_schedule), epochs=cfg.epochs, warmup=settled(cfg.warmup))
+    rates = torch.optim.lr_scheduler.LambdaLR(sgd, fraction)
+    x, y = torch.from_numpy(data.x), torch.from_numpy(data.y.astype(np.int64))
+    images = torch.from_numpy(data.test_images.reshape(len(data.test_images), -1).astype(np.float32) / 255.0)
+    times: list[float] = []
+    accuracies: list[float] = []
+    clock = {"began": 0.0, "paused": 0.0}
+
+    def after_epoch(epoch: int) -> bool:
+        world.barrier()
+        stopped = time.perf_counter()
+        times.append(stopped - clock["began"] - clock["paused"])
+        with torch.no_grad():
+            accuracies.append(float((model(images).argmax(dim=1).numpy() == data.test_labels).mean()))
+        reached = world.bcast(accuracies[-1] >= target)
+        clock["paused"] += time.perf_counter() - stopped
+        return reached
+
+    world.barrier()
+    clock["began"] = time.perf_counter()
+    _torch_epochs(torch, net, opt, rates, cfg, x, y, steps, world.rank, [0], after_epoch)
+    return _first_reaching(times, accuracies, target)
+
+
+def _time_line(target: float, cfgs: tuple[TrainConfig, TrainConfig], ours: tuple[float, int], theirs: tuple[float, int]) -> str:
+    def said(side: tuple[float, int], cfg: TrainConfig) -> str:
+        reached = f"{side[0]:.2f} s (epoch {side[1]})" if side[1] else f"not reached in {plural(cfg.epochs, 'epoch')}"
+        return f"{reached}, {_settings(cfg)}"
+
+    ratio = f"; ratio {theirs[0] / ours[0]:.2f}x" if ours[1] and theirs[1] else ""
+    return f"time to {target:.0%} test accuracy (training seconds, scoring off the clock): pnn_mpi {said(ours, cfgs[0])}; PyTorch DDP {said(theirs, cfgs[1])}{ratio}"
+
+
 def _settings(cfg: TrainConfig) -> str:
     """A mode's rate, schedule and epochs in words."""
     warm = f", {plural(settled(cfg.warmup), 'warm-up epoch')}" if cfg.warmup else ""
@@ -361,10 +434,11 @@ def _report(world: World, args: argparse.Namespace, data, torch_version: str, re
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     world = World()
-    configs = {mode: mode_config(args, mode, world.size) for mode in args.modes}
-    data = load_rank_data(configs[args.modes[0]], world)
+    configs = {mode: mode_config(args, mode, world.size) for mode in args.modes if mode != "time"}
+    data = load_rank_data(mode_config(args, args.modes[0].replace("time", "local"), world.size), world)
     torch, dist = _torch_setup(world)
     results = {}
+    timed = time_to_target(torch, world, args, data) if "time" in args.modes else None
     for mode, cfg in configs.items():
         best: dict[str, Outcome] = {}
         for _ in range(args.repeats):
@@ -377,7 +451,24 @@ def main(argv: list[str] | None = None) -> int:
     dist.destroy_process_group()
     if world.rank == 0:
         _report(world, args, data, torch.__version__, results)
+        if timed is not None:
+            print(timed)
     return 0
+
+
+def time_to_target(torch, world: World, args: argparse.Namespace, data) -> str:
+    """The time mode's line: each side ``--repeats`` times, alternating, the fastest kept."""
+    cfgs = time_configs(args, world.size)
+    ours: list[tuple[float, int]] = []
+    theirs: list[tuple[float, int]] = []
+    for _ in range(args.repeats):
+        ours.append(_pnn_time(world, cfgs[0], data, args.target))
+        theirs.append(_torch_time(torch, world, cfgs[1], data, args.target))
+    return _time_line(args.target, cfgs, min(ours, key=_unreached_last), min(theirs, key=_unreached_last))
+
+
+def _unreached_last(side: tuple[float, int]) -> float:
+    return side[0] if side[1] else math.inf
 
 
 if __name__ == "__main__":

@@ -113,3 +113,34 @@ def test_local_against_post_local_sgd(mnist_dir):
     pnn_averages, torch_averages = int(counts[1]), int(counts[2])
     assert int(row[3]) == pnn_averages and int(row[4]) == int(warmup_steps) + torch_averages
     assert abs(torch_averages - pnn_averages) <= max(2, pnn_averages // 10), out
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 4])
+def test_time_to_accuracy_pits_the_default_against_pnn_mpis_grad_recipe(tc, ranks):
+    """The default run and DDP's are the runs pnn_mpi itself makes of local and grad on these ranks, scored every epoch."""
+    ours, theirs = tc.time_configs(tc._parser().parse_args([]), ranks)
+    local, grad = (TrainConfig(sync=s).resolved(ranks) for s in (defaults.MINI_BATCH_SYNC, "grad"))
+    assert (ours.sync, ours.lr, ours.warmup, ours.epochs, ours.eval_every) == (local.sync, local.lr, local.warmup, local.epochs, 1)
+    assert (theirs.sync, theirs.lr, theirs.warmup, theirs.epochs, theirs.eval_every) == ("grad", grad.lr, grad.warmup, grad.epochs, 1)
+
+
+@pytest.mark.parametrize(
+    "times, accuracies, reached",
+    [([1.0, 2.0, 3.0], [0.9, 0.98, 0.99], (2.0, 2)), ([1.0, 2.0], [0.9, 0.97], (float("nan"), 0)), ([4.0], [0.981], (4.0, 1))],
+)
+def test_time_to_accuracy_is_the_first_epoch_at_the_target(tc, times, accuracies, reached):
+    seconds, epoch = tc._first_reaching(times, accuracies, 0.98)
+    assert epoch == reached[1] and (seconds == reached[0] or (epoch == 0 and seconds != seconds))
+
+
+@pytest.mark.slow
+def test_time_to_accuracy_runs_both_sides(mnist_dir):
+    """Two ranks, a short run to a low target: both sides reach it and the line names epochs and seconds."""
+    pytest.importorskip("torch.distributed")
+    command = [mpiexec_path(), "-n", "2", sys.executable, "-m", "pnn_mpi.torch_compare"]
+    args = ["--modes", "time", "--train-size", "2000", "--epochs", "2", "--repeats", "1", "--target", "0.5"]
+    env = clean_env(PNN_MPI_DATA=str(mnist_dir), OMP_NUM_THREADS="1")
+    proc = subprocess.run([*command, *args], capture_output=True, text=True, timeout=600, env=env, cwd=REPO, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = re.search(r"^time to 50% .*pnn_mpi ([\d.]+) s \(epoch (\d)\).*PyTorch DDP ([\d.]+) s \(epoch (\d)\).*ratio ([\d.]+)x$", proc.stdout, re.M)
+    assert line, proc.stdout
