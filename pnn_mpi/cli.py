@@ -8,6 +8,7 @@ becomes one line ``pnn_mpi: error: ...``; the options live in ``options.py``.
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 import time
@@ -38,6 +39,30 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "plot": plot.main,
     "scaling": scaling.main,
 }
+
+
+def check_command(argv: list[str]) -> None:
+    """A first word that is no flag and no command is most likely a command mistyped: say which one.
+
+    Training takes no such word, so without this ``evalute`` would start a training run's parser
+    and end in 'unrecognized arguments'."""
+    if not argv or argv[0].startswith("-") or argv[0] in COMMANDS:
+        return
+    close = difflib.get_close_matches(argv[0], COMMANDS, n=1, cutoff=0.6)
+    hint = f"did you mean '{close[0]}'?" if close else f"the commands are {', '.join(COMMANDS)}"
+    raise UserError(f"unknown command '{argv[0]}': {hint}")
+
+
+def _check_words(command: str, argv: list[str]) -> None:
+    """The command word of ``python -m pnn_mpi`` and of the job ``launch`` would start: a mistyped
+    one is named before any rank starts only to say so."""
+    if command == "launch":
+        request = launch.parse(argv)
+        argv = request.rest if request else []
+        argv = argv[1:] if argv[:1] == ["train"] else argv
+    elif command != "train":
+        return
+    check_command(argv)
 
 
 def _live_mpi():
@@ -136,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "train" and argv and launch.is_shorthand(argv[0]):
         command = "launch"  # python -m pnn_mpi -n 16 ...: the launcher's shorthand
     try:
+        _check_words(command, argv)
         return COMMANDS[command](argv)
     except UserError as exc:
         return _leave(bounded_line(f"pnn_mpi: error: {exc}"), 2)

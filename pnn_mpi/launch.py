@@ -29,6 +29,9 @@ USAGE = "pnn-mpi launch -n RANKS [--dry-run] [--mpiexec PATH] [command] [flags .
 # Signals a batch system or a user sends to the launcher, passed on to mpiexec
 # (which passes SIGUSR1 on to the ranks: they checkpoint and exit 75).
 _FORWARDED = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP)
+# SIGINT is passed on as SIGUSR1: Open MPI's mpiexec answers SIGINT by killing the ranks within
+# half a second and exiting 1 with their last lines lost; both MPIs pass SIGUSR1 on to the ranks.
+_STOP = signal.SIGUSR1
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,12 @@ as root; with more ranks than cores PRTE_MCA_rmaps_default_mapping_policy=:overs
 (Open MPI 5) or OMPI_MCA_rmaps_base_oversubscribe=1 (Open MPI 4), and
 OMPI_MCA_mpi_yield_when_idle=1. MPICH needs nothing. A value you export wins.
 Without any MPI: {INSTALL_MPI}.
+
+Training flags, the data (found, readable, enough samples for RANKS) and a mistyped
+command are checked before any rank starts. Ctrl-C (SIGINT) reaches the launcher alone
+(mpiexec runs in its own process group, with stdin from /dev/null) and goes on to the
+ranks as SIGUSR1: they checkpoint and the job exits 75; a second Ctrl-C ends it at once.
+SIGTERM, SIGUSR1, SIGUSR2 and SIGHUP are passed on unchanged.
 """
 
 
@@ -176,8 +185,9 @@ def is_shorthand(word: str) -> bool:
     return re.fullmatch(r"-n\d*|-np|--np(=.*)?", word) is not None
 
 
-def _check_flags(rest: list[str]) -> None:
-    """Training flags are checked here, once, before N ranks start only to reject them.
+def _check_flags(rest: list[str], ranks: int | None = None) -> None:
+    """Training flags are checked here, once, before N ranks start only to reject them; with
+    ``ranks``, the data too (found, readable, enough samples for every rank).
 
     Another command (a first word that is not a flag) checks its own flags on every rank."""
     from .options import parse_train_args
@@ -186,7 +196,31 @@ def _check_flags(rest: list[str]) -> None:
         rest = rest[1:]
     if rest and not rest[0].startswith("-"):
         return
-    parse_train_args(rest)
+    cfg = parse_train_args(rest)
+    if ranks is not None:
+        check_data(cfg, ranks)
+
+
+class _Headers(Exception):
+    """Raised from the loader's memory check: every header check passed, no payload was read."""
+
+
+def check_data(cfg, ranks: int) -> None:
+    """The trainer's own data checks (locate, headers, samples per rank), run here as ``ranks`` ranks
+    would run them, stopped before a byte of payload is read: the same one line, before any rank starts."""
+    from .comm import SerialWorld
+    from .rank_data import load_rank_data
+
+    class Ranks(SerialWorld):  # one process standing in for all: every collective is its own
+        size = ranks
+
+    def stop(*_sizes) -> None:
+        raise _Headers
+
+    try:
+        load_rank_data(cfg.resolved(ranks), Ranks(), fits=stop)
+    except _Headers:
+        pass
 
 
 def command_line(request: Request, env: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
@@ -213,28 +247,37 @@ def shown(command: Sequence[str], added: Mapping[str, str]) -> str:
     return " ".join([*(f"{k}={shlex.quote(v)}" for k, v in added.items()), shlex.join(command)])
 
 
+def _own_group() -> dict:
+    """Popen arguments that start mpiexec in a process group of its own: a Ctrl-C at the terminal
+    then reaches the launcher alone, which turns it into the ranks' stop request."""
+    return {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
+
+
 def run(command: Sequence[str], env: Mapping[str, str]) -> int:
     """Run the job, pass the batch system's signals on to it, return its exit status
-    (a job killed by signal S gives 128 + S, as a shell reports it)."""
-    try:
-        proc = subprocess.Popen(list(command), env=dict(env))
+    (a job killed by signal S gives 128 + S, as a shell reports it).
+
+    The first SIGINT (Ctrl-C, or ``kill -INT``) goes on as the stop request SIGUSR1: the ranks
+    checkpoint and the job exits 75. A second one goes on as SIGINT: end it now."""
+    try:  # stdin: a job in a background process group that read the terminal would be stopped
+        proc = subprocess.Popen(list(command), env=dict(env), stdin=subprocess.DEVNULL, **_own_group())
     except OSError as exc:
         raise UserError(f"cannot start {command[0]}: {exc.strerror or exc}") from None
+    interrupts = 0
 
     def forward(signum, _frame):
+        nonlocal interrupts
+        if signum == signal.SIGINT:
+            interrupts += 1
+            signum = _STOP if interrupts == 1 else signal.SIGINT
         try:
             proc.send_signal(signum)
         except ProcessLookupError:
             pass
 
-    previous = {sig: signal.signal(sig, forward) for sig in _FORWARDED}
+    previous = {sig: signal.signal(sig, forward) for sig in (*_FORWARDED, signal.SIGINT)}
     try:
-        while True:
-            try:
-                code = proc.wait()
-                break
-            except KeyboardInterrupt:  # mpiexec got the Ctrl-C too (same terminal): let it end the job
-                continue
+        code = proc.wait()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -246,7 +289,7 @@ def main(argv: Sequence[str]) -> int:
     if request is None:
         sys.stdout.write(_HELP)
         return 0
-    _check_flags(request.rest)
+    _check_flags(request.rest, None if request.dry_run else request.ranks)
     command, added = command_line(request, os.environ)
     print(f"pnn_mpi launch: {shown(command, added)}", flush=True)
     if request.dry_run:

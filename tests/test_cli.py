@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import REPO, clean_env
 from pnn_mpi import cli
 from pnn_mpi.cli import main
 from pnn_mpi.config import TrainConfig
@@ -336,3 +338,22 @@ def test_version_and_program_name(monkeypatch, capsys):
     assert train_parser().prog == "pnn-mpi"
     monkeypatch.setattr(sys, "argv", ["/x/pnn_mpi/__main__.py"])
     assert train_parser().prog == "python -m pnn_mpi"
+
+
+@pytest.mark.parametrize(
+    "word, expected",
+    [
+        ("evalute", "did you mean 'evaluate'?"),
+        ("lanch", "did you mean 'launch'?"),
+        ("predcit", "did you mean 'predict'?"),
+        ("trian", "did you mean 'train'?"),
+        ("xyzzy", "the commands are train, launch, download, evaluate, predict"),
+    ],
+)
+def test_a_mistyped_command_gets_one_line_with_a_suggestion(word, expected):
+    """A real ``python -m pnn_mpi WORD``: one line naming the likely command, exit 2, nothing started."""
+    proc = subprocess.run([sys.executable, "-m", "pnn_mpi", word, "--epochs", "1"], capture_output=True, text=True, timeout=60, env=clean_env(), cwd=REPO)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"pnn_mpi: error: unknown command '{word}': {expected}"), proc.stderr
+    assert proc.stdout == ""

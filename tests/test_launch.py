@@ -225,3 +225,64 @@ def test_launcher_passes_sigusr1_on_and_the_job_exits_resumable(tiny, tmp_path):
         proc.kill()
     assert proc.returncode == 75, err
     assert (out / "checkpoint.npz").exists()
+
+
+def _slow_run(tiny, out) -> list[str]:
+    """pnn-mpi launch of a run slow enough to be caught in its third epoch."""
+    flags = ["--dataset", "custom", "--data-dir", str(tiny), "--hidden", "64", "--batch-size", "1", "--kernel", "generic", "--epochs", "400"]
+    return [sys.executable, "-m", "pnn_mpi", "launch", "-n", "2", *flags, "--eval-every", "0", "--out", str(out)]
+
+
+@pytest.mark.parametrize("how", ["kill -INT the launcher", "Ctrl-C at its terminal"])
+def test_sigint_to_the_launcher_stops_the_job_resumable(tiny, tmp_path, how):
+    """SIGINT to the launcher alone, or to its whole process group as a terminal's Ctrl-C sends it
+    (a session of its own stands in for the terminal): the ranks checkpoint, the user reads the line, 75."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_slow_run(tiny, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_bare_env(), cwd=REPO, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        for line in proc.stdout:
+            if line.startswith("network ") or time.monotonic() > deadline:
+                break
+        time.sleep(1.0)
+        if how == "kill -INT the launcher":
+            proc.send_signal(signal.SIGINT)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 75, err
+    assert "checkpoint written: rerun the same command with --resume to continue" in err and "Traceback" not in err, err
+    assert (out / "checkpoint.npz").exists()
+
+
+@pytest.mark.parametrize(
+    "case, ranks, expected",
+    [
+        ("no such folder", 2, "pnn_mpi: error: dataset custom not found; looked in: "),
+        ("more ranks than samples", 4, "pnn_mpi: error: 4 ranks but only 3 training samples: every rank needs at least one"),
+        ("a truncated file", 2, "train-images-idx3-ubyte"),
+    ],
+)
+def test_launch_checks_the_data_before_any_rank_starts(tmp_path, case, ranks, expected):
+    """The trainer's own line, from the launcher alone: no command printed, no rank started, no folder made."""
+    data = write_dataset(tmp_path / "data", train=3, test=2)
+    if case == "no such folder":
+        data = tmp_path / "nothing"
+    if case == "a truncated file":
+        images = data / "train-images-idx3-ubyte"
+        images.write_bytes(images.read_bytes()[:-5])
+    proc = _launch("-n", str(ranks), "--dataset", "custom", "--data-dir", str(data), "--batch-size", "1", "--out", str(tmp_path / "run"), timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pnn_mpi: error: ") and expected in lines[0], proc.stderr
+    assert proc.stdout == "" and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv, suggestion", [(["-n", "2", "evalute"], "evaluate"), (["-n", "2", "bnech"], "bench"), (["-n", "2", "--", "trian"], "train")])
+def test_a_mistyped_command_after_launch_is_named_before_any_rank_starts(argv, suggestion):
+    proc = _launch(*argv, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"pnn_mpi: error: unknown command '{argv[-1]}': did you mean '{suggestion}'?"]
+    assert proc.stdout == ""
