@@ -20,7 +20,6 @@ import math
 import os
 import re
 import stat
-import tomllib
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,6 +27,8 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any
 from xml.parsers import expat
+
+import tomllib
 
 from .errors import UserError
 from .wording import os_reason, quote
