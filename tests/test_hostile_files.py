@@ -504,6 +504,21 @@ STRUCTURED = {
         ["scaling", "--calibration", "{bad}"],
         r'field "compute\.big" should be named as layer widths',
     ),
+    "timeline-no-run": (
+        "t.json",
+        _write('{"traceEvents": []}'),
+        ["scaling", "--calibration", "{cal}", "--from-timeline", "{bad}"],
+        r'field "otherData" is missing',
+    ),
+    "timeline-span-text": (
+        "t.json",
+        _write(
+            '{"otherData": {"sizes": [36, 8, 10], "batch_size": 10, "slice_sizes": [60], "epochs": 1, "ranks": 1},'
+            ' "traceEvents": [{"ph": "X", "pid": 0, "ts": 0, "dur": "long", "cat": "compute"}]}'
+        ),
+        ["scaling", "--calibration", "{cal}", "--from-timeline", "{bad}"],
+        r'field "traceEvents\[0\]\.dur" should be a number at least 0, not "long"',
+    ),
     "calibration-deep": ("cal.json", _write('{"measured": ' + DEEP_JSON), ["scaling", "--calibration", "{bad}"], r"nested more than 64 levels deep"),
 }
 
