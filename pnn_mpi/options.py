@@ -13,8 +13,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import tomllib
-
 from . import __version__
 from .activations import ACTIVATIONS
 from .config import DTYPES, FULL_BATCH, KERNELS, ON_RANK_FAILURE, TrainConfig
@@ -25,7 +23,8 @@ from .errors import STOP_EXIT_CODE, UserError
 from .initializers import INITIALIZERS
 from .losses import OUTPUTS
 from .optim import SCHEDULES
-from .wording import os_reason, quote
+from .structured_files import Anything, Table, read_toml
+from .wording import quote
 
 _DEFAULTS = TrainConfig()
 
@@ -270,15 +269,13 @@ def train_parser() -> Parser:
     return p
 
 
+# A config's settings: each key and value is checked against its flag below; the reader bounds the rest.
+CONFIG_SCHEMA = Table(Anything(), most=256)
+
+
 def config_tokens(parser: Parser, path: str) -> list[str]:
     """The flags equivalent to a TOML config file."""
-    try:
-        with open(path, "rb") as handle:
-            table = tomllib.load(handle)
-    except OSError as exc:
-        raise UserError(f"--config {quote(path)}: {os_reason(exc)}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"--config {quote(path)}: not valid TOML: {exc}") from None
+    table = read_toml(path, CONFIG_SCHEMA, f"--config {quote(path)}")  # bounded: /dev/zero or deep nesting is one line
     actions = {a.dest: a for a in parser._actions if a.option_strings and a.dest not in ("help", "config", "version")}
     tokens: list[str] = []
     for key, value in table.items():

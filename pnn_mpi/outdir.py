@@ -29,6 +29,7 @@ from pathlib import Path
 
 from . import files
 from .errors import UserError
+from .structured_files import MiB, Record, Text, read_json
 from .wording import quote
 
 LOCK = ".pnn_mpi.lock"
@@ -143,8 +144,8 @@ def results_match(folder: str | os.PathLike) -> bool:
     """Whether ``metrics.json`` in ``folder`` describes the ``model.npz`` beside it."""
     folder = Path(folder)
     try:
-        record = json.loads((folder / METRICS).read_text())
+        record = read_json(folder / METRICS, Record({"model_sha256": Text(64)}), limit=256 * MiB)
         digest = hashlib.sha256((folder / MODEL).read_bytes()).hexdigest()
-    except (OSError, ValueError):
+    except (OSError, UserError):  # missing, damaged, huge or of another shape: it describes no model here
         return False
-    return isinstance(record, dict) and record.get("model_sha256") == digest
+    return record.get("model_sha256") == digest

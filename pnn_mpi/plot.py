@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import math
 from pathlib import Path
 
 from .errors import UserError
 from .files import write_atomically
+from .structured_files import Anything, Items, MiB, Nullable, Number, Record, Table, Text, read_json
 
 INSTALL_HINT = 'plots need matplotlib: pip install "pnn_mpi[plot]"'
 FILE = "curves.png"
@@ -35,17 +35,30 @@ def require_matplotlib():
     return plt
 
 
+_MEASURE = Nullable(Number(finite=False))  # NaN or null: not measured; drawn as a gap
+_EPOCH = Record({"epoch": Number(integer=True, low=1), "train_loss": _MEASURE, "test_accuracy": _MEASURE, "val_accuracy": _MEASURE}, frozenset({"epoch"}))
+# What draw() reads from metrics.json; the rest of the record is not used here.
+METRICS = Record(
+    {
+        "epochs": Items(_EPOCH, most=1 << 20, fewest=1),
+        "early_stop": Nullable(Record({"best_epoch": Nullable(Number(integer=True, low=0))})),
+        "local_test_accuracy": Nullable(Record({"per_rank": Items(_MEASURE)})),
+        "test_accuracy": _MEASURE,
+        "config": Table(Anything(), most=1024),
+        "dataset": Record({"name": Text(200)}),
+        "ranks": Number(integer=True, low=1),
+        "mpi_library": Text(1000),
+    },
+    frozenset({"epochs"}),
+)
+
+
 def read_metrics(run: Path) -> dict:
+    """A run's metrics.json, read bounded and checked field by field before anything is drawn."""
     path = run / "metrics.json" if run.is_dir() else run
-    try:
-        record = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file (give the folder of a finished run: it holds metrics.json)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: not a readable metrics.json ({exc})") from None
-    if not isinstance(record, dict) or not isinstance(record.get("epochs"), list) or not record["epochs"]:
-        raise UserError(f"{path}: not a pnn_mpi metrics.json (no per-epoch records)")
-    return record
+    if not path.exists():
+        raise UserError(f"{path}: no such file (give the folder of a finished run: it holds metrics.json)")
+    return read_json(path, METRICS, limit=256 * MiB)
 
 
 def _points(epochs: list[dict], key: str) -> tuple[list[int], list[float]]:

@@ -17,6 +17,7 @@ import re
 import resource
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -394,3 +395,154 @@ def test_predict_out_never_replaces_an_input(tmp_path, target, capsys):
     assert status == 2 and err.count("\n") == 1 and err.startswith(PREFIX), err
     assert ("is a directory" if target == "folder" else "name another file") in err
     assert {p: p.read_bytes() for p in before} == before
+
+
+# --- structured files (#19): every JSON, TOML and XML file a command reads ------------------------
+
+DEEP_JSON = "[" * 200_000  # json.loads: RecursionError
+DEEP_TOML = "a = " + "[" * 200_000
+METRICS_OK = '{"epochs": [{"epoch": 1, "test_accuracy": 0.5}, {"epoch": 2, "test_accuracy": 0.6}]}'
+PLATFORM = "<platform version='4.1'><zone id='z' routing='Full'><cluster id='c' prefix='h' suffix='' radical='{radical}' core='{core}' speed='{speed}' bw='{bw}' lat='0s'/></zone></platform>"
+GOOD = {"radical": "0-3", "core": "2", "speed": "1Gf", "bw": "1GBps"}
+LAUGHS = (
+    '<?xml version="1.0"?><!DOCTYPE p [<!ENTITY a "aaaaaaaaaa">'
+    + "".join(f'<!ENTITY a{i} "{("&a;" if i == 1 else f"&a{i - 1};") * 10}">' for i in range(1, 12))
+    + "]><p>&a11;</p>"
+)
+
+
+def _write(text: str | None):
+    """A file holding ``text``; None: a link to /dev/zero (endless)."""
+
+    def make(path: Path) -> None:
+        if text is None:
+            path.symlink_to("/dev/zero")
+        else:
+            path.write_text(text)
+
+    return make
+
+
+def _sparse(path: Path) -> None:
+    """A regular file of 1 TiB that holds nothing (sparse): refused from its size, never read."""
+    with open(path, "wb") as handle:
+        handle.truncate(1 << 40)
+
+
+STRUCTURED = {
+    # name: (the hostile file's name, how it is made, the command (placeholders {bad}, {cal}, {tmp}), what the line says)
+    "plot-wrong-type": (
+        "run/metrics.json",
+        _write(METRICS_OK.replace("0.6", '"abc"')),
+        ["plot", "{tmp}/run"],
+        r'field "epochs\[1\]\.test_accuracy" should be a number, not "abc"',
+    ),
+    "plot-epoch-not-integer": (
+        "run/metrics.json",
+        _write(METRICS_OK.replace('"epoch": 2', '"epoch": "2"')),
+        ["plot", "{tmp}/run"],
+        r'field "epochs\[1\]\.epoch" should be an integer',
+    ),
+    "plot-deep": ("run/metrics.json", _write(DEEP_JSON), ["plot", "{tmp}/run"], r"nested more than 64 levels deep"),
+    "plot-endless": ("run/metrics.json", _write(None), ["plot", "{tmp}/run"], r"more than the [\d,]+ bytes"),
+    "plot-per-rank-text": (
+        "run/metrics.json",
+        _write(METRICS_OK[:-1] + ', "local_test_accuracy": {"per_rank": [0.5, "x"]}}'),
+        ["plot", "{tmp}/run"],
+        r'field "local_test_accuracy\.per_rank\[1\]" should be a number',
+    ),
+    "config-endless": ("run.toml", _write(None), ["--config", "{bad}"], r"--config \S+: more than the 1,048,576 bytes"),
+    "config-deep": ("run.toml", _write(DEEP_TOML), ["--config", "{bad}"], r"--config \S+: nested more than 64 levels deep"),
+    "config-dotted-key": ("run.toml", _write("a" + ".a" * 200_000 + " = 1"), ["--config", "{bad}"], r"--config \S+: nested more than 64 levels deep"),
+    "grid-huge": ("grid.toml", _sparse, ["study", "--grid", "{bad}"], r"--grid \S+: 1,099,511,627,776 bytes, more than the 1,048,576"),
+    "plot-huge": ("run/metrics.json", _sparse, ["plot", "{tmp}/run"], r"1,099,511,627,776 bytes, more than the"),
+    "grid-deep": ("grid.toml", _write(DEEP_TOML), ["study", "--grid", "{bad}"], r"--grid \S+: nested more than 64 levels deep"),
+    "platform-huge-range": (
+        "p.xml",
+        _write(PLATFORM.format(**{**GOOD, "radical": "0-999999999999"})),
+        ["scaling", "--calibration", "{cal}", "--platform", "{bad}"],
+        r"1,000,000,000,000 hosts, more than the 65,536",
+    ),
+    "platform-text-range": (
+        "p.xml",
+        _write(PLATFORM.format(**{**GOOD, "radical": "a-b"})),
+        ["scaling", "--calibration", "{cal}", "--platform", "{bad}"],
+        r"radical 'a-b' should be N or N-M",
+    ),
+    "platform-zero-cores": (
+        "p.xml",
+        _write(PLATFORM.format(**{**GOOD, "core": "0"})),
+        ["scaling", "--calibration", "{cal}", "--platform", "{bad}"],
+        r"core '0': should be an integer from 1",
+    ),
+    "platform-negative-speed": (
+        "p.xml",
+        _write(PLATFORM.format(**{**GOOD, "speed": "-1Gf"})),
+        ["scaling", "--calibration", "{cal}", "--platform", "{bad}"],
+        r"speed -1e\+09: should be positive",
+    ),
+    "platform-zero-bandwidth": (
+        "p.xml",
+        _write(PLATFORM.format(**{**GOOD, "bw": "0Bps"})),
+        ["scaling", "--calibration", "{cal}", "--platform", "{bad}"],
+        r"bw 0: should be positive",
+    ),
+    "platform-billion-laughs": ("p.xml", _write(LAUGHS), ["scaling", "--calibration", "{cal}", "--platform", "{bad}"], r"declares the entity a"),
+    "platform-endless": ("p.xml", _write(None), ["scaling", "--calibration", "{cal}", "--platform", "{bad}"], r"more than the [\d,]+ bytes"),
+    "calibration-list": ("cal.json", _write("[1, 2]"), ["scaling", "--calibration", "{bad}"], r"should hold a table, not a list"),
+    "calibration-links-text": (
+        "cal.json",
+        _write(
+            '{"machine": "m", "cores": 2, "compute": {"36-8-10": {"all": {"per_step": 0, "per_sample": 0}}}, "links": {"shm": {"latency": "x", "bandwidth": 1}}}'
+        ),
+        ["scaling", "--calibration", "{bad}"],
+        r'field "links\.shm\.latency" should be a number at least 0, not "x"',
+    ),
+    "calibration-bad-model-label": (
+        "cal.json",
+        _write('{"machine": "m", "cores": 2, "compute": {"big": {"all": {"per_step": 0, "per_sample": 0}}}, "links": {}}'),
+        ["scaling", "--calibration", "{bad}"],
+        r'field "compute\.big" should be named as layer widths',
+    ),
+    "timeline-no-run": (
+        "t.json",
+        _write('{"traceEvents": []}'),
+        ["scaling", "--calibration", "{cal}", "--from-timeline", "{bad}"],
+        r'field "otherData" is missing',
+    ),
+    "timeline-span-text": (
+        "t.json",
+        _write(
+            '{"otherData": {"sizes": [36, 8, 10], "batch_size": 10, "slice_sizes": [60], "epochs": 1, "ranks": 1},'
+            ' "traceEvents": [{"ph": "X", "pid": 0, "ts": 0, "dur": "long", "cat": "compute"}]}'
+        ),
+        ["scaling", "--calibration", "{cal}", "--from-timeline", "{bad}"],
+        r'field "traceEvents\[0\]\.dur" should be a number at least 0, not "long"',
+    ),
+    "calibration-deep": ("cal.json", _write('{"measured": ' + DEEP_JSON), ["scaling", "--calibration", "{bad}"], r"nested more than 64 levels deep"),
+}
+
+
+@pytest.fixture(scope="module")
+def light_cap(tmp_path_factory):
+    """An address-space cap: what a command that fails at once needs, plus HEADROOM."""
+    root = tmp_path_factory.mktemp("cap")
+    return _vm_peak_of(["plot", str(root / "absent")], root) + HEADROOM
+
+
+@pytest.mark.parametrize("case", sorted(STRUCTURED))
+def test_hostile_structured_files_are_one_line_within_a_memory_cap(tmp_path, light_cap, case):
+    name, make, argv, expect = STRUCTURED[case]
+    bad = tmp_path / name
+    bad.parent.mkdir(exist_ok=True)
+    make(bad)
+    from pnn_mpi.scaling.costs import Calibration, Link, StepCost
+
+    cal = Calibration("toy", 2, {"36-8-10": {"one": StepCost(1e-3, 0), "all": StepCost(1e-3, 0)}}, {"shm": Link(1e-6, 1e9)})
+    (tmp_path / "good-cal.json").write_text(cal.to_json())
+    started = time.monotonic()
+    proc = _run_capped([a.format(bad=bad, cal=tmp_path / "good-cal.json", tmp=tmp_path) for a in argv], light_cap, tmp_path)
+    assert time.monotonic() - started < 60
+    line = _one_line(proc)
+    assert bad.name in line, line
+    assert re.search(expect, line), line

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..network import parameter_count
+from ..structured_files import Anything, MiB, Number, Record, Table, Text, check, read_json
+from ..wording import quote
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,25 @@ class StepCost:
 class Link:
     latency: float  # seconds per message (alpha)
     bandwidth: float  # bytes per second (1/beta), the reduction's arithmetic folded in
+
+
+_SECONDS = Number(low=0)
+_STEP_COST = Record({"per_step": _SECONDS, "per_sample": _SECONDS}, frozenset({"per_step", "per_sample"}), closed=True)
+_MODEL = r"[1-9]\d{0,8}(?:-[1-9]\d{0,8}){1,63}"  # a model's layer widths, 784-128-10
+# What from_dict reads; step_cost needs "all" for every model, and model labels it can split.
+CALIBRATION = Record(
+    {
+        "machine": Text(1000),
+        "cores": Number(integer=True, low=1, high=1 << 20),
+        "compute": Table(
+            Record({"one": _STEP_COST, "all": _STEP_COST, "over": _STEP_COST}, frozenset({"all"}), closed=True), 4096, _MODEL, "layer widths (784-128-10)"
+        ),
+        "links": Table(Record({"latency": _SECONDS, "bandwidth": Number(above=0)}, frozenset({"latency", "bandwidth"}), closed=True), 64),
+        "measured": Table(Anything()),
+        "in_loop": Table(Table(_SECONDS, 4096, _MODEL, "layer widths (784-128-10)"), 4096),
+    },
+    frozenset({"machine", "cores", "compute", "links"}),
+)
 
 
 @dataclass
@@ -89,7 +110,9 @@ class Calibration:
         return json.dumps(asdict(self), indent=2) + "\n"
 
     @classmethod
-    def from_dict(cls, record: dict) -> Calibration:
+    def from_dict(cls, record: dict, label: str = "the calibration") -> Calibration:
+        """A calibration from its JSON record, checked field by field first (``CALIBRATION``)."""
+        check(record, CALIBRATION, label)
         return cls(
             machine=record["machine"],
             cores=int(record["cores"]),
@@ -101,9 +124,5 @@ class Calibration:
 
     @classmethod
     def load(cls, path: Path) -> Calibration:
-        try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except FileNotFoundError:
-            raise UserError(f"--calibration {path}: no such file") from None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise UserError(f"--calibration {path}: not a calibration record ({exc})") from None
+        label = f"--calibration {quote(path)}"
+        return cls.from_dict(read_json(path, Anything(), label, limit=64 * MiB), label)

@@ -10,13 +10,32 @@ ranks, the idle-core cost when it had one.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from ..errors import UserError
+from ..structured_files import Items, MiB, Number, Record, Text, check, read_json
 from ..timeline import compute_between_collectives
+from ..wording import quote
 from .costs import Calibration, StepCost
+
+_COUNT = Number(integer=True, low=1, high=1 << 40)
+_RUN = Record(
+    {
+        "sizes": Items(_COUNT, most=64, fewest=2),
+        "batch_size": _COUNT,
+        "slice_sizes": Items(Number(integer=True, low=0, high=1 << 40), most=1 << 20, fewest=1),
+        "epochs": Number(integer=True, low=1, high=1 << 20),
+        "ranks": Number(integer=True, low=1, high=1 << 20),
+    },
+    frozenset({"sizes", "batch_size", "slice_sizes", "epochs", "ranks"}),
+)
+# A trace as compute_between_collectives reads it; a complete ("X") event also needs a span.
+TRACE = Record(
+    {"otherData": _RUN, "traceEvents": Items(Record({"ph": Text(8), "pid": Number(integer=True)}, frozenset({"ph", "pid"})))},
+    frozenset({"otherData", "traceEvents"}),
+)
+_SPAN = Record({"ts": Number(), "dur": Number(low=0), "cat": Text(100)}, frozenset({"ts", "dur", "cat"}))
 
 
 def seconds_per_step(trace: dict) -> tuple[tuple[int, ...], int, float]:
@@ -39,10 +58,11 @@ def seconds_per_step(trace: dict) -> tuple[tuple[int, ...], int, float]:
 
 def apply(cal: Calibration, path: Path) -> tuple[Calibration, str]:
     """``cal`` with the traced model's step cost taken from the timeline at ``path``; and a line saying so."""
-    try:
-        trace = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"--from-timeline {path}: not a readable trace ({exc})") from None
+    label = f"--from-timeline {quote(path)}"
+    trace = read_json(path, TRACE, label, limit=512 * MiB)
+    for i, event in enumerate(trace["traceEvents"]):
+        if event["ph"] == "X":
+            check(event, _SPAN, label, f"traceEvents[{i}]")
     sizes, ranks, per_step = seconds_per_step(trace)
     batch = int(trace["otherData"]["batch_size"])
     label = "-".join(map(str, sizes))

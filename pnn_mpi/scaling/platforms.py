@@ -10,6 +10,7 @@ predictions always describe the same hardware.
 
 from __future__ import annotations
 
+import math
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, replace
@@ -17,6 +18,8 @@ from importlib import resources
 from pathlib import Path
 
 from ..errors import UserError
+from ..structured_files import MiB, parse_xml, read_xml
+from ..wording import quote
 from .costs import Calibration, Link
 
 REFERENCE_SPEED = 1e9  # flop/s of a host of speed "1Gf": one core of the calibrated machine
@@ -29,6 +32,8 @@ BUILT_IN = {
     "cluster-100g": "16-core nodes, 100 Gbit/s",
 }
 PREDICTION_PLATFORMS = ("node", "cluster-25g", "cluster-100g")
+MAX_HOSTS = 1 << 16  # a platform's hosts, each a name SimGrid and the model place ranks on
+MAX_CORES = 1 << 12  # cores of one host
 
 _RATE = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
 _TIME = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9, "ps": 1e-12, "m": 60.0, "h": 3600.0}
@@ -38,7 +43,7 @@ def parse_bandwidth(text: str) -> float:
     """SimGrid bandwidth text ('25Gbps', '1.5GBps', '1e9Bps') in bytes per second."""
     m = re.fullmatch(r"\s*([0-9.eE+-]+)\s*([kKmMgGtT]i?)?([bB])ps\s*", text)
     if not m:
-        raise ValueError(f"bandwidth {text!r}")
+        raise ValueError(f"bandwidth {text!r}: not a SimGrid bandwidth such as 25Gbps")
     value = float(m.group(1)) * _RATE[(m.group(2) or "").lower()]
     return value / 8 if m.group(3) == "b" else value
 
@@ -46,14 +51,14 @@ def parse_bandwidth(text: str) -> float:
 def parse_latency(text: str) -> float:
     m = re.fullmatch(r"\s*([0-9.eE+-]+)\s*(s|ms|us|ns|ps|m|h)?\s*", text)
     if not m:
-        raise ValueError(f"latency {text!r}")
+        raise ValueError(f"latency {text!r}: not a SimGrid latency such as 10us")
     return float(m.group(1)) * _TIME[m.group(2) or "s"]
 
 
 def parse_speed(text: str) -> float:
     m = re.fullmatch(r"\s*([0-9.eE+-]+)\s*([kKmMgGtT]i?)?f\s*", text)
     if not m:
-        raise ValueError(f"speed {text!r}")
+        raise ValueError(f"speed {text!r}: not a SimGrid speed such as 1Gf")
     return float(m.group(1)) * _RATE[(m.group(2) or "").lower()]
 
 
@@ -101,33 +106,58 @@ class Platform:
         return [min(r // per_host, len(self.hosts) - 1) for r in range(ranks)]
 
 
-def from_xml(name: str, text: str) -> Platform:
-    """Read a platform made of ``<cluster>`` elements (what the analytic model understands)."""
-    try:
-        root = ET.fromstring(text.encode())
-    except ET.ParseError as exc:
-        raise UserError(f"platform {name}: not valid XML ({exc})") from None
+def _hosts(clusters: list[ET.Element], label: str) -> list[str]:
+    """Every cluster's host names, counted before one is made: ``radical="0-999999999999"`` is refused, not allocated."""
+    ranges: list[tuple[ET.Element, int, int]] = []
+    for c in clusters:
+        for part in c.get("radical", "0").split(","):
+            m = re.fullmatch(r"\s*(\d{1,12})\s*(?:-\s*(\d{1,12})\s*)?", part)
+            if not m or int(m.group(2) or m.group(1)) < int(m.group(1)):
+                raise UserError(f"{label}: cluster radical {quote(repr(part), 60)} should be N or N-M with N <= M")
+            ranges.append((c, int(m.group(1)), int(m.group(2) or m.group(1))))
+    count = sum(hi - lo + 1 for _, lo, hi in ranges)
+    if count > MAX_HOSTS:
+        raise UserError(f"{label}: its clusters hold {count:,} hosts, more than the {MAX_HOSTS:,} a prediction is made for")
+    return [f"{c.get('prefix', '')}{i}{c.get('suffix', '')}" for c, lo, hi in ranges for i in range(lo, hi + 1)]
+
+
+def _positive(value: float, what: str) -> float:
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{what} {value:g}: should be positive and finite")
+    return value
+
+
+def _delay(value: float, what: str) -> float:
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{what} {value:g}: should be zero or more, and finite")
+    return value
+
+
+def from_xml(name: str, text: str, label: str | None = None, root: ET.Element | None = None) -> Platform:
+    """Read a platform made of ``<cluster>`` elements (what the analytic model understands).
+
+    ``label`` names the file in error lines; ``root``: the document already parsed (``load``)."""
+    label = label or f"platform {name}"
+    root = parse_xml(text.encode(), label) if root is None else root
     clusters = root.findall(".//cluster")
     if not clusters:
-        raise UserError(f"platform {name}: holds no <cluster> element; write the machine as one or more SimGrid <cluster>s")
-    hosts: list[str] = []
-    for c in clusters:
-        prefix, suffix = c.get("prefix", ""), c.get("suffix", "")
-        for part in c.get("radical", "0").split(","):
-            lo, _, hi = part.partition("-")
-            hosts += [f"{prefix}{i}{suffix}" for i in range(int(lo), int(hi or lo) + 1)]
+        raise UserError(f"{label}: holds no <cluster> element; write the machine as one or more SimGrid <cluster>s")
+    hosts = _hosts(clusters, label)
     first = clusters[0]
     try:
         link_bw = first.get("bw", "")
-        lat, bw = parse_latency(first.get("lat", "0s")), parse_bandwidth(link_bw)
-        bb_bw = parse_bandwidth(first.get("bb_bw", link_bw))
-        bb_lat = parse_latency(first.get("bb_lat", "0s"))
-        loop_bw = parse_bandwidth(first.get("loopback_bw", link_bw))
-        loop_lat = parse_latency(first.get("loopback_lat", first.get("lat", "0s")))
-        speed = parse_speed(first.get("speed", "1Gf"))
-        cores = int(first.get("core", "1"))
+        lat, bw = _delay(parse_latency(first.get("lat", "0s")), "lat"), _positive(parse_bandwidth(link_bw), "bw")
+        bb_bw = _positive(parse_bandwidth(first.get("bb_bw", link_bw)), "bb_bw")
+        bb_lat = _delay(parse_latency(first.get("bb_lat", "0s")), "bb_lat")
+        loop_bw = _positive(parse_bandwidth(first.get("loopback_bw", link_bw)), "loopback_bw")
+        loop_lat = _delay(parse_latency(first.get("loopback_lat", first.get("lat", "0s"))), "loopback_lat")
+        speed = _positive(parse_speed(first.get("speed", "1Gf")), "speed")
+        core = first.get("core", "1")
+        if not re.fullmatch(r"\s*\d{1,6}\s*", core) or not 1 <= int(core) <= MAX_CORES:
+            raise ValueError(f"core {core!r}: should be an integer from 1 to {MAX_CORES:,}")
+        cores = int(core)
     except (TypeError, ValueError) as exc:
-        raise UserError(f"platform {name}: cannot read the cluster's {exc}") from None
+        raise UserError(f"{label}: the cluster's {quote(str(exc), 120)}") from None
     return Platform(
         name=name,
         xml=text,
@@ -142,11 +172,10 @@ def from_xml(name: str, text: str) -> Platform:
 
 
 def load(path: Path) -> Platform:
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise UserError(f"--platform {path}: cannot read it ({exc.strerror or exc})") from None
-    return from_xml(Path(path).stem, text)
+    """A ``--platform`` file: read bounded, entities refused, every number checked."""
+    label = f"--platform {quote(path)}"
+    text, root = read_xml(path, label, limit=16 * MiB)
+    return from_xml(Path(path).stem, text, label, root)
 
 
 def built_in(name: str, cal: Calibration) -> Platform:

@@ -36,12 +36,10 @@ import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-import tomllib
-
 from ..config import TrainConfig
 from ..errors import UserError
 from ..options import parse_train_args
-from ..wording import os_reason
+from ..structured_files import Anything, Table, parse_toml, read_toml
 
 RANKS = "ranks"
 SEED = "seed"
@@ -109,12 +107,7 @@ def shipped_grid(name: str) -> Path | None:
 
 def load_study(path: str | Path, overrides: dict | None = None, include: tuple[str, ...] = ()) -> Study:
     path = Path(path)
-    try:
-        table = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UserError(f"--grid {path}: {os_reason(exc)}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"--grid {path}: not valid TOML: {exc}") from None
+    table = read_toml(path, Table(Anything(), most=256), f"--grid {path}")  # bounded; parse_study checks each key
     return parse_study(table, str(path), overrides or {}, include)
 
 
@@ -125,8 +118,8 @@ def parse_override(text: str) -> tuple[str, object]:
     if not sep or not key:
         raise UserError(f"--set {text!r}: expected KEY=VALUE, e.g. --set epochs=2")
     try:
-        value = tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
+        value = parse_toml(f"v = {raw.strip()}", f"--set {text}")["v"]
+    except UserError:  # not TOML (or nested past reason): kept as text, which the setting's check refuses or takes
         value = raw.strip()
     _check_setting(key, value, f"--set {text}")
     return key, value

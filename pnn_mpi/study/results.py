@@ -16,12 +16,54 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UserError
 from ..files import write_atomically
+from ..structured_files import Anything, Items, MiB, Nullable, Number, Record, Table, Text, read_json
 from .grid import Point, render
 
 METRICS, LAUNCH, STDOUT, STDERR = "metrics.json", "launch.json", "stdout.txt", "stderr.txt"
 CHECKPOINT = "checkpoint.npz"
-_NEEDED = ("test_accuracy", "test_loss", "local_test_accuracy", "train_seconds", "samples_per_second", "timings", "epochs", "config", "ranks")
+_MEASURE = Nullable(Number(finite=False))
+_SPREAD = Record({"mean": _MEASURE, "min": _MEASURE, "max": _MEASURE}, frozenset({"mean", "min", "max"}))
+_CALLS = Record({"calls": Number(integer=True, low=0), "bytes": Number(integer=True, low=0)}, frozenset({"calls", "bytes"}))
+# What row() reads from a run's metrics.json: a record without all of it is not a finished run.
+RECORD = Record(
+    {
+        "test_accuracy": _MEASURE,
+        "test_loss": _MEASURE,
+        "test_confidence": _MEASURE,
+        "local_test_accuracy": _SPREAD,
+        "train_seconds": Number(low=0),
+        "samples_per_second": _MEASURE,
+        "samples_per_second_per_rank": _MEASURE,
+        "timings": Record(
+            {
+                **{k: _SPREAD for k in ("communication_seconds", "compute_seconds", "wait_seconds", "load_seconds", "evaluation_seconds")},
+                "syncs": Number(integer=True, low=0),
+            },
+            frozenset({"communication_seconds", "compute_seconds", "wait_seconds", "load_seconds", "evaluation_seconds", "syncs"}),
+        ),
+        "allreduces_per_rank": Nullable(Record({k: _CALLS for k in ("total", "average", "gradient")}, frozenset({"total", "average", "gradient"}))),
+        "epochs": Items(Anything()),
+        "config": Table(Anything(), most=1024),
+        "ranks": Number(integer=True, low=1),
+    },
+    frozenset(
+        {
+            "test_accuracy",
+            "test_loss",
+            "local_test_accuracy",
+            "train_seconds",
+            "samples_per_second",
+            "samples_per_second_per_rank",
+            "timings",
+            "epochs",
+            "config",
+            "ranks",
+        }
+    ),
+)
+LAUNCH_RECORD = Record({"status": Text(100), "wall_seconds": Nullable(Number(low=0))})
 OK, FAILED, TIMEOUT, STOPPED = "ok", "failed", "timeout", "stopped"
 # Settings that change how a run is carried out, not what it computes: a finished run stays finished.
 _NOT_RESULTS = ("out", "resume", "checkpoint_every", "expect_ranks")
@@ -54,12 +96,10 @@ def run_dir(results: Path, point: Point) -> Path:
 def finished_metrics(folder: Path, point: Point) -> dict | None:
     """The run's metrics if ``folder`` holds a complete record of exactly this point, else None."""
     try:
-        record = json.loads((Path(folder) / METRICS).read_text())
-    except (OSError, ValueError):
+        record = read_json(Path(folder) / METRICS, RECORD, limit=256 * MiB)
+    except UserError:  # missing, damaged, huge or of another shape: not finished, launched again
         return None
-    if not isinstance(record, dict) or any(key not in record for key in _NEEDED):
-        return None
-    config = record["config"] if isinstance(record["config"], dict) else {}
+    config = record["config"]
     changed = [k for k, v in point.config.items() if k not in _NOT_RESULTS and config.get(k) != v]
     if record["ranks"] != point.ranks or changed:
         return None
@@ -84,10 +124,9 @@ def write_launch(folder: Path, record: dict) -> None:
 
 def read_launch(folder: Path) -> dict:
     try:
-        record = json.loads((Path(folder) / LAUNCH).read_text())
-    except (OSError, ValueError):
+        return read_json(Path(folder) / LAUNCH, LAUNCH_RECORD, limit=MiB)
+    except UserError:  # no launch yet, or a damaged record: as if none
         return {}
-    return record if isinstance(record, dict) else {}
 
 
 def error_line(stderr: str) -> str:
