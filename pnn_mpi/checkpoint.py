@@ -131,6 +131,8 @@ def load(path: Path, cfg: TrainConfig, ranks: int, expect: Expected | None = Non
                 header = json.loads(archive.text("header", HEADER_CHARS))
             except json.JSONDecodeError as exc:
                 raise bad(f"its header is not JSON ({exc.msg})") from None
+            except RecursionError:  # a header nested deeper than the parser's stack: no checkpoint of ours
+                raise bad("its header is nested too deep to be one of ours") from None
             if not isinstance(header, dict) or header.get("format") != FORMAT:
                 older = isinstance(header, dict) and str(header.get("format", "")).startswith("pnn_mpi-checkpoint-")
                 raise UserError(

@@ -72,6 +72,16 @@ def test_damaged_checkpoint_is_a_user_error(tmp_path, content):
         checkpoint.load(tmp_path / "c.npz", TrainConfig(), 1)
 
 
+@pytest.mark.parametrize("header", [b"[" * 200_000 + b"]" * 200_000, b"{" * 5, b'"format"'])
+def test_a_header_not_ours_is_one_error_line(tmp_path, header):
+    """A header nested past the JSON parser's stack, broken, or of another shape: refused as not ours, no traceback."""
+    from pnn_mpi.model_io import npz_bytes
+
+    (tmp_path / "c.npz").write_bytes(npz_bytes({"header": np.array(header.decode())}))
+    with pytest.raises(UserError, match="not a (usable )?pnn_mpi checkpoint"):
+        checkpoint.load(tmp_path / "c.npz", TrainConfig(), 1)
+
+
 def test_failed_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "c.npz"
     checkpoint.save(path, TrainConfig(), 1, Progress(epoch=1), [_state(0)])
