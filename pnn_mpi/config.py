@@ -63,6 +63,7 @@ class TrainConfig:
     shuffle: bool = True
     checkpoint_every: int = 0  # epochs between checkpoints; 0 = only when stopped by a signal
     resume: bool = False
+    overwrite: bool = False  # replace a finished run in --out (outdir.py); without it such a folder is refused
     expect_ranks: Union[int, None] = None
     on_rank_failure: str = "abort"  # or "continue": survivors of a lost rank go on (resilience.py, survive.py)
     kernel: str = "auto"  # how batch-1 steps run: auto, numba, numpy (kernels.py) or generic

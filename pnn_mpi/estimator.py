@@ -40,6 +40,11 @@ class DataConversionWarning(UserWarning):
     """Input had to be reshaped or converted (scikit-learn's warning of this name, reproduced)."""
 
 
+class NearChanceWarning(UserWarning):
+    """Training ended barely better than always guessing the most common class
+    (``warnings.filterwarnings("ignore", category=NearChanceWarning)`` silences it)."""
+
+
 class NotFittedError(ValueError, AttributeError):
     """``predict`` before ``fit`` (scikit-learn's exception of this name, reproduced)."""
 
@@ -296,9 +301,10 @@ class PNNClassifier:
             load_seconds=0.0,
             classes=len(classes),
         )
-        log = print if self.verbose and world.rank == 0 else (lambda line: None)
+        log = _scored_figures_only if self.verbose and world.rank == 0 else (lambda line: None)
         with np.errstate(all="ignore"):
             result = train(cfg, world, data, log=log, hooks=Hooks())
+        _warn_if_near_chance(world, result.net, data.x, data.y, classes, x)
         self.network_ = result.net
         self.classes_ = classes
         self.n_features_in_ = int(x.shape[1])
@@ -370,6 +376,45 @@ class PNNClassifier:
         self.__dict__.update(state)
 
 
+SKILL_FLOOR = 1 / 3  # "near chance": less than this share of the way from the majority rate to 100%
+UNSCALED = 10.0  # inputs beyond +-this are named as the likely cause (standardized data stays well inside)
+
+
+def _scored_figures_only(line: str) -> None:
+    """Print an epoch line without the test figure: ``fit`` has no test set, so the loop's
+    last line would otherwise show ``test nan%`` for a score nobody computed."""
+    print(re.sub(r"  test +nan%", "", line))
+
+
+def _warn_if_near_chance(world, net: Network, inputs: np.ndarray, codes: np.ndarray, classes: np.ndarray, given: np.ndarray) -> None:
+    """Warn (``NearChanceWarning``) when the trained network fits its own training data barely
+    better than always answering the most common class, as the command line warns at chance
+    level: silently useless models are the worst kind. Collective: every rank counts its
+    slice, all agree on the sums, so every rank warns alike."""
+    counts = np.bincount(codes, minlength=len(classes)).astype(np.int64)
+    correct = int(np.count_nonzero(predict_classes(net, inputs) == codes))
+    low, high = (float(given.min()), float(given.max())) if given.dtype != np.uint8 else (0.0, 1.0)
+    shared = world.allgather((counts, correct, low, high))
+    counts = np.sum([c for c, _, _, _ in shared], axis=0)
+    total = int(counts.sum())
+    accuracy, majority = sum(c for _, c, _, _ in shared) / total, float(counts.max()) / total
+    if majority >= 1.0 or (accuracy - majority) / (1.0 - majority) >= SKILL_FLOOR:
+        return
+    low, high = min(s[2] for s in shared), max(s[3] for s in shared)
+    cause = (
+        f"the inputs range from {low:g} to {high:g}: unscaled inputs are the likely cause; scale them to about [0, 1]"
+        " (divide by the largest value, or a StandardScaler in a pipeline)"
+        if max(abs(low), abs(high)) > UNSCALED
+        else "the learning rate (lr) or the number of epochs is the likely cause"
+    )
+    warnings.warn(
+        f"PNNClassifier: training stayed near chance: {accuracy:.1%} of the training samples right, where always"
+        f" answering the most common class gives {majority:.1%}; {cause}",
+        NearChanceWarning,
+        stacklevel=3,
+    )
+
+
 def _same(a, b) -> bool:
     try:
         return bool(a == b) and type(a) is type(b)
@@ -396,4 +441,4 @@ def _agreed(world, action):
     return result
 
 
-__all__ = ["PNNClassifier", "DataConversionWarning", "NotFittedError"]
+__all__ = ["PNNClassifier", "DataConversionWarning", "NearChanceWarning", "NotFittedError"]

@@ -9,11 +9,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from . import console, datasets
+from . import datasets
 from .download import download
 from .errors import UserError
 from .evaluate import predict, probabilities, score
@@ -96,9 +97,11 @@ def cmd_evaluate(argv: list[str]) -> int:
     blocks = labelled_blocks(images, labels, args.test_size, md5)
     accuracy, loss, confidence, seen = _score(net, blocks, f"{args.labels or source}", args.model)
     if args.json:
-        console.say(json.dumps({"test_accuracy": accuracy, "test_loss": loss, "test_confidence": confidence, "samples": seen, "source": source}))
+        _print_results(
+            json.dumps({"test_accuracy": accuracy, "test_loss": loss, "test_confidence": confidence, "samples": seen, "source": source}) + "\n", "the score"
+        )
     else:
-        console.say(f"test accuracy {accuracy:.2%}, confidence {confidence:.2%} (loss {loss:.4f}) on {seen} images of the {source}")
+        _print_results(f"test accuracy {accuracy:.2%}, confidence {confidence:.2%} (loss {loss:.4f}) on {seen} images of the {source}\n", "the score")
     return 0
 
 
@@ -116,6 +119,27 @@ def _check_output(out: str, inputs: dict[str, str]) -> None:
             same = False
         if same or target.resolve() == source.resolve():
             raise UserError(f"--out {out}: is the file given to {flag}; name another file for the predictions")
+
+
+def _print_results(text: str, what: str = "the predictions") -> None:
+    """Write a command's results to stdout, all of them or an error: unlike progress lines
+    (``console.write_out``, best effort), they are the command's product, so a full disk
+    (``> /dev/full``) or a failing device must not end in a silent exit 0. A reader that left
+    on purpose (``| head``: EPIPE) is no error, as for any Unix filter."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except (OSError, ValueError) as exc:
+        try:  # the interpreter's last flush would trip over the same stream: point it at /dev/null
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 1)
+            os.close(null)
+        except OSError:
+            pass
+        if isinstance(exc, BrokenPipeError):
+            return
+        why = os_reason(exc) if isinstance(exc, OSError) else "it was closed"
+        raise UserError(f"cannot write {what} to stdout ({why})" + ("; use --out FILE to save them" if what == "the predictions" else "")) from None
 
 
 def cmd_predict(argv: list[str]) -> int:
@@ -148,7 +172,7 @@ def cmd_predict(argv: list[str]) -> int:
         at += len(block)
     text = "".join((" ".join(f"{p:.6f}" for p in row) if found.ndim == 2 else str(row)) + "\n" for row in found.tolist())
     if args.out is None:
-        console.write_out(text)
+        _print_results(text)
         return 0
     try:
         if args.out.endswith(".npy"):

@@ -256,6 +256,12 @@ def train_parser() -> Parser:
         help="continue the run whose checkpoint is in --out (same flags, same number of ranks); starts from scratch when there is no checkpoint yet",
     )
     jobs.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the finished run in --out (its model.npz, metrics.json, checkpoint, curves.png, timeline); "
+        "without it, a --out holding a finished run is refused before training",
+    )
+    jobs.add_argument(
         "--expect-ranks", type=positive_int, metavar="N", help="fail unless MPI started exactly N ranks (catches a launcher that starts N one-rank jobs)"
     )
     jobs.add_argument(

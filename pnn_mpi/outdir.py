@@ -11,6 +11,16 @@ behind (``files.is_our_temporary``), and proves the folder writable with a
 probe file created like every other file we make: exclusively, no link
 followed.
 
+A folder that holds a finished run (its ``model.npz`` or ``metrics.json``) is
+never reused silently: a new run into it is refused before training unless it
+passes ``--overwrite``, which removes the earlier run's side files
+(``checkpoint.npz``, ``curves.png``, a timeline it wrote inside the folder) at
+once, and whose new model and metrics then replace the old pair together; if
+the new run fails, the old pair stays, consistent, with nothing of another run
+beside it. ``--resume`` into a folder with a checkpoint continues that run and
+removes nothing. A ``--out`` that is a symbolic link is refused: the lock and
+the results would land in whatever folder it names.
+
 ``model.npz`` and ``metrics.json`` are one result: ``save_results`` writes both
 to temporaries first and renames them only when both are complete, so a full
 disk changes neither. ``metrics.json`` records the SHA-256 of the model it
@@ -25,6 +35,7 @@ import fcntl
 import hashlib
 import json
 import os
+import stat
 from pathlib import Path
 
 from . import files
@@ -35,6 +46,8 @@ from .wording import quote
 LOCK = ".pnn_mpi.lock"
 MODEL = "model.npz"
 METRICS = "metrics.json"
+CHECKPOINT = "checkpoint.npz"  # checkpoint.FILE, plot.FILE: named here so this module imports neither
+CURVES = "curves.png"
 
 
 def _locked_by(fd: int) -> str:
@@ -51,6 +64,13 @@ def _locked_by(fd: int) -> str:
     return ""
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 class RunFolder:
     """A claimed ``--out`` folder; ``release()`` (or the process's end) frees it."""
 
@@ -59,10 +79,13 @@ class RunFolder:
         self._fd: int | None = fd
 
     @classmethod
-    def claim(cls, path: str | os.PathLike) -> RunFolder:
-        """Create ``path`` if needed, lock it for this process, clean it, prove it writable."""
+    def claim(cls, path: str | os.PathLike, overwrite: bool = False, resume: bool = False) -> RunFolder:
+        """Create ``path`` if needed, lock it for this process, clean it, prove it writable, and
+        refuse a finished run's folder unless ``overwrite`` (or ``resume`` finds a checkpoint)."""
         path = Path(path)
         where = f"--out {quote(path)}"
+        if path.is_symlink():
+            raise UserError(f"{where}: is a symbolic link; give the folder it points to (pnn_mpi never follows links in a run folder)")
         try:
             path.mkdir(parents=True, exist_ok=True)
             fd = os.open(path / LOCK, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
@@ -83,6 +106,7 @@ class RunFolder:
         folder = cls(path, fd)
         try:
             folder.remove_stale_temporaries()
+            folder.make_way(overwrite, resume)
             folder.probe()
         except BaseException:
             folder.release()
@@ -106,6 +130,38 @@ class RunFolder:
                 except OSError as exc:
                     raise UserError(f"--out {quote(self.path)}: cannot remove the stale temporary {name!r} ({exc.strerror or exc})") from None
         return removed
+
+    def make_way(self, overwrite: bool, resume: bool) -> None:
+        """Refuse a finished run's folder, or (``overwrite``) remove that run's side files, so
+        that no curves, checkpoint or timeline of it ends up beside another run's model."""
+        where = f"--out {quote(self.path)}"
+        if resume and os.path.lexists(self.path / CHECKPOINT):
+            return  # continuing the run the checkpoint belongs to
+        finished = [name for name in (MODEL, METRICS) if _is_file(self.path / name)]  # a planted link is no run's
+        if not finished:
+            return
+        if not overwrite:
+            raise UserError(f"{where}: holds a finished run ({' and '.join(finished)}); pass --overwrite to replace it, or choose another --out")
+        for name in (CHECKPOINT, CURVES, *self._old_timeline()):
+            try:
+                os.unlink(self.path / name)  # a link is removed, not followed
+            except (FileNotFoundError, IsADirectoryError):
+                pass
+            except OSError as exc:
+                raise UserError(f"{where}: cannot remove the earlier run's {name} ({exc.strerror or exc})") from None
+
+    def _old_timeline(self) -> list[str]:
+        """The name of the timeline the earlier run wrote into this folder, if its metrics say so."""
+        try:
+            record = json.loads((self.path / METRICS).read_text())
+            written = Path(record["config"]["timeline"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+        try:  # a relative name is read from here, as the earlier run most likely ran from here
+            inside = os.path.samefile(written.parent, self.path)
+        except OSError:
+            return []
+        return [written.name] if inside and written.name not in (MODEL, METRICS, LOCK) else []
 
     def probe(self) -> None:
         """Prove the folder writable now, not after training has been paid for."""

@@ -40,7 +40,7 @@ def machine_line() -> str:
 
 def _run(ranks: int, flags: Sequence[str], timeout: float = 1800) -> tuple[str, str]:
     """(the command as run, its stdout); a launch as ``pnn-mpi launch -n`` makes it."""
-    command, added = command_line(Request(ranks=ranks, rest=list(flags)), os.environ)
+    command, added = command_line(Request(ranks=ranks, rest=[*flags, "--overwrite"]), os.environ)  # regenerating replaces the last figures' runs
     shown = shlex.join(["mpiexec", "-n", str(ranks), "python", "-m", "pnn_mpi", *flags]) if ranks > 1 else shlex.join(["python", "-m", "pnn_mpi", *flags])
     proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env={**os.environ, **added}, stdin=subprocess.DEVNULL)
     if proc.returncode != 0:

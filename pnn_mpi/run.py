@@ -224,7 +224,7 @@ def run_training(cfg: TrainConfig, world: Communicator | None = None) -> dict | 
     fail_together(world, lambda: plot.require_matplotlib() if cfg.plot and world.rank == 0 else None)  # before, not after, training
     created = missing_folders(out) if world.rank == 0 else []
     try:
-        folder = fail_together(world, lambda: outdir.RunFolder.claim(out) if world.rank == 0 else None)  # held until the run ends
+        folder = fail_together(world, lambda: outdir.RunFolder.claim(out, cfg.overwrite, cfg.resume) if world.rank == 0 else None)  # held until the run ends
         try:
             return _train_into(cfg, world, out, stop, followed)
         finally:

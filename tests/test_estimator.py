@@ -16,14 +16,20 @@ import warnings
 
 import numpy as np
 import pytest
-from sklearn.base import clone
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from conftest import REPO, clean_env, mpiexec_path, run_pnn, write_dataset
 from pnn_mpi import PNNClassifier, datasets
+from pnn_mpi.estimator import NearChanceWarning
 from pnn_mpi.model_io import load_model
+
+try:  # the label, warning and output tests need no scikit-learn; its own checks do
+    from sklearn.base import clone
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.utils.estimator_checks import parametrize_with_checks
+except ImportError:
+    parametrize_with_checks = None
+needs_sklearn = pytest.mark.skipif(parametrize_with_checks is None, reason="scikit-learn (the test extra) is not installed")
 
 
 def _expected(estimator):
@@ -32,15 +38,15 @@ def _expected(estimator):
     return {}
 
 
-with warnings.catch_warnings():  # "does not inherit from BaseEstimator": by design, no runtime scikit-learn
-    warnings.filterwarnings("ignore", "Estimator PNNClassifier does not inherit")
-    _all_checks = parametrize_with_checks([PNNClassifier(), PNNClassifier(dtype="float64")], expected_failed_checks=_expected)
+if parametrize_with_checks is not None:
+    with warnings.catch_warnings():  # "does not inherit from BaseEstimator": by design, no runtime scikit-learn
+        warnings.filterwarnings("ignore", "Estimator PNNClassifier does not inherit")
+        _all_checks = parametrize_with_checks([PNNClassifier(), PNNClassifier(dtype="float64")], expected_failed_checks=_expected)
 
-
-@pytest.mark.filterwarnings("ignore:Estimator PNNClassifier does not inherit")
-@_all_checks
-def test_scikit_learn_estimator_checks(estimator, check):
-    check(estimator)
+    @pytest.mark.filterwarnings("ignore:Estimator PNNClassifier does not inherit")
+    @_all_checks
+    def test_scikit_learn_estimator_checks(estimator, check):
+        check(estimator)
 
 
 def test_the_estimator_imports_no_scikit_learn():
@@ -52,6 +58,7 @@ def test_the_estimator_imports_no_scikit_learn():
     assert proc.stdout.strip() == "False", proc.stderr
 
 
+@needs_sklearn
 def test_parameters_are_the_training_options_and_bad_ones_fail_in_fit():
     clf = PNNClassifier(hidden=(16, 8), sync="end", lr=0.1)
     assert clone(clf).get_params() == clf.get_params()
@@ -63,6 +70,7 @@ def test_parameters_are_the_training_options_and_bad_ones_fail_in_fit():
     assert repr(clf) == "PNNClassifier(hidden=(16, 8), lr=0.1, epochs=3, sync='end')"
 
 
+@needs_sklearn
 def test_any_labels_and_a_pipeline():
     rng = np.random.default_rng(0)
     x = np.vstack([rng.normal(-2, 1, (60, 5)), rng.normal(2, 1, (60, 5))])
@@ -180,6 +188,7 @@ def test_fit_under_mpiexec_is_the_parallel_network_of_the_command_line(tmp_path)
 
 
 @pytest.mark.mpi(min_size=2)
+@pytest.mark.filterwarnings("ignore::pnn_mpi.estimator.NearChanceWarning")  # a few epochs on noise
 def test_classes_are_those_of_all_ranks_and_bad_input_fails_every_rank():
     from mpi4py import MPI
 
@@ -195,3 +204,109 @@ def test_classes_are_those_of_all_ranks_and_bad_input_fails_every_rank():
         bad[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         clf.fit(bad, y)
+
+
+# --- labels: the model depends on the classes' order, never on their names ----------------------
+
+
+def _two_blobs(n: int = 120, features: int = 5, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    codes = np.arange(n) % 2
+    x = rng.normal(size=(n, features)) + 1.5 * codes[:, None]
+    return x, codes
+
+
+RENAMINGS = {  # codes 0/1 -> labels; the classes sort in the codes' order, so the weights are those of 0/1
+    "strings": np.array(["cat", "dog"]),
+    "objects": np.array(["cat", "dog"], dtype=object),
+    "non-contiguous ints": np.array([10, 20]),
+    "negative ints": np.array([-7, -3]),
+    "floats": np.array([1.0, 2.0]),
+    "bools": np.array([False, True]),
+    "unsigned bytes": np.array([3, 7], dtype=np.uint8),
+}
+
+
+@pytest.mark.parametrize("name", RENAMINGS)
+def test_renamed_labels_train_bit_identical_weights(name):
+    x, codes = _two_blobs()
+    names = RENAMINGS[name]
+    plain = PNNClassifier(hidden=(6,), epochs=3).fit(x, codes)
+    renamed = PNNClassifier(hidden=(6,), epochs=3).fit(x, names[codes])
+    assert renamed.network_.params.tobytes() == plain.network_.params.tobytes()
+    assert list(renamed.classes_) == list(names) and renamed.classes_.dtype == names.dtype
+    predicted = renamed.predict(x)
+    assert predicted.dtype == names.dtype
+    assert (predicted == names[plain.predict(x)]).all()
+    assert renamed.score(x, names[codes]) == plain.score(x, codes)
+
+
+@pytest.mark.parametrize("order", [[2, 0, 1], [1, 2, 0], [2, 1, 0]])
+def test_names_that_sort_in_another_order_train_on_their_sorted_codes(order):
+    """Code c is named NAMES[order[c]]: classes_ is the sorted names, and the network is the one
+    trained on the integers order[c] (each name's index in classes_), bit for bit."""
+    rng = np.random.default_rng(1)
+    codes = np.arange(150) % 3
+    x = rng.normal(size=(150, 4)) + 2.0 * np.eye(3, 4)[codes]
+    names = np.array(["ant", "bee", "cow"])
+    labels = names[np.array(order)[codes]]
+    renamed = PNNClassifier(hidden=(6,), epochs=3).fit(x, labels)
+    recoded = PNNClassifier(hidden=(6,), epochs=3).fit(x, np.array(order)[codes])
+    assert list(renamed.classes_) == ["ant", "bee", "cow"]
+    assert renamed.network_.params.tobytes() == recoded.network_.params.tobytes()
+    assert (renamed.predict(x) == names[recoded.predict(x)]).all()
+
+
+def test_labels_of_several_kinds_in_one_y_are_refused():
+    x, codes = _two_blobs()
+    mixed = np.array(["cat", 1] * 60, dtype=object)
+    with pytest.raises(ValueError, match="mixed label types"):
+        PNNClassifier(hidden=(4,), epochs=1).fit(x, mixed)
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.filterwarnings("ignore::pnn_mpi.estimator.NearChanceWarning")  # a few epochs on noise
+def test_a_rank_without_some_class_agrees_on_classes_and_on_the_model():
+    """Each rank passes its own share; rank 0's holds no "dog": every rank still has
+    classes_ ['cat', 'dog', 'emu'] and the network trained on the codes 0/1/2."""
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    rng = np.random.default_rng(comm.rank)
+    codes = np.array([0, 2] * 15) if comm.rank == 0 else np.arange(30) % 3
+    x = rng.normal(size=(30, 4)) + np.eye(3, 4)[codes]
+    names = np.array(["cat", "dog", "emu"])
+    renamed = PNNClassifier(hidden=(4,), epochs=2).fit(x, names[codes])
+    plain = PNNClassifier(hidden=(4,), epochs=2).fit(x, codes)
+    assert comm.allgather(list(renamed.classes_)) == [["cat", "dog", "emu"]] * comm.size
+    assert renamed.network_.params.tobytes() == plain.network_.params.tobytes()
+    assert len(set(comm.allgather(renamed.network_.params.tobytes()))) == 1
+
+
+# --- training that learns nothing says so; verbose prints only what it computed -----------------
+
+
+@pytest.mark.parametrize("scale, cause", [(16.0, "unscaled inputs are the likely cause"), (1.0, "the learning rate")])
+def test_training_near_chance_warns_naming_the_likely_cause(scale, cause):
+    rng = np.random.default_rng(2)
+    codes = np.arange(400) % 4
+    x = (rng.random((400, 16)) * 0.5 + 0.5 * np.eye(4, 16)[codes]) * scale
+    with pytest.warns(NearChanceWarning, match=f"training stayed near chance.*{cause}"):
+        PNNClassifier(hidden=(16,), epochs=2, lr=5.0, momentum=0.0).fit(x, codes)
+
+
+def test_training_that_learns_gives_no_warning_and_the_warning_can_be_filtered():
+    x, codes = _two_blobs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        PNNClassifier(hidden=(6,), epochs=3).fit(x, codes)  # learns: nothing said
+        warnings.filterwarnings("ignore", category=NearChanceWarning)
+        PNNClassifier(hidden=(6,), epochs=1, lr=50.0, momentum=0.0).fit(x * 16, codes)  # would warn
+
+
+def test_verbose_prints_no_figure_it_did_not_compute(capsys):
+    x, codes = _two_blobs()
+    PNNClassifier(hidden=(6,), epochs=3, verbose=True).fit(x, codes)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and all(line.startswith(f"epoch {e}/3") for e, line in enumerate(lines, 1)), lines
+    assert not [line for line in lines if "nan" in line or "test" in line], lines

@@ -175,7 +175,7 @@ def test_full_disk_is_a_clear_error_and_the_previous_model_survives(tiny, small_
     small = run_pnn(*_args(tiny, out, "--epochs", "1"))  # a 36-16-10 model: a few KiB
     assert small.returncode == 0, small.stderr
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    big = run_pnn(*_args(tiny, out, "--epochs", "1", "--hidden", "4096"), ranks=2)  # ~1.3 MB: does not fit
+    big = run_pnn(*_args(tiny, out, "--epochs", "1", "--hidden", "4096", "--overwrite"), ranks=2)  # ~1.3 MB: does not fit
     assert big.returncode != 0
     lines = [line for line in big.stderr.splitlines() if line.startswith("pnn_mpi")]
     assert len(lines) == 1 and "cannot save the results" in lines[0] and "No space left on device" in lines[0], big.stderr

@@ -101,11 +101,12 @@ def test_a_second_run_cannot_take_over_a_running_one_and_the_first_resumes(tiny,
     assert "resuming from" in resumed.stdout
 
 
-def test_sequential_runs_into_one_folder_are_allowed(tiny, tmp_path, capsys):
+def test_sequential_runs_into_one_folder_are_allowed_with_overwrite(tiny, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(_train(tiny, out)) == 0
-    assert main(_train(tiny, out, "--seed", "2")) == 0
+    assert main(_train(tiny, out, "--seed", "2", "--overwrite")) == 0
     assert outdir.results_match(out)
+    assert json.loads((out / "metrics.json").read_text())["config"]["seed"] == 2
 
 
 # --- temporaries of our own naming, and nothing else, are cleaned ----------------------------
@@ -220,7 +221,7 @@ def test_a_failed_save_changes_neither_file(tiny, tmp_path, monkeypatch, capsys,
     assert main(_train(tiny, out)) == 0
     before = {p: (out / p).read_bytes() for p in ("model.npz", "metrics.json")}
     _fail_on(monkeypatch, name, stage)
-    assert main(_train(tiny, out, "--seed", "7")) == 2
+    assert main(_train(tiny, out, "--seed", "7", "--overwrite")) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot save the results (No space left on device); the previous model and metrics are intact" in err, err
     assert {p: (out / p).read_bytes() for p in before} == before
@@ -246,3 +247,75 @@ def test_metrics_record_the_model_they_describe(tiny, tmp_path, capsys):
 
     record = json.loads((out / "metrics.json").read_text())
     assert record["model_sha256"] == hashlib.sha256((out / "model.npz").read_bytes()).hexdigest()
+
+
+# --- a finished run is replaced only when asked, and then whole ------------------------------
+
+
+def _finished(tiny, out, *more) -> dict[str, bytes]:
+    assert main(_train(tiny, out, *more)) == 0
+    return {p: (out / p).read_bytes() for p in ("model.npz", "metrics.json")}
+
+
+@pytest.mark.parametrize("left", ["model.npz and metrics.json", "model.npz", "metrics.json"])
+@pytest.mark.parametrize("resume", [False, True], ids=["fresh", "resume without a checkpoint"])
+def test_a_finished_run_is_refused_in_one_line_before_training(tiny, tmp_path, capsys, left, resume):
+    out = tmp_path / "run"
+    before = _finished(tiny, out)
+    for name in before:
+        if name not in left:
+            (out / name).unlink()
+    capsys.readouterr()
+    assert main(_train(tiny, out, "--seed", "2", *(["--resume"] if resume else []))) == 2
+    got, err = capsys.readouterr()
+    assert got == "" and err.count("\n") == 1, err  # before the header: nothing was trained
+    assert f"--out {out}: holds a finished run ({left}); pass --overwrite to replace it, or choose another --out" in err
+    assert {p: (out / p).read_bytes() for p in before if (out / p).exists()} == {p: b for p, b in before.items() if p in left}
+
+
+def test_a_finished_run_is_refused_by_every_rank(tiny, tmp_path):
+    out = tmp_path / "run"
+    _finished(tiny, out)
+    proc = run_pnn(*_train(tiny, out), ranks=2, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.count("holds a finished run") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "epoch" not in proc.stdout
+
+
+def test_overwrite_replaces_the_run_whole(tiny, tmp_path, capsys):
+    """No checkpoint, curves or timeline of the first run stays beside the second run's model."""
+    out = tmp_path / "run"
+    first = _finished(tiny, out, "--epochs", "2", "--checkpoint-every", "1", "--timeline", str(out / "trace.json"))
+    (out / "curves.png").write_bytes(b"the first run's curves")  # as --plot draws them (matplotlib may be absent here)
+    (out / "notes.txt").write_bytes(b"mine")
+    assert {"checkpoint.npz", "trace.json"} <= set(os.listdir(out))
+    assert main(_train(tiny, out, "--seed", "2", "--overwrite")) == 0
+    assert sorted(p for p in os.listdir(out) if not p.startswith(".")) == ["metrics.json", "model.npz", "notes.txt"]
+    assert (out / "model.npz").read_bytes() != first["model.npz"] and outdir.results_match(out)
+
+
+def test_resume_into_a_finished_run_with_its_checkpoint_continues_it(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    flags = ("--epochs", "3", "--checkpoint-every", "1")
+    first = _finished(tiny, out, *flags)
+    capsys.readouterr()
+    assert main(_train(tiny, out, *flags, "--resume")) == 0
+    assert "resuming from" in capsys.readouterr().out
+    assert (out / "model.npz").read_bytes() == first["model.npz"]  # the same run, continued: the same model
+
+
+@pytest.mark.parametrize("target", ["empty folder", "finished run", "missing folder"])
+def test_a_symlinked_out_is_refused_and_leaves_nothing_in_its_target(tiny, tmp_path, capsys, target):
+    real = tmp_path / "real"
+    if target == "finished run":
+        _finished(tiny, real)
+    elif target == "empty folder":
+        real.mkdir()
+    before = sorted(os.listdir(real)) if real.exists() else None
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    capsys.readouterr()
+    assert main(_train(tiny, link, "--overwrite")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--out {link}: is a symbolic link; give the folder it points to" in err, err
+    assert (sorted(os.listdir(real)) if real.exists() else None) == before
