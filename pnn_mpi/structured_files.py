@@ -38,7 +38,7 @@ DEPTH = 64  # deeper than any file pnn_mpi writes or reads (metrics.json: 5)
 _JSON_SKIP = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)  # strings: their brackets are text
 _TOML_SKIP = re.compile(r'"""[\s\S]*?"""|\'\'\'[\s\S]*?\'\'\'|"(?:[^"\\\n]|\\.)*"|\'[^\'\n]*\'|#[^\n]*')
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
-_DOTTED = re.compile(r"(?:[\w-]*[ \t]*\.[ \t]*)+")  # a.b.c = 1, [a.b.c]: tables nested without brackets
+_DOTTED = re.compile(r"[\w.\- \t]+")  # runs of key characters and dots (a.b.c = 1, [a.b.c]); one class, so linear
 
 
 # --- the schema ------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
@@ -72,6 +73,15 @@ def test_schema_errors_name_the_file_and_the_field(case):
 def test_each_schema_says_what_it_wants(schema, value, words):
     with pytest.raises(UserError, match=re.escape(words)):
         check(value, schema, "f")
+
+
+@pytest.mark.parametrize("text", ["k" * 500_000 + " = 1", "a = 1\n" + "b" * 500_000, "[" + "t" * 500_000 + "]"], ids=["key", "bare", "header"])
+def test_long_runs_without_dots_are_measured_in_linear_time(text):
+    """Counting a dotted key's dots must not backtrack over a long run of key characters (quadratic: minutes)."""
+    start = time.monotonic()
+    with contextlib.suppress(UserError):
+        parse_toml(text, "x")
+    assert time.monotonic() - start < 2
 
 
 @pytest.mark.parametrize(
