@@ -301,7 +301,7 @@ class PNNClassifier:
             load_seconds=0.0,
             classes=len(classes),
         )
-        log = _scored_figures_only if self.verbose and world.rank == 0 else (lambda line: None)
+        log = print if self.verbose and world.rank == 0 else (lambda line: None)
         with np.errstate(all="ignore"):
             result = train(cfg, world, data, log=log, hooks=Hooks())
         _warn_if_near_chance(world, result.net, data.x, data.y, classes, x)
@@ -378,12 +378,6 @@ class PNNClassifier:
 
 SKILL_FLOOR = 1 / 3  # "near chance": less than this share of the way from the majority rate to 100%
 UNSCALED = 10.0  # inputs beyond +-this are named as the likely cause (standardized data stays well inside)
-
-
-def _scored_figures_only(line: str) -> None:
-    """Print an epoch line without the test figure: ``fit`` has no test set, so the loop's
-    last line would otherwise show ``test nan%`` for a score nobody computed."""
-    print(re.sub(r"  test +nan%", "", line))
 
 
 def _warn_if_near_chance(world, net: Network, inputs: np.ndarray, codes: np.ndarray, classes: np.ndarray, given: np.ndarray) -> None:

@@ -6,8 +6,9 @@ Two symptoms are cheap to see from the per-epoch records the loop keeps
 anyway, so rank 0 checks them after every epoch:
 
 - the parallel network still at **chance level** after its first epoch
-  (test accuracy below twice the chance rate, once it has taken enough steps
-  for that to mean something: a full-batch epoch is a single step);
+  (test accuracy less than a ninth of the way from the chance rate to 100%:
+  20% for ten classes, 55.6% for two; once it has taken enough steps for that
+  to mean something: a full-batch epoch is a single step);
 - a **training loss that stopped falling**: no epoch of the last few beat the
   best loss before them by a meaningful margin, while that best is still more
   than a tenth of the first epoch's loss (a long run that has converged near
@@ -26,7 +27,7 @@ HIGH = 0.1  # a stall matters while the best loss is above this fraction of the 
 PATIENCE = 3  # epochs without a new best training loss before the loss counts as stalled
 MIN_GAIN = 1e-3  # relative: a new best must beat the old one by this much
 MIN_STEPS = 20  # steps taken before an accuracy near chance means the run is stuck, not just young
-CHANCE_FACTOR = 2.0  # "at chance level": test accuracy below this many times 1/classes
+CHANCE_SPAN = 1.0 / 9.0  # "at chance level": less than this share of the way from 1/classes to 100% (ten classes: 20%)
 
 
 def effective_rate(lr: float, momentum: float) -> float:
@@ -35,7 +36,10 @@ def effective_rate(lr: float, momentum: float) -> float:
 
 
 def at_chance(accuracy: float | None, classes: int) -> bool:
-    return accuracy is not None and not math.isnan(accuracy) and accuracy < CHANCE_FACTOR / classes
+    """Whether ``accuracy`` is near what guessing gives among ``classes``: measured on the way from
+    chance to 100%, so two classes are not held to twice their chance rate (which is 100%)."""
+    chance = 1.0 / max(classes, 1)
+    return accuracy is not None and not math.isnan(accuracy) and accuracy < chance + CHANCE_SPAN * (1.0 - chance)
 
 
 def stalled(losses: list[float], patience: int = PATIENCE) -> tuple[int, float] | None:

@@ -310,7 +310,7 @@ class Run:
             stepper,
             check_interval(plan.batch),
             phases,
-            watch_for(cfg, world.size),
+            watch_for(cfg, world.size, data.classes),
             Pace(cfg.progress_every),
             planned_faults(),
         )
@@ -627,10 +627,10 @@ def score_parallel(run: Run, state: LoopState) -> tuple[float, float, float]:
     return float(totals[0]) / tested, float(totals[1]) / tested, float(totals[2]) / tested
 
 
-def watch_for(cfg: TrainConfig, ranks: int) -> Watch:
-    """The health watch of this run: its rate against the defaults for its gradient mode."""
+def watch_for(cfg: TrainConfig, ranks: int, classes: int = 10) -> Watch:
+    """The health watch of this run: its rate against the defaults for its gradient mode; chance is 1/``classes``."""
     usual = defaults.for_mode(cfg.batch_size, cfg.sync, ranks, cfg.epochs)
-    return Watch(settled(cfg.lr), cfg.momentum, defaults.in_words(cfg.batch_size, settled(cfg.sync), ranks), usual.lr, usual.momentum)
+    return Watch(settled(cfg.lr), cfg.momentum, defaults.in_words(cfg.batch_size, settled(cfg.sync), ranks), usual.lr, usual.momentum, classes=classes)
 
 
 def warn_if_unhealthy(run: Run, state: LoopState) -> None:
@@ -641,7 +641,9 @@ def warn_if_unhealthy(run: Run, state: LoopState) -> None:
 
 def epoch_line(cfg: TrainConfig, record: EpochRecord) -> str:
     tested = f"  val {record.val_accuracy:7.2%}" if record.val_accuracy is not None else ""
-    tested += f"  test {record.test_accuracy:7.2%}" if record.test_accuracy is not None else ""
+    tested += (
+        f"  test {record.test_accuracy:7.2%}" if record.test_accuracy is not None and not math.isnan(record.test_accuracy) else ""
+    )  # nan: nothing to score
     return (
         f"epoch {record.epoch:>{len(str(cfg.epochs))}}/{cfg.epochs}  lr {record.lr:.4g}"
         f"  train loss {record.train_loss:.4f}{tested}  {record.train_seconds:6.1f} s"

@@ -43,6 +43,15 @@ def test_no_chance_warning_for_a_learning_a_young_or_an_unscored_network(accurac
     assert watch().after_epoch(records([0.4], accuracy_first=accuracy), steps_done=steps) == []
 
 
+@pytest.mark.parametrize(
+    "classes, accuracy, chance",
+    [(10, 0.19, True), (10, 0.21, False), (2, 0.55, True), (2, 0.6, False), (2, 0.97, False), (3, 0.38, True), (3, 0.45, False)],
+)
+def test_chance_is_measured_on_the_way_from_guessing_to_perfect(classes, accuracy, chance):
+    """Two classes are not held to twice their chance rate (100%): a binary network at 97% is not at chance."""
+    assert health.at_chance(accuracy, classes) is chance
+
+
 def test_too_low_a_rate_is_named_as_such():
     w = watch(lr=1e-6, momentum=0.0)
     line = w.after_epoch(records([2.30], accuracy_first=0.09), steps_done=2000)[0]
