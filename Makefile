@@ -77,7 +77,7 @@ $(VENV)/.installed-test: $(VENV)/.installed
 # numba compiles the kernel into its on-disk cache now, so 16 ranks load it instead of each compiling it.
 install-fast: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[fast]'
-	$(PY) -c 'from pnn_mpi.kernels import precompile; precompile()'
+	$(PY) -c 'from pnn_mpi.nn.kernels import precompile; precompile()'
 
 install-lint: $(VENV)/.installed-lint
 
@@ -143,13 +143,13 @@ test-slurm: install-test data
 
 # Every figure the README shows, measured on this machine, with its command and the machine it ran on.
 readme-figures: install data
-	$(PY) -m pnn_mpi.readme_figures $(ARGS)
+	$(PY) -m pnn_mpi.commands.readme_figures $(ARGS)
 
 bench: install
 	mpiexec -n $(BENCH_NP) $(PY) -m pnn_mpi bench $(ARGS)
 
 torch-compare: install
-	mpiexec -n $(BENCH_NP) $(PY) -m pnn_mpi.torch_compare $(ARGS)
+	mpiexec -n $(BENCH_NP) $(PY) -m pnn_mpi.commands.torch_compare $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(MPICH_VENV) build *.egg-info .pytest_cache

@@ -4,7 +4,7 @@ Every rank trains an identical feed-forward network on its own slice of the
 data; the parameters are averaged across ranks with one Allreduce.
 """
 
-from .version import __version__
+from .common.version import __version__
 
 __all__ = ["PNNClassifier", "__version__"]
 

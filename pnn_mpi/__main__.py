@@ -8,7 +8,7 @@ set before numpy is first imported, hence here. A value the user exported wins.
 import os
 import sys
 
-from .launch import is_shorthand  # stdlib only: numpy must not load before the variables are set
+from .commands.launch import is_shorthand  # stdlib only: numpy must not load before the variables are set
 
 
 def _trains(argv: list[str]) -> bool:
@@ -18,12 +18,12 @@ def _trains(argv: list[str]) -> bool:
 
 def run() -> int:
     if _trains(sys.argv[1:]):
-        from .signals import listen_early
+        from .parallel.signals import listen_early
 
         listen_early()  # a stop signal from now on is a checkpoint request, not death
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
-    from .cli import main  # after the variables are set: numpy reads them when it is first imported
+    from .commands.cli import main  # after the variables are set: numpy reads them when it is first imported
 
     return main()
 

@@ -25,15 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .comm import current_world
-from .config import TrainConfig
-from .errors import UserError
-from .evaluate import predict as predict_classes
-from .evaluate import probabilities, to_inputs
-from .model_io import save_model
-from .network import Network
-from .rank_data import RankData
-from .train import Hooks, train
+from .common.errors import UserError
+from .nn.evaluate import predict as predict_classes
+from .nn.evaluate import probabilities, to_inputs
+from .nn.network import Network
+from .parallel.comm import current_world
+from .training.config import TrainConfig
+from .training.model_io import save_model
+from .training.rank_data import RankData
+from .training.train import Hooks, train
 
 
 class DataConversionWarning(UserWarning):

@@ -22,8 +22,8 @@ NO_MNIST = "real MNIST not found"
 def find_mnist() -> Path | None:
     """The real MNIST where training finds it ($PNN_MPI_DATA, ./data/mnist, ~/.cache/pnn_mpi/mnist, ...),
     looking from here and from the checkout (where `make data` puts it), or the shared copy beside the checkout."""
-    from pnn_mpi import datasets
-    from pnn_mpi.errors import UserError
+    from pnn_mpi.common.errors import UserError
+    from pnn_mpi.data import datasets
 
     for cwd in (None, REPO):
         try:
@@ -130,7 +130,7 @@ def learnable_dataset(seed: int, train: int, test: int) -> tuple[np.ndarray, np.
 
 def write_dataset(folder: Path, train: int, test: int, seed: int = 0, gz: bool = False) -> Path:
     """A small dataset in the canonical IDX file names (for ``--dataset custom``)."""
-    from pnn_mpi.idx import write_idx
+    from pnn_mpi.data.idx import write_idx
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -147,8 +147,8 @@ CLASSES = 10  # learnable_images draws labels 0..9
 
 def rank_data(images, labels, test_images, test_labels, dtype="float64", sizes=None, start=0, classes=CLASSES):
     """In-memory RankData, as load_rank_data would build it (``classes``: learnable_images' ten)."""
-    from pnn_mpi.evaluate import to_inputs
-    from pnn_mpi.rank_data import RankData
+    from pnn_mpi.nn.evaluate import to_inputs
+    from pnn_mpi.training.rank_data import RankData
 
     return RankData(
         directory=Path("."),

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pnn_mpi.activations import ACTIVATIONS, LEAKY_SLOPE
+from pnn_mpi.nn.activations import ACTIVATIONS, LEAKY_SLOPE
 
 NAMES = sorted(ACTIVATIONS)
 KINKED = {"relu", "leaky-relu"}

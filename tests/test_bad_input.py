@@ -12,7 +12,7 @@ the command line, and expects:
 - the path of the file at fault, where a file is at fault;
 - no traceback anywhere, nothing on stdout (the error comes before any work).
 
-One-rank cases call ``pnn_mpi.cli.main`` in this process (cheap); only the cases
+One-rank cases call ``pnn_mpi.commands.cli.main`` in this process (cheap); only the cases
 that need several ranks launch ``mpiexec``. The table is complete on its own;
 comments saying "also: test_x.py" only note where a fault is covered too.
 Two property tests (hypothesis) feed random bytes to the command line as a
@@ -33,11 +33,11 @@ import numpy as np
 import pytest
 
 from conftest import find_mnist, learnable_images, run_pnn, write_dataset
-from pnn_mpi.cli import main
-from pnn_mpi.datasets import DATASETS, find_file
-from pnn_mpi.idx import read_records, write_idx
-from pnn_mpi.model_io import model_arrays, npz_bytes
-from pnn_mpi.network import Network
+from pnn_mpi.commands.cli import main
+from pnn_mpi.data.datasets import DATASETS, find_file
+from pnn_mpi.data.idx import read_records, write_idx
+from pnn_mpi.nn.network import Network
+from pnn_mpi.training.model_io import model_arrays, npz_bytes
 
 PREFIX = "pnn_mpi: error: "
 TRAIN_N, TEST_N = 60, 20  # the small dataset every case starts from: 6x6 images

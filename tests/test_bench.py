@@ -12,8 +12,9 @@ import math
 import pytest
 
 from conftest import run_pnn
-from pnn_mpi import bench, kernels
-from pnn_mpi.comm import SerialWorld
+from pnn_mpi.commands import bench
+from pnn_mpi.nn import kernels
+from pnn_mpi.parallel.comm import SerialWorld
 
 QUICK = ["--seconds", "0.02", "--repeats", "1", "--sync-calls", "2", "--hidden", "16"]
 
@@ -81,7 +82,7 @@ def test_help_describes_every_option(capsys):
 
 
 def test_bad_momentum_is_a_user_error():
-    from pnn_mpi.errors import UserError
+    from pnn_mpi.common.errors import UserError
 
     with pytest.raises(UserError, match="--momentum"):
         bench.main(["--momentum", "1.5"], world=SerialWorld())

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from conftest import learnable_dataset
-from pnn_mpi import checkpoint
-from pnn_mpi.checkpoint import Progress, RankState
-from pnn_mpi.comm import SerialWorld
-from pnn_mpi.config import TrainConfig
-from pnn_mpi.errors import Interrupted, UserError
-from pnn_mpi.train import Hooks, check_interval, train
+from pnn_mpi.common.errors import Interrupted, UserError
+from pnn_mpi.parallel.comm import SerialWorld
+from pnn_mpi.training import checkpoint
+from pnn_mpi.training.checkpoint import Progress, RankState
+from pnn_mpi.training.config import TrainConfig
+from pnn_mpi.training.train import Hooks, check_interval, train
 
 
 def _state(seed: int) -> RankState:
@@ -75,7 +75,7 @@ def test_damaged_checkpoint_is_a_user_error(tmp_path, content):
 @pytest.mark.parametrize("header", [b"[" * 200_000 + b"]" * 200_000, b"{" * 5, b'"format"'])
 def test_a_header_not_ours_is_one_error_line(tmp_path, header):
     """A header nested past the JSON parser's stack, broken, or of another shape: refused as not ours, no traceback."""
-    from pnn_mpi.model_io import npz_bytes
+    from pnn_mpi.training.model_io import npz_bytes
 
     (tmp_path / "c.npz").write_bytes(npz_bytes({"header": np.array(header.decode())}))
     with pytest.raises(UserError, match="not a (usable )?pnn_mpi checkpoint"):
@@ -140,7 +140,7 @@ def _stop_at(step: int):
 def test_interrupt_then_resume_is_bit_identical(make_rank_data, data, settings, interval, checks_before_stop, monkeypatch):
     """Stopped at an epoch's end or (checking every 3 steps) in the middle of one, then resumed."""
     if interval:
-        monkeypatch.setattr("pnn_mpi.train.check_interval", lambda batch: interval)
+        monkeypatch.setattr("pnn_mpi.training.train.check_interval", lambda batch: interval)
     images, labels, test_images, test_labels = data
     cfg = TrainConfig(hidden=(10,), epochs=5, lr=0.05, **settings)
 

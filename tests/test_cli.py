@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, clean_env
-from pnn_mpi import cli
-from pnn_mpi.cli import main
-from pnn_mpi.config import TrainConfig
-from pnn_mpi.errors import UserError
-from pnn_mpi.options import parse_train_args, train_parser
+from pnn_mpi.commands import cli
+from pnn_mpi.commands.cli import main
+from pnn_mpi.common.errors import UserError
+from pnn_mpi.training.config import TrainConfig
+from pnn_mpi.training.options import parse_train_args, train_parser
 
 ALL_FLAGS = (
     "--hidden --activation --output --init --bias-init --batch-size --lr --momentum --lr-decay --epochs "
@@ -26,7 +26,7 @@ ALL_FLAGS = (
 def fake_training(monkeypatch):
     """Replace run_training by a stub recording the config, so no MPI or data is ever touched."""
     calls: list[TrainConfig] = []
-    monkeypatch.setattr("pnn_mpi.run.run_training", calls.append)
+    monkeypatch.setattr("pnn_mpi.commands.run.run_training", calls.append)
     return calls
 
 

@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from conftest import REPO, clean_env
-from pnn_mpi import comm
-from pnn_mpi.errors import UserError
+from pnn_mpi.common.errors import UserError
+from pnn_mpi.parallel import comm
 
 
 def _no_libmpi(monkeypatch):
@@ -38,7 +38,7 @@ def test_a_launched_rank_without_libmpi_says_what_to_install(monkeypatch, variab
 
 
 def test_alone_the_estimator_does_not_start_mpi():
-    code = "import sys; from pnn_mpi.comm import current_world; w = current_world(start_mpi_alone=False); print(type(w).__name__, 'mpi4py.MPI' in sys.modules)"
+    code = "import sys; from pnn_mpi.parallel.comm import current_world; w = current_world(start_mpi_alone=False); print(type(w).__name__, 'mpi4py.MPI' in sys.modules)"
     env = {k: v for k, v in clean_env().items() if k not in comm.RANK_VARIABLES}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env, cwd=REPO)
     assert proc.stdout.split() == ["SerialWorld", "False"], proc.stderr

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from conftest import REPO, clean_env, mpiexec_path, run_pnn, write_dataset
-from pnn_mpi import checkpoint
-from pnn_mpi.cli import main
-from pnn_mpi.model_io import npz_bytes
-from pnn_mpi.options import parse_train_args, train_parser
-from pnn_mpi.wording import bounded_line, quote
+from pnn_mpi.commands.cli import main
+from pnn_mpi.common.wording import bounded_line, quote
+from pnn_mpi.training import checkpoint
+from pnn_mpi.training.model_io import npz_bytes
+from pnn_mpi.training.options import parse_train_args, train_parser
 
 PREFIX = "pnn_mpi: error: "
 
@@ -360,8 +360,8 @@ NEWLINE_PATHS = {
 
 @pytest.mark.parametrize("case", sorted(NEWLINE_PATHS))
 def test_a_path_with_a_newline_cannot_break_the_line(tiny, tmp_path, case, capsys):
-    from pnn_mpi.model_io import save_model
-    from pnn_mpi.network import Network
+    from pnn_mpi.nn.network import Network
+    from pnn_mpi.training.model_io import save_model
 
     save_model(tmp_path / "model.npz", Network((36, 10)))
     argv = NEWLINE_PATHS[case](tmp_path, tiny)
@@ -404,7 +404,7 @@ def test_download_into_a_full_disk_prints_one_line(small_disk, mnist_dir):
 
 def test_a_dataset_with_fewer_classes_resumes(tmp_path, capsys):
     """The network has as many outputs as the data has classes: the checkpoint's expected shapes follow."""
-    from pnn_mpi.idx import write_idx
+    from pnn_mpi.data.idx import write_idx
 
     folder = write_dataset(tmp_path / "five", train=120, test=30, seed=6)
     for name in ("train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte"):

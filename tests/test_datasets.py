@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import find_mnist
-from pnn_mpi import datasets, idx
-from pnn_mpi.datasets import DATASETS, get_spec
-from pnn_mpi.errors import UserError
+from pnn_mpi.common.errors import UserError
+from pnn_mpi.data import datasets, idx
+from pnn_mpi.data.datasets import DATASETS, get_spec
 
 MNIST_TRAIN_DIGITS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 

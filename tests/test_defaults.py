@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pnn_mpi import defaults as d
+from pnn_mpi.training import defaults as d
 
 
 @pytest.mark.parametrize("ranks", [1, 4, 16])
@@ -95,7 +95,7 @@ def test_resolve_fills_only_what_is_unset():
 
 # --- the rule as a user meets it: flags, a TOML file, and a real launch ---------------------
 
-from pnn_mpi.options import parse_train_args  # noqa: E402
+from pnn_mpi.training.options import parse_train_args  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -134,7 +134,7 @@ def test_values_from_a_toml_file_win_and_flags_after_it_win_over_them(tmp_path):
 
 
 def test_the_help_states_the_rule():
-    text = " ".join(__import__("pnn_mpi.options", fromlist=["x"]).train_parser().format_help().split())
+    text = " ".join(__import__("pnn_mpi.training.options", fromlist=["x"]).train_parser().format_help().split())
     assert "a value you set, by flag or in --config, always wins" in text
     assert "lr 0.05 x B/32, where B = b x ranks under local and grad" in text
     assert "batch 32: lr 0.05 at 1 rank, 0.2 at 4 ranks, 0.25 at 16 ranks; under grad 0.05, 0.2, 0.8" in text

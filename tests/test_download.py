@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 
 from conftest import REPO, find_mnist, run_pnn
-from pnn_mpi import datasets, idx
-from pnn_mpi.datasets import DatasetSpec
-from pnn_mpi.download import download
-from pnn_mpi.errors import UserError
+from pnn_mpi.common.errors import UserError
+from pnn_mpi.data import datasets, idx
+from pnn_mpi.data.datasets import DatasetSpec
+from pnn_mpi.data.download import download
 
 BASENAMES = list(datasets.DATASETS["mnist"].files.values())
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, clean_env, learnable_images, run_pnn, write_dataset
-from pnn_mpi.idx import read_records
+from pnn_mpi.data.idx import read_records
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +172,7 @@ def test_predict_and_evaluate_without_mpi(tiny, tmp_path):
     # In one process that must never load MPI: evaluate, predict on IDX and on .npy.
     script = f"""
 import sys
-from pnn_mpi.cli import main
+from pnn_mpi.commands.cli import main
 assert main(["evaluate", "--model", {model!r}, "--images", {str(tiny / "t10k-images-idx3-ubyte")!r}, "--labels", {str(tiny / "t10k-labels-idx1-ubyte")!r}, "--json"]) == 0
 assert main(["predict", "--model", {model!r}, "--images", {str(tiny / "t10k-images-idx3-ubyte")!r}, "--out", {str(tmp_path / "idx.npy")!r}]) == 0
 assert main(["predict", "--model", {model!r}, "--images", {str(tmp_path / "images.npy")!r}, "--out", {str(tmp_path / "npy.txt")!r}]) == 0

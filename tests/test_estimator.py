@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 
 from conftest import REPO, clean_env, mpiexec_path, run_pnn, write_dataset
-from pnn_mpi import PNNClassifier, datasets
+from pnn_mpi import PNNClassifier
+from pnn_mpi.data import datasets
 from pnn_mpi.estimator import NearChanceWarning
-from pnn_mpi.model_io import load_model
+from pnn_mpi.training.model_io import load_model
 
 try:  # the label, warning and output tests need no scikit-learn; its own checks do
     from sklearn.base import clone
@@ -133,8 +134,8 @@ SCRIPT = """
     import numpy as np
     from mpi4py import MPI
     from pnn_mpi import PNNClassifier
-    from pnn_mpi.idx import read_records
-    from pnn_mpi.slicing import slice_bounds
+    from pnn_mpi.data.idx import read_records
+    from pnn_mpi.data.slicing import slice_bounds
 
     folder, out = sys.argv[1], sys.argv[2]
     comm = MPI.COMM_WORLD

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pnn_mpi import evaluate as ev
-from pnn_mpi.losses import OUTPUTS
-from pnn_mpi.network import Network
+from pnn_mpi.nn import evaluate as ev
+from pnn_mpi.nn.losses import OUTPUTS
+from pnn_mpi.nn.network import Network
 
 
 def plain_outputs(net: Network, x: np.ndarray) -> np.ndarray:

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, clean_env, mpiexec_path, run_pnn, write_dataset
-from pnn_mpi import checkpoint, outdir
-from pnn_mpi.config import TrainConfig
+from pnn_mpi.training import checkpoint, outdir
+from pnn_mpi.training.config import TrainConfig
 
 STOPPED = 75
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, clean_env, write_dataset
-from pnn_mpi.model_io import save_model
-from pnn_mpi.network import Network
+from pnn_mpi.nn.network import Network
+from pnn_mpi.training.model_io import save_model
 
 PREFIX = "pnn_mpi: error: "
 

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from pnn_mpi import health
+from pnn_mpi.training import health
 
 
 def records(losses, accuracy_first=None):

@@ -25,11 +25,11 @@ import numpy as np
 import pytest
 
 from conftest import clean_env, write_dataset
-from pnn_mpi.cli import main
-from pnn_mpi.errors import UserError
-from pnn_mpi.idx import write_idx
-from pnn_mpi.model_io import load_model, model_arrays, npz_bytes, save_model
-from pnn_mpi.network import Network
+from pnn_mpi.commands.cli import main
+from pnn_mpi.common.errors import UserError
+from pnn_mpi.data.idx import write_idx
+from pnn_mpi.nn.network import Network
+from pnn_mpi.training.model_io import load_model, model_arrays, npz_bytes, save_model
 
 PREFIX = "pnn_mpi: error: "
 HEADROOM = 300 * 2**20  # what a bounded reader may use beyond the calibrated baseline

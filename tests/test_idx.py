@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import find_mnist
-from pnn_mpi import idx
-from pnn_mpi.errors import UserError
+from pnn_mpi.common.errors import UserError
+from pnn_mpi.data import idx
 
 MNIST_MD5 = {
     "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",

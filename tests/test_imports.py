@@ -1,4 +1,5 @@
-"""The package's import graph has no cycle, and no module imports another's private name.
+"""The package's import graph has no cycle, no lower layer imports a higher one, and no module
+imports another's private name.
 
 Run as a script (``python tests/test_imports.py``) it prints the graph, one module a
 line with what it imports; imports inside functions count too (a deferred import
@@ -106,6 +107,36 @@ def test_no_private_name_crosses_modules():
     assert private_imports() == []
 
 
+# The layers, lowest first: a module may import its own layer and those below it, never above
+# (a deferred import inside a function counts too). The package's __init__, __main__ and the
+# estimator sit on top of them all.
+LAYERS = ("common", "nn", "data", "parallel", "training", "report", "study", "scaling", "commands")
+TOP = len(LAYERS)
+
+
+def layer_of(module: str) -> int:
+    """The layer's position of ``pnn_mpi.<layer>.<module>``; the top for the package's own modules."""
+    first = module.removeprefix("pnn_mpi").lstrip(".").split(".")[0]
+    return LAYERS.index(first) if first in LAYERS else TOP
+
+
+def upward_imports(graph: dict[str, dict[str, bool]]) -> list[str]:
+    """Every import of a higher layer, as 'importer -> imported'."""
+    return [f"{m} -> {t}" for m, edges in graph.items() for t in edges if layer_of(t) > layer_of(m)]
+
+
+def test_no_lower_layer_imports_a_higher_one():
+    assert upward_imports(import_graph()) == []
+
+
+def test_the_tree_is_the_layers():
+    """Every module sits in a layer's folder; only the package's entry points stay at the top."""
+    loose = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert loose == ["__init__.py", "__main__.py", "estimator.py"]
+    folders = sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists())
+    assert folders == sorted(LAYERS)
+
+
 def main() -> int:
     graph = import_graph()
     short = {m: m.removeprefix("pnn_mpi.") for m in graph}
@@ -117,8 +148,12 @@ def main() -> int:
         print(f"cycle: {' '.join(short[m] for m in component)}")
     for leak in private_imports():
         print(f"private name imported: {leak}")
-    print(f"{len(graph)} modules, {sum(map(len, graph.values()))} imports (* = inside a function), {len(found)} cycles")
-    return 1 if found else 0
+    upward = upward_imports(graph)
+    for edge in upward:
+        print(f"lower layer imports a higher one: {edge}")
+    print(f"layers, lowest first: {' < '.join(LAYERS)} < the package's entry points")
+    print(f"{len(graph)} modules, {sum(map(len, graph.values()))} imports (* = inside a function), {len(found)} cycles, {len(upward)} upward imports")
+    return 1 if found or upward else 0
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pnn_mpi.initializers import INITIALIZERS
+from pnn_mpi.nn.initializers import INITIALIZERS
 
 FAN_IN, FAN_OUT = 400, 300
 

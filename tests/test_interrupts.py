@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, clean_env, mpiexec_path, run_pnn, write_dataset
-from pnn_mpi import checkpoint, outdir
-from pnn_mpi.config import TrainConfig
+from pnn_mpi.training import checkpoint, outdir
+from pnn_mpi.training.config import TrainConfig
 from test_faults import _ranks_of
 
 STOPPED = 75
@@ -197,7 +197,7 @@ def test_predict_into_a_closed_pipe_prints_no_traceback(tiny, tmp_path, out):
     """Predictions for 60,000 images (120 KB of text, more than a pipe holds) into ``| head -c 1``."""
     import numpy as np
 
-    from pnn_mpi.idx import write_idx
+    from pnn_mpi.data.idx import write_idx
 
     trained = tmp_path / "run"
     assert run_pnn("--dataset", "custom", "--data-dir", str(tiny), "--hidden", "8", "--epochs", "1", "--out", str(trained)).returncode == 0

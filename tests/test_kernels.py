@@ -17,17 +17,17 @@ import numpy as np
 import pytest
 
 from conftest import REPO, learnable_images
-from pnn_mpi import kernels
-from pnn_mpi import train as train_module
-from pnn_mpi.activations import ACTIVATIONS
-from pnn_mpi.comm import SerialWorld
-from pnn_mpi.config import TrainConfig
-from pnn_mpi.evaluate import to_inputs
-from pnn_mpi.losses import OUTPUTS
-from pnn_mpi.network import Network
-from pnn_mpi.optim import SGD
-from pnn_mpi.rank_data import RankData
-from pnn_mpi.train import gradients
+from pnn_mpi.nn import kernels
+from pnn_mpi.nn.activations import ACTIVATIONS
+from pnn_mpi.nn.evaluate import to_inputs
+from pnn_mpi.nn.losses import OUTPUTS
+from pnn_mpi.nn.network import Network
+from pnn_mpi.nn.optim import SGD
+from pnn_mpi.parallel.comm import SerialWorld
+from pnn_mpi.training import train as train_module
+from pnn_mpi.training.config import TrainConfig
+from pnn_mpi.training.rank_data import RankData
+from pnn_mpi.training.train import gradients
 
 SAMPLES = 24
 LR = 0.2
@@ -192,7 +192,7 @@ def test_precompile_fills_the_cache():
 def test_importing_the_package_does_not_import_numba():
     """numba stays optional and costs nothing until the numba backend runs."""
     code = (
-        "import sys, pnn_mpi, pnn_mpi.kernels, pnn_mpi.train, pnn_mpi.bench, pnn_mpi.file_commands, pnn_mpi.cli\n"
+        "import sys, pnn_mpi, pnn_mpi.nn.kernels, pnn_mpi.training.train, pnn_mpi.commands.bench, pnn_mpi.commands.file_commands, pnn_mpi.commands.cli\n"
         "assert 'numba' not in sys.modules, 'numba imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=60)

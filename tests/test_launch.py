@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, write_dataset
-from pnn_mpi import launch
-from pnn_mpi.errors import UserError
-from pnn_mpi.launch import Mpi, needed_env
+from pnn_mpi.commands import launch
+from pnn_mpi.commands.launch import Mpi, needed_env
+from pnn_mpi.common.errors import UserError
 
 OPEN_MPI_5 = Mpi("openmpi", 5)
 OPEN_MPI_4 = Mpi("openmpi", 4)

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 from conftest import learnable_dataset
-from pnn_mpi.comm import World
-from pnn_mpi.config import TrainConfig
-from pnn_mpi.slicing import slice_bounds, slice_sizes
-from pnn_mpi.train import build_network, train
+from pnn_mpi.data.slicing import slice_bounds, slice_sizes
+from pnn_mpi.parallel.comm import World
+from pnn_mpi.training.config import TrainConfig
+from pnn_mpi.training.train import build_network, train
 
 pytestmark = pytest.mark.mpi(min_size=2)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pnn_mpi.losses import OUTPUTS, RowScratch
+from pnn_mpi.nn.losses import OUTPUTS, RowScratch
 
 NAMES = sorted(OUTPUTS)
 

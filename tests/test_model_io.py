@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pnn_mpi import model_io
-from pnn_mpi.errors import UserError
-from pnn_mpi.model_io import load_model, save_model, write_atomically
-from pnn_mpi.network import Network
+from pnn_mpi.common.errors import UserError
+from pnn_mpi.nn.network import Network
+from pnn_mpi.training import model_io
+from pnn_mpi.training.model_io import load_model, save_model, write_atomically
 
 SIZES = (6, 5, 4, 3)
 UNPICKLED: list[str] = []

@@ -14,13 +14,13 @@ import pytest
 from mpi4py import MPI
 
 from conftest import learnable_dataset, write_dataset
-from pnn_mpi.comm import SerialWorld, World, fail_together
-from pnn_mpi.config import TrainConfig
-from pnn_mpi.errors import UserError
-from pnn_mpi.evaluate import evaluate
-from pnn_mpi.rank_data import load_rank_data
-from pnn_mpi.slicing import slice_bounds, slice_sizes
-from pnn_mpi.train import build_network, train
+from pnn_mpi.common.errors import UserError
+from pnn_mpi.data.slicing import slice_bounds, slice_sizes
+from pnn_mpi.nn.evaluate import evaluate
+from pnn_mpi.parallel.comm import SerialWorld, World, fail_together
+from pnn_mpi.training.config import TrainConfig
+from pnn_mpi.training.rank_data import load_rank_data
+from pnn_mpi.training.train import build_network, train
 
 pytestmark = pytest.mark.mpi(min_size=2)
 
@@ -130,7 +130,7 @@ def test_each_rank_loads_exactly_its_slice(world, tmp_path_factory):
     world.barrier()
     cfg = TrainConfig(dataset="custom", data_dir=str(folder))
     data = load_rank_data(cfg, world)
-    from pnn_mpi.idx import read_records
+    from pnn_mpi.data.idx import read_records
 
     everything = read_records(folder / "train-images-idx3-ubyte.gz", expect="images")
     lo, hi = slice_bounds(103, world.size, world.rank)
@@ -199,11 +199,11 @@ def test_a_stop_seen_by_one_rank_checkpoints_all_and_resumes_bit_identically(mak
     """Rank 1 alone is signalled; every rank stops at the same step, rank 0 writes every
     rank's state, and the resumed run ends with the parameters of an uninterrupted one
     (under local and steps:K: it averages where the uninterrupted run did, mid-period)."""
-    from pnn_mpi.errors import Interrupted
-    from pnn_mpi.run import checkpoint_writer, resume_point
-    from pnn_mpi.train import Hooks
+    from pnn_mpi.commands.run import checkpoint_writer, resume_point
+    from pnn_mpi.common.errors import Interrupted
+    from pnn_mpi.training.train import Hooks
 
-    monkeypatch.setattr("pnn_mpi.train.check_interval", lambda batch: 4)
+    monkeypatch.setattr("pnn_mpi.training.train.check_interval", lambda batch: 4)
     out = _shared_tmp(world, tmp_path_factory) / "run"
     out.mkdir(exist_ok=True)
     n = 50 * world.size + 3

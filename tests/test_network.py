@@ -8,11 +8,11 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from pnn_mpi.activations import ACTIVATIONS, LEAKY_SLOPE
-from pnn_mpi.initializers import INITIALIZERS
-from pnn_mpi.losses import OUTPUTS
-from pnn_mpi.network import Network, layer_views, parameter_count
-from pnn_mpi.optim import SGD
+from pnn_mpi.nn.activations import ACTIVATIONS, LEAKY_SLOPE
+from pnn_mpi.nn.initializers import INITIALIZERS
+from pnn_mpi.nn.losses import OUTPUTS
+from pnn_mpi.nn.network import Network, layer_views, parameter_count
+from pnn_mpi.nn.optim import SGD
 
 SIZES = (5, 4, 3, 10)
 
@@ -348,7 +348,7 @@ def traced_step_memory(step, warmup: int = 20, steps: int = 200) -> tuple[int, i
 def make_step(activation, output, sizes, batch, momentum, via_train=True):
     """One SGD step per call on the next batch of a small shuffled dataset: train.gradients + SGD.step,
     or (via_train=False) forward/backward on ready-made batches + SGD.step."""
-    from pnn_mpi.train import gradients
+    from pnn_mpi.training.train import gradients
 
     net = make_net(activation, output, dtype="float32", sizes=sizes)
     opt, ws = SGD(net.params, momentum), net.workspace(batch)

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pnn_mpi import idx, node_reading
-from pnn_mpi.comm import World, fail_together
-from pnn_mpi.errors import UserError
-from pnn_mpi.slicing import slice_bounds
+from pnn_mpi.common.errors import UserError
+from pnn_mpi.data import idx, node_reading
+from pnn_mpi.data.slicing import slice_bounds
+from pnn_mpi.parallel.comm import World, fail_together
 
 pytestmark = pytest.mark.mpi(min_size=2)
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pnn_mpi.optim import SGD, learning_rate
+from pnn_mpi.nn.optim import SGD, learning_rate
 
 
 def gradients(steps: int, n: int, dtype=np.float64):

@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 
 from conftest import REPO, clean_env, run_pnn, write_dataset
-from pnn_mpi import checkpoint, files, outdir
-from pnn_mpi.cli import main
-from pnn_mpi.errors import UserError
-from pnn_mpi.model_io import save_model
-from pnn_mpi.network import Network
+from pnn_mpi.commands.cli import main
+from pnn_mpi.common import files
+from pnn_mpi.common.errors import UserError
+from pnn_mpi.nn.network import Network
+from pnn_mpi.training import checkpoint, outdir
+from pnn_mpi.training.model_io import save_model
 
 PREFIX = "pnn_mpi: error: "
 
@@ -36,7 +37,7 @@ def _train(tiny, out, *more) -> list[str]:
 
 def _holder(folder: Path) -> subprocess.Popen:
     """Another process that claims ``folder`` and keeps it until killed."""
-    code = "import sys, time; from pnn_mpi.outdir import RunFolder; RunFolder.claim(sys.argv[1]); print('held', flush=True); time.sleep(600)"
+    code = "import sys, time; from pnn_mpi.training.outdir import RunFolder; RunFolder.claim(sys.argv[1]); print('held', flush=True); time.sleep(600)"
     proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True, env=clean_env(), cwd=REPO)
     assert proc.stdout.readline().strip() == "held"
     return proc

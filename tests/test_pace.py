@@ -8,10 +8,10 @@ import sys
 import numpy as np
 
 from conftest import REPO, clean_env, learnable_images, rank_data, write_dataset
-from pnn_mpi.comm import SerialWorld
-from pnn_mpi.config import TrainConfig
-from pnn_mpi.pace import Pace
-from pnn_mpi.train import train
+from pnn_mpi.parallel.comm import SerialWorld
+from pnn_mpi.training.config import TrainConfig
+from pnn_mpi.training.pace import Pace
+from pnn_mpi.training.train import train
 
 
 class FakeClock:

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from pnn_mpi import study
-from pnn_mpi.errors import UserError
+from pnn_mpi.common.errors import UserError
 from pnn_mpi.study import paper
 from pnn_mpi.study.grid import load_study, shipped_grid
 from pnn_mpi.study.results import Result

@@ -63,7 +63,7 @@ def test_plot_user_errors_are_one_line(tmp_path):
 
 
 def test_without_matplotlib_one_line_names_the_extra(real_run):
-    code = f"import sys; sys.modules['matplotlib'] = None; from pnn_mpi.cli import main; raise SystemExit(main(['plot', {str(real_run)!r}]))"
+    code = f"import sys; sys.modules['matplotlib'] = None; from pnn_mpi.commands.cli import main; raise SystemExit(main(['plot', {str(real_run)!r}]))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=clean_env(), cwd=REPO)
     assert proc.returncode == 2
     assert proc.stderr == 'pnn_mpi: error: plots need matplotlib: pip install "pnn_mpi[plot]"\n'

@@ -13,9 +13,9 @@ import textwrap
 import pytest
 
 from conftest import REPO, clean_env, mpiexec_path
-from pnn_mpi import faults
-from pnn_mpi.errors import UserError
-from pnn_mpi.resilience import fault_tolerance_problem
+from pnn_mpi.common.errors import UserError
+from pnn_mpi.parallel import faults
+from pnn_mpi.parallel.resilience import fault_tolerance_problem
 
 
 def test_faults_parse_steps_checkpoints_and_lists(monkeypatch):
@@ -84,7 +84,7 @@ SURVIVOR = textwrap.dedent(
     """
     import os, signal
     import numpy as np
-    from pnn_mpi.resilience import RankLost, ResilientWorld, check_fault_tolerance, prepare_process
+    from pnn_mpi.parallel.resilience import RankLost, ResilientWorld, check_fault_tolerance, prepare_process
 
     prepare_process("continue")
     world = ResilientWorld()
@@ -137,7 +137,7 @@ def test_survivors_of_two_losses_shrink_and_keep_every_collective_working(ulfm, 
 
 def test_without_with_ft_the_continue_mode_refuses_in_one_line(ulfm, tmp_path):
     script = tmp_path / "refuse.py"
-    script.write_text("from pnn_mpi.resilience import ResilientWorld, check_fault_tolerance\ncheck_fault_tolerance(ResilientWorld())\n")
+    script.write_text("from pnn_mpi.parallel.resilience import ResilientWorld, check_fault_tolerance\ncheck_fault_tolerance(ResilientWorld())\n")
     proc = subprocess.run(
         [mpiexec_path(), "-n", "2", sys.executable, str(script)],
         capture_output=True,

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pnn_mpi.comm import SerialWorld
-from pnn_mpi.config import TrainConfig
+from pnn_mpi.parallel.comm import SerialWorld
+from pnn_mpi.parallel.sync import Sync
 from pnn_mpi.scaling import calibrate, command, model, platforms, predict, report, simulate, traces
 from pnn_mpi.scaling.costs import Calibration, Link, StepCost
 from pnn_mpi.scaling.program import Allreduce, Barrier, Compute, Run, all_phases, collectives, phases, schedule, second_epoch_share
-from pnn_mpi.sync import Sync
-from pnn_mpi.train import train
+from pnn_mpi.training.config import TrainConfig
+from pnn_mpi.training.train import train
 
 needs_simgrid = pytest.mark.skipif(not simulate.available(), reason="SimGrid (libsimgrid-dev) is not installed")
 
@@ -31,8 +31,8 @@ def toy_calibration(per_step=1e-3, per_sample=0.0) -> Calibration:
 
 def tiny_data(n: int, seed: int = 0, ranks: int = 1, rank: int = 0):
     """``n`` random samples of 4 features and 2 classes, or rank ``rank``'s slice of them among ``ranks``."""
-    from pnn_mpi.rank_data import RankData
-    from pnn_mpi.slicing import slice_bounds, slice_sizes
+    from pnn_mpi.data.slicing import slice_bounds, slice_sizes
+    from pnn_mpi.training.rank_data import RankData
 
     rng = np.random.default_rng(seed)
     x = rng.random((n, 4)).astype(np.float32)
@@ -59,7 +59,7 @@ def recorded_allreduces(monkeypatch) -> list[tuple]:
     A gradient sum comes inside its step (before the update): its step counts here, as in the program,
     where that step's compute comes before it.
     """
-    import pnn_mpi.train as loop
+    import pnn_mpi.training.train as loop
 
     seen: list[tuple] = []
     real = loop.allreduce
@@ -123,7 +123,7 @@ def test_program_makes_the_allreduces_the_trainer_makes(monkeypatch, sync, batch
     """Over several epochs of the default (cosine) schedule, with a check every 4 steps among the averages:
     the same Allreduces in the same order with the same buffers (batch 1 takes the many-step kernel;
     one rank averages nothing, being its own average)."""
-    monkeypatch.setattr("pnn_mpi.train.check_interval", lambda batch: 4)
+    monkeypatch.setattr("pnn_mpi.training.train.check_interval", lambda batch: 4)
     n, epochs = 37 * ranks, 6
     recorded = recorded_allreduces(monkeypatch)
     cfg = TrainConfig(hidden=(3,), batch_size=batch, epochs=epochs, sync=sync, momentum=momentum, eval_every=0)
@@ -141,10 +141,10 @@ def test_program_makes_the_allreduces_the_trainer_makes(monkeypatch, sync, batch
 def test_program_makes_the_allreduces_the_trainer_makes_across_ranks(monkeypatch, sync):
     """The same under MPI, on slices one sample apart (short ranks take smaller or empty last batches):
     every rank makes the program's Allreduces, with momentum, over several cosine epochs."""
-    from pnn_mpi.comm import World
+    from pnn_mpi.parallel.comm import World
 
     world = World()
-    monkeypatch.setattr("pnn_mpi.train.check_interval", lambda batch: 4)
+    monkeypatch.setattr("pnn_mpi.training.train.check_interval", lambda batch: 4)
     n, epochs, batch = 16 * world.size + 1, 5, 3
     recorded = recorded_allreduces(monkeypatch)
     cfg = TrainConfig(hidden=(3,), batch_size=batch, epochs=epochs, sync=sync, eval_every=0)
@@ -446,7 +446,7 @@ def test_validation_figures_come_from_the_runs_the_command_made(tmp_path):
 def test_a_timeline_is_a_source_of_the_simulated_compute(tmp_path):
     """A real (serial) run's trace gives the step cost; priced back, it reproduces the run's compute."""
     from conftest import write_dataset
-    from pnn_mpi.run import run_training
+    from pnn_mpi.commands.run import run_training
     from pnn_mpi.scaling.from_timeline import apply
 
     data = write_dataset(tmp_path / "data", train=600, test=20)

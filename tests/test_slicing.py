@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from pnn_mpi.errors import UserError
-from pnn_mpi.slicing import check_enough_samples, slice_bounds, slice_sizes
+from pnn_mpi.common.errors import UserError
+from pnn_mpi.data.slicing import check_enough_samples, slice_bounds, slice_sizes
 
 CASES = [(1, 1), (5, 1), (4, 4), (16, 16), (7, 3), (10, 4), (11, 4), (13, 5), (100, 7), (60000, 16), (60000, 7), (59999, 16), (10000, 3)] + [
     (n, p) for n in range(1, 25) for p in range(1, n + 1)

@@ -277,7 +277,7 @@ def test_wrong_launcher_is_caught_by_the_world_size_check(cluster, tmp_path):
 @needs_slurm
 def test_usr1_checkpoints_requeues_and_the_requeued_job_resumes(cluster, tmp_path):
     """scancel --batch --signal=USR1 is what --signal=B:USR1@60 does at the time limit."""
-    from pnn_mpi.checkpoint import FILE as CHECKPOINT
+    from pnn_mpi.training.checkpoint import FILE as CHECKPOINT
 
     job, _ = cluster.submit("train.sbatch", *LONG, "--epochs", "60", cwd=tmp_path, env=cluster.env(), options=["--ntasks=2"])
     wait_for_line(tmp_path, job, r"^epoch\s+2/60", cluster)

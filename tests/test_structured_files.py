@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from pnn_mpi.errors import UserError
-from pnn_mpi.structured_files import (
+from pnn_mpi.common.errors import UserError
+from pnn_mpi.common.structured_files import (
     Flag,
     Items,
     Nullable,

@@ -18,8 +18,7 @@ import pytest
 
 from conftest import REPO, write_dataset
 from pnn_mpi import study
-from pnn_mpi.errors import UserError
-from pnn_mpi.options import parse_train_args
+from pnn_mpi.common.errors import UserError
 from pnn_mpi.study import launch as study_launch
 from pnn_mpi.study import machine as study_machine
 from pnn_mpi.study.findings import accuracy_findings, oversubscription, speedup_findings
@@ -28,6 +27,7 @@ from pnn_mpi.study.machine import Machine, parse_cpuinfo, parse_lscpu
 from pnn_mpi.study.progress import Estimate, cost, duration
 from pnn_mpi.study.results import Result, error_line
 from pnn_mpi.study.stats import accuracy_table, speedup_table
+from pnn_mpi.training.options import parse_train_args
 
 PNG = b"\x89PNG\r\n\x1a\n"
 # Figures need matplotlib (the "study" extra); without it the real studies run with --no-plots.

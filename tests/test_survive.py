@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 
 from conftest import REPO, clean_env, mpiexec_path, rank_data, run_pnn, write_dataset
-from pnn_mpi import checkpoint, datasets, outdir
-from pnn_mpi.checkpoint import Progress, RankState
-from pnn_mpi.comm import SerialWorld
-from pnn_mpi.config import TrainConfig
-from pnn_mpi.model_io import load_model
-from pnn_mpi.slicing import slice_bounds
-from pnn_mpi.train import Clock, Hooks, train
+from pnn_mpi.data import datasets
+from pnn_mpi.data.slicing import slice_bounds
+from pnn_mpi.parallel.comm import SerialWorld
+from pnn_mpi.training import checkpoint, outdir
+from pnn_mpi.training.checkpoint import Progress, RankState
+from pnn_mpi.training.config import TrainConfig
+from pnn_mpi.training.model_io import load_model
+from pnn_mpi.training.train import Clock, Hooks, train
 
 pytestmark = pytest.mark.usefixtures("ulfm")
 

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from pnn_mpi.errors import UserError
-from pnn_mpi.sync import Sync
+from pnn_mpi.common.errors import UserError
+from pnn_mpi.parallel.sync import Sync
 
 
 @pytest.mark.parametrize(

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from conftest import write_dataset
-from pnn_mpi.comm import SerialWorld
-from pnn_mpi.config import TrainConfig
-from pnn_mpi.timeline import CLOCKED, NAMES, Timeline, chrome_trace, compute_between_collectives, phase_sums
+from pnn_mpi.parallel.comm import SerialWorld
+from pnn_mpi.report.timeline import CLOCKED, NAMES, Timeline, chrome_trace, compute_between_collectives, phase_sums
+from pnn_mpi.training.config import TrainConfig
 
 
 def test_nested_spans_are_charged_like_the_loops_clock():
@@ -36,7 +36,7 @@ def test_offsets_put_every_rank_on_rank_zeros_clock():
 
 
 def test_serial_run_writes_a_timeline_whose_sums_are_the_metrics(tmp_path):
-    from pnn_mpi.run import run_training
+    from pnn_mpi.commands.run import run_training
 
     data = write_dataset(tmp_path / "data", train=200, test=20)
     path = tmp_path / "trace.json"
@@ -57,8 +57,8 @@ def test_serial_run_writes_a_timeline_whose_sums_are_the_metrics(tmp_path):
 
 
 def test_an_unwritable_timeline_folder_is_one_error_before_training(tmp_path):
-    from pnn_mpi.errors import UserError
-    from pnn_mpi.run import run_training
+    from pnn_mpi.commands.run import run_training
+    from pnn_mpi.common.errors import UserError
 
     data = write_dataset(tmp_path / "data", train=50, test=10)
     cfg = TrainConfig(dataset="custom", data_dir=str(data), out=str(tmp_path / "run"), timeline=str(tmp_path / "no" / "t.json"))
@@ -67,8 +67,8 @@ def test_an_unwritable_timeline_folder_is_one_error_before_training(tmp_path):
 
 
 def test_a_timeline_path_that_is_a_folder_is_one_error_before_training(tmp_path):
-    from pnn_mpi.errors import UserError
-    from pnn_mpi.run import run_training
+    from pnn_mpi.commands.run import run_training
+    from pnn_mpi.common.errors import UserError
 
     data = write_dataset(tmp_path / "data", train=50, test=10)
     cfg = TrainConfig(dataset="custom", data_dir=str(data), out=str(tmp_path / "run"), timeline=str(tmp_path))
@@ -80,9 +80,9 @@ def test_a_timeline_path_that_is_a_folder_is_one_error_before_training(tmp_path)
 def test_a_timeline_that_fails_after_training_leaves_the_model_saved(tmp_path, monkeypatch):
     """The side output comes after the model: when writing the timeline fails, model.npz and
     metrics.json are already saved, and the error says where."""
-    from pnn_mpi.errors import UserError
-    from pnn_mpi.run import run_training
-    from pnn_mpi.timeline import Timeline
+    from pnn_mpi.commands.run import run_training
+    from pnn_mpi.common.errors import UserError
+    from pnn_mpi.report.timeline import Timeline
 
     def refuse(self, path, meta):
         raise OSError(28, "No space left on device")
@@ -97,7 +97,7 @@ def test_a_timeline_that_fails_after_training_leaves_the_model_saved(tmp_path, m
 
 
 def test_timeline_is_off_by_default():
-    from pnn_mpi.run import start_timeline
+    from pnn_mpi.commands.run import start_timeline
 
     assert start_timeline(TrainConfig(), SerialWorld()) is None
 
@@ -134,8 +134,8 @@ def _check_complete(trace: dict, record: dict, ranks: int) -> None:
 @pytest.mark.mpi(min_size=2)
 @pytest.mark.parametrize("sync", ["epoch", "grad"])
 def test_every_rank_is_in_the_trace_and_the_rows_line_up(tmp_path_factory, sync):
-    from pnn_mpi.comm import World
-    from pnn_mpi.run import run_training
+    from pnn_mpi.commands.run import run_training
+    from pnn_mpi.parallel.comm import World
 
     world = World()
     folder = Path(world.bcast(str(tmp_path_factory.mktemp("timeline")) if world.rank == 0 else None))
@@ -173,9 +173,9 @@ def test_a_signal_and_the_checkpoint_it_causes_are_in_the_trace(tmp_path, monkey
     import os
     import signal
 
-    import pnn_mpi.train as trainer
-    from pnn_mpi.errors import Interrupted
-    from pnn_mpi.run import run_training
+    import pnn_mpi.training.train as trainer
+    from pnn_mpi.commands.run import run_training
+    from pnn_mpi.common.errors import Interrupted
 
     scored = trainer.score_epoch
 

@@ -1,4 +1,4 @@
-"""The PyTorch comparison (``python -m pnn_mpi.torch_compare``): what each mode runs, and the local mode's
+"""The PyTorch comparison (``python -m pnn_mpi.commands.torch_compare``): what each mode runs, and the local mode's
 averaging budget.
 
 PyTorch is optional: the settings and the period arithmetic need no torch; the tests that read
@@ -16,15 +16,15 @@ import sys
 import pytest
 
 from conftest import REPO, clean_env, mpiexec_path
-from pnn_mpi import defaults
-from pnn_mpi.config import TrainConfig
+from pnn_mpi.training import defaults
+from pnn_mpi.training.config import TrainConfig
 
 
 @pytest.fixture(scope="module")
 def tc():
     """The module, imported without leaving its thread settings (OMP_NUM_THREADS=1, ...) in this process."""
     saved = dict(os.environ)
-    module = importlib.import_module("pnn_mpi.torch_compare")
+    module = importlib.import_module("pnn_mpi.commands.torch_compare")
     os.environ.clear()
     os.environ.update(saved)
     return module
@@ -94,7 +94,7 @@ def test_local_against_post_local_sgd(mnist_dir):
     """Two ranks, a short run: both sides learn, PyTorch's gradient Allreduces are its warm-up's steps,
     and its averages come close to pnn_mpi's."""
     pytest.importorskip("torch.distributed.algorithms.model_averaging.averagers")
-    command = [mpiexec_path(), "-n", "2", sys.executable, "-m", "pnn_mpi.torch_compare"]
+    command = [mpiexec_path(), "-n", "2", sys.executable, "-m", "pnn_mpi.commands.torch_compare"]
     args = ["--modes", "end", "local", "--train-size", "2000", "--epochs", "3", "--warmup", "1", "--repeats", "1"]
     env = clean_env(PNN_MPI_DATA=str(mnist_dir), OMP_NUM_THREADS="1")
     proc = subprocess.run([*command, *args], capture_output=True, text=True, timeout=600, env=env, cwd=REPO, stdin=subprocess.DEVNULL)
@@ -137,7 +137,7 @@ def test_time_to_accuracy_is_the_first_epoch_at_the_target(tc, times, accuracies
 def test_time_to_accuracy_runs_both_sides(mnist_dir):
     """Two ranks, a short run to a low target: both sides reach it and the line names epochs and seconds."""
     pytest.importorskip("torch.distributed")
-    command = [mpiexec_path(), "-n", "2", sys.executable, "-m", "pnn_mpi.torch_compare"]
+    command = [mpiexec_path(), "-n", "2", sys.executable, "-m", "pnn_mpi.commands.torch_compare"]
     args = ["--modes", "time", "--train-size", "2000", "--epochs", "2", "--repeats", "1", "--target", "0.5"]
     env = clean_env(PNN_MPI_DATA=str(mnist_dir), OMP_NUM_THREADS="1")
     proc = subprocess.run([*command, *args], capture_output=True, text=True, timeout=600, env=env, cwd=REPO, stdin=subprocess.DEVNULL)

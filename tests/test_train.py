@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from conftest import learnable_dataset
-from pnn_mpi.comm import SerialWorld
-from pnn_mpi.config import TrainConfig
-from pnn_mpi.evaluate import evaluate
-from pnn_mpi.network import Network
-from pnn_mpi.train import Clock, LoopState, Phases, batch_plan, build_network, train
+from pnn_mpi.nn.evaluate import evaluate
+from pnn_mpi.nn.network import Network
+from pnn_mpi.parallel.comm import SerialWorld
+from pnn_mpi.training.config import TrainConfig
+from pnn_mpi.training.train import Clock, LoopState, Phases, batch_plan, build_network, train
 
 _F = {
     "sigmoid": (lambda z: 1 / (1 + np.exp(-z)), lambda z: np.exp(-z) / (1 + np.exp(-z)) ** 2),
@@ -185,7 +185,7 @@ def test_build_network_is_the_seeded_initialisation():
 def test_phases_charge_the_innermost_clocked_phase_and_report_every_span(monkeypatch):
     """comm inside compute pauses compute; an unclocked phase (checkpoint) leaves the time to the phase around it."""
     ticks = iter([0.0, 1.0, 3.0, 4.0, 4.5, 6.0])
-    monkeypatch.setattr("pnn_mpi.train.time.perf_counter", lambda: next(ticks))
+    monkeypatch.setattr("pnn_mpi.training.train.time.perf_counter", lambda: next(ticks))
     clock, spans = Clock(), []
     phases = Phases(clock)
     phases.listeners.append(lambda *span: spans.append(span))

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 
 from conftest import run_pnn, write_dataset
-from pnn_mpi import datasets
-from pnn_mpi.comm import SerialWorld
-from pnn_mpi.config import TrainConfig
-from pnn_mpi.errors import UserError
-from pnn_mpi.evaluate import evaluate
-from pnn_mpi.options import parse_train_args
-from pnn_mpi.rank_data import load_rank_data
-from pnn_mpi.slicing import slice_bounds
-from pnn_mpi.train import EpochRecord, early_stop_due, train
+from pnn_mpi.common.errors import UserError
+from pnn_mpi.data import datasets
+from pnn_mpi.data.slicing import slice_bounds
+from pnn_mpi.nn.evaluate import evaluate
+from pnn_mpi.parallel.comm import SerialWorld
+from pnn_mpi.training.config import TrainConfig
+from pnn_mpi.training.options import parse_train_args
+from pnn_mpi.training.rank_data import load_rank_data
+from pnn_mpi.training.train import EpochRecord, early_stop_due, train
 
 
 @pytest.fixture(scope="module")

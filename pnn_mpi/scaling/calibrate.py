@@ -57,9 +57,9 @@ def measure_compute(world, models, samples: int, repeats: int, sync: str = "end"
     them apart, and the second epoch's share of them comes off its seconds);
     a gradient step does a little more than a local one.
     """
-    from ..config import TrainConfig
-    from ..rank_data import load_rank_data
-    from ..train import train
+    from ..training.config import TrainConfig
+    from ..training.rank_data import load_rank_data
+    from ..training.train import train
     from .program import Run, second_epoch_share
 
     timings: dict[str, dict[str, list[float]]] = {m: {str(b): [] for b in BATCHES} for m in models}
@@ -86,9 +86,9 @@ def measure_compute(world, models, samples: int, repeats: int, sync: str = "end"
 
 def measure_in_loop(world, models, samples: int, repeats: int) -> dict[str, list[float]]:
     """Seconds per gradient Allreduce inside the real training loop (``--sync grad``, batch 32), per model and repeat."""
-    from ..config import TrainConfig
-    from ..rank_data import load_rank_data
-    from ..train import train
+    from ..training.config import TrainConfig
+    from ..training.rank_data import load_rank_data
+    from ..training.train import train
 
     seen: dict[str, list[float]] = {m: [] for m in models}
     for label in models:
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--sync", default="end", help="the schedule the compute is measured under")
     args = p.parse_args(argv)
-    from ..comm import World
+    from ..parallel.comm import World
 
     world = World()
     if args.what == "compute":

@@ -13,14 +13,14 @@ import argparse
 import json
 from pathlib import Path
 
-from ..errors import UserError
-from ..files import write_atomically
+from ..common.errors import UserError
+from ..common.files import write_atomically
 from . import measure, platforms, predict, report, simulate, validate
 from .costs import Calibration
 
 
 def _parser() -> argparse.ArgumentParser:
-    from ..options import Parser, positive_int
+    from ..training.options import Parser, positive_int
 
     p = Parser(
         prog="python -m pnn_mpi scaling",

@@ -22,10 +22,10 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..errors import UserError
-from ..network import parameter_count
-from ..structured_files import Anything, MiB, Number, Record, Table, Text, check, read_json
-from ..wording import quote
+from ..common.errors import UserError
+from ..common.structured_files import Anything, MiB, Number, Record, Table, Text, check, read_json
+from ..common.wording import quote
+from ..nn.network import parameter_count
 
 
 @dataclass(frozen=True)

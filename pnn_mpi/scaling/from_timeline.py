@@ -13,10 +13,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..errors import UserError
-from ..structured_files import Items, MiB, Number, Record, Text, check, read_json
-from ..timeline import compute_between_collectives
-from ..wording import quote
+from ..common.errors import UserError
+from ..common.structured_files import Items, MiB, Number, Record, Text, check, read_json
+from ..common.wording import quote
+from ..report.timeline import compute_between_collectives
 from .costs import Calibration, StepCost
 
 _COUNT = Number(integer=True, low=1, high=1 << 40)

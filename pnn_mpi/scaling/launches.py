@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import UserError
+from ..common.errors import UserError
 from ..study.launch import launch_env, resolve_launcher, run_command
 from . import twonodes
 

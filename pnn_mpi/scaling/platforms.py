@@ -17,9 +17,9 @@ from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
-from ..errors import UserError
-from ..structured_files import MiB, parse_xml, read_xml
-from ..wording import quote
+from ..common.errors import UserError
+from ..common.structured_files import MiB, parse_xml, read_xml
+from ..common.wording import quote
 from .costs import Calibration, Link
 
 REFERENCE_SPEED = 1e9  # flop/s of a host of speed "1Gf": one core of the calibrated machine

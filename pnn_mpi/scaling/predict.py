@@ -7,8 +7,8 @@ compute, latency and bandwidth that the report's "what bounds it" reads.
 
 from __future__ import annotations
 
-from .. import defaults
-from ..sync import Sync
+from ..parallel.sync import Sync
+from ..training import defaults
 from . import model, simulate
 from .costs import Calibration
 from .platforms import Platform

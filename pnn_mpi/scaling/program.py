@@ -19,13 +19,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .. import defaults
-from .. import train as loop  # its helpers looked up when used: a test's stand-in for one reaches both
-from ..config import TrainConfig, settled
-from ..network import parameter_count
-from ..optim import rate_fraction
-from ..slicing import slice_sizes
-from ..sync import Sync
+from ..data.slicing import slice_sizes
+from ..nn.network import parameter_count
+from ..nn.optim import rate_fraction
+from ..parallel.sync import Sync
+from ..training import defaults
+from ..training import train as loop
+from ..training.config import TrainConfig, settled
 
 CHECK_VALUES = 3  # the float64 values every check sums: stop requested, loss not finite, the loss (train.check_stop)
 

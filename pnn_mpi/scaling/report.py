@@ -15,8 +15,8 @@ import csv
 import io
 from pathlib import Path
 
-from ..files import write_atomically
-from ..sync import Sync
+from ..common.files import write_atomically
+from ..parallel.sync import Sync
 from .program import Run
 
 FIELDS = (

@@ -22,7 +22,7 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-from ..errors import UserError
+from ..common.errors import UserError
 from . import model, traces
 from .costs import Calibration
 from .platforms import Platform

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import UserError
+from ..common.errors import UserError
 
 BRIDGE = "simbr0"
 NET = "10.201.0"

@@ -18,7 +18,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
+from ..common.errors import UserError
 from . import model, simulate, twonodes
 from .costs import Calibration
 from .launches import job

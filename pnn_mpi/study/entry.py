@@ -18,11 +18,11 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from ..datasets import locate
-from ..errors import STOP_EXIT_CODE, UserError
-from ..files import write_atomically
-from ..options import Parser
-from ..wording import os_reason, plural
+from ..common.errors import STOP_EXIT_CODE, UserError
+from ..common.files import write_atomically
+from ..common.wording import os_reason, plural
+from ..data.datasets import locate
+from ..training.options import Parser
 from . import launch, machine, plots
 from .figures import draw_figures
 from .grid import STUDIES, Study, load_study, parse_override, shipped_grid

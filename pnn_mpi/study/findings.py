@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from ..wording import plural
+from ..common.wording import plural
 from .grid import render
 from .machine import Machine
 from .stats import AccuracyCell, Curve, Heat, Line, SpeedRow, Stat, line_label

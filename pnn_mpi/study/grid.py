@@ -36,10 +36,10 @@ import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from ..config import TrainConfig
-from ..errors import UserError
-from ..options import parse_train_args
-from ..structured_files import Anything, Table, parse_toml, read_toml
+from ..common.errors import UserError
+from ..common.structured_files import Anything, Table, parse_toml, read_toml
+from ..training.config import TrainConfig
+from ..training.options import parse_train_args
 
 RANKS = "ranks"
 SEED = "seed"

@@ -20,9 +20,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import files
-from ..errors import UserError
-from ..wording import os_reason
+from ..common import files
+from ..common.errors import UserError
+from ..common.wording import os_reason
 
 # What a user on a small machine needs for Open MPI (MPICH ignores them); see the README.
 OPEN_MPI_ENV = {

@@ -16,7 +16,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..wording import plural
+from ..common.wording import plural
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ import io
 import math
 from pathlib import Path
 
-from ..errors import UserError
-from ..files import write_atomically
+from ..common.errors import UserError
+from ..common.files import write_atomically
 from .grid import render
 from .machine import Machine
 from .stats import Curve, Heat, Line, SpeedRow, line_label

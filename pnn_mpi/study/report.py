@@ -14,9 +14,9 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from .. import __version__
-from ..config import TrainConfig
-from ..files import write_atomically
+from ..common.files import write_atomically
+from ..common.version import __version__
+from ..training.config import TrainConfig
 from . import stats
 from .figures import TITLES
 from .findings import accuracy_findings, curve_findings, heat_findings, oversubscription, speedup_findings

@@ -16,9 +16,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
-from ..files import write_atomically
-from ..structured_files import Anything, Items, MiB, Nullable, Number, Record, Table, Text, read_json
+from ..common.errors import UserError
+from ..common.files import write_atomically
+from ..common.structured_files import Anything, Items, MiB, Nullable, Number, Record, Table, Text, read_json
 from .grid import Point, render
 
 METRICS, LAUNCH, STDOUT, STDERR = "metrics.json", "launch.json", "stdout.txt", "stderr.txt"

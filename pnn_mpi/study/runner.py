@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import STOP_EXIT_CODE
-from ..signals import StopRequest
-from ..wording import plural
+from ..common.errors import STOP_EXIT_CODE
+from ..common.wording import plural
+from ..parallel.signals import StopRequest
 from . import launch
 from .grid import Study
 from .progress import Estimate, label, line

@@ -1,0 +1,100 @@
+"""Test-only fault injection, switched on by one environment variable.
+
+``PNN_MPI_INJECT=ACTION:RANK[:EPOCH[:STEP]]`` acts on the process launched as
+rank RANK (mpiexec's numbering, which stays its name after survivors renumber)
+in epoch EPOCH (1-based, default 1): ``raise`` raises an unexpected exception,
+``kill`` sends the process SIGKILL, ``interrupt`` raises KeyboardInterrupt (what
+Ctrl-C does where no handler catches it), all when the epoch starts or, given STEP,
+before step STEP (0-based) of that epoch (with a batch-1 kernel, which runs many
+steps per call, only if a call starts at STEP). ``kill-in-checkpoint`` kills the rank
+while the checkpoint after epoch EPOCH is being written: the writing rank after
+its temporary file is complete but before the rename, any other rank before it
+hands over its state; ``kill-in-save:RANK`` kills the rank after training, before
+the results are gathered and saved. Several faults are separated by commas, e.g.
+``kill:1:2:30,kill:0:4``. The failure tests use them to prove that a crash or a
+lost rank brings the job down promptly (or, with ``--on-rank-failure continue``,
+that the survivors carry on) and that the last checkpoint survives.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+
+from ..common.errors import UserError
+
+VARIABLE = "PNN_MPI_INJECT"
+ACTIONS = ("raise", "kill", "interrupt", "kill-in-checkpoint", "kill-in-save")
+
+
+class InjectedFault(RuntimeError):
+    """The exception an injected fault raises."""
+
+
+@dataclass(frozen=True)
+class Fault:
+    action: str
+    rank: int
+    epoch: int = 1
+    step: int | None = None  # None: when the epoch starts
+
+    def fire(self, rank: int, epoch: int, step: int | None = None) -> None:
+        """Act if this fault is due on launch rank ``rank`` at ``epoch`` (1-based) and ``step``."""
+        if self.action.startswith("kill-in-") or rank != self.rank or epoch != self.epoch or step != self.step:
+            return
+        self._act(rank, epoch)
+
+    def fire_in_checkpoint(self, rank: int, epoch: int) -> None:
+        """Kill if this fault is due while the checkpoint after ``epoch`` (1-based) is written."""
+        if self.action == "kill-in-checkpoint" and rank == self.rank and epoch == self.epoch:
+            _kill()
+
+    def fire_in_save(self, rank: int) -> None:
+        """Kill if this fault is due after training, before the results are saved."""
+        if self.action == "kill-in-save" and rank == self.rank:
+            _kill()
+
+    def _act(self, rank: int, epoch: int) -> None:
+        if self.action == "kill":
+            _kill()
+        if self.action == "interrupt":
+            raise KeyboardInterrupt
+        where = f"epoch {epoch}" + (f", step {self.step}" if self.step is not None else "")
+        raise InjectedFault(f"fault injected by {VARIABLE}={os.environ.get(VARIABLE)} on rank {rank}, {where}")
+
+
+def _kill() -> None:
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def planned_faults() -> list[Fault]:
+    """Every fault the environment asks for (a malformed value is a UserError: one line, every rank)."""
+    text = os.environ.get(VARIABLE, "").strip()
+    return [_parse(part.strip(), text) for part in text.split(",") if part.strip()] if text else []
+
+
+def planned_fault() -> Fault | None:
+    """The first fault the environment asks for, if any."""
+    faults = planned_faults()
+    return faults[0] if faults else None
+
+
+def _parse(part: str, text: str) -> Fault:
+    action, *numbers = part.split(":")
+    try:
+        most = {"kill-in-checkpoint": 2, "kill-in-save": 1}.get(action, 3)
+        if action not in ACTIONS or not 1 <= len(numbers) <= most:
+            raise ValueError(part)
+        values = [int(n) for n in numbers]
+        if any(v < 0 for v in values):
+            raise ValueError(part)
+        return Fault(action, *values)
+    except ValueError:
+        raise UserError(
+            f"{VARIABLE}={text!r}: expected raise|kill|interrupt:RANK[:EPOCH[:STEP]], kill-in-checkpoint:RANK[:EPOCH] or kill-in-save:RANK, comma-separated"
+        ) from None

@@ -1,0 +1,204 @@
+"""Surviving a lost rank: a communicator that repairs itself with ULFM.
+
+``ResilientWorld`` has the interface of ``comm.World``. When one of its
+collectives fails because a process died (``MPI.ERR_PROC_FAILED``), or because
+a peer already noticed and revoked the communicator (``MPI.ERR_REVOKED``), it
+revokes the communicator (so every survivor leaves whatever collective it is
+blocked in), shrinks it to the survivors (``Shrink`` is itself an agreement:
+all survivors get the same new communicator) and raises ``RankLost``, naming
+the lost ranks in the numbering of the launch. The training loop catches
+``RankLost`` and rolls back to its last consistent state; the world is already
+usable again, with fewer ranks and renumbered from 0.
+
+Facts this rests on, measured with the Open MPI 5.0.11 wheel (README, "Surviving
+a lost rank"): failures are reported only under ``mpiexec --with-ft ulfm``;
+any MPI error class may surface (ERR_OTHER too), so every ``MPI.Exception`` in a
+collective is treated as a possible failure and the shrink decides; the
+PMIx fence of ``MPI_Finalize`` hangs now and then after a failure, so
+fault-tolerant runs set ``OMPI_MCA_async_mpi_finalize=1`` before MPI starts;
+``MPI_Abort`` under ``--with-ft`` leaves the other ranks running, so a crashing
+rank kills itself instead and is treated as lost.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import numpy as np
+
+from ..common.errors import UserError
+
+T = TypeVar("T")
+
+# Set before MPI starts in a fault-tolerant run: without the PMIx fence at the start of
+# MPI_Finalize, survivors of a failure cannot hang there (about 1 run in 5 did).
+FT_PROCESS_ENV = {"OMPI_MCA_async_mpi_finalize": "1"}
+
+_live: ResilientWorld | None = None  # the world of this process, once a resilient one exists
+
+
+class RankLost(Exception):
+    """One or more ranks died; the world has already been shrunk to the survivors."""
+
+    def __init__(self, lost: tuple[int, ...], survivors: tuple[int, ...], detected: float, repair_seconds: float):
+        names = ", ".join(map(str, lost))
+        super().__init__(f"lost rank{'s' * (len(lost) > 1)} {names}; {len(survivors)} left")
+        self.lost = lost  # ranks of the launch (mpiexec's numbering), not of the shrunk world
+        self.survivors = survivors
+        self.detected = detected  # time.perf_counter() when the error surfaced on this rank
+        self.repair_seconds = repair_seconds  # revoke + shrink
+
+
+def prepare_process(on_rank_failure: str) -> None:
+    """Environment a fault-tolerant run needs before MPI starts (a value the user set wins)."""
+    if on_rank_failure == "continue":
+        for key, value in FT_PROCESS_ENV.items():
+            os.environ.setdefault(key, value)
+
+
+def _truthy(text: str | None) -> bool:
+    return (text or "").strip().lower() in ("1", "true", "yes", "on", "t", "y")
+
+
+def fault_tolerance_problem(mpi, size: int) -> str | None:
+    """Why ``--on-rank-failure continue`` cannot work in this job, or None if it can.
+
+    Only Open MPI 5 started by ``mpiexec --with-ft ulfm`` reports failures to the
+    survivors (the launcher then sets ``mpi_ft_enable``). Elsewhere a lost rank
+    ends the job as it always did, so the run refuses up front instead.
+    """
+    if size == 1:
+        return None  # a single rank has nobody to lose and nobody to carry on
+    name, version = mpi.get_vendor()
+    if not hasattr(mpi.Comm, "Shrink"):
+        return f"--on-rank-failure continue: mpi4py {getattr(sys.modules.get('mpi4py'), '__version__', '?')} has no ULFM calls (needs mpi4py >= 4)"
+    if name == "Open MPI":
+        if version[0] < 5:
+            return f"--on-rank-failure continue needs Open MPI 5 with ULFM (this is Open MPI {'.'.join(map(str, version))})"
+        if not _truthy(os.environ.get("OMPI_MCA_mpi_ft_enable")):
+            return "--on-rank-failure continue needs fault tolerance from the launcher: start with mpiexec --with-ft ulfm"
+        return None
+    return (
+        f"--on-rank-failure continue: {name} {'.'.join(map(str, version))} does not let the survivors of a lost rank go on "
+        f"(only Open MPI 5 under mpiexec --with-ft ulfm does); use --on-rank-failure abort"
+    )
+
+
+class ResilientWorld:
+    """Rank, size and collectives of a communicator that survives the loss of ranks.
+
+    ``rank`` and ``size`` are those of the current (possibly shrunk) world;
+    ``launch_rank`` is this process's rank at launch, and ``members[r]`` the
+    launch rank of current rank ``r``. Every collective either completes or
+    raises ``RankLost`` on every survivor.
+    """
+
+    mpi = True
+
+    def __init__(self, comm=None):
+        from mpi4py import MPI
+
+        global _live
+        self._mpi = MPI
+        self.comm = (MPI.COMM_WORLD if comm is None else comm).Dup()
+        self.comm.Set_errhandler(MPI.ERRORS_RETURN)
+        self._launch_group = self.comm.Get_group()
+        self.launch_rank = self.comm.Get_rank()
+        self.launch_size = self.comm.Get_size()
+        self.members: list[int] = list(range(self.launch_size))
+        self.lost: list[int] = []  # every launch rank lost so far, in the order they were lost
+        self.rank, self.size = self.launch_rank, self.launch_size
+        _live = self
+
+    # -- repair ----------------------------------------------------------------------------
+
+    def _guard(self, action: Callable[[], T]) -> T:
+        try:
+            return action()
+        except self._mpi.Exception as exc:
+            raise self._repair(exc) from None
+
+    def _repair(self, exc) -> BaseException:
+        """Revoke, shrink, and say who is gone (or hand back ``exc`` if nobody is)."""
+        detected = time.perf_counter()
+        old = self.comm
+        try:
+            old.Revoke()
+        except self._mpi.Exception:
+            pass  # already revoked by a peer
+        new = old.Shrink()
+        new.Set_errhandler(self._mpi.ERRORS_RETURN)
+        group = new.Get_group()
+        members = [int(r) for r in self._mpi.Group.Translate_ranks(group, list(range(new.Get_size())), self._launch_group)]
+        gone = tuple(r for r in self.members if r not in members)
+        self.comm, self.members = new, members
+        self.rank, self.size = new.Get_rank(), new.Get_size()
+        if not gone:
+            return exc  # an MPI error that was not a failure: the run crashes as before
+        self.lost.extend(gone)
+        return RankLost(gone, tuple(members), detected, time.perf_counter() - detected)
+
+    # -- the World interface ---------------------------------------------------------------
+
+    def sum_(self, buf: np.ndarray) -> None:
+        self._guard(lambda: self.comm.Allreduce(self._mpi.IN_PLACE, buf, op=self._mpi.SUM))
+
+    def average_(self, buf: np.ndarray) -> None:
+        self.sum_(buf)
+        if self.size > 1:
+            buf *= 1.0 / self.size
+
+    def allgather(self, obj: T) -> list[T]:
+        return self._guard(lambda: self.comm.allgather(obj))
+
+    def bcast(self, obj: T, root: int = 0) -> T:
+        return self._guard(lambda: self.comm.bcast(obj, root=root))
+
+    def gather(self, obj: T, root: int = 0) -> list[T] | None:
+        return self._guard(lambda: self.comm.gather(obj, root=root))
+
+    def scatter(self, objs: list[T] | None, root: int = 0) -> T:
+        return self._guard(lambda: self.comm.scatter(objs, root=root))
+
+    def barrier(self) -> None:
+        self._guard(self.comm.Barrier)
+
+    def abort(self, code: int) -> None:
+        """Leave at once. Under ``--with-ft`` MPI_Abort stops only this rank and the
+        launcher then waits forever, so the rank ends itself by SIGKILL, which
+        the survivors see as a lost rank."""
+        leave_by_signal()
+
+    def library(self) -> str:
+        name, version = self._mpi.get_vendor()
+        return f"{name} {'.'.join(str(v) for v in version)}"
+
+    def library_version(self) -> str:
+        return self._mpi.Get_library_version().strip().splitlines()[0].strip()
+
+
+def leave_by_signal() -> None:
+    """End this process the way a lost rank ends: flushed output, then SIGKILL."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def live_world() -> ResilientWorld | None:
+    """This process's resilient world, if the run made one (for the exit paths in cli.py)."""
+    return _live
+
+
+def check_fault_tolerance(world) -> None:
+    """Raise the UserError that says why this job cannot survive a lost rank (the same on every rank)."""
+    problem = fault_tolerance_problem(world._mpi, world.size) if hasattr(world, "_mpi") else None
+    if problem:
+        raise UserError(problem)

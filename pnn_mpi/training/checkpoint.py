@@ -1,0 +1,263 @@
+"""Checkpoints: all a run needs to continue bit for bit, in one file written atomically.
+
+Every rank's state that matters -- its parameters (they differ between ranks
+until they are averaged), momentum, shuffling generator, the order of its
+slice and the position in it -- is gathered to rank 0, which writes one
+``checkpoint.npz`` through a temporary file, fsync and rename. A kill during
+the write leaves the previous checkpoint intact. The file holds plain arrays
+and a JSON header, nothing pickled. A checkpoint records the configuration
+and the number of ranks, and resuming with anything else is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from ..common.errors import UserError
+from ..common.files import write_atomically
+from ..common.npz_reader import NpzArchive, Refused, file_kind
+from ..common.wording import quote
+from .config import TrainConfig
+from .identity import as_json, first_difference
+from .memory import available
+from .model_io import npz_bytes
+
+FILE = "checkpoint.npz"
+FORMAT = "pnn_mpi-checkpoint-3"  # 2: the data's identity is part of it; 3: steps since the last average
+
+# Settings that change where files are or how often a run reports, not what it computes.
+_NOT_IDENTITY = (
+    "out",
+    "data_dir",
+    "eval_every",
+    "checkpoint_every",
+    "resume",
+    "overwrite",
+    "expect_ranks",
+    "timeline",
+    "progress_every",
+    "plot",
+    "on_rank_failure",
+)
+
+
+def identity(cfg: TrainConfig) -> dict:
+    """The part of a configuration that a resumed run must share with the original."""
+    return {k: v for k, v in cfg.as_dict().items() if k not in _NOT_IDENTITY}
+
+
+@dataclass
+class RankState:
+    """One rank's training state between two steps."""
+
+    params: np.ndarray
+    velocity: np.ndarray | None
+    order: np.ndarray  # this epoch's order of the rank's slice
+    rng: dict  # the shuffling generator's bit_generator.state
+    loss_sum: float  # summed training loss of the epoch so far
+
+
+@dataclass
+class Progress:
+    """Where the run stands (the same on every rank)."""
+
+    epoch: int = 0  # 0-based epoch in progress
+    step: int = 0  # next step within the epoch
+    global_step: int = 0  # steps taken since the start of training
+    since_average: int = 0  # steps taken since the last parameter average (local, steps:K)
+    in_sync: bool = True
+    train_seconds: float = 0.0
+    history: list[dict] = field(default_factory=list)  # EpochRecord fields
+    clocks: list[dict] = field(default_factory=list)  # every rank's Clock fields
+
+
+def save(path: Path, cfg: TrainConfig, ranks: int, progress: Progress, states: list[RankState], data: dict | None = None, lost=(), before_rename=None) -> None:
+    """Write the checkpoint; ``data`` is the data's identity (identity.data_identity), checked on resume;
+    ``lost`` the launch ranks a fault-tolerant run lost before it (such a checkpoint is not resumed);
+    ``before_rename`` a test hook (faults.py)."""
+    header = {
+        "format": FORMAT,
+        "config": identity(cfg.resolved(ranks)),  # as run: the defaults rule filled in
+        "ranks": ranks,
+        "data": data,
+        "lost_ranks": [int(r) for r in lost],
+        "progress": asdict(progress),
+        "rng": [s.rng for s in states],
+        "loss_sums": [s.loss_sum for s in states],
+    }
+    arrays: dict[str, np.ndarray] = {"header": np.array(json.dumps(header))}
+    for rank, state in enumerate(states):
+        arrays[f"params_{rank}"] = state.params
+        arrays[f"order_{rank}"] = state.order
+        if state.velocity is not None:
+            arrays[f"velocity_{rank}"] = state.velocity
+    write_atomically(Path(path), npz_bytes(arrays), before_rename)
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the run that resumes needs a checkpoint to hold, field by field."""
+
+    parameters: int  # the network's parameter count
+    slice_sizes: list[int]  # every rank's slice, rank 0 first
+    steps: int  # steps per epoch
+    data: dict  # identity.data_identity of the data this run found
+    history_fields: tuple[str, ...]  # train.EpochRecord's
+    clock_fields: tuple[str, ...]  # train.Clock's
+
+
+HEADER_CHARS = 16 << 20  # the JSON header's limit: its history and clocks grow with epochs and ranks
+
+
+def load(path: Path, cfg: TrainConfig, ranks: int, expect: Expected | None = None) -> tuple[Progress, list[RankState]]:
+    """The checkpoint in ``path``, after checking it belongs to this configuration and rank count.
+
+    With ``expect`` (what ``--resume`` passes), every field is checked against
+    the run that continues: the data's identity, the header's keys and types,
+    epoch and step in range, each rank's parameters and momentum in shape and
+    dtype, its slice order a permutation of its slice, its generator state. A
+    file's CRC says it is the file that was written; this says it is one this
+    run can continue from. Arrays are read only once their headers fit.
+    """
+    path = Path(path)
+
+    def bad(why: str) -> UserError:
+        return UserError(f"{quote(path)}: not a usable pnn_mpi checkpoint: {why}")
+
+    try:
+        kind = file_kind(path)
+    except FileNotFoundError:
+        raise UserError(f"{quote(path)}: no checkpoint to resume from") from None
+    except OSError as exc:
+        raise UserError(f"{quote(path)}: not a readable pnn_mpi checkpoint ({exc.strerror or exc})") from None
+    if kind != "npz":
+        raise UserError(f"{quote(path)}: not a readable pnn_mpi checkpoint ({'an empty file' if kind == 'empty' else 'not an .npz archive'})")
+    try:
+        with NpzArchive(path) as archive:
+            try:
+                header = json.loads(archive.text("header", HEADER_CHARS))
+            except json.JSONDecodeError as exc:
+                raise bad(f"its header is not JSON ({exc.msg})") from None
+            except RecursionError:  # a header nested deeper than the parser's stack: no checkpoint of ours
+                raise bad("its header is nested too deep to be one of ours") from None
+            if not isinstance(header, dict) or header.get("format") != FORMAT:
+                older = isinstance(header, dict) and str(header.get("format", "")).startswith("pnn_mpi-checkpoint-")
+                raise UserError(
+                    f"{quote(path)}: "
+                    + (f"written by another pnn_mpi version ({quote(header['format'])}): cannot resume from it" if older else "not a pnn_mpi checkpoint")
+                )
+            _check_header(header, cfg, ranks, expect, bad, path)
+            states = [_rank_state(archive, header, rank, cfg, expect, bad) for rank in range(ranks)]
+    except Refused as exc:
+        raise UserError(f"{quote(path)}: not a readable pnn_mpi checkpoint ({exc})") from None
+    except OSError as exc:
+        raise UserError(f"{quote(path)}: not a readable pnn_mpi checkpoint ({exc.strerror or exc})") from None
+    return Progress(**header["progress"]), states
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_header(header: dict, cfg: TrainConfig, ranks: int, expect: Expected | None, bad, path: Path) -> None:
+    missing = [key for key in ("config", "ranks", "data", "progress", "rng", "loss_sums") if key not in header]
+    if missing:
+        raise bad(f"its header lacks {', '.join(missing)}")
+    if not _is_int(header["ranks"]) or header["ranks"] < 1:
+        raise bad(f"its rank count is {quote(header['ranks'])}")
+    if header.get("lost_ranks"):  # its survivors held re-split slices: nothing here can load them as they were
+        raise UserError(
+            f"{quote(path)}: written after the run lost rank(s) {', '.join(map(str, header['lost_ranks']))}"
+            " (--on-rank-failure continue); resuming such a checkpoint is not supported: start the run again without --resume"
+        )
+    if header["ranks"] != ranks:
+        raise UserError(f"{quote(path)}: written by a run of {header['ranks']} ranks, cannot resume with {ranks}; relaunch with -n {header['ranks']}")
+    if not isinstance(header["config"], dict):
+        raise bad("its configuration is not a table")
+    ours = json.loads(json.dumps(identity(cfg.resolved(ranks))))  # lists and tuples compared alike; unset values as the rule fills them
+    differs = sorted(k for k in set(ours) | set(header["config"]) if ours.get(k) != header["config"].get(k))
+    if differs:
+        shown = ", ".join(f"--{k.replace('_', '-')} {quote(repr(header['config'].get(k)))} (now {quote(repr(ours.get(k)))})" for k in differs)
+        raise UserError(f"{quote(path)}: written with other settings: {shown}; resume with the same flags")
+    if expect is not None:
+        found = first_difference(header["data"], as_json(expect.data)) if isinstance(header["data"], dict) else ("data", header["data"], "")
+        if found:
+            key, then, now = found
+            raise UserError(f"{quote(path)}: written for other data: {key} was {quote(then)}, now {quote(now)}; resume with the same --dataset and data files")
+    progress = header["progress"]
+    names = [f.name for f in fields(Progress)]
+    if not isinstance(progress, dict) or sorted(progress) != sorted(names):
+        raise bad(f"its progress must hold exactly {', '.join(names)}")
+    for key in ("epoch", "step", "global_step", "since_average"):
+        if not _is_int(progress[key]) or progress[key] < 0:
+            raise bad(f"progress {key} is {quote(progress[key])}, not a count")
+    if progress["epoch"] >= cfg.epochs:
+        raise bad(f"progress epoch {progress['epoch']} is past the run's {cfg.epochs} epochs")
+    if not isinstance(progress["in_sync"], bool) or not _is_number(progress["train_seconds"]) or progress["train_seconds"] < 0:
+        raise bad("progress in_sync or train_seconds has the wrong type")
+    for key, count in (("rng", ranks), ("loss_sums", ranks)):
+        if not isinstance(header[key], list) or len(header[key]) != count:
+            raise bad(f"{key} must list one entry per rank ({count})")
+    if not all(_is_number(v) for v in header["loss_sums"]):
+        raise bad("a rank's loss sum is not a finite number")
+    if not isinstance(progress["history"], list) or not isinstance(progress["clocks"], list):
+        raise bad("progress history and clocks must be lists")
+    if expect is None:
+        return
+    if progress["step"] > expect.steps:
+        raise bad(f"progress step {progress['step']} is past an epoch's {expect.steps} steps")
+    if progress["global_step"] != progress["epoch"] * expect.steps + progress["step"]:
+        raise bad(f"progress global_step {progress['global_step']} does not match epoch {progress['epoch']}, step {progress['step']}")
+    history, clocks = progress["history"], progress["clocks"]
+    if len(history) != progress["epoch"] or any(not isinstance(r, dict) or sorted(r) != sorted(expect.history_fields) for r in history):
+        raise bad(f"its history must hold one record of {', '.join(expect.history_fields)} per finished epoch ({progress['epoch']})")
+    if [r["epoch"] for r in history] != list(range(1, progress["epoch"] + 1)) or not all(
+        _is_number(r[k]) or (r[k] is None and k.startswith(("test_", "val_"))) for r in history for k in r
+    ):
+        raise bad("its history's records are out of order or not numbers")
+    if len(clocks) != ranks or any(
+        not isinstance(c, dict) or sorted(c) != sorted(expect.clock_fields) or not all(_is_number(v) and v >= 0 for v in c.values()) for c in clocks
+    ):
+        raise bad(f"its clocks must hold {', '.join(expect.clock_fields)} for each of {ranks} ranks")
+
+
+def _rank_state(archive: NpzArchive, header: dict, rank: int, cfg: TrainConfig, expect: Expected | None, bad) -> RankState:
+    dtype = np.dtype(cfg.dtype)
+    room, _ = available()
+    shape = (expect.parameters,) if expect else None
+    try:
+        params = archive.read(f"params_{rank}", shape=shape, ndim=1, kinds="f", max_bytes=room)
+        velocity = None
+        if cfg.momentum:
+            velocity = archive.read(f"velocity_{rank}", shape=(len(params),), kinds="f", max_bytes=room)
+        elif f"velocity_{rank}" in archive:
+            raise Refused(f"velocity_{rank} is there, but this run has no momentum")
+        size = (expect.slice_sizes[rank],) if expect else None
+        order = archive.read(f"order_{rank}", shape=size, ndim=1, kinds="iu", max_bytes=room)
+    except Refused as exc:
+        raise bad(str(exc)) from None
+    for name, array in (("params", params), ("velocity", velocity)):
+        if array is not None and array.dtype != dtype:
+            raise bad(f"{name}_{rank} is {array.dtype}, the run trains in {dtype}")
+        if array is not None and not np.isfinite(array).all():
+            raise bad(f"{name}_{rank} holds NaN or infinity")
+    if order.dtype.itemsize > 8 or (len(order) and (order.min() < 0 or order.max() >= len(order) or not (np.bincount(order, minlength=len(order)) == 1).all())):
+        raise bad(f"order_{rank} is not a permutation of the rank's {len(order)} slice indices")
+    rng = header["rng"][rank]
+    try:
+        probe = np.random.default_rng(0)
+        if not isinstance(rng, dict) or rng.get("bit_generator") != type(probe.bit_generator).__name__:
+            raise ValueError("another generator")
+        probe.bit_generator.state = rng
+    except (ValueError, TypeError, KeyError) as exc:
+        raise bad(f"rank {rank}'s shuffling generator state is unusable ({exc})") from None
+    return RankState(params=params, velocity=velocity, order=order.astype(np.intp), rng=rng, loss_sum=header["loss_sums"][rank])

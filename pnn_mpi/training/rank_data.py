@@ -1,0 +1,143 @@
+"""What one rank loads: its own slice of the training set, and the test set.
+
+A rank reads only the records of its slice (the IDX reader seeks or streams to
+them), so memory per rank shrinks as ranks are added. Rank 0 also checks the
+canonical payload checksums and the last rank the end of every file, so a
+damaged file is caught once without every rank reading all of it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from ..common.errors import UserError
+from ..data import datasets, idx
+from ..data.node_reading import broadcast_records, scatter_records
+from ..data.slicing import check_enough_samples, slice_bounds, slice_sizes
+from ..nn.evaluate import to_inputs
+from ..parallel.comm import Communicator, World, fail_together
+from .config import TrainConfig
+
+
+@dataclass
+class RankData:
+    """One rank's share of the data, ready for training."""
+
+    directory: Path
+    train_total: int  # samples used for training, over all ranks
+    slice_sizes: list[int]  # every rank's slice size, rank 0 first
+    start: int  # this rank's slice is [start, start + len(y))
+    x: np.ndarray  # (n, pixels) float inputs in [0, 1]
+    y: np.ndarray  # (n,) labels
+    test_images: np.ndarray  # uint8, scaled chunk by chunk when evaluating
+    test_labels: np.ndarray
+    image_shape: tuple[int, ...]  # (rows, cols) of one image
+    classes: int  # outputs of the network: one more than the largest label of any rank's slice or the test set
+    load_seconds: float
+    val_total: int = 0  # held-out validation samples over all ranks (--val-size)
+    val_images: np.ndarray | None = None  # this rank's share of them, uint8 like the test set
+    val_labels: np.ndarray | None = None
+
+
+def load_rank_data(cfg: TrainConfig, world: Communicator, fits: Callable[[int, int, int], None] | None = None) -> RankData:
+    """Locate the dataset and load this rank's slice; errors are agreed on by all ranks.
+
+    ``fits(train_n, test_n, pixels)``, called once the headers are read and
+    before any payload is, may refuse a run that cannot fit in memory.
+    """
+    began = time.perf_counter()
+    spec = datasets.get_spec(cfg.dataset)
+    directory = fail_together(world, lambda: datasets.locate(cfg.dataset, cfg.data_dir))
+
+    def sizes() -> tuple[int, int, tuple[int, ...]]:
+        train_header, train_labels = datasets.split_headers(spec, directory, "train")
+        test_header, test_labels = datasets.split_headers(spec, directory, "test")
+        train_n, test_n = train_header.count, test_header.count
+        if train_n == 0:
+            raise UserError(f"{train_header.path}: the training set is empty (0 records)")
+        if test_n == 0:
+            raise UserError(f"{test_header.path}: the test set is empty (0 records): nothing to score the network on")
+        if test_header.shape[1:] != train_header.shape[1:]:
+            raise UserError(
+                f"{test_header.path}: test images are {'x'.join(map(str, test_header.shape[1:]))} pixels but the "
+                f"training images ({train_header.path}) are {'x'.join(map(str, train_header.shape[1:]))}"
+            )
+        if cfg.val_size >= train_n:
+            raise UserError(f"--val-size {cfg.val_size} leaves no training samples: {train_header.path} holds {train_n}")
+        train_n = min(train_n - cfg.val_size, cfg.train_size or train_n)  # the validation samples follow these
+        test_n = min(test_n, cfg.test_size or test_n)
+        check_enough_samples(train_n, world.size)
+        if fits is not None:  # counts the files cannot hold are refused as such first, then what memory cannot
+            for header in (train_header, train_labels, test_header, test_labels):
+                idx.check_declared_size(header.path, "images" if header.magic == idx.IMAGES_MAGIC else "labels")
+            fits(train_n, test_n, math.prod(train_header.shape[1:]))
+        return train_n, test_n, train_header.shape[1:]
+
+    train_n, test_n, shape = fail_together(world, sizes)
+    start, stop = slice_bounds(train_n, world.size, world.rank)
+    lead, last = world.rank == 0, world.rank == world.size - 1
+
+    val_lo, val_hi = slice_bounds(cfg.val_size, world.size, world.rank)
+
+    def read() -> tuple[np.ndarray, ...]:
+        images, labels = datasets.load_split(spec, directory, "train", start, stop, verify=lead, check_end=last)
+        test_images, test_labels = datasets.load_split(spec, directory, "test", 0, test_n, verify=lead, check_end=last)
+        val = datasets.load_split(spec, directory, "train", train_n + val_lo, train_n + val_hi, verify=False, check_end=False)
+        return images, labels, test_images, test_labels, *val
+
+    reading: Callable[[], tuple[np.ndarray, ...]] = read
+    node = world.node() if isinstance(world, World) and world.size > 1 else None
+    if node is not None and node.size > 1:  # ranks that share a node: each file is inflated once there
+        members = node.allgather(world.rank)
+        wants = [[slice_bounds(train_n, world.size, r), _shifted(slice_bounds(cfg.val_size, world.size, r), train_n)] for r in members]
+        verify = node.allgather(lead)[0]  # the node of world rank 0 checks the MD5s
+        reading = partial(read_on_node, spec, directory, node, wants, test_n, verify)
+    try:
+        images, labels, test_images, test_labels, val_images, val_labels = fail_together(world, reading)
+    finally:
+        if node is not None:
+            node.free()
+    largest = max(int(labels.max(initial=0)), int(test_labels.max(initial=0)), int(val_labels.max(initial=0)))
+    classes = max(world.allgather(largest)) + 1
+    return RankData(
+        directory=directory,
+        train_total=train_n,
+        slice_sizes=slice_sizes(train_n, world.size),
+        start=start,
+        x=to_inputs(images, cfg.dtype),
+        y=labels.astype(np.intp),
+        test_images=test_images,
+        test_labels=test_labels.astype(np.intp),
+        image_shape=shape,
+        classes=classes,
+        load_seconds=time.perf_counter() - began,
+        val_total=cfg.val_size,
+        val_images=val_images if cfg.val_size else None,
+        val_labels=val_labels.astype(np.intp) if cfg.val_size else None,
+    )
+
+
+def _shifted(bounds: tuple[int, int], by: int) -> tuple[int, int]:
+    return bounds[0] + by, bounds[1] + by
+
+
+def read_on_node(spec: datasets.DatasetSpec, directory: Path, node, wants: list, test_n: int, verify: bool) -> tuple[np.ndarray, ...]:
+    """(images, labels, test images, test labels, validation images, validation labels) of this rank,
+    each file read once by the node's first rank (``node_reading``); ``wants`` holds every node rank's
+    training and validation ranges, ``verify`` whether the MD5s are checked here."""
+
+    def md5_of(header: idx.IdxHeader) -> str | None:
+        return spec.md5.get(header.path.name.removesuffix(".gz")) if verify else None
+
+    train = datasets.split_headers(spec, directory, "train")
+    test = datasets.split_headers(spec, directory, "test")
+    (images, val_images), (labels, val_labels) = (scatter_records(node, h, kind, wants, md5_of(h)) for h, kind in zip(train, ("images", "labels")))
+    test_images, test_labels = (broadcast_records(node, h, kind, test_n, md5_of(h)) for h, kind in zip(test, ("images", "labels")))
+    return images, labels, test_images, test_labels, val_images, val_labels

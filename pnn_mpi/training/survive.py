@@ -1,0 +1,315 @@
+"""Training on after a lost rank (``--on-rank-failure continue``).
+
+``train_surviving`` runs ``train.train`` and, when a collective raises
+``RankLost`` (the world has already shrunk to the survivors, resilience.py),
+rolls every survivor back to the last *consistent point* and trains on:
+
+- The loop reports each consistent point through ``Hooks.consistent``: a
+  point every rank has passed in the same collective (the start barrier, a
+  gradient step, a parameter average, a stop check, an epoch's end). Each rank
+  numbers them and keeps a copy of its own state at the last one.
+- A collective may complete on some ranks and fail on others, so after a
+  loss the survivors' last points differ by at most one: whoever passed point
+  M waits in the next collective, which cannot complete without the dead rank.
+  The survivors agree on the highest point any of them passed; those who passed
+  it restore their copy, those still inside its collective keep their live
+  state and take from the lowest rank that passed it what the collective would
+  have given them (the averaged parameters, or after a gradient step the
+  parameters and momentum, which are then the same on every rank). So the
+  parallel network stays an average of networks trained for the same steps.
+- The lost rank's training samples are re-split over the survivors: each reads
+  only its new share from the file and appends it to its slice (its order puts
+  the new samples at the end of the current epoch). No sample leaves the
+  training set; the epochs get longer instead.
+- Then ``train`` is entered again from the agreed point, on the shrunk world;
+  its rank 0 (the lowest survivor) reports, scores and saves.
+
+Every failure is recorded (epoch, step, lost and surviving ranks in the
+launch's numbering, seconds from detection until the survivors are ready to
+take their next step) for ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+
+from ..data import datasets
+from ..data.slicing import slice_bounds
+from ..nn.evaluate import evaluate, to_inputs
+from ..parallel.resilience import RankLost
+from .checkpoint import Progress, RankState
+from .config import TrainConfig
+from .rank_data import RankData
+from .train import Hooks, LoopState, TrainResult, train
+
+SHARED_BY = {"average": ("params",), "grad": ("params", "velocity")}  # what a consistent point's collective hands out
+
+
+@dataclass
+class Failure:
+    """One lost-rank event, as ``metrics.json`` records it."""
+
+    epoch: int  # 1-based epoch the survivors were in when they noticed
+    step: int  # steps since the start of training at that moment (global)
+    lost: list[int]  # launch ranks
+    survivors: list[int]
+    recovery_seconds: float | None = None  # detection until ready for the next step, of which:
+    repair_seconds: float = 0.0  # revoke and shrink the communicator
+    read_seconds: float = 0.0  # read this rank's share of the lost samples from the file
+    resumed_at: dict = field(default_factory=dict)  # epoch (1-based) and step in it, where training went on from
+
+
+class RollbackPoint:
+    """This rank's last consistent point: its number and a copy of the state there.
+
+    With ``live_parameters`` (the ``grad`` schedule) the parameters and momentum are
+    not copied: they change only in the update right after a gradient sum, which is
+    itself a consistent point, so until the next point the live ones are the copy.
+    """
+
+    def __init__(self, live_parameters: bool = False) -> None:
+        self.live_parameters = live_parameters
+        self.parameters_are_live = False
+        self.count = 0
+        self.kind = ""
+        self.live: LoopState | None = None  # the loop's own state object, as it runs
+        self.progress: Progress | None = None
+        self.params: np.ndarray | None = None
+        self.velocity: np.ndarray | None = None
+        self.order: np.ndarray | None = None
+        self.order_key: tuple[int, bool] = (-1, False)
+        self.rng: dict = {}
+        self.loss_sum = 0.0
+        self.on_start: Callable[[], None] | None = None  # called at the next "start" point (the end of a recovery)
+
+    def __call__(self, state: LoopState, kind: str) -> None:
+        """``Hooks.consistent``: copy the state (into buffers kept from the last time)."""
+        self.count += 1
+        self.kind, self.live = kind, state
+        progress = state.progress
+        history = self.progress.history if self.progress and len(self.progress.history) == len(state.history) else [asdict(r) for r in state.history]
+        self.progress = replace(progress, history=history, clocks=[])
+        self.parameters_are_live = self.live_parameters
+        if not self.live_parameters:
+            self.params = _copy_into(self.params, state.net.params)
+            if state.opt.velocity is not None:
+                self.velocity = _copy_into(self.velocity, state.opt.velocity)
+        key = (progress.epoch, kind in ("start", "epoch"))  # the order changes only in the shuffle after these
+        if key != self.order_key:
+            self.order, self.order_key = _copy_into(self.order, state.order), key
+        self.rng, self.loss_sum = dict(state.shuffler.bit_generator.state), state.loss_sum
+        if kind == "start" and self.on_start is not None:
+            self.on_start()
+            self.on_start = None
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The parameters and momentum at the point."""
+        if self.parameters_are_live:
+            assert self.live is not None
+            return self.live.net.params, self.live.opt.velocity
+        assert self.params is not None
+        return self.params, self.velocity
+
+    def saved(self) -> tuple[Progress, RankState]:
+        assert self.progress is not None and self.order is not None
+        params, velocity = self.arrays()
+        return self.progress, RankState(params.copy(), None if velocity is None else velocity.copy(), self.order.copy(), self.rng, self.loss_sum)
+
+    def adopt(self, progress: Progress, state: RankState) -> None:
+        """Make an agreed state this rank's copy (another loss before the next point returns here)."""
+        self.progress, self.loss_sum, self.rng = replace(progress, clocks=[]), state.loss_sum, state.rng
+        self.params, self.order = state.params.copy(), state.order.copy()
+        self.velocity = None if state.velocity is None else state.velocity.copy()
+        self.parameters_are_live = False
+
+    def live_state(self) -> tuple[Progress, RankState]:
+        assert self.live is not None
+        return self.live.snapshot()
+
+
+def _copy_into(buffer: np.ndarray | None, values: np.ndarray) -> np.ndarray:
+    if buffer is None or buffer.shape != values.shape:
+        return values.copy()
+    np.copyto(buffer, values)
+    return buffer
+
+
+def agree_on_point(world, point: RollbackPoint, original: tuple[Progress, RankState] | None) -> tuple[Progress, RankState] | None:
+    """The state this rank goes on from, agreed by all survivors (a collective that may raise RankLost).
+
+    None means: no rank passed even the start barrier, begin as the run began.
+    """
+    counts = world.allgather(point.count)
+    top = max(counts)
+    if top == 0:
+        return original
+    donor = counts.index(top)  # the lowest rank that passed the point
+    shared = None
+    if world.rank == donor:
+        params, velocity = point.arrays()
+        payload = {name: value for name, value in (("params", params), ("velocity", velocity)) if name in SHARED_BY.get(point.kind, ())}
+        shared = (point.progress, point.kind, payload)
+    progress, kind, payload = world.bcast(shared, root=donor)
+    if point.count == top:
+        _, state = point.saved()
+    else:  # inside the collective that completes the point: live state plus what it hands out
+        _, state = point.live_state()
+        if "params" in payload:
+            state.params = payload["params"].copy()
+        if "velocity" in payload and payload["velocity"] is not None:
+            state.velocity = payload["velocity"].copy()
+    clock = asdict(point.live.clock) if point.live is not None else {}
+    clocks = world.allgather(clock)
+    point.count = top
+    point.adopt(progress, state)
+    return replace(progress, clocks=clocks), state
+
+
+class Holdings:
+    """Which training samples (ranges of the file's records) each launch rank holds."""
+
+    def __init__(self, train_total: int, launch_size: int):
+        self.ranges = {r: [slice_bounds(train_total, launch_size, r)] for r in range(launch_size)}
+
+    def hand_over(self, lost: list[int], survivors: list[int]) -> dict[int, list[tuple[int, int]]]:
+        """Split the lost ranks' samples evenly over the survivors; returns each survivor's new ranges."""
+        new: dict[int, list[tuple[int, int]]] = {r: [] for r in survivors}
+        for gone in lost:
+            for start, stop in self.ranges.pop(gone):
+                for i, rank in enumerate(survivors):
+                    lo, hi = slice_bounds(stop - start, len(survivors), i)
+                    if hi > lo:
+                        new[rank].append((start + lo, start + hi))
+        for rank, extra in new.items():
+            self.ranges[rank].extend(extra)
+        return new
+
+    def sizes(self, members: list[int]) -> list[int]:
+        return [sum(b - a for a, b in self.ranges[r]) for r in members]
+
+
+def take_over_samples(cfg: TrainConfig, data: RankData, ranges: list[tuple[int, int]], sizes: list[int]) -> RankData:
+    """This rank's data with the records ``ranges`` appended (read from the file, nothing else)."""
+    spec = datasets.get_spec(cfg.dataset)
+    xs, ys = [data.x], [data.y]
+    for start, stop in ranges:
+        images, labels = datasets.load_split(spec, data.directory, "train", start, stop, verify=False, check_end=False)
+        xs.append(to_inputs(images, cfg.dtype))
+        ys.append(labels.astype(np.intp))
+    return replace(data, x=np.concatenate(xs) if len(xs) > 1 else data.x, y=np.concatenate(ys) if len(ys) > 1 else data.y, slice_sizes=sizes)
+
+
+def _with_order_for(state: RankState, n: int) -> RankState:
+    """The order grown to ``n`` samples: the new ones come last in the current epoch."""
+    if len(state.order) == n:
+        return state
+    return replace(state, order=np.concatenate([state.order, np.arange(len(state.order), n, dtype=state.order.dtype)]))
+
+
+def train_surviving(cfg: TrainConfig, world, data: RankData, log=print, hooks: Hooks | None = None) -> tuple[TrainResult, RankData, list[Failure]]:
+    """``train``, carried on by the survivors of every lost rank; also returns the data as it ended and the failures."""
+    hooks = hooks or Hooks()
+    point = RollbackPoint(live_parameters=cfg.schedule.averages_gradients)
+    hooks = replace(hooks, consistent=point)
+    original = hooks.resume
+    holdings = Holdings(data.train_total, world.launch_size)
+    failures: list[Failure] = []
+    while True:
+        try:
+            return train(cfg, world, data, log, hooks), data, failures
+        except RankLost as lost:
+            recovery = [lost]
+            while True:
+                try:
+                    resume = agree_on_point(world, point, original)
+                    break
+                except RankLost as again:  # another rank died during the recovery itself
+                    recovery.append(again)
+            live = point.live.progress if point.live is not None else Progress()
+            for event in recovery:
+                mine = holdings.hand_over(list(event.lost), list(event.survivors))[world.launch_rank]
+                began_reading = time.perf_counter()
+                data = take_over_samples(cfg, data, mine, holdings.sizes(world.members))
+                failures.append(
+                    Failure(
+                        live.epoch + 1,
+                        live.global_step,
+                        list(event.lost),
+                        list(event.survivors),
+                        repair_seconds=event.repair_seconds,
+                        read_seconds=time.perf_counter() - began_reading,
+                    )
+                )
+            if resume is not None:
+                resume = (resume[0], _with_order_for(resume[1], len(data.y)))
+                point.adopt(*resume)
+            hooks = replace(hooks, resume=resume)
+            began = recovery[0].detected
+            events = failures[-len(recovery) :]
+            at = {"epoch": (resume[0].epoch + 1) if resume else 1, "step": resume[0].step if resume else 0}
+
+            def ready(events=events, began=began, at=at) -> None:
+                for event in events:
+                    event.recovery_seconds = time.perf_counter() - began
+                    event.resumed_at = at
+
+            point.on_start = ready
+            if world.rank == 0:
+                names = ", ".join(str(r) for event in recovery for r in event.lost)
+                log(f"lost rank {names}: going on with {world.size} rank{'s' * (world.size > 1)} from epoch {at['epoch']}, step {at['step']}")
+
+
+def finish_surviving(world, result: TrainResult, data: RankData, failures: list[Failure], tail):
+    """Run ``tail()`` (the reporting and saving after training) until no rank is lost during it.
+
+    The parallel network is the same on every survivor, so a new rank 0 only has
+    to score it again if the old one (which scored it) is gone.
+    """
+    while True:
+        try:
+            return tail()
+        except RankLost as lost:
+            failures.append(
+                Failure(
+                    len(result.epochs),
+                    -1,
+                    list(lost.lost),
+                    list(lost.survivors),
+                    time.perf_counter() - lost.detected,
+                    repair_seconds=lost.repair_seconds,
+                    resumed_at={"epoch": len(result.epochs), "step": -1},
+                )
+            )
+            if world.rank == 0 and math.isnan(result.test_accuracy):
+                result.test_accuracy, result.test_loss, result.test_confidence = evaluate(result.net, data.test_images, data.test_labels)
+                last = result.epochs[-1]
+                last.test_accuracy, last.test_loss, last.test_confidence = result.test_accuracy, result.test_loss, result.test_confidence
+
+
+def failure_record(world, failures: list[Failure]) -> dict:
+    """What ``metrics.json`` says about lost ranks."""
+    return {
+        "on_rank_failure": "continue",
+        "launched_ranks": world.launch_size,
+        "finished_with_ranks": world.size,
+        "finished_with_fewer_ranks": world.size < world.launch_size,
+        "rank_failures": [asdict(f) for f in failures],
+    }
+
+
+def failure_line(record: dict) -> str | None:
+    """The summary's one line about lost ranks, or None when none was lost."""
+    events = record.get("rank_failures") or []
+    if not events:
+        return None
+    told = "; ".join(
+        f"rank {', '.join(map(str, e['lost']))} in epoch {e['epoch']}"
+        + (f" (recovered in {e['recovery_seconds']:.2f} s)" if e.get("recovery_seconds") is not None else "")
+        for e in events
+    )
+    return f"lost ranks: {told}; finished with {record['finished_with_ranks']} of {record['launched_ranks']} ranks"
