@@ -55,62 +55,15 @@ def load_rank_data(cfg: TrainConfig, world: Communicator, fits: Callable[[int, i
     began = time.perf_counter()
     spec = datasets.get_spec(cfg.dataset)
     directory = fail_together(world, lambda: datasets.locate(cfg.dataset, cfg.data_dir))
-
-    def sizes() -> tuple[int, int, tuple[int, ...]]:
-        train_header, train_labels = datasets.split_headers(spec, directory, "train")
-        test_header, test_labels = datasets.split_headers(spec, directory, "test")
-        train_n, test_n = train_header.count, test_header.count
-        if train_n == 0:
-            raise UserError(f"{train_header.path}: the training set is empty (0 records)")
-        if test_n == 0:
-            raise UserError(f"{test_header.path}: the test set is empty (0 records): nothing to score the network on")
-        if test_header.shape[1:] != train_header.shape[1:]:
-            raise UserError(
-                f"{test_header.path}: test images are {'x'.join(map(str, test_header.shape[1:]))} pixels but the "
-                f"training images ({train_header.path}) are {'x'.join(map(str, train_header.shape[1:]))}"
-            )
-        if cfg.val_size >= train_n:
-            raise UserError(f"--val-size {cfg.val_size} leaves no training samples: {train_header.path} holds {train_n}")
-        train_n = min(train_n - cfg.val_size, cfg.train_size or train_n)  # the validation samples follow these
-        test_n = min(test_n, cfg.test_size or test_n)
-        check_enough_samples(train_n, world.size)
-        if fits is not None:  # counts the files cannot hold are refused as such first, then what memory cannot
-            for header in (train_header, train_labels, test_header, test_labels):
-                idx.check_declared_size(header.path, "images" if header.magic == idx.IMAGES_MAGIC else "labels")
-            fits(train_n, test_n, math.prod(train_header.shape[1:]))
-        return train_n, test_n, train_header.shape[1:]
-
-    train_n, test_n, shape = fail_together(world, sizes)
-    start, stop = slice_bounds(train_n, world.size, world.rank)
-    lead, last = world.rank == 0, world.rank == world.size - 1
-
-    val_lo, val_hi = slice_bounds(cfg.val_size, world.size, world.rank)
-
-    def read() -> tuple[np.ndarray, ...]:
-        images, labels = datasets.load_split(spec, directory, "train", start, stop, verify=lead, check_end=last)
-        test_images, test_labels = datasets.load_split(spec, directory, "test", 0, test_n, verify=lead, check_end=last)
-        val = datasets.load_split(spec, directory, "train", train_n + val_lo, train_n + val_hi, verify=False, check_end=False)
-        return images, labels, test_images, test_labels, *val
-
-    reading: Callable[[], tuple[np.ndarray, ...]] = read
-    node = world.node() if isinstance(world, World) and world.size > 1 else None
-    if node is not None and node.size > 1:  # ranks that share a node: each file is inflated once there
-        members = node.allgather(world.rank)
-        wants = [[slice_bounds(train_n, world.size, r), _shifted(slice_bounds(cfg.val_size, world.size, r), train_n)] for r in members]
-        verify = node.allgather(lead)[0]  # the node of world rank 0 checks the MD5s
-        reading = partial(read_on_node, spec, directory, node, wants, test_n, verify)
-    try:
-        images, labels, test_images, test_labels, val_images, val_labels = fail_together(world, reading)
-    finally:
-        if node is not None:
-            node.free()
+    train_n, test_n, shape = fail_together(world, lambda: _sizes(cfg, spec, directory, world.size, fits))
+    images, labels, test_images, test_labels, val_images, val_labels = _read(cfg, spec, directory, world, train_n, test_n)
     largest = max(int(labels.max(initial=0)), int(test_labels.max(initial=0)), int(val_labels.max(initial=0)))
     classes = max(world.allgather(largest)) + 1
     return RankData(
         directory=directory,
         train_total=train_n,
         slice_sizes=slice_sizes(train_n, world.size),
-        start=start,
+        start=slice_bounds(train_n, world.size, world.rank)[0],
         x=to_inputs(images, cfg.dtype),
         y=labels.astype(np.intp),
         test_images=test_images,
@@ -122,6 +75,60 @@ def load_rank_data(cfg: TrainConfig, world: Communicator, fits: Callable[[int, i
         val_images=val_images if cfg.val_size else None,
         val_labels=val_labels.astype(np.intp) if cfg.val_size else None,
     )
+
+
+def _sizes(cfg: TrainConfig, spec: datasets.DatasetSpec, directory: Path, ranks: int, fits) -> tuple[int, int, tuple[int, ...]]:
+    """(training samples, test samples, image shape) the run uses, from the headers alone, after
+    refusing what the files or (through ``fits``) memory cannot hold."""
+    train_header, train_labels = datasets.split_headers(spec, directory, "train")
+    test_header, test_labels = datasets.split_headers(spec, directory, "test")
+    train_n, test_n = train_header.count, test_header.count
+    if train_n == 0:
+        raise UserError(f"{train_header.path}: the training set is empty (0 records)")
+    if test_n == 0:
+        raise UserError(f"{test_header.path}: the test set is empty (0 records): nothing to score the network on")
+    if test_header.shape[1:] != train_header.shape[1:]:
+        raise UserError(
+            f"{test_header.path}: test images are {'x'.join(map(str, test_header.shape[1:]))} pixels but the "
+            f"training images ({train_header.path}) are {'x'.join(map(str, train_header.shape[1:]))}"
+        )
+    if cfg.val_size >= train_n:
+        raise UserError(f"--val-size {cfg.val_size} leaves no training samples: {train_header.path} holds {train_n}")
+    train_n = min(train_n - cfg.val_size, cfg.train_size or train_n)  # the validation samples follow these
+    test_n = min(test_n, cfg.test_size or test_n)
+    check_enough_samples(train_n, ranks)
+    if fits is not None:  # counts the files cannot hold are refused as such first, then what memory cannot
+        for header in (train_header, train_labels, test_header, test_labels):
+            idx.check_declared_size(header.path, "images" if header.magic == idx.IMAGES_MAGIC else "labels")
+        fits(train_n, test_n, math.prod(train_header.shape[1:]))
+    return train_n, test_n, train_header.shape[1:]
+
+
+def _read(cfg: TrainConfig, spec: datasets.DatasetSpec, directory: Path, world: Communicator, train_n: int, test_n: int) -> tuple[np.ndarray, ...]:
+    """(images, labels, test images, test labels, validation images, validation labels) of this rank:
+    through the node's reader when ranks share a node, else read alone (only the slice)."""
+    lead, last = world.rank == 0, world.rank == world.size - 1
+    start, stop = slice_bounds(train_n, world.size, world.rank)
+    val_lo, val_hi = _shifted(slice_bounds(cfg.val_size, world.size, world.rank), train_n)
+
+    def alone() -> tuple[np.ndarray, ...]:
+        images, labels = datasets.load_split(spec, directory, "train", start, stop, verify=lead, check_end=last)
+        test_images, test_labels = datasets.load_split(spec, directory, "test", 0, test_n, verify=lead, check_end=last)
+        val = datasets.load_split(spec, directory, "train", val_lo, val_hi, verify=False, check_end=False)
+        return images, labels, test_images, test_labels, *val
+
+    node = world.node() if isinstance(world, World) and world.size > 1 else None
+    if node is None or node.size == 1:
+        if node is not None:
+            node.free()
+        return fail_together(world, alone)
+    try:  # ranks that share a node: each file is inflated once there
+        members = node.allgather(world.rank)
+        wants = [[slice_bounds(train_n, world.size, r), _shifted(slice_bounds(cfg.val_size, world.size, r), train_n)] for r in members]
+        verify = node.allgather(lead)[0]  # the node of world rank 0 checks the MD5s
+        return fail_together(world, partial(read_on_node, spec, directory, node, wants, test_n, verify))
+    finally:
+        node.free()
 
 
 def _shifted(bounds: tuple[int, int], by: int) -> tuple[int, int]:
