@@ -55,13 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         raise UserError(f"--out {out}: cannot create it ({exc.strerror or exc})") from None
     use_simgrid = simulate.available() and not args.analytic
-    engine = (
-        "simulated with SimGrid SMPI (smpireplaymain), cross-checked by the analytic alpha-beta model"
-        if use_simgrid
-        else "SimGrid not found (apt-get install libsimgrid-dev): analytic alpha-beta model only"
-        if not args.analytic
-        else "analytic alpha-beta model only (--analytic)"
-    )
+    engine = _engine(use_simgrid, args.analytic)
     print(f"scaling: {engine}", flush=True)
 
     def calibrate(models=measure.calibrate.SIZES, folder: Path = out, estimator: str = "min", for_validation: bool = False, sync: str = "end") -> Calibration:
@@ -94,13 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
         cal, note = apply(cal, Path(args.from_timeline))
         print(f"scaling: {note}")
-    if args.platform:
-        plats = [platforms.load(Path(f)) for f in args.platform]
-    else:
-        names = [n for n in platforms.PREDICTION_PLATFORMS if n == "node" or "tcp" in cal.links]
-        if len(names) < len(platforms.PREDICTION_PLATFORMS):
-            print("scaling: no TCP calibration, so only the single-node platform is predicted")
-        plats = [platforms.built_in(n, cal) for n in names]
+    plats = _platforms(args, cal)
     models = predict.MODELS[:1] if args.quick else predict.MODELS
     syncs = predict.QUICK_SYNCS if args.quick else predict.SYNCS
     ranks = (1, 2, 16) if args.quick else predict.RANKS
@@ -115,6 +103,25 @@ def main(argv: list[str] | None = None) -> int:
         write_atomically(out / "validation.json", (json.dumps(validation, indent=2) + "\n").encode())
     print(f"scaling: wrote {out / 'scaling.csv'}, {out / 'report.md'}" + (f", {out / 'scaling.png'}" if plotted else " (no plot: pip install matplotlib)"))
     return 0
+
+
+def _engine(use_simgrid: bool, analytic: bool) -> str:
+    """What predicts, in words, for the first line and the report."""
+    if use_simgrid:
+        return "simulated with SimGrid SMPI (smpireplaymain), cross-checked by the analytic alpha-beta model"
+    if not analytic:
+        return "SimGrid not found (apt-get install libsimgrid-dev): analytic alpha-beta model only"
+    return "analytic alpha-beta model only (--analytic)"
+
+
+def _platforms(args, cal: Calibration) -> list:
+    """The platforms to predict: the --platform files, else the built-in ones the calibration can describe."""
+    if args.platform:
+        return [platforms.load(Path(f)) for f in args.platform]
+    names = [n for n in platforms.PREDICTION_PLATFORMS if n == "node" or "tcp" in cal.links]
+    if len(names) < len(platforms.PREDICTION_PLATFORMS):
+        print("scaling: no TCP calibration, so only the single-node platform is predicted")
+    return [platforms.built_in(n, cal) for n in names]
 
 
 def _measured_rows(validation: list[dict]) -> list[dict]:

@@ -99,6 +99,50 @@ def _in_loop(where: str, ranks: int, models, samples: int, repeats: int, work: P
     return json.loads((work / f"{name}.json").read_text())
 
 
+def _compute(work: Path, ranks: int, samples: int, repeats: int, sync: str, models, suffix: str, log) -> dict:
+    """Seconds per step of every model at ``ranks`` ranks on this machine (the calibrate child's)."""
+    log(f"calibration: compute, {ranks} rank{'s' * (ranks > 1)}, {samples} samples per rank, {repeats} repeat(s), --sync {sync}")
+    name = f"compute-{ranks}"
+    args = ["-m", "pnn_mpi.scaling.calibrate", "compute", "--out", str(work / f"{name}.json"), "--samples", str(samples)]
+    job("local", ranks, [*args, "--repeats", str(repeats), "--sync", sync, "--models", *models], work / name)
+    return json.loads((work / f"{name}.json").read_text())["seconds_per_step" + suffix]
+
+
+def _allreduces(work: Path, measured: dict, tcp: bool, quick: bool, log) -> None:
+    """Allreduce timings over shared memory and, when a second node can be had, over TCP, into ``measured``."""
+    counts = calibrate.COUNTS if not quick else (2, 2048, 16384, 101770)
+    places = [("shm", "local")]
+    reason = twonodes.why_not() if tcp else "not asked for (--no-tcp)"
+    if reason is None:
+        places.append(("tcp", "twonodes"))
+    else:
+        measured["tcp_unavailable"] = reason
+        log(f"calibration: no TCP measurement: {reason}")
+    for name, where in places:
+        log(f"calibration: Allreduce over {name}, 2 ranks")
+        with twonodes.up_for(where):
+            before = twonodes.bytes_crossed() if where == "twonodes" else 0
+            args = ["-m", "pnn_mpi.scaling.calibrate", "allreduce", "--out", str(work / f"allreduce-{name}.json"), "--counts", *map(str, counts)]
+            job(where, 2, [*args, "--repeats", str(3 if quick else 5)], work / f"allreduce-{name}")
+            record = json.loads((work / f"allreduce-{name}.json").read_text())
+            if where == "twonodes":
+                record["bytes_crossed"] = twonodes.bytes_crossed() - before
+        measured["allreduce"][name] = record
+
+
+def _step_costs(measured: dict, cores: int) -> dict:
+    """Each model's step cost alone on a core ("one"), with every core busy ("all") and, when measured,
+    two ranks to a core ("over": a rank's wall seconds while it shares its core with one other)."""
+    compute = {
+        m: {"one": calibrate.step_cost(measured["compute"]["1"][m]), "all": calibrate.step_cost(measured["compute"][str(cores)][m])}
+        for m in measured["compute"]["1"]
+    }
+    if str(2 * cores) in measured["compute"]:
+        for m, per_batch in measured["compute"][str(2 * cores)].items():
+            compute[m]["over"] = calibrate.step_cost({b: t / 2 for b, t in per_batch.items()})
+    return compute
+
+
 def run(
     out: Path,
     quick: bool = False,
@@ -121,63 +165,11 @@ def run(
     work = scratch("pnn-scaling-cal-")
     cores = os.cpu_count() or 1
     samples, repeats = (2048, 1) if quick else (16384, 3)
-    counts = calibrate.COUNTS if not quick else (2, 2048, 16384, 101770)
     measured: dict = {"compute": {}, "allreduce": {}, "load_average_before": os.getloadavg()[0], "compute_sync": sync}
     try:
         for ranks in sorted({1, cores} | ({2 * cores} if for_validation else set())):
-            log(f"calibration: compute, {ranks} rank{'s' * (ranks > 1)}, {samples} samples per rank, {repeats} repeat(s), --sync {sync}")
-            job(
-                "local",
-                ranks,
-                [
-                    "-m",
-                    "pnn_mpi.scaling.calibrate",
-                    "compute",
-                    "--out",
-                    str(work / f"compute-{ranks}.json"),
-                    "--samples",
-                    str(samples),
-                    "--repeats",
-                    str(repeats),
-                    "--sync",
-                    sync,
-                    "--models",
-                    *models,
-                ],
-                work / f"compute-{ranks}",
-            )
-            measured["compute"][str(ranks)] = json.loads((work / f"compute-{ranks}.json").read_text())["seconds_per_step" + suffix]
-        places = [("shm", "local")]
-        reason = twonodes.why_not() if tcp else "not asked for (--no-tcp)"
-        if reason is None:
-            places.append(("tcp", "twonodes"))
-        else:
-            measured["tcp_unavailable"] = reason
-            log(f"calibration: no TCP measurement: {reason}")
-        for name, where in places:
-            log(f"calibration: Allreduce over {name}, 2 ranks")
-            with twonodes.up_for(where):
-                before = twonodes.bytes_crossed() if where == "twonodes" else 0
-                job(
-                    where,
-                    2,
-                    [
-                        "-m",
-                        "pnn_mpi.scaling.calibrate",
-                        "allreduce",
-                        "--out",
-                        str(work / f"allreduce-{name}.json"),
-                        "--counts",
-                        *map(str, counts),
-                        "--repeats",
-                        str(3 if quick else 5),
-                    ],
-                    work / f"allreduce-{name}",
-                )
-                record = json.loads((work / f"allreduce-{name}.json").read_text())
-                if where == "twonodes":
-                    record["bytes_crossed"] = twonodes.bytes_crossed() - before
-            measured["allreduce"][name] = record
+            measured["compute"][str(ranks)] = _compute(work, ranks, samples, repeats, sync, models, suffix, log)
+        _allreduces(work, measured, tcp, quick, log)
         in_loop: dict[str, dict[str, float]] = {}
         if for_validation:
             for plat_name, where, ranks in PLACES:
@@ -190,17 +182,10 @@ def run(
         measured["estimator"] = estimator
         measured["links_fitted_on"] = "SimGrid replay" if use_simgrid else "analytic model"
         measured["load_average_after"] = os.getloadavg()[0]
-        compute = {
-            m: {"one": calibrate.step_cost(measured["compute"]["1"][m]), "all": calibrate.step_cost(measured["compute"][str(cores)][m])}
-            for m in measured["compute"]["1"]
-        }
-        if str(2 * cores) in measured["compute"]:  # a rank's wall seconds while it shares its core with one other
-            for m, per_batch in measured["compute"][str(2 * cores)].items():
-                compute[m]["over"] = calibrate.step_cost({b: t / 2 for b, t in per_batch.items()})
         cal = Calibration(
             machine=f"{host_platform.node()} ({cores} cores, {host_platform.machine()}, shared)",
             cores=cores,
-            compute=compute,
+            compute=_step_costs(measured, cores),
             links=links,
             measured=measured,
             in_loop=in_loop,
