@@ -11,8 +11,9 @@
 #   make torch-compare  pnn_mpi against PyTorch (CPU) on the same model: needs `pip install torch` in .venv
 #   make scaling   calibrate here, then predict 1..1,024 ranks per sync schedule (SimGrid SMPI if installed): results/scaling
 #   make scaling-quick  the small version CI runs (quick calibration, one model, P <= 16)
+#   make docs      the documentation site from docs/ (Sphinx, MyST, furo) into docs/_build/html; a warning or broken internal link fails it
 #   make lint      ruff (lint, import order, format) and mypy, installed into .venv by the lint extra; and the import-graph check
-#   make readme-figures  every figure the README shows, measured here, with its command and this machine's description
+#   make readme-figures  every figure the docs show, measured here, with its command and this machine's description
 #   make study     the paper's study: a grid of real launches, then results.csv, plots and report.md (GRID=default|quick|FILE)
 #
 # Variables: NP (ranks, default 4), ARGS (training flags), PYTHON (the interpreter that makes .venv),
@@ -55,7 +56,7 @@ export OPENBLAS_NUM_THREADS := 1
 MPICH_VENV ?= .venv-mpich
 GRID ?= default
 
-.PHONY: readme-figures scaling scaling-quick install install-test install-study install-fast install-lint lint torch-compare data train test test-serial test-mpi test-mpich test-slurm bench study clean
+.PHONY: docs install-docs readme-figures scaling scaling-quick install install-test install-study install-fast install-lint lint torch-compare data train test test-serial test-mpi test-mpich test-slurm bench study clean
 
 install: $(VENV)/.installed
 
@@ -93,6 +94,17 @@ lint: install-lint
 	$(VENV_BIN)/ruff format --check $(FORMAT_CHECKED)
 	$(VENV_BIN)/mypy
 	$(PY) tests/test_imports.py
+
+install-docs: $(VENV)/.installed-docs
+
+$(VENV)/.installed-docs: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[docs]'
+	@touch $@
+
+# -W: a warning fails the build; -n: so does a reference to nothing. A cross-page link or
+# #anchor that resolves nowhere is such a warning (MyST's heading anchors); external links are not checked.
+docs: install-docs
+	$(VENV_BIN)/sphinx-build -W --keep-going -n -b html docs docs/_build/html
 
 install-study: $(VENV)/.installed-study
 
@@ -141,7 +153,7 @@ study: install-study data
 test-slurm: install-test data
 	.ci/slurm-tests
 
-# Every figure the README shows, measured on this machine, with its command and the machine it ran on.
+# Every figure the docs show, measured on this machine, with its command and the machine it ran on.
 readme-figures: install data
 	$(PY) -m pnn_mpi.commands.readme_figures $(ARGS)
 

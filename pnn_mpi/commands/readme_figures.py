@@ -1,9 +1,9 @@
-"""``python -m pnn_mpi.commands.readme_figures`` (``make readme-figures``): every figure the README shows, measured here.
+"""``python -m pnn_mpi.commands.readme_figures`` (``make readme-figures``): every figure the docs show, measured here.
 
-A figure in a README is true of one machine on one day. This command re-measures
-each of them with the command the README names, prints it with that command and
-with the machine it ran on (cores, CPU, load), and says which README section it
-belongs to, so a reader can check a figure and a maintainer can refresh it. The
+A figure on a page is true of one machine on one day. This command re-measures
+each of them with the command the page names, prints it with that command and
+with the machine it ran on (cores, CPU, load), and says which page and section it
+belongs to (``SHOWN_IN``), so a reader can check a figure and a maintainer can refresh it. The
 study's table takes ~10 minutes: it is read from the last ``make study``
 (results/default/report.md) unless ``--study`` runs it again.
 """
@@ -26,7 +26,25 @@ from ..study.machine import detect
 from .launch import Request, command_line
 
 PYTHON = [sys.executable, "-m", "pnn_mpi"]
-OLD_DEFAULTS = ["--lr", "0.05", "--lr-schedule", "constant", "--warmup", "0", "--sync", "epoch"]  # as the README's transcript names them
+OLD_DEFAULTS = ["--lr", "0.05", "--lr-schedule", "constant", "--warmup", "0", "--sync", "epoch"]  # as the docs' transcript names them
+
+# Where each figure is shown: (page, section heading). tests/test_readme_figures.py checks that every heading is on its page.
+SHOWN_IN = {
+    "first run": ("docs/running.md", "A first run: what `make train` prints"),
+    "defaults": ("docs/options.md", "Defaults that follow the gradient mode"),
+    "tests": ("docs/development.md", "Tests"),
+    "validation": ("docs/options.md", "A validation split and early stopping"),
+    "progress": ("docs/options.md", "Progress inside long epochs"),
+    "speed": ("docs/performance.md", "Speed: `make bench` and the PyTorch comparison"),
+    "study": ("docs/science.md", "How the defaults were found"),
+    "local": ("docs/science.md", "The paper's method by default: `--sync local`"),
+}
+
+
+def where(figure: str) -> str:
+    """The page and section that show a figure, as its printed title names them."""
+    page, heading = SHOWN_IN[figure]
+    return f"{page}, '{heading}'"
 
 
 def machine_line() -> str:
@@ -67,27 +85,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(machine_line())
     print(f"date: {time.strftime('%Y-%m-%d %H:%M %Z')}; past 2 ranks a 2-core machine is oversubscribed")
 
-    # "Two commands": the make train transcript, and "Default run" in "Why the default is epoch".
+    # The make train transcript, and the default run's accuracy at 1, 4 and 16 ranks.
     accuracies = {}
     for ranks in (1, 4, 16):
         command, stdout = _run(ranks, ["--out", str(out / f"default-n{ranks}")])
         accuracies[ranks] = _accuracy(stdout)
         if ranks == 4:
-            section("README 'Two commands': the make train transcript (mpiexec -n 4, every option at its default)", command, stdout)
+            section(f"{where('first run')}: the make train transcript (mpiexec -n 4, every option at its default)", command, stdout)
     section(
-        "README 'Defaults that follow the gradient mode': default run, test accuracy of the parallel network",
+        f"{where('defaults')}: default run, test accuracy of the parallel network",
         "the three runs above",
         ", ".join(f"{accuracies[r]} at {r} rank{'s' * (r > 1)}" for r in (1, 4, 16)),
     )
 
     # "Tests": the end-to-end test's run.
     command, stdout = _run(4, ["--train-size", "20000", "--epochs", "3", "--seed", "1", "--out", str(out / "e2e")])
-    section("README 'Tests': the end-to-end test's run (>= 93% asserted)", command, f"test accuracy {_accuracy(stdout)}")
+    section(f"{where('tests')}: the end-to-end test's run (>= 93% asserted)", command, f"test accuracy {_accuracy(stdout)}")
 
     # "Validation split" and "Progress inside long epochs" (this issue's sections).
     command, stdout = _run(2, ["--val-size", "5000", "--early-stop", "2", "--epochs", "30", *OLD_DEFAULTS, "--out", str(out / "val")])
     section(
-        "README 'A validation split': early stopping on 5,000 held-out samples",
+        f"{where('validation')}: early stopping on 5,000 held-out samples",
         command,
         "\n".join(line for line in stdout.splitlines() if line.startswith(("epoch", "validation", "early stop", "parallel"))),
     )
@@ -118,22 +136,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             str(out / "progress"),
         ],
     )
-    section("README 'Progress inside long epochs'", command, "\n".join(line for line in stdout.splitlines() if line.startswith("epoch")))
+    section(where("progress"), command, "\n".join(line for line in stdout.splitlines() if line.startswith("epoch")))
 
     # "Speed": the bench.
     command, stdout = _run(2, ["bench"])
-    section("README 'Speed': make bench (2 ranks)", command, stdout)
+    section(f"{where('speed')}: make bench (2 ranks)", command, stdout)
 
     # "Speed": the PyTorch comparison, when PyTorch is there.
     try:
         import torch  # noqa: F401
     except ImportError:
-        section("README 'Speed': pnn_mpi against PyTorch", "make torch-compare", "(PyTorch is not installed here: pip install torch)")
+        section(f"{where('speed')}: pnn_mpi against PyTorch", "make torch-compare", "(PyTorch is not installed here: pip install torch)")
     else:
         torch_run = [*PYTHON[:-1], "pnn_mpi.commands.torch_compare"]
         launch_words, added = command_line(Request(ranks=2, rest=[]), os.environ)
         proc = subprocess.run([*launch_words[:3], *torch_run], capture_output=True, text=True, env={**os.environ, **added}, timeout=1800)
-        section("README 'Speed': pnn_mpi against PyTorch", "mpiexec -n 2 python -m pnn_mpi.commands.torch_compare", proc.stdout)
+        section(f"{where('speed')}: pnn_mpi against PyTorch", "mpiexec -n 2 python -m pnn_mpi.commands.torch_compare", proc.stdout)
 
     # "The study": its accuracy table.
     report = Path("results/default/report.md")
@@ -141,20 +159,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         subprocess.run([*PYTHON, "study", "--grid", "default"], check=False)
     if report.exists():
         stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(report.stat().st_mtime))
-        section(f"README 'The study': its table (from {report}, written {stamp})", "make study", report.read_text())
+        section(f"{where('study')}: its table (from {report}, written {stamp})", "make study", report.read_text())
     else:
-        section("README 'The study': its table", "make study", "(no results/default/report.md yet: run make study, or this command with --study)")
+        section(f"{where('study')}: its table", "make study", "(no results/default/report.md yet: run make study, or this command with --study)")
     # "The paper's method by default": its study (about 45 minutes), read from its last run.
     local = Path("results/local/report.md")
     if local.exists():
         stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(local.stat().st_mtime))
-        section(
-            f"README 'The paper's method by default': its tables (from {local}, written {stamp})", "python -m pnn_mpi study --grid local", local.read_text()
-        )
+        section(f"{where('local')}: its tables (from {local}, written {stamp})", "python -m pnn_mpi study --grid local", local.read_text())
     else:
-        section(
-            "README 'The paper's method by default': its tables", "python -m pnn_mpi study --grid local", "(no results/local/report.md yet: run the command)"
-        )
+        section(f"{where('local')}: its tables", "python -m pnn_mpi study --grid local", "(no results/local/report.md yet: run the command)")
     print(f"\nall figures measured in {time.monotonic() - began:.0f} s")
     return 0
 

@@ -10,7 +10,7 @@ the lost ranks in the numbering of the launch. The training loop catches
 ``RankLost`` and rolls back to its last consistent state; the world is already
 usable again, with fewer ranks and renumbered from 0.
 
-Facts this rests on, measured with the Open MPI 5.0.11 wheel (README, "Surviving
+Facts this rests on, measured with the Open MPI 5.0.11 wheel (docs/rank-failure.md, "Surviving
 a lost rank"): failures are reported only under ``mpiexec --with-ft ulfm``;
 any MPI error class may surface (ERR_OTHER too), so every ``MPI.Exception`` in a
 collective is treated as a possible failure and the shrink decides; the

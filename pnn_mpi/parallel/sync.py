@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from ..common.errors import UserError
 
 KINDS = ("end", "epoch", "steps", "local", "grad")
-LOCAL_BASE, LOCAL_LARGEST = 5, 64  # local's K and L when the flag gives none: README, "Defaults"
+LOCAL_BASE, LOCAL_LARGEST = 5, 64  # local's K and L when the flag gives none: docs/science.md, "How the defaults were found"
 
 
 def _counts(text: str, arg: str, at_most: int, needs: str) -> list[int]:

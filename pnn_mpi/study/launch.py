@@ -24,7 +24,7 @@ from ..common import files
 from ..common.errors import UserError
 from ..common.wording import os_reason
 
-# What a user on a small machine needs for Open MPI (MPICH ignores them); see the README.
+# What a user on a small machine needs for Open MPI (MPICH ignores them); see docs/running.md.
 OPEN_MPI_ENV = {
     "OMPI_ALLOW_RUN_AS_ROOT": "1",
     "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",

@@ -46,12 +46,12 @@ class TrainConfig:
     bias_init: float = 0.0
     batch_size: Union[int, str] = 32  # a sample count, 1 = stochastic, or "full"
     lr: Union[float, None] = None  # None (unset): follows the gradient mode and ranks (defaults.py)
-    momentum: float = defaults.MOMENTUM  # the measured best in every mode (README, "Defaults")
+    momentum: float = defaults.MOMENTUM  # the measured best in every mode (docs/science.md, "How the defaults were found")
     lr_decay: float = 1.0
     lr_schedule: Union[str, None] = None  # constant or cosine; None: follows the gradient mode
     warmup: Union[int, None] = None  # epochs of linear warm-up; None: follows the gradient mode and ranks
     epochs: int = 10
-    sync: Union[str, None] = None  # None: local (defaults.MINI_BATCH_SYNC) for mini-batches, epoch for batch 1 and full batch (README, "Defaults")
+    sync: Union[str, None] = None  # None: local (defaults.MINI_BATCH_SYNC) for mini-batches, epoch for batch 1 and full batch (docs/science.md)
     seed: int = 1
     dtype: str = "float32"
     dataset: str = "mnist"

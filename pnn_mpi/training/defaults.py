@@ -5,7 +5,7 @@ and momentum (0.05, 0.9) end at chance level, a full-batch epoch is a single
 step, and every average over P ranks pools P times the samples. So a setting
 left unset gets the value of this table for the run's mode, and a value the
 user sets (flag or TOML) always wins. The numbers come from the sweeps in
-``study/grids/defaults.toml`` and ``study/grids/local.toml`` (README, "Defaults").
+``study/grids/defaults.toml`` and ``study/grids/local.toml`` (docs/science.md, "How the defaults were found").
 
 | mode | sync | lr | momentum | schedule | warm-up |
 |---|---|---|---|---|---|

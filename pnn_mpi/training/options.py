@@ -95,7 +95,7 @@ def train_parser() -> Parser:
             "  plot       draw a run's curves from its metrics.json as a PNG\n"
             "  scaling    calibrate here, then simulate 1 to 1,024 ranks per sync schedule: scaling.csv, plot, report.md\n"
             "\n"
-            'defaults that follow the gradient mode (measured: README, "Defaults"); a value you set,\n'
+            "defaults that follow the gradient mode (measured: docs/science.md); a value you set,\n"
             "by flag or in --config, always wins:\n" + "\n".join(rule_lines()) + "\n"
             "\n"
             "A TOML file given with --config may set any option, by its flag name\n"
@@ -270,7 +270,7 @@ def train_parser() -> Parser:
         default=d.on_rank_failure,
         help="when a rank dies: 'abort' ends the job (resume from the last checkpoint), 'continue' lets the "
         "survivors roll back to their last common state and train on without it (needs Open MPI 5 "
-        f"and mpiexec --with-ft ulfm; see README) (default: {d.on_rank_failure})",
+        f"and mpiexec --with-ft ulfm; see docs/rank-failure.md) (default: {d.on_rank_failure})",
     )
     return p
 
