@@ -7,7 +7,7 @@ import re
 import pytest
 
 from conftest import REPO
-from pnn_mpi import readme_figures
+from pnn_mpi.commands import readme_figures
 
 
 def headings(page: str) -> list[str]:

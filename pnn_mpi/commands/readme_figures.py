@@ -75,100 +75,70 @@ def section(title: str, command: str, body: str) -> None:
     print(f"\n== {title}\n$ {command}\n{body.rstrip()}", flush=True)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pnn_mpi.commands.readme_figures", description=__doc__.split("\n\n")[0])
-    p.add_argument("--study", action="store_true", help="run the study again (~10 min on 2 cores) instead of reading its last report")
-    p.add_argument("--out", metavar="DIR", default="results/readme-figures", help="where the runs go (default: results/readme-figures)")
-    args = p.parse_args(argv)
-    out = Path(args.out)
-    began = time.monotonic()
-    print(machine_line())
-    print(f"date: {time.strftime('%Y-%m-%d %H:%M %Z')}; past 2 ranks a 2-core machine is oversubscribed")
+PROGRESS_RUN = ["--batch-size", "1", "--lr", "0.01", "--momentum", "0", "--lr-schedule", "constant", "--warmup", "0", "--sync", "epoch"]
+PROGRESS_RUN += ["--kernel", "generic", "--epochs", "1", "--train-size", "20000", "--progress-every", "2"]
 
-    # The make train transcript, and the default run's accuracy at 1, 4 and 16 ranks.
+
+def training_figures(out: Path) -> None:
+    """The figures of real training runs: the transcript, the default's accuracies, the end-to-end
+    run, early stopping and the progress lines."""
     accuracies = {}
     for ranks in (1, 4, 16):
         command, stdout = _run(ranks, ["--out", str(out / f"default-n{ranks}")])
         accuracies[ranks] = _accuracy(stdout)
         if ranks == 4:
             section(f"{where('first run')}: the make train transcript (mpiexec -n 4, every option at its default)", command, stdout)
-    section(
-        f"{where('defaults')}: default run, test accuracy of the parallel network",
-        "the three runs above",
-        ", ".join(f"{accuracies[r]} at {r} rank{'s' * (r > 1)}" for r in (1, 4, 16)),
-    )
-
-    # "Tests": the end-to-end test's run.
+    runs = ", ".join(f"{accuracies[r]} at {r} rank{'s' * (r > 1)}" for r in (1, 4, 16))
+    section(f"{where('defaults')}: default run, test accuracy of the parallel network", "the three runs above", runs)
     command, stdout = _run(4, ["--train-size", "20000", "--epochs", "3", "--seed", "1", "--out", str(out / "e2e")])
     section(f"{where('tests')}: the end-to-end test's run (>= 93% asserted)", command, f"test accuracy {_accuracy(stdout)}")
-
-    # "Validation split" and "Progress inside long epochs" (this issue's sections).
     command, stdout = _run(2, ["--val-size", "5000", "--early-stop", "2", "--epochs", "30", *OLD_DEFAULTS, "--out", str(out / "val")])
+    kept = ("epoch", "validation", "early stop", "parallel")
     section(
-        f"{where('validation')}: early stopping on 5,000 held-out samples",
-        command,
-        "\n".join(line for line in stdout.splitlines() if line.startswith(("epoch", "validation", "early stop", "parallel"))),
+        f"{where('validation')}: early stopping on 5,000 held-out samples", command, "\n".join(line for line in stdout.splitlines() if line.startswith(kept))
     )
-    command, stdout = _run(
-        1,
-        [
-            "--batch-size",
-            "1",
-            "--lr",
-            "0.01",
-            "--momentum",
-            "0",
-            "--lr-schedule",
-            "constant",
-            "--warmup",
-            "0",
-            "--sync",
-            "epoch",
-            "--kernel",
-            "generic",
-            "--epochs",
-            "1",
-            "--train-size",
-            "20000",
-            "--progress-every",
-            "2",
-            "--out",
-            str(out / "progress"),
-        ],
-    )
+    command, stdout = _run(1, [*PROGRESS_RUN, "--out", str(out / "progress")])
     section(where("progress"), command, "\n".join(line for line in stdout.splitlines() if line.startswith("epoch")))
 
-    # "Speed": the bench.
+
+def speed_figures() -> None:
+    """bench at 2 ranks, and the PyTorch comparison when PyTorch is installed."""
     command, stdout = _run(2, ["bench"])
     section(f"{where('speed')}: make bench (2 ranks)", command, stdout)
-
-    # "Speed": the PyTorch comparison, when PyTorch is there.
     try:
         import torch  # noqa: F401
     except ImportError:
         section(f"{where('speed')}: pnn_mpi against PyTorch", "make torch-compare", "(PyTorch is not installed here: pip install torch)")
-    else:
-        torch_run = [*PYTHON[:-1], "pnn_mpi.commands.torch_compare"]
-        launch_words, added = command_line(Request(ranks=2, rest=[]), os.environ)
-        proc = subprocess.run([*launch_words[:3], *torch_run], capture_output=True, text=True, env={**os.environ, **added}, timeout=1800)
-        section(f"{where('speed')}: pnn_mpi against PyTorch", "mpiexec -n 2 python -m pnn_mpi.commands.torch_compare", proc.stdout)
+        return
+    torch_run = [*PYTHON[:-1], "pnn_mpi.commands.torch_compare"]
+    launch_words, added = command_line(Request(ranks=2, rest=[]), os.environ)
+    proc = subprocess.run([*launch_words[:3], *torch_run], capture_output=True, text=True, env={**os.environ, **added}, timeout=1800)
+    section(f"{where('speed')}: pnn_mpi against PyTorch", "mpiexec -n 2 python -m pnn_mpi.commands.torch_compare", proc.stdout)
 
-    # "The study": its accuracy table.
-    report = Path("results/default/report.md")
-    if args.study:
-        subprocess.run([*PYTHON, "study", "--grid", "default"], check=False)
+
+def report_figure(figure: str, report: Path, command: str, what: str) -> None:
+    """A study's tables, read from its last report (a study takes from ten minutes to most of an hour)."""
     if report.exists():
         stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(report.stat().st_mtime))
-        section(f"{where('study')}: its table (from {report}, written {stamp})", "make study", report.read_text())
+        section(f"{where(figure)}: {what} (from {report}, written {stamp})", command, report.read_text())
     else:
-        section(f"{where('study')}: its table", "make study", "(no results/default/report.md yet: run make study, or this command with --study)")
-    # "The paper's method by default": its study (about 45 minutes), read from its last run.
-    local = Path("results/local/report.md")
-    if local.exists():
-        stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(local.stat().st_mtime))
-        section(f"{where('local')}: its tables (from {local}, written {stamp})", "python -m pnn_mpi study --grid local", local.read_text())
-    else:
-        section(f"{where('local')}: its tables", "python -m pnn_mpi study --grid local", "(no results/local/report.md yet: run the command)")
+        section(f"{where(figure)}: {what}", command, f"(no {report} yet: run {command})")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pnn_mpi.commands.readme_figures", description=__doc__.split("\n\n")[0])
+    p.add_argument("--study", action="store_true", help="run the study again (~10 min on 2 cores) instead of reading its last report")
+    p.add_argument("--out", metavar="DIR", default="results/readme-figures", help="where the runs go (default: results/readme-figures)")
+    args = p.parse_args(argv)
+    began = time.monotonic()
+    print(machine_line())
+    print(f"date: {time.strftime('%Y-%m-%d %H:%M %Z')}; past 2 ranks a 2-core machine is oversubscribed")
+    training_figures(Path(args.out))
+    speed_figures()
+    if args.study:
+        subprocess.run([*PYTHON, "study", "--grid", "default"], check=False)
+    report_figure("study", Path("results/default/report.md"), "make study", "its table")
+    report_figure("local", Path("results/local/report.md"), "python -m pnn_mpi study --grid local", "its tables")
     print(f"\nall figures measured in {time.monotonic() - began:.0f} s")
     return 0
 
