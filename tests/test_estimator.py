@@ -87,7 +87,8 @@ FIT_MNIST = """
     # In a child with one BLAS thread, as python -m pnn_mpi runs: threaded BLAS sums in another order.
     import pickle, sys
     from pathlib import Path
-    from pnn_mpi import PNNClassifier, datasets
+    from pnn_mpi import PNNClassifier
+    from pnn_mpi.data import datasets
 
     folder, out = Path(sys.argv[1]), Path(sys.argv[2])
     images, y = datasets.load_split(datasets.get_spec("mnist"), folder, "train", 0, 3000, verify=False, check_end=False)
