@@ -31,7 +31,19 @@ FILE = "checkpoint.npz"
 FORMAT = "pnn_mpi-checkpoint-3"  # 2: the data's identity is part of it; 3: steps since the last average
 
 # Settings that change where files are or how often a run reports, not what it computes.
-_NOT_IDENTITY = ("out", "data_dir", "eval_every", "checkpoint_every", "resume", "expect_ranks", "timeline", "progress_every", "plot", "on_rank_failure")
+_NOT_IDENTITY = (
+    "out",
+    "data_dir",
+    "eval_every",
+    "checkpoint_every",
+    "resume",
+    "expect_ranks",
+    "timeline",
+    "progress_every",
+    "plot",
+    "on_rank_failure",
+    "stall_timeout",
+)
 
 
 def identity(cfg: TrainConfig) -> dict:

@@ -267,6 +267,14 @@ def train_parser() -> Parser:
         "survivors roll back to their last common state and train on without it (needs Open MPI 5 "
         f"and mpiexec --with-ft ulfm; see README) (default: {d.on_rank_failure})",
     )
+    jobs.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=d.stall_timeout,
+        metavar="SECONDS",
+        help="with --on-rank-failure continue: a rank that gives no sign of life for SECONDS (stopped, frozen node) "
+        f"counts as lost, is killed if on a survivor's node, and the others go on; 0 = only ranks that die (default: {d.stall_timeout:g})",
+    )
     return p
 
 

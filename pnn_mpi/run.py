@@ -201,7 +201,7 @@ def start_world(cfg: TrainConfig) -> Communicator:
     """The ranks of this job: a world that survives lost ranks with ``--on-rank-failure continue``."""
     if cfg.on_rank_failure != "continue":
         return current_world()
-    prepare_process(cfg.on_rank_failure)  # before MPI starts
+    prepare_process(cfg.on_rank_failure, cfg.stall_timeout)  # before MPI starts
     base = current_world()
     if not base.mpi or base.size == 1:
         return base  # one rank: nobody to lose
