@@ -65,7 +65,7 @@ class TrainConfig:
     resume: bool = False
     expect_ranks: Union[int, None] = None
     on_rank_failure: str = "abort"  # or "continue": survivors of a lost rank go on (resilience.py, survive.py)
-    stall_timeout: float = 60.0  # under "continue": seconds without a heartbeat before a rank counts as lost (0 = only deaths)
+    stall_timeout: float = 60.0  # seconds without a heartbeat before a rank ends the job, or under "continue" counts as lost (0 = never)
     kernel: str = "auto"  # how batch-1 steps run: auto, numba, numpy (kernels.py) or generic
     val_size: int = 0  # training samples held out for validation, scored every epoch (0 = none)
     early_stop: int = 0  # stop after this many epochs without a better validation accuracy (0 = never)

@@ -61,6 +61,7 @@ class Fault:
             _kill()
         if self.action == "stop":
             _kill(signal.SIGSTOP)
+            return  # continued (SIGCONT): go on as if nothing happened
         if self.action == "interrupt":
             raise KeyboardInterrupt
         where = f"epoch {epoch}" + (f", step {self.step}" if self.step is not None else "")

@@ -272,8 +272,9 @@ def train_parser() -> Parser:
         type=float,
         default=d.stall_timeout,
         metavar="SECONDS",
-        help="with --on-rank-failure continue: a rank that gives no sign of life for SECONDS (stopped, frozen node) "
-        f"counts as lost, is killed if on a survivor's node, and the others go on; 0 = only ranks that die (default: {d.stall_timeout:g})",
+        help="a rank that gives no sign of life for SECONDS (stopped, frozen node) ends the job with one line naming it (status 3); "
+        "with --on-rank-failure continue it counts as lost instead, is killed if on a survivor's node, and the others go on; "
+        f"0 = wait for it (default: {d.stall_timeout:g})",
     )
     return p
 

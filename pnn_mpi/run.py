@@ -31,6 +31,7 @@ from .network import parameter_count
 from .rank_data import RankData, load_rank_data
 from .resilience import ResilientWorld, check_fault_tolerance, prepare_process
 from .signals import StopRequest
+from .stall import start_watchdog
 from .survive import failure_line, failure_record, finish_surviving, train_surviving
 from .timeline import Timeline
 from .train import Clock, EpochRecord, Hooks, batch_plan, train
@@ -200,7 +201,9 @@ def finish_timeline(
 def start_world(cfg: TrainConfig) -> Communicator:
     """The ranks of this job: a world that survives lost ranks with ``--on-rank-failure continue``."""
     if cfg.on_rank_failure != "continue":
-        return current_world()
+        plain = current_world()
+        start_watchdog(plain, cfg.stall_timeout)  # a rank that stops responding ends the job in one line
+        return plain
     prepare_process(cfg.on_rank_failure, cfg.stall_timeout)  # before MPI starts
     base = current_world()
     if not base.mpi or base.size == 1:
