@@ -58,7 +58,7 @@ class Watchdog:
             if silent:
                 self._end(silent)
                 return
-            self._stop.wait(min(self.period, 0.5))
+            self._stop.wait(self.period / 2)  # few wake-ups: each takes the GIL and MPI's progress lock
 
     def _send_all(self, tag: int) -> None:
         self._sends = [r for r in self._sends if not r.Test()]
@@ -89,8 +89,8 @@ class Watchdog:
             )
             sys.stderr.write(line + "\n")
             sys.stderr.flush()
-        else:
-            time.sleep(2 * self.period)  # leave the one line to the lowest live rank
+        else:  # leave the line to the lowest live rank; abort anyway if it did not (it may be slow or stuck too)
+            time.sleep(self.timeout + self.period)
         self.abort()
 
     def stop(self) -> None:
