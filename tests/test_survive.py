@@ -122,6 +122,15 @@ def test_a_stopped_rank_is_lost_after_the_stall_timeout_and_killed(tiny, tmp_pat
     assert f"rank {rank} in epoch 2 (stopped responding)" in proc.stdout
 
 
+@pytest.mark.parametrize("sync", ["epoch", "grad"])
+def test_two_ranks_killed_at_the_same_step_count_two_lost(tiny, tmp_path, sync):
+    """Both deaths may surface in one repair or in two (the second during the recovery):
+    either way two are lost, two survive, and all samples are held by the survivors."""
+    out = tmp_path / "run"
+    record = _finished(_launch(tiny, out, "kill:1:2:5,kill:2:2:5", "--sync", sync), out, [[1, 2]])
+    assert record["rank_failures"][0]["survivors"] == [0, 3]
+
+
 def test_two_ranks_lost_at_different_times(tiny, tmp_path):
     out = tmp_path / "run"
     record = _finished(_launch(tiny, out, "kill:2:2:7,kill:0:3:2", "--sync", "steps:5"), out, [[2], [0]])
