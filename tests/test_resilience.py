@@ -6,25 +6,31 @@ and a subprocess timeout, so a hang fails instead of blocking the suite.
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
 from conftest import REPO, clean_env, mpiexec_path
 from pnn_mpi.common.errors import UserError
 from pnn_mpi.parallel import faults
-from pnn_mpi.parallel.resilience import fault_tolerance_problem
+from pnn_mpi.parallel.resilience import detector_env, end_if_alive, fault_tolerance_problem, process_identity
+from pnn_mpi.training.config import TrainConfig
 
 
 def test_faults_parse_steps_checkpoints_and_lists(monkeypatch):
-    monkeypatch.setenv(faults.VARIABLE, "kill:1:2:30, kill-in-checkpoint:0:3,raise:2,kill-in-save:3")
+    monkeypatch.setenv(faults.VARIABLE, "kill:1:2:30, kill-in-checkpoint:0:3,raise:2,kill-in-save:3,stop:2:1:4")
     assert faults.planned_faults() == [
         faults.Fault("kill", 1, 2, 30),
         faults.Fault("kill-in-checkpoint", 0, 3),
         faults.Fault("raise", 2, 1),
         faults.Fault("kill-in-save", 3),
+        faults.Fault("stop", 2, 1, 4),
     ]
     assert faults.planned_fault() == faults.Fault("kill", 1, 2, 30)
     for bad in ("kill", "kill:x", "explode:1", "kill:1:2:3:4", "kill-in-checkpoint:1:2:3", "kill-in-save:1:2", "kill:-1"):
@@ -57,6 +63,38 @@ def test_a_step_fault_fires_only_at_its_step():
     faults.Fault("kill-in-checkpoint", 1, 2).fire(1, 2)  # fires only in a checkpoint
     faults.Fault("kill-in-save", 1).fire(1, 1)  # only before the save
     faults.Fault("kill-in-save", 1).fire_in_checkpoint(1, 1)
+
+
+@pytest.mark.parametrize(("seconds", "expected"), [(0, {}), (8, {"timeout": "8", "period": "2"}), (60, {"timeout": "60", "period": "15"})])
+def test_the_stall_timeout_sets_the_heartbeat_detector(seconds, expected):
+    env = detector_env(seconds)
+    assert {k.rsplit("_", 1)[1]: v for k, v in env.items() if k.endswith(("timeout", "period"))} == expected
+    assert (env.get("OMPI_MCA_mpi_ft_detector_thread") == "true") is bool(seconds)  # beats while the rank computes
+
+
+@pytest.mark.parametrize("value", [0.5, -1, float("inf"), float("nan")])
+def test_a_stall_timeout_below_a_second_is_refused(value):
+    with pytest.raises(UserError, match="--stall-timeout"):
+        TrainConfig(stall_timeout=value)
+
+
+@pytest.mark.parametrize("same_process", [True, False])
+def test_a_stopped_peer_is_killed_only_if_it_is_the_same_process(same_process):
+    """The pid and start time exchanged at start-up name one process: a reused pid is left alone."""
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        os.kill(child.pid, signal.SIGSTOP)
+        host, _, _ = process_identity()
+        with open(f"/proc/{child.pid}/stat") as handle:
+            started = handle.read().rsplit(")", 1)[1].split()[19]
+        identity = (host, child.pid, started if same_process else str(int(started) + 1))
+        assert end_if_alive(identity) is same_process
+        time.sleep(0.2)
+        assert (child.poll() == -signal.SIGKILL) is same_process
+        assert end_if_alive((socket.gethostname() + "-elsewhere", child.pid, started)) is False
+    finally:
+        child.kill()
+        child.wait()
 
 
 class _FakeMPI:

@@ -12,9 +12,7 @@ from pnn_mpi.__main__ import _trains
 
 
 def test_a_signal_before_the_run_starts_is_kept_for_it():
-    code = (
-        "import os, signal; from pnn_mpi.parallel import signals; signals.listen_early(); os.kill(os.getpid(), signal.SIGUSR1); print(signals.StopRequest().install()())"
-    )
+    code = "import os, signal; from pnn_mpi.parallel import signals; signals.listen_early(); os.kill(os.getpid(), signal.SIGUSR1); print(signals.StopRequest().install()())"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=clean_env(), cwd=REPO)
     assert proc.stdout.strip() == "SIGUSR1", proc.stderr
 

@@ -111,6 +111,27 @@ def test_rank_0_lost_after_training_the_next_one_scores_and_saves(tiny, tmp_path
     assert json.loads(proc.stdout)["test_accuracy"] == record["test_accuracy"] > 0.9
 
 
+@pytest.mark.parametrize("rank", [2, 0])
+def test_a_stopped_rank_is_lost_after_the_stall_timeout_and_killed(tiny, tmp_path, rank):
+    """SIGSTOP, not death: Open MPI's heartbeat detector (switched on by the run, its timeout
+    --stall-timeout) reports the rank lost, the survivors finish, and the stopped process is
+    killed (else the launcher would wait for it until MPIEXEC_TIMEOUT)."""
+    out = tmp_path / "run"
+    proc = _launch(tiny, out, f"stop:{rank}:2:5", "--stall-timeout", "4")
+    record = _finished(proc, out, [[rank]])
+    assert record["rank_failures"][0]["stalled"] == [rank]
+    assert f"rank {rank} in epoch 2 (stopped responding)" in proc.stdout
+
+
+@pytest.mark.parametrize("sync", ["epoch", "grad"])
+def test_two_ranks_killed_at_the_same_step_count_two_lost(tiny, tmp_path, sync):
+    """Both deaths may surface in one repair or in two (the second during the recovery):
+    either way two are lost, two survive, and all samples are held by the survivors."""
+    out = tmp_path / "run"
+    record = _finished(_launch(tiny, out, "kill:1:2:5,kill:2:2:5", "--sync", sync), out, [[1, 2]])
+    assert record["rank_failures"][0]["survivors"] == [0, 3]
+
+
 def test_two_ranks_lost_at_different_times(tiny, tmp_path):
     out = tmp_path / "run"
     record = _finished(_launch(tiny, out, "kill:2:2:7,kill:0:3:2", "--sync", "steps:5"), out, [[2], [0]])

@@ -27,6 +27,7 @@ from ..parallel.comm import Communicator, current_world, fail_together
 from ..parallel.faults import planned_faults
 from ..parallel.resilience import ResilientWorld, check_fault_tolerance, prepare_process
 from ..parallel.signals import StopRequest
+from ..parallel.stall import start_watchdog
 from ..report import plot
 from ..report.metrics import metrics, summary_lines
 from ..report.timeline import Timeline
@@ -202,8 +203,10 @@ def finish_timeline(
 def start_world(cfg: TrainConfig) -> Communicator:
     """The ranks of this job: a world that survives lost ranks with ``--on-rank-failure continue``."""
     if cfg.on_rank_failure != "continue":
-        return current_world()
-    prepare_process(cfg.on_rank_failure)  # before MPI starts
+        plain = current_world()
+        start_watchdog(plain, cfg.stall_timeout)  # a rank that stops responding ends the job in one line
+        return plain
+    prepare_process(cfg.on_rank_failure, cfg.stall_timeout)  # before MPI starts
     base = current_world()
     if not base.mpi or base.size == 1:
         return base  # one rank: nobody to lose

@@ -3,7 +3,8 @@
 ``PNN_MPI_INJECT=ACTION:RANK[:EPOCH[:STEP]]`` acts on the process launched as
 rank RANK (mpiexec's numbering, which stays its name after survivors renumber)
 in epoch EPOCH (1-based, default 1): ``raise`` raises an unexpected exception,
-``kill`` sends the process SIGKILL, ``interrupt`` raises KeyboardInterrupt (what
+``kill`` sends the process SIGKILL, ``stop`` sends it SIGSTOP (a rank that
+stops responding without dying, as on a frozen node), ``interrupt`` raises KeyboardInterrupt (what
 Ctrl-C does where no handler catches it), all when the epoch starts or, given STEP,
 before step STEP (0-based) of that epoch (with a batch-1 kernel, which runs many
 steps per call, only if a call starts at STEP). ``kill-in-checkpoint`` kills the rank
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from ..common.errors import UserError
 
 VARIABLE = "PNN_MPI_INJECT"
-ACTIONS = ("raise", "kill", "interrupt", "kill-in-checkpoint", "kill-in-save")
+ACTIONS = ("raise", "kill", "stop", "interrupt", "kill-in-checkpoint", "kill-in-save")
 
 
 class InjectedFault(RuntimeError):
@@ -58,18 +59,21 @@ class Fault:
     def _act(self, rank: int, epoch: int) -> None:
         if self.action == "kill":
             _kill()
+        if self.action == "stop":
+            _kill(signal.SIGSTOP)
+            return  # continued (SIGCONT): go on as if nothing happened
         if self.action == "interrupt":
             raise KeyboardInterrupt
         where = f"epoch {epoch}" + (f", step {self.step}" if self.step is not None else "")
         raise InjectedFault(f"fault injected by {VARIABLE}={os.environ.get(VARIABLE)} on rank {rank}, {where}")
 
 
-def _kill() -> None:
+def _kill(signum: int = signal.SIGKILL) -> None:
     import sys
 
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
-    os.kill(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), signum)
 
 
 def planned_faults() -> list[Fault]:
@@ -96,5 +100,5 @@ def _parse(part: str, text: str) -> Fault:
         return Fault(action, *values)
     except ValueError:
         raise UserError(
-            f"{VARIABLE}={text!r}: expected raise|kill|interrupt:RANK[:EPOCH[:STEP]], kill-in-checkpoint:RANK[:EPOCH] or kill-in-save:RANK, comma-separated"
+            f"{VARIABLE}={text!r}: expected raise|kill|stop|interrupt:RANK[:EPOCH[:STEP]], kill-in-checkpoint:RANK[:EPOCH] or kill-in-save:RANK, comma-separated"
         ) from None

@@ -18,12 +18,22 @@ PMIx fence of ``MPI_Finalize`` hangs now and then after a failure, so
 fault-tolerant runs set ``OMPI_MCA_async_mpi_finalize=1`` before MPI starts;
 ``MPI_Abort`` under ``--with-ft`` leaves the other ranks running, so a crashing
 rank kills itself instead and is treated as lost.
+
+A rank that stops without dying (SIGSTOP, a frozen node) is found by Open MPI's
+heartbeat failure detector, off by default: ``prepare_process`` switches it on
+with its own thread (so a rank busy computing still beats) and the run's
+``--stall-timeout`` as its timeout (period a quarter of it; Open MPI wants the
+timeout above three periods). It then surfaces like a death. The stopped process
+is still alive, though, and would keep the launcher waiting (or, resumed, talk to
+a world that has moved on): every survivor on its node SIGKILLs it, by the pid
+and start time all ranks exchanged when the world was made.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -39,26 +49,83 @@ T = TypeVar("T")
 # MPI_Finalize, survivors of a failure cannot hang there (about 1 run in 5 did).
 FT_PROCESS_ENV = {"OMPI_MCA_async_mpi_finalize": "1"}
 
+
+def detector_env(stall_timeout: float) -> dict[str, str]:
+    """Open MPI's heartbeat detector, timing out after ``stall_timeout`` seconds (none when 0)."""
+    if stall_timeout <= 0:
+        return {}
+    return {
+        "OMPI_MCA_mpi_ft_detector": "true",
+        "OMPI_MCA_mpi_ft_detector_thread": "true",  # beats while the main thread computes or waits
+        "OMPI_MCA_mpi_ft_detector_timeout": f"{stall_timeout:g}",
+        "OMPI_MCA_mpi_ft_detector_period": f"{stall_timeout / 4:g}",
+    }
+
+
 _live: ResilientWorld | None = None  # the world of this process, once a resilient one exists
 
 
 class RankLost(Exception):
     """One or more ranks died; the world has already been shrunk to the survivors."""
 
-    def __init__(self, lost: tuple[int, ...], survivors: tuple[int, ...], detected: float, repair_seconds: float):
+    def __init__(self, lost: tuple[int, ...], survivors: tuple[int, ...], detected: float, repair_seconds: float, stalled: tuple[int, ...] = ()):
         names = ", ".join(map(str, lost))
         super().__init__(f"lost rank{'s' * (len(lost) > 1)} {names}; {len(survivors)} left")
         self.lost = lost  # ranks of the launch (mpiexec's numbering), not of the shrunk world
         self.survivors = survivors
         self.detected = detected  # time.perf_counter() when the error surfaced on this rank
         self.repair_seconds = repair_seconds  # revoke + shrink
+        self.stalled = stalled  # lost ranks found alive (stopped) on this host and killed
 
 
-def prepare_process(on_rank_failure: str) -> None:
-    """Environment a fault-tolerant run needs before MPI starts (a value the user set wins)."""
-    if on_rank_failure == "continue":
-        for key, value in FT_PROCESS_ENV.items():
-            os.environ.setdefault(key, value)
+def prepare_process(on_rank_failure: str, stall_timeout: float = 0.0) -> None:
+    """Environment a fault-tolerant run needs before MPI starts (a value the user set wins).
+
+    With the detector's thread on, ``MPI_Finalize`` spun forever in
+    ``ompi_comm_failure_detector_finalize`` (healthy 4-rank runs, 2 of 2; without the
+    thread it returns, but then a rank computing longer than the timeout counts as
+    lost): so such a process leaves without ``MPI_Finalize``, and the launcher still
+    exits 0 (measured with Open MPI 5.0.11).
+    """
+    if on_rank_failure != "continue":
+        return
+    extra = detector_env(stall_timeout) if "mpi4py.MPI" not in sys.modules else {}  # too late to skip MPI_Finalize
+    for key, value in {**FT_PROCESS_ENV, **extra}.items():
+        os.environ.setdefault(key, value)
+    if extra:
+        import mpi4py
+
+        mpi4py.rc.finalize = False
+
+
+def process_identity() -> tuple[str, int, str]:
+    """Host, pid and start time of this process: enough to kill it later, and only it."""
+    return socket.gethostname(), os.getpid(), _start_time(os.getpid()) or ""
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (field 22 of /proc/PID/stat), None if there is none."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def end_if_alive(identity: tuple[str, int, str]) -> bool:
+    """SIGKILL the process ``identity`` names if it still runs on this host; whether it did.
+
+    A lost rank that only stopped (SIGSTOP, a frozen process) is still alive: resumed, it
+    would take part in a world that has moved on, and its launcher would wait for it.
+    """
+    host, pid, started = identity
+    if host != socket.gethostname() or pid == os.getpid() or not started or _start_time(pid) != started:
+        return False
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        return False
+    return True
 
 
 def _truthy(text: str | None) -> bool:
@@ -113,6 +180,7 @@ class ResilientWorld:
         self.members: list[int] = list(range(self.launch_size))
         self.lost: list[int] = []  # every launch rank lost so far, in the order they were lost
         self.rank, self.size = self.launch_rank, self.launch_size
+        self.peers = self.comm.allgather(process_identity())  # launch rank -> (host, pid, start time)
         _live = self
 
     # -- repair ----------------------------------------------------------------------------
@@ -141,7 +209,8 @@ class ResilientWorld:
         if not gone:
             return exc  # an MPI error that was not a failure: the run crashes as before
         self.lost.extend(gone)
-        return RankLost(gone, tuple(members), detected, time.perf_counter() - detected)
+        stalled = tuple(r for r in gone if end_if_alive(self.peers[r]))
+        return RankLost(gone, tuple(members), detected, time.perf_counter() - detected, stalled)
 
     # -- the World interface ---------------------------------------------------------------
 

@@ -43,6 +43,7 @@ _NOT_IDENTITY = (
     "progress_every",
     "plot",
     "on_rank_failure",
+    "stall_timeout",
 )
 
 

@@ -66,6 +66,7 @@ class TrainConfig:
     overwrite: bool = False  # replace a finished run in --out (outdir.py); without it such a folder is refused
     expect_ranks: Union[int, None] = None
     on_rank_failure: str = "abort"  # or "continue": survivors of a lost rank go on (resilience.py, survive.py)
+    stall_timeout: float = 60.0  # seconds without a heartbeat before a rank ends the job, or under "continue" counts as lost (0 = never)
     kernel: str = "auto"  # how batch-1 steps run: auto, numba, numpy (kernels.py) or generic
     val_size: int = 0  # training samples held out for validation, scored every epoch (0 = none)
     early_stop: int = 0  # stop after this many epochs without a better validation accuracy (0 = never)
@@ -117,6 +118,10 @@ class TrainConfig:
         need(self.seed >= 0, f"--seed {self.seed}: expected a non-negative integer")
         need(self.dtype in DTYPES, f"--dtype {self.dtype!r}: choose from {', '.join(DTYPES)}")
         need(self.on_rank_failure in ON_RANK_FAILURE, f"--on-rank-failure {self.on_rank_failure!r}: choose from {', '.join(ON_RANK_FAILURE)}")
+        need(
+            self.stall_timeout == 0 or (math.isfinite(self.stall_timeout) and self.stall_timeout >= 1),
+            f"--stall-timeout {self.stall_timeout}: expected 0 (off) or at least 1 second",
+        )
         need(self.kernel in KERNELS, f"--kernel {self.kernel!r}: choose from {', '.join(KERNELS)}")
         if self.kernel == "numba":
             need(numba_available(), "--kernel numba: numba is not installed (pip install 'pnn_mpi[fast]')")

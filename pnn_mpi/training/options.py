@@ -272,6 +272,15 @@ def train_parser() -> Parser:
         "survivors roll back to their last common state and train on without it (needs Open MPI 5 "
         f"and mpiexec --with-ft ulfm; see docs/rank-failure.md) (default: {d.on_rank_failure})",
     )
+    jobs.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=d.stall_timeout,
+        metavar="SECONDS",
+        help="a rank that gives no sign of life for SECONDS (stopped, frozen node) ends the job with one line naming it (status 3); "
+        "with --on-rank-failure continue it counts as lost instead, is killed if on a survivor's node, and the others go on; "
+        f"0 = wait for it (default: {d.stall_timeout:g})",
+    )
     return p
 
 

@@ -62,6 +62,7 @@ class Failure:
     repair_seconds: float = 0.0  # revoke and shrink the communicator
     read_seconds: float = 0.0  # read this rank's share of the lost samples from the file
     resumed_at: dict = field(default_factory=dict)  # epoch (1-based) and step in it, where training went on from
+    stalled: list[int] = field(default_factory=list)  # lost ranks that had stopped responding (not died) and were killed
 
 
 class RollbackPoint:
@@ -243,6 +244,7 @@ def train_surviving(cfg: TrainConfig, world, data: RankData, log=print, hooks: H
                         list(event.survivors),
                         repair_seconds=event.repair_seconds,
                         read_seconds=time.perf_counter() - began_reading,
+                        stalled=list(event.stalled),
                     )
                 )
             if resume is not None:
@@ -283,6 +285,7 @@ def finish_surviving(world, result: TrainResult, data: RankData, failures: list[
                     time.perf_counter() - lost.detected,
                     repair_seconds=lost.repair_seconds,
                     resumed_at={"epoch": len(result.epochs), "step": -1},
+                    stalled=list(lost.stalled),
                 )
             )
             if world.rank == 0 and math.isnan(result.test_accuracy):
@@ -309,6 +312,7 @@ def failure_line(record: dict) -> str | None:
         return None
     told = "; ".join(
         f"rank {', '.join(map(str, e['lost']))} in epoch {e['epoch']}"
+        + (" (stopped responding)" if e.get("stalled") else "")
         + (f" (recovered in {e['recovery_seconds']:.2f} s)" if e.get("recovery_seconds") is not None else "")
         for e in events
     )

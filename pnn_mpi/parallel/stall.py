@@ -1,0 +1,115 @@
+"""A stuck job ends with one line instead of holding its allocation forever.
+
+Under ``--on-rank-failure abort`` (the default) nothing reports a rank that stops
+without dying (SIGSTOP, a frozen node, a process swapped out for good): its peers
+wait in their next collective for ever. ``Watchdog`` is a thread on every rank
+that sends a small heartbeat to every other rank over a communicator of its own
+every quarter of ``--stall-timeout``. A thread beats while its main thread
+computes or waits in a collective, so only a process that is not running at all
+falls silent. When a peer has been silent for the whole timeout, the lowest rank
+that still hears the others prints one line naming the silent rank and its host
+and aborts the job (``MPI_Abort``): the last checkpoint is left as it was
+written (files are replaced whole, never in place). A rank whose thread has said
+goodbye (the run ended normally on it) is never counted as silent.
+
+It needs ``MPI_THREAD_MULTIPLE`` (mpi4py asks for it by default); without it the
+watchdog stays off.
+"""
+
+from __future__ import annotations
+
+import atexit
+import socket
+import sys
+import threading
+import time
+
+STALLED_EXIT_CODE = 3  # the job was ended because a rank stopped responding
+_BEAT, _BYE = 1, 2  # message tags
+
+
+class Watchdog:
+    """Heartbeats between the ranks of ``comm``; ends the job when one falls silent."""
+
+    def __init__(self, comm, mpi, timeout: float, abort=None):
+        self.comm = comm.Dup()  # its own communicator: beats never match the run's messages
+        self.mpi, self.timeout = mpi, timeout
+        self.period = max(0.05, timeout / 4)
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        self.hosts = self.comm.allgather(socket.gethostname())  # also the moment every rank starts listening
+        now = time.monotonic()
+        self.heard = dict.fromkeys(range(self.size), now)
+        self.done: set[int] = {self.rank}
+        self.abort = abort or (lambda: self.comm.Abort(STALLED_EXIT_CODE))
+        self._stop = threading.Event()
+        self._sends: list = []
+        self._thread = threading.Thread(target=self._run, name="pnn_mpi-watchdog", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        last_beat = 0.0
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now - last_beat >= self.period:
+                self._send_all(_BEAT)
+                last_beat = now
+            self._receive()
+            silent = self.silent(time.monotonic())
+            if silent:
+                self._end(silent)
+                return
+            self._stop.wait(self.period / 2)  # few wake-ups: each takes the GIL and MPI's progress lock
+
+    def _send_all(self, tag: int) -> None:
+        self._sends = [r for r in self._sends if not r.Test()]
+        for peer in range(self.size):
+            if peer != self.rank and peer not in self.done:
+                self._sends.append(self.comm.isend(None, dest=peer, tag=tag))
+
+    def _receive(self) -> None:
+        status = self.mpi.Status()
+        while self.comm.iprobe(source=self.mpi.ANY_SOURCE, tag=self.mpi.ANY_TAG, status=status):
+            peer, tag = status.Get_source(), status.Get_tag()
+            self.comm.recv(source=peer, tag=tag)
+            self.heard[peer] = time.monotonic()
+            if tag == _BYE:
+                self.done.add(peer)
+
+    def silent(self, now: float) -> list[int]:
+        """Ranks not heard from for the whole timeout (and not finished)."""
+        return [r for r, t in self.heard.items() if r not in self.done and now - t > self.timeout]
+
+    def _end(self, silent: list[int]) -> None:
+        alive = [r for r in range(self.size) if r not in silent]
+        if alive and self.rank == alive[0]:
+            named = ", ".join(f"rank {r} ({self.hosts[r]})" for r in silent)
+            line = (
+                f"pnn_mpi: error: {named} made no progress for {self.timeout:g} s (stopped, frozen or unreachable): "
+                "ending the job; the last checkpoint, if any, is as it was written (--stall-timeout sets this limit)"
+            )
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+        else:  # leave the line to the lowest live rank; abort anyway if it did not (it may be slow or stuck too)
+            time.sleep(self.timeout + self.period)
+        self.abort()
+
+    def stop(self) -> None:
+        """The run ended normally on this rank: say goodbye so nobody counts it as silent."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._thread.join()
+        self._send_all(_BYE)
+
+
+def start_watchdog(world, timeout: float) -> Watchdog | None:
+    """A watchdog for ``world`` (an MPI ``World`` of 2+ ranks), or None where it cannot run."""
+    mpi = getattr(world, "_mpi", None)
+    comm = getattr(world, "comm", None)
+    if timeout <= 0 or mpi is None or comm is None or world.size < 2:
+        return None
+    if mpi.Query_thread() < mpi.THREAD_MULTIPLE:
+        return None
+    watchdog = Watchdog(comm, mpi, timeout)
+    atexit.register(watchdog.stop)  # runs before mpi4py finalizes MPI
+    return watchdog
