@@ -297,6 +297,7 @@ class PNNClassifier:
             y=np.searchsorted(classes, labels).astype(np.intp),
             test_images=np.empty((0, x.shape[1]), dtype=cfg.dtype),
             test_labels=np.empty(0, dtype=np.intp),
+            test_total=0,
             image_shape=(x.shape[1],),
             load_seconds=0.0,
             classes=len(classes),

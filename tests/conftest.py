@@ -146,10 +146,19 @@ CLASSES = 10  # learnable_images draws labels 0..9
 
 
 def rank_data(images, labels, test_images, test_labels, dtype="float64", sizes=None, start=0, classes=CLASSES):
-    """In-memory RankData, as load_rank_data would build it (``classes``: learnable_images' ten)."""
+    """In-memory RankData, as load_rank_data would build it (``classes``: learnable_images' ten).
+
+    ``test_images`` and ``test_labels`` are the whole test set: this rank (found from ``start``
+    among the ``sizes``) keeps its share of it, as a loaded rank does."""
+    from pnn_mpi.data.slicing import slice_bounds
     from pnn_mpi.nn.evaluate import to_inputs
     from pnn_mpi.training.rank_data import RankData
 
+    sizes_ = list(sizes) if sizes else [len(labels)]
+    rank = int(np.searchsorted(np.cumsum([0, *sizes_]), start))
+    total = len(test_labels)
+    lo, hi = slice_bounds(total, len(sizes_), rank)
+    test_images, test_labels = test_images[lo:hi], test_labels[lo:hi]
     return RankData(
         directory=Path("."),
         train_total=sum(sizes) if sizes else len(labels),
@@ -159,6 +168,7 @@ def rank_data(images, labels, test_images, test_labels, dtype="float64", sizes=N
         y=labels.astype(np.intp),
         test_images=test_images.reshape(len(test_images), -1),
         test_labels=test_labels.astype(np.intp),
+        test_total=total,
         image_shape=images.shape[1:],
         classes=classes,
         load_seconds=0.0,

@@ -227,6 +227,7 @@ def small_rank_data(n: int = 45) -> RankData:
         y=labels.astype(np.intp),
         test_images=test_images.reshape(20, -1),
         test_labels=test_labels.astype(np.intp),
+        test_total=20,
         image_shape=images.shape[1:],
         classes=10,
         load_seconds=0.0,

@@ -138,5 +138,6 @@ def test_local_sgd_counts_every_allreduce(make_rank_data):
     assert clock.average_bytes == averages * 2 * params + params
     assert clock.gradient_allreduces == 0
     # The last epoch's loss came with its last stop check: no Allreduce of its own. The final
-    # score, of the parallel network in shares, is one small Allreduce of its counts.
-    assert clock.score_allreduces == scores + 1 and clock.check_allreduces == 4
+    # scores, in shares, are one small Allreduce of counts each: the local networks' (apart
+    # before the final average) and the parallel network's.
+    assert clock.score_allreduces == scores + 2 and clock.check_allreduces == 4

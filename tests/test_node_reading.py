@@ -62,17 +62,6 @@ def test_scattered_records_equal_each_rank_reading_alone(world, node, tmp_path_f
     assert got_val.tobytes() == images.reshape(n, -1)[vlo:vhi].tobytes()
 
 
-@pytest.mark.parametrize("suffix", ["", ".gz"])
-@pytest.mark.parametrize("stop", [1000, 999, 1])
-def test_broadcast_records_give_every_rank_the_same_first_records(world, node, tmp_path_factory, monkeypatch, suffix, stop):
-    monkeypatch.setattr(node_reading, "BLOCK_BYTES", 35 * 11)
-    labels = np.random.default_rng(3).integers(0, 10, size=1000, dtype=np.uint8)
-    path = _shared_file(world, tmp_path_factory, f"t10k-labels-idx1-ubyte{suffix}", labels)
-    header = idx.read_header(path, "labels")
-    got = node_reading.broadcast_records(node, header, "labels", stop, md5=idx.payload_md5(path))
-    assert got.tobytes() == labels[:stop].tobytes()
-
-
 @pytest.mark.parametrize(
     "damage, says",
     [
@@ -96,10 +85,12 @@ def test_a_damaged_file_is_one_error_on_every_rank(world, node, tmp_path_factory
 
 
 def test_a_wrong_md5_is_one_error_on_every_rank(world, node, tmp_path_factory):
+    """The reader checks the MD5 after the last block, when every rank already holds its records."""
     images = _images(50)
     path = _shared_file(world, tmp_path_factory, "t10k-images-idx3-ubyte.gz", images)
     header = idx.read_header(path, "images")
     with pytest.raises(UserError) as caught:
-        fail_together(world, lambda: node_reading.broadcast_records(node, header, "images", 50, md5="0" * 32))
+        wants = [[slice_bounds(50, node.size, r)] for r in range(node.size)]
+        fail_together(world, lambda: node_reading.scatter_records(node, header, "images", wants, md5="0" * 32))
     assert "checksum" in str(caught.value).lower() or "md5" in str(caught.value).lower()
     assert len(set(world.allgather(str(caught.value)))) == 1

@@ -38,6 +38,8 @@ def tiny_data(n: int, seed: int = 0, ranks: int = 1, rank: int = 0):
     x = rng.random((n, 4)).astype(np.float32)
     y = rng.integers(0, 2, n).astype(np.intp)
     lo, hi = slice_bounds(n, ranks, rank)
+    test_images, test_labels = (rng.random((10, 4)) * 255).astype(np.uint8), rng.integers(0, 2, 10)
+    t_lo, t_hi = slice_bounds(10, ranks, rank)  # this rank's share of the test set
     return RankData(
         directory=Path("."),
         train_total=n,
@@ -45,8 +47,9 @@ def tiny_data(n: int, seed: int = 0, ranks: int = 1, rank: int = 0):
         start=lo,
         x=x[lo:hi],
         y=y[lo:hi],
-        test_images=(rng.random((10, 4)) * 255).astype(np.uint8),
-        test_labels=rng.integers(0, 2, 10),
+        test_images=test_images[t_lo:t_hi],
+        test_labels=test_labels[t_lo:t_hi],
+        test_total=10,
         image_shape=(2, 2),
         classes=2,
         load_seconds=0.0,

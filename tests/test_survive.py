@@ -102,8 +102,8 @@ def test_losing_rank_0_hands_reporting_and_saving_to_the_lowest_survivor(tiny, t
 
 
 def test_rank_0_lost_after_training_the_next_one_scores_and_saves(tiny, tmp_path):
-    """Rank 0 scored the parallel network and dies before saving it: the new rank 0 scores it
-    again (every survivor holds the same network) and saves; evaluate agrees."""
+    """Rank 0 dies before saving: every survivor holds the parallel network and its score (the
+    ranks scored it in shares), so the new rank 0 saves it; evaluate agrees."""
     out = tmp_path / "run"
     record = _finished(_launch(tiny, out, "kill-in-save:0"), out, [[0]])
     assert record["rank_failures"][0]["resumed_at"] == {"epoch": 3, "step": -1}

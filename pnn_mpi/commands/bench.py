@@ -106,6 +106,7 @@ def _bench_data(world: Communicator, x: np.ndarray, y: np.ndarray) -> RankData:
         y=y,
         test_images=np.zeros((0, x.shape[1]), np.uint8),
         test_labels=np.zeros(0, np.intp),
+        test_total=0,
         image_shape=(28, 28),
         classes=max(world.allgather(int(y.max()))) + 1,
         load_seconds=0.0,

@@ -56,7 +56,7 @@ def header_lines(cfg: TrainConfig, world: Communicator, data: RankData, followed
     per_rank = min(data.slice_sizes) if min(data.slice_sizes) == max(data.slice_sizes) else f"{min(data.slice_sizes)}-{max(data.slice_sizes)}"
     return [
         f"pnn_mpi {__version__}: {plural(world.size, 'rank')}, {world.library()}",
-        f"data: {cfg.dataset} from {data.directory}: {data.train_total} training samples ({per_rank} per rank), {len(data.test_labels)} test",
+        f"data: {cfg.dataset} from {data.directory}: {data.train_total} training samples ({per_rank} per rank), {data.test_total} test",
         f"network {sizes}, {cfg.activation}, {cfg.output}, init {cfg.init}; batch {cfg.batch_size}, lr {cfg.lr:g},"
         f" momentum {cfg.momentum:g}, {cfg.lr_schedule} schedule"
         + (f", warm-up {cfg.warmup}" if cfg.warmup else "")

@@ -308,10 +308,20 @@ def _torch_run(torch, dist, world: World, cfg: TrainConfig, data, mode: str, tar
     if mode == "grad" and world.size > 1:  # DDP's own reducer: one Allreduce per bucket and step
         gradients = steps * cfg.epochs * len(str(net._get_ddp_logging_data().get("bucket_sizes", "0")).split(","))
     total = sum(world.allgather(seen))
-    with torch.no_grad():
-        images = torch.from_numpy(data.test_images.reshape(len(data.test_images), -1).astype(np.float32) / 255.0)
-        accuracy = float((model(images).argmax(dim=1).numpy() == data.test_labels).mean())
+    accuracy = _torch_accuracy(torch, world, model, _test_share(torch, data), data)
     return Outcome(total / seconds, accuracy, averages, gradients, period=period, warmup_steps=warmup_steps)
+
+
+def _test_share(torch, data):
+    """This rank's share of the test set as PyTorch's inputs (the ranks hold the test set in shares)."""
+    return torch.from_numpy(data.test_images.reshape(len(data.test_images), -1).astype(np.float32) / 255.0)
+
+
+def _torch_accuracy(torch, world: World, model, images, data) -> float:
+    """The test accuracy of a model that every rank holds alike: each rank counts its share, the counts are summed."""
+    with torch.no_grad():
+        correct = int((model(images).argmax(dim=1).numpy() == data.test_labels).sum())
+    return sum(world.allgather(correct)) / data.test_total
 
 
 def _pnn_run(world: World, cfg: TrainConfig, data) -> Outcome:
@@ -355,7 +365,7 @@ def _torch_time(torch, world: World, cfg: TrainConfig, data, target: float) -> t
     fraction = functools.partial(rate_fraction, cfg.lr_decay, schedule=settled(cfg.lr_schedule), epochs=cfg.epochs, warmup=settled(cfg.warmup))
     rates = torch.optim.lr_scheduler.LambdaLR(sgd, fraction)
     x, y = torch.from_numpy(data.x), torch.from_numpy(data.y.astype(np.int64))
-    images = torch.from_numpy(data.test_images.reshape(len(data.test_images), -1).astype(np.float32) / 255.0)
+    images = _test_share(torch, data)
     times: list[float] = []
     accuracies: list[float] = []
     clock = {"began": 0.0, "paused": 0.0}
@@ -364,9 +374,8 @@ def _torch_time(torch, world: World, cfg: TrainConfig, data, target: float) -> t
         world.barrier()
         stopped = time.perf_counter()
         times.append(stopped - clock["began"] - clock["paused"])
-        with torch.no_grad():
-            accuracies.append(float((model(images).argmax(dim=1).numpy() == data.test_labels).mean()))
-        reached = world.bcast(accuracies[-1] >= target)
+        accuracies.append(_torch_accuracy(torch, world, model, images, data))
+        reached = accuracies[-1] >= target  # the same on every rank
         clock["paused"] += time.perf_counter() - stopped
         return reached
 

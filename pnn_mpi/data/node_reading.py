@@ -5,7 +5,7 @@ that each read their own slice inflate the file over and over (16 ranks: about 8
 times the file). Here the node's first rank (its *reader*) streams each file once,
 in blocks, checking it as ``idx.iter_records`` does (records, labels, the end, the
 payload MD5 when asked), and hands every rank of the node the records it asked for
-with one ``Scatterv`` per piece, or the records all ranks share with ``Bcast``.
+with one ``Scatterv`` per piece.
 Memory stays bounded: the reader holds one block besides its own records, and each
 rank receives straight into its final arrays.
 
@@ -83,25 +83,6 @@ def scatter_records(node, header: idx.IdxHeader, expect: str, wants: Sequence[Se
         for a, b in zip(cuts[:-1], cuts[1:]):
             _scatter_piece(node, block, lo, (a, b), rb, wants, mine)
     return [m.reshape(-1, rb) if expect == "images" else m for m in mine]
-
-
-def broadcast_records(node, header: idx.IdxHeader, expect: str, stop: int, md5: str | None) -> np.ndarray:
-    """Records [0, stop) on every rank of the node (the test set), the file read once by node rank 0."""
-    from mpi4py import MPI
-
-    rb = header.record_bytes
-    out = np.empty(stop * rb, dtype=np.uint8)
-    reader = _blocks(header.path, expect, rb, md5) if node.rank == 0 else None
-    while (news := _next_block(node, reader)) is not None:
-        lo, hi, block = news
-        hi = min(hi, stop)
-        if lo >= hi:
-            continue
-        piece = out[lo * rb : hi * rb]
-        if block is not None:
-            piece[:] = block.reshape(-1)[: (hi - lo) * rb]
-        node.comm.Bcast([piece, MPI.BYTE], root=0)
-    return out.reshape(-1, rb) if expect == "images" else out
 
 
 def _scatter_piece(node, block: np.ndarray | None, lo: int, piece: Range, rb: int, wants: Sequence[Sequence[Range]], mine: list[np.ndarray]) -> None:

@@ -63,7 +63,7 @@ def metrics(cfg: TrainConfig, result: TrainResult, data: RankData, ranks: int, m
             "name": cfg.dataset,
             "directory": str(data.directory),
             "train_samples": data.train_total,
-            "test_samples": len(data.test_labels),
+            "test_samples": data.test_total,
             "slice_sizes": data.slice_sizes,
             "val_samples": data.val_total,
         },

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..common.errors import UserError
 from ..data import datasets, idx
-from ..data.node_reading import broadcast_records, scatter_records
+from ..data.node_reading import scatter_records
 from ..data.slicing import check_enough_samples, slice_bounds, slice_sizes
 from ..nn.evaluate import to_inputs
 from ..parallel.comm import Communicator, World, fail_together
@@ -36,8 +36,9 @@ class RankData:
     start: int  # this rank's slice is [start, start + len(y))
     x: np.ndarray  # (n, pixels) float inputs in [0, 1]
     y: np.ndarray  # (n,) labels
-    test_images: np.ndarray  # uint8, scaled chunk by chunk when evaluating
+    test_images: np.ndarray  # this rank's share of the test set, uint8, scaled chunk by chunk when scoring
     test_labels: np.ndarray
+    test_total: int  # test samples over all ranks: the shares are scored and their counts summed
     image_shape: tuple[int, ...]  # (rows, cols) of one image
     classes: int  # outputs of the network: one more than the largest label of any rank's slice or the test set
     load_seconds: float
@@ -68,6 +69,7 @@ def load_rank_data(cfg: TrainConfig, world: Communicator, fits: Callable[[int, i
         y=labels.astype(np.intp),
         test_images=test_images,
         test_labels=test_labels.astype(np.intp),
+        test_total=test_n,
         image_shape=shape,
         classes=classes,
         load_seconds=time.perf_counter() - began,
@@ -110,10 +112,11 @@ def _read(cfg: TrainConfig, spec: datasets.DatasetSpec, directory: Path, world: 
     lead, last = world.rank == 0, world.rank == world.size - 1
     start, stop = slice_bounds(train_n, world.size, world.rank)
     val_lo, val_hi = _shifted(slice_bounds(cfg.val_size, world.size, world.rank), train_n)
+    test_lo, test_hi = slice_bounds(test_n, world.size, world.rank)
 
     def alone() -> tuple[np.ndarray, ...]:
         images, labels = datasets.load_split(spec, directory, "train", start, stop, verify=lead, check_end=last)
-        test_images, test_labels = datasets.load_split(spec, directory, "test", 0, test_n, verify=lead, check_end=last)
+        test_images, test_labels = datasets.load_split(spec, directory, "test", test_lo, test_hi, verify=lead, check_end=last)
         val = datasets.load_split(spec, directory, "train", val_lo, val_hi, verify=False, check_end=False)
         return images, labels, test_images, test_labels, *val
 
@@ -125,8 +128,9 @@ def _read(cfg: TrainConfig, spec: datasets.DatasetSpec, directory: Path, world: 
     try:  # ranks that share a node: each file is inflated once there
         members = node.allgather(world.rank)
         wants = [[slice_bounds(train_n, world.size, r), _shifted(slice_bounds(cfg.val_size, world.size, r), train_n)] for r in members]
+        test_wants = [[slice_bounds(test_n, world.size, r)] for r in members]
         verify = node.allgather(lead)[0]  # the node of world rank 0 checks the MD5s
-        return fail_together(world, partial(read_on_node, spec, directory, node, wants, test_n, verify))
+        return fail_together(world, partial(read_on_node, spec, directory, node, wants, test_wants, verify))
     finally:
         node.free()
 
@@ -135,10 +139,10 @@ def _shifted(bounds: tuple[int, int], by: int) -> tuple[int, int]:
     return bounds[0] + by, bounds[1] + by
 
 
-def read_on_node(spec: datasets.DatasetSpec, directory: Path, node, wants: list, test_n: int, verify: bool) -> tuple[np.ndarray, ...]:
+def read_on_node(spec: datasets.DatasetSpec, directory: Path, node, wants: list, test_wants: list, verify: bool) -> tuple[np.ndarray, ...]:
     """(images, labels, test images, test labels, validation images, validation labels) of this rank,
     each file read once by the node's first rank (``node_reading``); ``wants`` holds every node rank's
-    training and validation ranges, ``verify`` whether the MD5s are checked here."""
+    training and validation ranges, ``test_wants`` its test share, ``verify`` whether the MD5s are checked here."""
 
     def md5_of(header: idx.IdxHeader) -> str | None:
         return spec.md5.get(header.path.name.removesuffix(".gz")) if verify else None
@@ -146,5 +150,5 @@ def read_on_node(spec: datasets.DatasetSpec, directory: Path, node, wants: list,
     train = datasets.split_headers(spec, directory, "train")
     test = datasets.split_headers(spec, directory, "test")
     (images, val_images), (labels, val_labels) = (scatter_records(node, h, kind, wants, md5_of(h)) for h, kind in zip(train, ("images", "labels")))
-    test_images, test_labels = (broadcast_records(node, h, kind, test_n, md5_of(h)) for h, kind in zip(test, ("images", "labels")))
+    (test_images,), (test_labels,) = (scatter_records(node, h, kind, test_wants, md5_of(h)) for h, kind in zip(test, ("images", "labels")))
     return images, labels, test_images, test_labels, val_images, val_labels

@@ -31,16 +31,16 @@ take their next step) for ``metrics.json``.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
 from ..data import datasets
 from ..data.slicing import slice_bounds
-from ..nn.evaluate import evaluate, to_inputs
+from ..nn.evaluate import to_inputs
 from ..parallel.resilience import RankLost
 from .checkpoint import Progress, RankState
 from .config import TrainConfig
@@ -172,10 +172,10 @@ def agree_on_point(world, point: RollbackPoint, original: tuple[Progress, RankSt
 
 
 class Holdings:
-    """Which training samples (ranges of the file's records) each launch rank holds."""
+    """Which samples of one split (ranges of the file's records, from ``offset`` on) each launch rank holds."""
 
-    def __init__(self, train_total: int, launch_size: int):
-        self.ranges = {r: [slice_bounds(train_total, launch_size, r)] for r in range(launch_size)}
+    def __init__(self, total: int, launch_size: int, offset: int = 0):
+        self.ranges = {r: [tuple(offset + b for b in slice_bounds(total, launch_size, r))] for r in range(launch_size)}
 
     def hand_over(self, lost: list[int], survivors: list[int]) -> dict[int, list[tuple[int, int]]]:
         """Split the lost ranks' samples evenly over the survivors; returns each survivor's new ranges."""
@@ -194,15 +194,41 @@ class Holdings:
         return [sum(b - a for a, b in self.ranges[r]) for r in members]
 
 
-def take_over_samples(cfg: TrainConfig, data: RankData, ranges: list[tuple[int, int]], sizes: list[int]) -> RankData:
-    """This rank's data with the records ``ranges`` appended (read from the file, nothing else)."""
+def holdings_of(data: RankData, launch_size: int) -> dict[str, Holdings]:
+    """Who holds which training, test and validation records (the validation ones follow the training ones)."""
+    return {
+        "train": Holdings(data.train_total, launch_size),
+        "test": Holdings(data.test_total, launch_size),
+        "val": Holdings(data.val_total, launch_size, offset=data.train_total),
+    }
+
+
+def _records(cfg: TrainConfig, data: RankData, split: str, ranges: list[tuple[int, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
     spec = datasets.get_spec(cfg.dataset)
-    xs, ys = [data.x], [data.y]
-    for start, stop in ranges:
-        images, labels = datasets.load_split(spec, data.directory, "train", start, stop, verify=False, check_end=False)
-        xs.append(to_inputs(images, cfg.dtype))
-        ys.append(labels.astype(np.intp))
-    return replace(data, x=np.concatenate(xs) if len(xs) > 1 else data.x, y=np.concatenate(ys) if len(ys) > 1 else data.y, slice_sizes=sizes)
+    return [datasets.load_split(spec, data.directory, split, start, stop, verify=False, check_end=False) for start, stop in ranges]
+
+
+def take_over_samples(cfg: TrainConfig, data: RankData, ranges: dict[str, list[tuple[int, int]]], sizes: list[int]) -> RankData:
+    """This rank's data with the lost ranks' records ``ranges`` (by split: train, test, val) appended, read
+    from the files: the training samples to train on, the test and validation shares to score, so the
+    scores stay those of the whole sets."""
+
+    def grown(held: Any, new: list[np.ndarray]) -> Any:  # None stays None: no validation set, nothing to add
+        return np.concatenate([held, *new]) if new and held is not None else held
+
+    train = _records(cfg, data, "train", ranges.get("train", []))
+    test = _records(cfg, data, "test", ranges.get("test", []))
+    val = _records(cfg, data, "train", ranges.get("val", []))
+    return replace(
+        data,
+        x=grown(data.x, [to_inputs(images, cfg.dtype) for images, _ in train]),
+        y=grown(data.y, [labels.astype(np.intp) for _, labels in train]),
+        test_images=grown(data.test_images, [images for images, _ in test]),
+        test_labels=grown(data.test_labels, [labels.astype(np.intp) for _, labels in test]),
+        val_images=grown(data.val_images, [images for images, _ in val]),
+        val_labels=grown(data.val_labels, [labels.astype(np.intp) for _, labels in val]),
+        slice_sizes=sizes,
+    )
 
 
 def _with_order_for(state: RankState, n: int) -> RankState:
@@ -218,7 +244,7 @@ def train_surviving(cfg: TrainConfig, world, data: RankData, log=print, hooks: H
     point = RollbackPoint(live_parameters=cfg.schedule.averages_gradients)
     hooks = replace(hooks, consistent=point)
     original = hooks.resume
-    holdings = Holdings(data.train_total, world.launch_size)
+    holdings = holdings_of(data, world.launch_size)
     failures: list[Failure] = []
     while True:
         try:
@@ -233,9 +259,9 @@ def train_surviving(cfg: TrainConfig, world, data: RankData, log=print, hooks: H
                     recovery.append(again)
             live = point.live.progress if point.live is not None else Progress()
             for event in recovery:
-                mine = holdings.hand_over(list(event.lost), list(event.survivors))[world.launch_rank]
+                mine = {split: held.hand_over(list(event.lost), list(event.survivors))[world.launch_rank] for split, held in holdings.items()}
                 began_reading = time.perf_counter()
-                data = take_over_samples(cfg, data, mine, holdings.sizes(world.members))
+                data = take_over_samples(cfg, data, mine, holdings["train"].sizes(world.members))
                 failures.append(
                     Failure(
                         live.epoch + 1,
@@ -269,8 +295,8 @@ def train_surviving(cfg: TrainConfig, world, data: RankData, log=print, hooks: H
 def finish_surviving(world, result: TrainResult, data: RankData, failures: list[Failure], tail):
     """Run ``tail()`` (the reporting and saving after training) until no rank is lost during it.
 
-    The parallel network is the same on every survivor, so a new rank 0 only has
-    to score it again if the old one (which scored it) is gone.
+    Every survivor holds the parallel network's score (the ranks scored it in shares and
+    summed), so a rank lost here costs no score.
     """
     while True:
         try:
@@ -288,10 +314,6 @@ def finish_surviving(world, result: TrainResult, data: RankData, failures: list[
                     stalled=list(lost.stalled),
                 )
             )
-            if world.rank == 0 and math.isnan(result.test_accuracy):
-                result.test_accuracy, result.test_loss, result.test_confidence = evaluate(result.net, data.test_images, data.test_labels)
-                last = result.epochs[-1]
-                last.test_accuracy, last.test_loss, last.test_confidence = result.test_accuracy, result.test_loss, result.test_confidence
 
 
 def failure_record(world, failures: list[Failure]) -> dict:

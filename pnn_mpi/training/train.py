@@ -27,8 +27,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..common.errors import Diverged, Interrupted
-from ..data.slicing import slice_bounds
-from ..nn.evaluate import evaluate, score
+from ..nn.evaluate import score
 from ..nn.kernels import SampleStepper
 from ..nn.network import Network, Workspace
 from ..nn.optim import SGD, rate_fraction
@@ -488,7 +487,7 @@ def score_epoch(run: Run, state: LoopState, epoch: int, lr: float) -> EpochRecor
     ones; it is formed in a copy, so scoring never alters training. Each rank
     scores its share of the test set and the counts are summed.
     """
-    cfg, data, world = run.cfg, run.data, run.world
+    cfg, data = run.cfg, run.data
     validating = data.val_total > 0  # then the test set waits for the final score
     with run.phases("eval"):
         totals = np.zeros(7)  # loss; test correct, loss, confidence; validation correct, loss, confidence
@@ -500,16 +499,15 @@ def score_epoch(run: Run, state: LoopState, epoch: int, lr: float) -> EpochRecor
             if not state.progress.in_sync:
                 candidate = state.net.copy()
                 allreduce(run, state, "score", candidate.params, average=True)
-            if due:
-                lo, hi = slice_bounds(len(data.test_labels), world.size, world.rank)
-                totals[1:4] = score(candidate, data.test_images[lo:hi], data.test_labels[lo:hi])
+            if due:  # this rank's share of the test set
+                totals[1:4] = score(candidate, data.test_images, data.test_labels)
             if data.val_images is not None and data.val_labels is not None:  # validating: this rank's share of them
                 totals[4:7] = score(candidate, data.val_images, data.val_labels)
         if due or validating or known is None:
             allreduce(run, state, "score", totals)
         if known is not None:
             totals[0] = known
-    tested = len(data.test_labels)
+    tested = data.test_total
     return EpochRecord(
         epoch=epoch + 1,
         lr=lr,
@@ -573,14 +571,13 @@ def end_epoch(run: Run, state: LoopState, epoch: int) -> None:
 def finish(run: Run, state: LoopState) -> TrainResult:
     """Score the local networks as they are, average them into the parallel one, and score that.
 
-    Each local network differs, so each is scored on the whole test set; when the
-    ranks are in sync already the local networks are the parallel one, whose score
-    serves for both. The parallel network is scored in shares, one per rank, summed."""
+    Every rank holds a share of the test set, so every network is scored share by
+    share on all ranks and the counts summed; when the ranks are in sync already the
+    local networks are the parallel one, whose score serves for all of them."""
     world, data, net = run.world, run.data, state.net
     apart = not state.progress.in_sync
     if apart:
-        with run.phases("eval"):
-            local_accuracy = evaluate(net, data.test_images, data.test_labels)[0]
+        local_accuracies = score_local_networks(run, state)
     train_seconds = state.progress.train_seconds
     if apart:
         world.barrier()
@@ -590,7 +587,7 @@ def finish(run: Run, state: LoopState) -> TrainResult:
 
     accuracy, loss, confidence = score_parallel(run, state)
     if not apart:
-        local_accuracy = accuracy
+        local_accuracies = [accuracy] * world.size
     if world.rank == 0:
         last = state.history[-1]
         last.test_accuracy, last.test_loss, last.train_seconds = accuracy, loss, train_seconds
@@ -604,7 +601,7 @@ def finish(run: Run, state: LoopState) -> TrainResult:
         test_loss=loss,
         test_confidence=confidence,
         warnings=list(run.watch.said),
-        local_accuracies=world.allgather(local_accuracy),
+        local_accuracies=local_accuracies,
         clocks=world.allgather(state.clock),
         train_seconds=world.bcast(train_seconds),
         samples_seen=data.train_total * len(state.history),
@@ -616,15 +613,35 @@ def score_parallel(run: Run, state: LoopState) -> tuple[float, float, float]:
     """(accuracy, mean loss, mean confidence) of the parallel network on the test set: each
     rank scores its share and one small Allreduce sums the counts, so every rank knows them."""
     data, world = run.data, run.world
-    tested = len(data.test_labels)
+    tested = data.test_total
     if tested == 0:  # the same on every rank (the estimator holds no test set): nothing to score
         return float("nan"), float("nan"), float("nan")
     with run.phases("eval"):
-        lo, hi = slice_bounds(len(data.test_labels), world.size, world.rank)
-        totals = np.array(score(state.net, data.test_images[lo:hi], data.test_labels[lo:hi]), dtype=np.float64)
+        totals = np.array(score(state.net, data.test_images, data.test_labels), dtype=np.float64)
         if world.size > 1:
             allreduce(run, state, "score", totals)
     return float(totals[0]) / tested, float(totals[1]) / tested, float(totals[2]) / tested
+
+
+def score_local_networks(run: Run, state: LoopState) -> list[float]:
+    """Every rank's local network's test accuracy, rank 0 first, on every rank.
+
+    Each network in turn is broadcast from its rank and scored by every rank on its
+    share; one Allreduce then sums the counts. A rank holds one other network at a
+    time and scores 1/P of the test set per network: the same work as scoring its
+    own network on the whole set, without holding the whole set."""
+    data, world = run.data, run.world
+    if data.test_total == 0:
+        return [float("nan")] * world.size
+    with run.phases("eval"):
+        correct = np.zeros(world.size)
+        other = state.net.copy()
+        for r in range(world.size):
+            other.params[...] = world.bcast(state.net.params if world.rank == r else None, root=r)
+            correct[r] = score(other, data.test_images, data.test_labels)[0]
+        if world.size > 1:
+            allreduce(run, state, "score", correct)
+    return [float(c) / data.test_total for c in correct]
 
 
 def watch_for(cfg: TrainConfig, ranks: int, classes: int = 10) -> Watch:
