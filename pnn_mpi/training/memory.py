@@ -6,7 +6,7 @@ records) must end in one line naming the figure, not in numpy's
 ``Unable to allocate 58.2 TiB`` traceback or an out-of-memory kill halfway
 through. The estimate adds up what a rank holds at its peak -- parameters,
 gradients, momentum, the copies made to score and checkpoint, the
-workspaces, its slice and the test set -- and is compared with what this
+workspaces, its slice and its share of the test set -- and is compared with what this
 process can still get: the smallest of the memory available on the machine
 (shared by the ranks on it), its cgroup's limit, and its own address-space
 and data limits (``ulimit -v``, ``ulimit -d``).
@@ -134,7 +134,7 @@ def training_parts(
         "parameters, gradients" + (" and momentum" if momentum else ""): (2 + momentum) * params,
         "training workspace": workspace_bytes(sizes, itemsize, batch),
         "training slice": slice_n * (pixels * (itemsize + 1) + 16),  # float inputs, the bytes read, labels, order
-        "test set": test_n * (pixels + 8),
+        "test share": test_n * (pixels + 8),  # test_n: this rank's share of the test set
     }
     if batch_one_index:
         parts["sparse index"] = slice_n * (pixels * 2 + 8)  # at most: every pixel lit
@@ -168,7 +168,7 @@ def check_training(cfg, world, share: int, train_n: int, test_n: int, pixels: in
         momentum=bool(cfg.momentum),
         batch=batch,
         slice_n=max(slices),
-        test_n=test_n,
+        test_n=max(slice_sizes(test_n, world.size)),
         ranks=world.size,
         lead=True,
         batch_one_index=batch == 1 and cfg.kernel != "generic",
