@@ -185,52 +185,34 @@ def test_shorthand_and_bad_flags_fail_before_any_rank_starts():
     assert proc.stdout == ""
 
 
-def test_launcher_passes_sigusr1_on_and_the_job_exits_resumable(tiny, tmp_path):
-    """A batch system signals the launcher; the ranks checkpoint and the launcher exits 75."""
-    out = tmp_path / "run"
-    command = [
-        sys.executable,
-        "-m",
-        "pnn_mpi",
-        "launch",
-        "-n",
-        "2",
-        "--dataset",
-        "custom",
-        "--data-dir",
-        str(tiny),
-        "--hidden",
-        "8",
-        "--epochs",
-        "400",
-        "--batch-size",
-        "1",
-        "--kernel",
-        "generic",
-        "--eval-every",
-        "0",
-        "--out",
-        str(out),
-    ]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_bare_env(), cwd=REPO)
+def _slow_run(tiny, out) -> list[str]:
+    """pnn-mpi launch of a run slow enough to be caught in its third epoch."""
+    flags = ["--dataset", "custom", "--data-dir", str(tiny), "--hidden", "64", "--batch-size", "1", "--kernel", "generic", "--epochs", "400"]
+    return [sys.executable, "-m", "pnn_mpi", "launch", "-n", "2", *flags, "--eval-every", "0", "--out", str(out)]
+
+
+def _signalled(proc: subprocess.Popen, send) -> str:
+    """Wait until the run has started training, ``send(proc)`` a signal, and return its stderr once it ended."""
     try:
         deadline = time.monotonic() + 120
         for line in proc.stdout:
             if line.startswith("network ") or time.monotonic() > deadline:
                 break
         time.sleep(1.0)
-        proc.send_signal(signal.SIGUSR1)
+        send(proc)
         _, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
+    return err
+
+
+def test_launcher_passes_sigusr1_on_and_the_job_exits_resumable(tiny, tmp_path):
+    """A batch system signals the launcher; the ranks checkpoint and the launcher exits 75."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_slow_run(tiny, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_bare_env(), cwd=REPO)
+    err = _signalled(proc, lambda p: p.send_signal(signal.SIGUSR1))
     assert proc.returncode == 75, err
     assert (out / "checkpoint.npz").exists()
-
-
-def _slow_run(tiny, out) -> list[str]:
-    """pnn-mpi launch of a run slow enough to be caught in its third epoch."""
-    flags = ["--dataset", "custom", "--data-dir", str(tiny), "--hidden", "64", "--batch-size", "1", "--kernel", "generic", "--epochs", "400"]
-    return [sys.executable, "-m", "pnn_mpi", "launch", "-n", "2", *flags, "--eval-every", "0", "--out", str(out)]
 
 
 @pytest.mark.parametrize("how", ["kill -INT the launcher", "Ctrl-C at its terminal"])
@@ -239,19 +221,8 @@ def test_sigint_to_the_launcher_stops_the_job_resumable(tiny, tmp_path, how):
     (a session of its own stands in for the terminal): the ranks checkpoint, the user reads the line, 75."""
     out = tmp_path / "run"
     proc = subprocess.Popen(_slow_run(tiny, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_bare_env(), cwd=REPO, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        for line in proc.stdout:
-            if line.startswith("network ") or time.monotonic() > deadline:
-                break
-        time.sleep(1.0)
-        if how == "kill -INT the launcher":
-            proc.send_signal(signal.SIGINT)
-        else:
-            os.killpg(proc.pid, signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
+    to_group = how != "kill -INT the launcher"
+    err = _signalled(proc, lambda p: os.killpg(p.pid, signal.SIGINT) if to_group else p.send_signal(signal.SIGINT))
     assert proc.returncode == 75, err
     assert "checkpoint written: rerun the same command with --resume to continue" in err and "Traceback" not in err, err
     assert (out / "checkpoint.npz").exists()
