@@ -28,7 +28,7 @@ def test_every_section_it_names_is_on_its_page(figure):
 
 
 def test_every_figure_it_prints_names_its_page():
-    source = (REPO / "pnn_mpi" / "readme_figures.py").read_text()
+    source = (REPO / "pnn_mpi" / "commands" / "readme_figures.py").read_text()
     assert "README '" not in source
     assert set(re.findall(r"""where\(["']([^"']+)["']\)""", source)) == set(readme_figures.SHOWN_IN)
 

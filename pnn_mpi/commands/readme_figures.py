@@ -116,13 +116,13 @@ def speed_figures() -> None:
     section(f"{where('speed')}: pnn_mpi against PyTorch", "mpiexec -n 2 python -m pnn_mpi.commands.torch_compare", proc.stdout)
 
 
-def report_figure(figure: str, report: Path, command: str, what: str) -> None:
+def report_figure(shown_in: str, report: Path, command: str, what: str) -> None:
     """A study's tables, read from its last report (a study takes from ten minutes to most of an hour)."""
     if report.exists():
         stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(report.stat().st_mtime))
-        section(f"{where(figure)}: {what} (from {report}, written {stamp})", command, report.read_text())
+        section(f"{shown_in}: {what} (from {report}, written {stamp})", command, report.read_text())
     else:
-        section(f"{where(figure)}: {what}", command, f"(no {report} yet: run {command})")
+        section(f"{shown_in}: {what}", command, f"(no {report} yet: run {command})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -137,8 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     speed_figures()
     if args.study:
         subprocess.run([*PYTHON, "study", "--grid", "default"], check=False)
-    report_figure("study", Path("results/default/report.md"), "make study", "its table")
-    report_figure("local", Path("results/local/report.md"), "python -m pnn_mpi study --grid local", "its tables")
+    report_figure(where("study"), Path("results/default/report.md"), "make study", "its table")
+    report_figure(where("local"), Path("results/local/report.md"), "python -m pnn_mpi study --grid local", "its tables")
     print(f"\nall figures measured in {time.monotonic() - began:.0f} s")
     return 0
 
