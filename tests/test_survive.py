@@ -71,6 +71,7 @@ def _launch(tiny, out, inject, *flags, ranks=4, ft=True, on_failure="continue"):
 
 def _finished(proc, out, lost: list[list[int]]) -> dict:
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (out / "metrics.json").exists(), proc.stdout + proc.stderr  # say what the run printed when it saved nothing
     record = json.loads((out / "metrics.json").read_text())
     assert [f["lost"] for f in record["rank_failures"]] == lost
     assert record["launched_ranks"] == 4 and record["finished_with_ranks"] == 4 - sum(map(len, lost))
