@@ -8,7 +8,10 @@ run's options), ``train`` (the training loop on data already loaded) and
 ``run_training`` (one run from files to a saved model).
 """
 
+from .common import moved
 from .common.version import __version__
+
+moved.install()  # the modules' names from before the layer folders keep working (with a DeprecationWarning)
 
 __all__ = ["PNNClassifier", "TrainConfig", "__version__", "run_training", "train"]
 
