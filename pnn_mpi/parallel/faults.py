@@ -10,8 +10,9 @@ before step STEP (0-based) of that epoch (with a batch-1 kernel, which runs many
 steps per call, only if a call starts at STEP). ``kill-in-checkpoint`` kills the rank
 while the checkpoint after epoch EPOCH is being written: the writing rank after
 its temporary file is complete but before the rename, any other rank before it
-hands over its state; ``kill-in-save:RANK`` kills the rank after training, before
-the results are gathered and saved. Several faults are separated by commas, e.g.
+hands over its state; ``kill-in-average:RANK`` kills the rank as the final average
+after the last epoch begins (``--sync end``'s only one); ``kill-in-save:RANK`` kills
+the rank after training, before the results are gathered and saved. Several faults are separated by commas, e.g.
 ``kill:1:2:30,kill:0:4``. The failure tests use them to prove that a crash or a
 lost rank brings the job down promptly (or, with ``--on-rank-failure continue``,
 that the survivors carry on) and that the last checkpoint survives.
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from ..common.errors import UserError
 
 VARIABLE = "PNN_MPI_INJECT"
-ACTIONS = ("raise", "kill", "stop", "interrupt", "kill-in-checkpoint", "kill-in-save")
+ACTIONS = ("raise", "kill", "stop", "interrupt", "kill-in-checkpoint", "kill-in-average", "kill-in-save")
 
 
 class InjectedFault(RuntimeError):
@@ -51,9 +52,10 @@ class Fault:
         if self.action == "kill-in-checkpoint" and rank == self.rank and epoch == self.epoch:
             _kill()
 
-    def fire_in_save(self, rank: int) -> None:
-        """Kill if this fault is due after training, before the results are saved."""
-        if self.action == "kill-in-save" and rank == self.rank:
+    def fire_in_save(self, rank: int, where: str = "save") -> None:
+        """Kill if this fault is due after training: before the final average (``where="average"``)
+        or before the results are saved."""
+        if self.action == f"kill-in-{where}" and rank == self.rank:
             _kill()
 
     def _act(self, rank: int, epoch: int) -> None:
@@ -91,7 +93,7 @@ def planned_fault() -> Fault | None:
 def _parse(part: str, text: str) -> Fault:
     action, *numbers = part.split(":")
     try:
-        most = {"kill-in-checkpoint": 2, "kill-in-save": 1}.get(action, 3)
+        most = {"kill-in-checkpoint": 2, "kill-in-average": 1, "kill-in-save": 1}.get(action, 3)
         if action not in ACTIONS or not 1 <= len(numbers) <= most:
             raise ValueError(part)
         values = [int(n) for n in numbers]
@@ -100,5 +102,5 @@ def _parse(part: str, text: str) -> Fault:
         return Fault(action, *values)
     except ValueError:
         raise UserError(
-            f"{VARIABLE}={text!r}: expected raise|kill|stop|interrupt:RANK[:EPOCH[:STEP]], kill-in-checkpoint:RANK[:EPOCH] or kill-in-save:RANK, comma-separated"
+            f"{VARIABLE}={text!r}: expected raise|kill|stop|interrupt:RANK[:EPOCH[:STEP]], kill-in-checkpoint:RANK[:EPOCH], kill-in-average:RANK or kill-in-save:RANK, comma-separated"
         ) from None

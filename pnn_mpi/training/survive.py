@@ -332,8 +332,13 @@ def failure_line(record: dict) -> str | None:
     events = record.get("rank_failures") or []
     if not events:
         return None
+    epochs = (record.get("config") or {}).get("epochs")
+
+    def when(e: dict) -> str:  # a loss in the final average or the save comes after the last epoch
+        return "after the last epoch" if epochs is not None and e["epoch"] > epochs else f"in epoch {e['epoch']}"
+
     told = "; ".join(
-        f"rank {', '.join(map(str, e['lost']))} in epoch {e['epoch']}"
+        f"rank {', '.join(map(str, e['lost']))} {when(e)}"
         + (" (stopped responding)" if e.get("stalled") else "")
         + (f" (recovered in {e['recovery_seconds']:.2f} s)" if e.get("recovery_seconds") is not None else "")
         for e in events

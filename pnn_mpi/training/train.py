@@ -581,6 +581,8 @@ def finish(run: Run, state: LoopState) -> TrainResult:
     train_seconds = state.progress.train_seconds
     if apart:
         world.barrier()
+        for fault in run.faults:
+            fault.fire_in_save(run.launch_rank, "average")
         began = time.perf_counter()
         sync_parameters(run, state, with_momentum=False)
         train_seconds += time.perf_counter() - began
