@@ -79,6 +79,29 @@ def test_the_lock_dies_with_its_holder(tmp_path, death):
     outdir.RunFolder.claim(folder).release()  # free again at once
 
 
+def test_a_surviving_rank_0_takes_over_its_runs_folder_as_it_is(tmp_path):
+    """When the launch's rank 0 (which claimed the folder) is lost, the new rank 0 locks the folder
+    before saving: nothing in it is cleaned or refused (the run's own files stay), another run is
+    then refused, and a folder another run holds is not taken."""
+    folder = tmp_path / "run"
+    holder = _holder(folder)
+    (folder / "checkpoint.npz").write_bytes(b"this run's checkpoint")
+    (folder / ".pnn_mpi-tmp-0123abcd-model.npz").write_bytes(b"")  # a temporary of our naming: claim would remove it
+    try:
+        with pytest.raises(UserError, match="in use by another run"):
+            outdir.RunFolder.take_over(folder)
+    finally:
+        holder.kill()
+        holder.wait()
+    taken = outdir.RunFolder.take_over(folder)  # the holder is gone, as a lost rank 0 is
+    try:
+        assert sorted(p.name for p in folder.iterdir()) == sorted([outdir.LOCK, "checkpoint.npz", ".pnn_mpi-tmp-0123abcd-model.npz"])
+        with pytest.raises(UserError, match="in use by another run"):
+            outdir.RunFolder.claim(folder)
+    finally:
+        taken.release()
+
+
 def test_a_second_run_cannot_take_over_a_running_one_and_the_first_resumes(tiny, tmp_path):
     """The issue's case: the second run replaced the first one's checkpoint, whose --resume was then refused."""
     out = tmp_path / "run"

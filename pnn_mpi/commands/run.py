@@ -319,8 +319,12 @@ def report_and_save(cfg: TrainConfig, world: Communicator, out: Path, data: Rank
         for line in filter(None, [*summary_lines(record), failure_line(record)]):
             say(line)
 
+    held: list[outdir.RunFolder] = []
+
     def save() -> None:
         if world.rank == 0:
+            if getattr(world, "launch_rank", 0) != 0:  # the launch's rank 0 claimed the folder and is lost:
+                held.append(outdir.RunFolder.take_over(out))  # hold it here, so no other run claims it meanwhile
             meta = {"dataset": cfg.dataset, "image_shape": "x".join(map(str, data.image_shape)), "ranks": str(world.size)}
             try:  # model and metrics together, or neither (outdir.py); rank 0 always has its record
                 outdir.save_results(out, npz_bytes(model_arrays(result.net, meta)), record or {})
@@ -331,4 +335,6 @@ def report_and_save(cfg: TrainConfig, world: Communicator, out: Path, data: Rank
     fail_together(world, save)  # a failed save on rank 0 fails every rank alike
     if cfg.plot and world.rank == 0:
         say(f"plotted {plot.plot_run(out)}")
+    for folder in held:
+        folder.release()
     return record

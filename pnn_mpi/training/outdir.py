@@ -82,6 +82,21 @@ class RunFolder:
     def claim(cls, path: str | os.PathLike, overwrite: bool = False, resume: bool = False) -> RunFolder:
         """Create ``path`` if needed, lock it for this process, clean it, prove it writable, and
         refuse a finished run's folder unless ``overwrite`` (or ``resume`` finds a checkpoint)."""
+        folder = cls.take_over(path)
+        try:
+            folder.remove_stale_temporaries()
+            folder.make_way(overwrite, resume)
+            folder.probe()
+        except BaseException:
+            folder.release()
+            raise
+        return folder
+
+    @classmethod
+    def take_over(cls, path: str | os.PathLike) -> RunFolder:
+        """Lock ``path`` for this process, and nothing more: how a surviving rank that becomes rank 0
+        holds the folder its run claimed (the claiming rank's lock went with it). Refused when
+        another run holds it."""
         path = Path(path)
         where = f"--out {quote(path)}"
         if path.is_symlink():
@@ -103,15 +118,7 @@ class RunFolder:
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise UserError(f"{where}: in use by another run{holder}; wait for it to end or choose another --out") from None
             raise UserError(f"{where}: cannot lock the folder ({exc.strerror or exc})") from None
-        folder = cls(path, fd)
-        try:
-            folder.remove_stale_temporaries()
-            folder.make_way(overwrite, resume)
-            folder.probe()
-        except BaseException:
-            folder.release()
-            raise
-        return folder
+        return cls(path, fd)
 
     def remove_stale_temporaries(self) -> list[str]:
         """Delete temporaries of our naming that a killed write left (safe: we hold the lock)."""
