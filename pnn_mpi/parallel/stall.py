@@ -39,6 +39,7 @@ class Watchdog:
         self.hosts = self.comm.allgather(socket.gethostname())  # also the moment every rank starts listening
         now = time.monotonic()
         self.heard = dict.fromkeys(range(self.size), now)
+        self.awake = now  # when this thread last ran (woke)
         self.done: set[int] = {self.rank}
         self.abort = abort or (lambda: self.comm.Abort(STALLED_EXIT_CODE))
         self._stop = threading.Event()
@@ -50,6 +51,7 @@ class Watchdog:
         last_beat = 0.0
         while not self._stop.is_set():
             now = time.monotonic()
+            self.woke(now)
             if now - last_beat >= self.period:
                 self._send_all(_BEAT)
                 last_beat = now
@@ -74,6 +76,15 @@ class Watchdog:
             self.heard[peer] = time.monotonic()
             if tag == _BYE:
                 self.done.add(peer)
+
+    def woke(self, now: float) -> None:
+        """Forgive the silence this thread could not have heard: when it did not run for half the
+        timeout (its wait is an eighth), this process was the one stopped (SIGSTOP, then SIGCONT
+        as a launcher sends before it kills), so every peer gets a fresh timeout instead of
+        being named silent by the rank that was."""
+        if now - self.awake > self.timeout / 2:
+            self.heard = dict.fromkeys(self.heard, now)
+        self.awake = now
 
     def silent(self, now: float) -> list[int]:
         """Ranks not heard from for the whole timeout (and not finished)."""
