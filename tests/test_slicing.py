@@ -35,6 +35,11 @@ def test_known_split():
     assert slice_sizes(10, 4) == [3, 3, 2, 2]
 
 
+def test_an_offset_numbers_the_shares_from_it():
+    """The validation samples follow the training ones: their shares are those of 0..n shifted."""
+    assert [slice_bounds(7, 3, r, offset=100) for r in range(3)] == [(100, 103), (103, 105), (105, 107)]
+
+
 def test_check_enough_samples():
     """More ranks than samples is a UserError naming both numbers; enough samples passes."""
     with pytest.raises(UserError) as info:

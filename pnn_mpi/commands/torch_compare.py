@@ -104,17 +104,24 @@ def _parser() -> Parser:
 def mode_config(args: argparse.Namespace, mode: str, ranks: int) -> TrainConfig:
     """The run of ``mode`` on ``ranks`` ranks: the flags given, else end and grad's fixed
     settings (as before local existed), or local's from the project's defaults rule."""
+    if mode == "local":
+        return _config(args, defaults.MINI_BATCH_SYNC, ranks)
+    return _config(args, mode, ranks, FIXED)
+
+
+def _config(args: argparse.Namespace, sync: str, ranks: int, fixed: dict | None = None, eval_every: int = 0) -> TrainConfig:
+    """A run under ``sync`` on ``ranks`` ranks: the flags given, else ``fixed``, else the project's rule."""
     base = TrainConfig(
         hidden=(args.hidden,),
         batch_size=args.batch_size,
         momentum=args.momentum,
-        sync=defaults.MINI_BATCH_SYNC if mode == "local" else mode,
+        sync=sync,
         train_size=args.train_size,
         dtype="float32",
-        eval_every=0,
+        eval_every=eval_every,
     )
     given = {k: getattr(args, k) for k in FIXED if getattr(args, k) is not None}
-    return dataclasses.replace(base, **{**({} if mode == "local" else FIXED), **given}).resolved(ranks)
+    return dataclasses.replace(base, **{**(fixed or {}), **given}).resolved(ranks)
 
 
 def matching_period(steps: int, warmup_steps: int, averages: int) -> int:
@@ -289,11 +296,7 @@ def _torch_plan(world: World, cfg: TrainConfig, data, mode: str, target: int, wa
 def _torch_run(torch, dist, world: World, cfg: TrainConfig, data, mode: str, target: int = 0, warmup: str = "gradients") -> Outcome:
     """PyTorch on this job; under local, its averages tuned to ``target`` (pnn_mpi's)."""
     steps, period, warmup_steps = _torch_plan(world, cfg, data, mode, target, warmup)
-    model = _torch_model(torch, cfg, data.x.shape[1], data.classes)
-    net, opt, sgd = _torch_optimizer(torch, model, cfg, mode, period, warmup_steps)
-    fraction = functools.partial(rate_fraction, cfg.lr_decay, schedule=settled(cfg.lr_schedule), epochs=cfg.epochs, warmup=settled(cfg.warmup))
-    rates = torch.optim.lr_scheduler.LambdaLR(sgd, fraction)
-    x, y = torch.from_numpy(data.x), torch.from_numpy(data.y.astype(np.int64))
+    model, net, opt, rates, x, y = _torch_side(torch, cfg, data, mode, period, warmup_steps)
     with _counted_allreduces(dist) as calls:
         world.barrier()
         began = time.perf_counter()
@@ -310,6 +313,15 @@ def _torch_run(torch, dist, world: World, cfg: TrainConfig, data, mode: str, tar
     total = sum(world.allgather(seen))
     accuracy = _torch_accuracy(torch, world, model, _test_share(torch, data), data)
     return Outcome(total / seconds, accuracy, averages, gradients, period=period, warmup_steps=warmup_steps)
+
+
+def _torch_side(torch, cfg: TrainConfig, data, mode: str, period: int, warmup_steps: int):
+    """(model, module to call, optimizer to step, per-epoch rates, inputs, labels) of PyTorch's run of ``mode``."""
+    model = _torch_model(torch, cfg, data.x.shape[1], data.classes)
+    net, opt, sgd = _torch_optimizer(torch, model, cfg, mode, period, warmup_steps)
+    fraction = functools.partial(rate_fraction, cfg.lr_decay, schedule=settled(cfg.lr_schedule), epochs=cfg.epochs, warmup=settled(cfg.warmup))
+    rates = torch.optim.lr_scheduler.LambdaLR(sgd, fraction)
+    return model, net, opt, rates, torch.from_numpy(data.x), torch.from_numpy(data.y.astype(np.int64))
 
 
 def _test_share(torch, data):
@@ -336,10 +348,7 @@ def time_configs(args: argparse.Namespace, ranks: int) -> tuple[TrainConfig, Tra
     """(pnn_mpi's, PyTorch DDP's) runs for the time to accuracy, both scored after every epoch:
     the default schedule with its rule, and gradient averaging with the rule pnn_mpi's own
     ``--sync grad`` takes for these ranks (the recipe a gradient-averaging run gets here)."""
-    ours = dataclasses.replace(mode_config(args, "local", ranks), eval_every=1)
-    base = TrainConfig(hidden=(args.hidden,), batch_size=args.batch_size, momentum=args.momentum, sync="grad", train_size=args.train_size, dtype="float32")
-    given = {k: getattr(args, k) for k in FIXED if getattr(args, k) is not None}
-    return ours, dataclasses.replace(base, eval_every=1, **given).resolved(ranks)
+    return _config(args, defaults.MINI_BATCH_SYNC, ranks, eval_every=1), _config(args, "grad", ranks, eval_every=1)
 
 
 def _first_reaching(times: list[float], accuracies: list[float], target: float) -> tuple[float, int]:
@@ -360,11 +369,7 @@ def _pnn_time(world: World, cfg: TrainConfig, data, target: float) -> tuple[floa
 def _torch_time(torch, world: World, cfg: TrainConfig, data, target: float) -> tuple[float, int]:
     """DDP's training seconds to ``target``: the test set scored after each epoch, off the clock."""
     steps, _, _ = _torch_plan(world, cfg, data, "grad", 0, "none")
-    model = _torch_model(torch, cfg, data.x.shape[1], data.classes)
-    net, opt, sgd = _torch_optimizer(torch, model, cfg, "grad", 0, 0)
-    fraction = functools.partial(rate_fraction, cfg.lr_decay, schedule=settled(cfg.lr_schedule), epochs=cfg.epochs, warmup=settled(cfg.warmup))
-    rates = torch.optim.lr_scheduler.LambdaLR(sgd, fraction)
-    x, y = torch.from_numpy(data.x), torch.from_numpy(data.y.astype(np.int64))
+    model, net, opt, rates, x, y = _torch_side(torch, cfg, data, "grad", 0, 0)
     images = _test_share(torch, data)
     times: list[float] = []
     accuracies: list[float] = []

@@ -9,12 +9,13 @@ from __future__ import annotations
 from ..common.errors import UserError
 
 
-def slice_bounds(n: int, size: int, rank: int) -> tuple[int, int]:
-    """[start, stop) of ``rank``'s share of ``n`` samples split over ``size`` ranks."""
+def slice_bounds(n: int, size: int, rank: int, offset: int = 0) -> tuple[int, int]:
+    """[start, stop) of ``rank``'s share of ``n`` samples split over ``size`` ranks, the samples
+    numbered from ``offset`` (the validation samples follow the training ones in their file)."""
     if not 0 <= rank < size:
         raise ValueError(f"rank {rank} outside 0..{size - 1}")
     base, extra = divmod(n, size)
-    start = rank * base + min(rank, extra)
+    start = offset + rank * base + min(rank, extra)
     return start, start + base + (rank < extra)
 
 

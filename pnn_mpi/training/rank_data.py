@@ -111,7 +111,7 @@ def _read(cfg: TrainConfig, spec: datasets.DatasetSpec, directory: Path, world: 
     through the node's reader when ranks share a node, else read alone (only the slice)."""
     lead, last = world.rank == 0, world.rank == world.size - 1
     start, stop = slice_bounds(train_n, world.size, world.rank)
-    val_lo, val_hi = _shifted(slice_bounds(cfg.val_size, world.size, world.rank), train_n)
+    val_lo, val_hi = slice_bounds(cfg.val_size, world.size, world.rank, offset=train_n)
     test_lo, test_hi = slice_bounds(test_n, world.size, world.rank)
 
     def alone() -> tuple[np.ndarray, ...]:
@@ -127,16 +127,12 @@ def _read(cfg: TrainConfig, spec: datasets.DatasetSpec, directory: Path, world: 
         return fail_together(world, alone)
     try:  # ranks that share a node: each file is inflated once there
         members = node.allgather(world.rank)
-        wants = [[slice_bounds(train_n, world.size, r), _shifted(slice_bounds(cfg.val_size, world.size, r), train_n)] for r in members]
+        wants = [[slice_bounds(train_n, world.size, r), slice_bounds(cfg.val_size, world.size, r, offset=train_n)] for r in members]
         test_wants = [[slice_bounds(test_n, world.size, r)] for r in members]
         verify = node.allgather(lead)[0]  # the node of world rank 0 checks the MD5s
         return fail_together(world, partial(read_on_node, spec, directory, node, wants, test_wants, verify))
     finally:
         node.free()
-
-
-def _shifted(bounds: tuple[int, int], by: int) -> tuple[int, int]:
-    return bounds[0] + by, bounds[1] + by
 
 
 def read_on_node(spec: datasets.DatasetSpec, directory: Path, node, wants: list, test_wants: list, verify: bool) -> tuple[np.ndarray, ...]:

@@ -175,7 +175,7 @@ class Holdings:
     """Which samples of one split (ranges of the file's records, from ``offset`` on) each launch rank holds."""
 
     def __init__(self, total: int, launch_size: int, offset: int = 0):
-        self.ranges = {r: [tuple(offset + b for b in slice_bounds(total, launch_size, r))] for r in range(launch_size)}
+        self.ranges = {r: [slice_bounds(total, launch_size, r, offset)] for r in range(launch_size)}
 
     def hand_over(self, lost: list[int], survivors: list[int]) -> dict[int, list[tuple[int, int]]]:
         """Split the lost ranks' samples evenly over the survivors; returns each survivor's new ranges."""
