@@ -3,7 +3,8 @@
 ``train`` reads top to bottom: build the same network on every rank, then per
 epoch shuffle the local slice, take SGD steps, synchronise as the schedule
 says, score and report; at the end score the local networks, average them once
-more into the parallel network and score that on rank 0.
+more into the parallel network and score that. Every rank holds a share of the
+test set: scores are counted share by share and summed.
 
 Everything the loop changes lives in one ``LoopState`` (network, optimizer,
 order, shuffler, progress, loss sum, clock, history), which ``snapshot`` copies
