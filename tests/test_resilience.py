@@ -69,7 +69,8 @@ def test_a_step_fault_fires_only_at_its_step():
 def test_the_stall_timeout_sets_the_heartbeat_detector(seconds, expected):
     env = detector_env(seconds)
     assert {k.rsplit("_", 1)[1]: v for k, v in env.items() if k.endswith(("timeout", "period"))} == expected
-    assert (env.get("OMPI_MCA_mpi_ft_detector_thread") == "true") is bool(seconds)  # beats while the rank computes
+    assert (env.get("OMPI_MCA_mpi_ft_detector") == "true") is bool(seconds)
+    assert "OMPI_MCA_mpi_ft_detector_thread" not in env  # its thread crashed MPI_Init in 9 of 145 runs
 
 
 @pytest.mark.parametrize("value", [0.5, -1, float("inf"), float("nan")])
