@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from pnn_mpi.training import defaults as d
@@ -31,22 +33,25 @@ def test_full_batch_takes_a_constant_large_rate(ranks):
     "batch, ranks, lr, warmup",
     [
         (32, 1, 0.05, 0),  # one rank: the single network's rate, as before local SGD became the default
-        (32, 2, 0.1, 2),
-        (32, 4, 0.2, 2),
-        (32, 16, 0.25, 2),  # capped at LOCAL_MAX_LR
-        (32, 64, 0.25, 2),
+        (32, 2, 0.1, 2),  # the one-rank rate times 1 + log2 P
+        (32, 3, 0.05 * (1 + math.log2(3)), 2),
+        (32, 4, 0.15, 2),
+        (32, 8, 0.2, 2),
+        (32, 16, 0.25, 2),
+        (32, 64, 0.25, 2),  # capped at LOCAL_MAX_LR (0.35 by the logarithm)
         (8, 1, 0.0125, 0),
-        (8, 4, 0.05, 0),  # pools 32 samples: not scaled up, no warm-up
-        (16, 8, 0.125, 2),  # at most 5 x the one-rank rate of batch 16
+        (8, 4, 0.0375, 0),  # pools 32 samples: no warm-up
+        (16, 8, 0.1, 2),
         (16, 16, 0.125, 2),
+        (128, 2, 0.25, 2),  # 0.2 x 2, capped
         (64, 1, 0.1, 1),
         (512, 1, 0.8, 1),  # one rank keeps the single network's cap
     ],
 )
 def test_mini_batch_default_is_local_sgd_with_the_pooled_rate(batch, ranks, lr, warmup):
-    """The default for mini-batches averages parameters (local); the rate follows the samples that one
-    average pools (P*b), capped lower than grad's on 2+ ranks (at 0.25 and at 5 times the one-rank rate),
-    with two warm-up epochs when scaled up."""
+    """The default for mini-batches averages parameters (local); its rate grows with the logarithm of
+    the ranks (slower than grad's linear rule, since each local step sees only b samples), at most 0.25,
+    with two warm-up epochs when the ranks pool more than 32 samples."""
     found = d.for_mode(batch, None, ranks)
     assert found.sync == "local:5:64" and found.momentum == d.MOMENTUM and found.lr_schedule == "cosine"
     assert found.lr == pytest.approx(lr) and found.warmup == warmup
@@ -86,7 +91,7 @@ def test_a_chosen_sync_changes_what_an_update_sees():
 def test_resolve_fills_only_what_is_unset():
     values = dict(batch_size=32, lr=None, momentum=0.5, lr_schedule=None, warmup=None, sync=None, epochs=3)
     out = d.resolve(values, 4)
-    assert out == dict(batch_size=32, lr=pytest.approx(0.2), momentum=0.5, lr_schedule="cosine", warmup=1, sync="local:5:64", epochs=3)
+    assert out == dict(batch_size=32, lr=pytest.approx(0.15), momentum=0.5, lr_schedule="cosine", warmup=1, sync="local:5:64", epochs=3)
     assert d.FOLLOWING == ("lr", "lr_schedule", "warmup", "sync")
     assert d.resolve(out, 4) == out  # resolving twice changes nothing
     mine = dict(values, lr=0.05, sync="end", lr_schedule="constant", warmup=0, momentum=0.0)
@@ -102,7 +107,7 @@ from pnn_mpi.training.options import parse_train_args  # noqa: E402
     "flags, ranks, expected",
     [
         ([], 1, dict(lr=0.05, lr_schedule="cosine", warmup=0, sync="local:5:64", momentum=0.9)),
-        ([], 4, dict(lr=0.2, lr_schedule="cosine", warmup=2, sync="local:5:64", momentum=0.9)),
+        ([], 4, dict(lr=0.15, lr_schedule="cosine", warmup=2, sync="local:5:64", momentum=0.9)),
         ([], 16, dict(lr=0.25, lr_schedule="cosine", warmup=2, sync="local:5:64", momentum=0.9)),
         (["--sync", "grad"], 16, dict(lr=0.8, lr_schedule="cosine", warmup=1, sync="grad", momentum=0.9)),
         (["--batch-size", "1"], 4, dict(lr=0.05 / 32, lr_schedule="cosine", warmup=0, sync="epoch", momentum=0.9)),
@@ -136,8 +141,8 @@ def test_values_from_a_toml_file_win_and_flags_after_it_win_over_them(tmp_path):
 def test_the_help_states_the_rule():
     text = " ".join(__import__("pnn_mpi.training.options", fromlist=["x"]).train_parser().format_help().split())
     assert "a value you set, by flag or in --config, always wins" in text
-    assert "lr 0.05 x B/32, where B = b x ranks under local and grad" in text
-    assert "batch 32: lr 0.05 at 1 rank, 0.2 at 4 ranks, 0.25 at 16 ranks; under grad 0.05, 0.2, 0.8" in text
+    assert "lr 0.05 x b/32 on one rank (at most 0.8); on P ranks under local that times 1 + log2 P, at most 0.25" in text
+    assert "batch 32: lr 0.05 at 1 rank, 0.15 at 4 ranks, 0.25 at 16 ranks; under grad 0.05, 0.2, 0.8" in text
     assert "local:5:64 for mini-batches" in text and "epoch for batch 1 and full batch" in text
     assert "full batch: lr 0.3, constant rate" in text and "momentum 0.9 in every mode" in text
 
