@@ -126,16 +126,17 @@ def test_local_sgd_counts_every_allreduce(make_rank_data):
     clock = result.clocks[world.rank]
     steps, params = 16, result.net.params.nbytes
     periods = [textbook_period(3, 9, 0.5 * (1 + math.cos(math.pi * e / 4)) * (0.5 if e == 0 else 1.0)) for e in range(4)]
-    averages, scores, since = 0, 0, 0
+    averages, riding, scores, since = 0, 0, 0, 0
     for epoch, period in enumerate(periods):
         for s in range(steps):
             since += 1
             if since >= period and not (epoch == 3 and s == steps - 1):  # the final step: the final average follows
                 averages, since = averages + 1, 0
+                riding += s < steps - 1  # inside the epoch the stop check rides along: 3 float32 values more
         if epoch < 3:  # scored: an average of a copy first when the epoch did not end on an average
             scores += 1 + (since > 0)
     assert clock.average_allreduces == averages + 1 == clock.syncs  # + the final average
-    assert clock.average_bytes == averages * 2 * params + params
+    assert clock.average_bytes == averages * 2 * params + riding * 3 * 4 + params and riding > 0
     assert clock.gradient_allreduces == 0
     # The last epoch's loss came with its last stop check: no Allreduce of its own. The final
     # scores, in shares, are one small Allreduce of counts each: the local networks' (apart

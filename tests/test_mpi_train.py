@@ -194,16 +194,21 @@ def test_more_ranks_than_samples_is_a_user_error(world, tmp_path_factory):
         load_rank_data(TrainConfig(dataset="custom", data_dir=str(folder)), world)
 
 
-@pytest.mark.parametrize("sync, stop_after", [("end", 5), ("local:3:7", 5), ("local:3:7", 11), ("steps:5", 7)])
-def test_a_stop_seen_by_one_rank_checkpoints_all_and_resumes_bit_identically(make_rank_data, world, tmp_path_factory, monkeypatch, sync, stop_after):
+@pytest.mark.parametrize(
+    "sync, stop_after, every, at",
+    [("end", 5, 4, None), ("local:3:7", 5, 4, None), ("local:3:7", 11, 4, None), ("steps:5", 7, 4, None), ("local:3:3", 1, 1000, 3), ("steps:4", 2, 1000, 8)],
+)
+def test_a_stop_seen_by_one_rank_checkpoints_all_and_resumes_bit_identically(make_rank_data, world, tmp_path_factory, monkeypatch, sync, stop_after, every, at):
     """Rank 1 alone is signalled; every rank stops at the same step, rank 0 writes every
     rank's state, and the resumed run ends with the parameters of an uninterrupted one
-    (under local and steps:K: it averages where the uninterrupted run did, mid-period)."""
+    (under local and steps:K: it averages where the uninterrupted run did, mid-period).
+    With no stop check of its own due inside the epoch (``every`` 1000), the check rides
+    the averages: the stop comes at the average after the request (step ``at``)."""
     from pnn_mpi.commands.run import checkpoint_writer, resume_point
     from pnn_mpi.common.errors import Interrupted
     from pnn_mpi.training.train import Hooks
 
-    monkeypatch.setattr("pnn_mpi.training.train.check_interval", lambda batch: 4)
+    monkeypatch.setattr("pnn_mpi.training.train.check_interval", lambda batch: every)
     out = _shared_tmp(world, tmp_path_factory) / "run"
     out.mkdir(exist_ok=True)
     n = 50 * world.size + 3
@@ -225,6 +230,7 @@ def test_a_stop_seen_by_one_rank_checkpoints_all_and_resumes_bit_identically(mak
     with pytest.raises(Interrupted) as stopped:
         train(cfg, world, mine(), log=_quiet, hooks=Hooks(stop_reason=only_rank_one, checkpoint=checkpoint_writer(cfg, world, out)))
     assert len(set(world.allgather((stopped.value.epoch, stopped.value.step)))) == 1
+    assert at is None or (stopped.value.epoch, stopped.value.step) == (0, at)
     resume = resume_point(cfg, world, out)
     assert resume is not None and resume[0].step == stopped.value.step
     again = train(cfg, world, mine(), log=_quiet, hooks=Hooks(resume=resume))

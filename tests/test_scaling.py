@@ -14,7 +14,7 @@ from pnn_mpi.parallel.comm import SerialWorld
 from pnn_mpi.parallel.sync import Sync
 from pnn_mpi.scaling import calibrate, command, model, platforms, predict, report, simulate, traces
 from pnn_mpi.scaling.costs import Calibration, Link, StepCost
-from pnn_mpi.scaling.program import Allreduce, Barrier, Compute, Run, all_phases, collectives, phases, schedule, second_epoch_share
+from pnn_mpi.scaling.program import CHECK_VALUES, Allreduce, Barrier, Compute, Run, all_phases, collectives, phases, schedule, second_epoch_share
 from pnn_mpi.training.config import TrainConfig
 from pnn_mpi.training.train import train
 
@@ -159,13 +159,25 @@ def test_program_makes_the_allreduces_the_trainer_makes_across_ranks(monkeypatch
 
 
 def test_an_average_carries_the_momentum_but_the_final_one():
-    """With momentum every average inside the run passes twice the parameters; the final one, the parameters alone."""
+    """With momentum every average inside the run passes twice the parameters (and, inside an epoch, the
+    stop check's values after them); the final one, the parameters alone."""
     run = Run((4, 3, 2), 74, 2, "local:2:9", 6, 4)
     params = run.parameters
     averages = [e.count for p in all_phases(run) for e in p.events if isinstance(e, Allreduce) and e.purpose == "average"]
-    assert set(averages[:-1]) == {2 * params} and averages[-1] == params
+    assert set(averages[:-1]) == {2 * params, 2 * params + CHECK_VALUES} and averages[-1] == params
     plain = Run((4, 3, 2), 74, 2, "local:2:9", 6, 4, momentum=0.0)
-    assert {e.count for p in all_phases(plain) for e in p.events if isinstance(e, Allreduce) and e.purpose == "average"} == {params}
+    counts = {e.count for p in all_phases(plain) for e in p.events if isinstance(e, Allreduce) and e.purpose == "average"}
+    assert counts == {params, params + CHECK_VALUES}
+
+
+def test_a_stop_check_rides_an_average_inside_an_epoch():
+    """local:5:64 at batch 32 on 2 ranks: 938 steps an epoch, a check due every 64 steps, an average at least
+    every 64: every check inside an epoch rides an average, and only the epochs' ends check on their own."""
+    run = Run((4, 3, 2), 60000, 2, "local:5:64", 10, 32)
+    checks = [sum(isinstance(e, Allreduce) and e.purpose == "check" for e in p.events) for p in all_phases(run)]
+    assert checks[:10] == [1] * 10
+    grad = Run((4, 3, 2), 60000, 2, "grad", 10, 32)  # no average to ride: a check every 64 steps and at the end
+    assert [sum(isinstance(e, Allreduce) and e.purpose == "check" for e in p.events) for p in all_phases(grad)][:10] == [15] * 10
 
 
 def test_local_averages_less_often_while_the_rate_is_low():
@@ -190,14 +202,15 @@ def test_local_averages_less_often_while_the_rate_is_low():
 
 
 def test_the_calibration_takes_the_second_epochs_share_of_the_communication():
-    """Two epochs of 8 steps a rank: local:2:9 averages 4 times in the first (every 2 steps, and at its end)
-    and once in the second (every 4 steps: the cosine rate is at half), then the final average
+    """Two epochs of 8 steps a rank: local:2:9 averages 4 times in the first (every 2 steps, the last at its
+    end, the others with the stop check riding along) and once in the second (every 4 steps: the cosine rate is at half), then the final average
     of the parameters alone; grad sums as often in both; epoch and end average nowhere in the second."""
 
     def share(sync: str, ranks: int = 2) -> float:
         return second_epoch_share(Run((4, 3, 2), 32 * ranks, ranks, sync, 2, 4))
 
-    assert share("local:2:9") == pytest.approx(2 / (8 + 2 + 1))
+    p, ride = Run((4, 3, 2), 64, 2, "local:2:9", 2, 4).parameters, CHECK_VALUES  # averages inside an epoch carry the stop check
+    assert share("local:2:9") == pytest.approx((2 * p + ride) / (3 * (2 * p + ride) + 2 * p + (2 * p + ride) + p))
     assert share("grad") == pytest.approx(0.5)
     assert share("epoch") == share("end") == share("local:2:9", ranks=1) == 0.0
 

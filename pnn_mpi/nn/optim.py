@@ -35,7 +35,9 @@ class SGD:
     """SGD with optional (heavy-ball) momentum: v = mu v + g; p -= lr v.
 
     ``state`` is what a parameter average averages: the parameters, and the
-    velocity right after them when ``beside`` made the optimizer.
+    velocity right after them when ``beside`` made the optimizer. ``carrier`` is
+    ``state`` followed by ``beside``'s ``tail``: a few values that may travel
+    in the same Allreduce as an average (the training loop's stop check).
     """
 
     def __init__(self, params: np.ndarray, momentum: float = 0.0, velocity: np.ndarray | None = None):
@@ -44,21 +46,24 @@ class SGD:
             velocity = np.zeros_like(params)
         self.velocity = velocity
         self.state = params
+        self.carrier = params
 
     @classmethod
-    def beside(cls, net, momentum: float = 0.0) -> SGD:
-        """SGD whose velocity follows ``net``'s parameters in one contiguous buffer.
+    def beside(cls, net, momentum: float = 0.0, tail: int = 0) -> SGD:
+        """SGD whose velocity follows ``net``'s parameters in one contiguous buffer, then ``tail`` spare values.
 
         Averaging only the parameters and letting each rank keep its own momentum
         costs accuracy under local SGD (the momentum then pushes each rank back
         towards where it was heading before the average); with the two adjacent,
-        averaging both is still one in-place Allreduce on ``state``.
+        averaging both is still one in-place Allreduce on ``state``, and with the
+        tail after them a few more values ride along in that same call.
         """
         n = len(net.params)
-        state = np.zeros(n * (2 if momentum else 1), net.dtype)
-        net.move_into(state[:n])
-        opt = cls(net.params, momentum, state[n:] if momentum else None)
-        opt.state = state
+        size = n * (2 if momentum else 1)
+        carrier = np.zeros(size + tail, net.dtype)
+        net.move_into(carrier[:n])
+        opt = cls(net.params, momentum, carrier[n:size] if momentum else None)
+        opt.state, opt.carrier = carrier[:size], carrier
         return opt
 
     def step(self, params: np.ndarray, grads: np.ndarray, lr: float) -> None:

@@ -27,7 +27,7 @@ from ..training import defaults
 from ..training import train as loop
 from ..training.config import TrainConfig, settled
 
-CHECK_VALUES = 3  # the float64 values every check sums: stop requested, loss not finite, the loss (train.check_stop)
+CHECK_VALUES = loop.CHECK_VALUES  # the float64 values every check sums: stop requested, loss not finite, the loss (train.check_stop)
 
 
 @dataclass(frozen=True)
@@ -145,6 +145,7 @@ class Schedule(NamedTuple):
     per_step: list[np.ndarray]  # (ranks,) samples of step s on each rank
     periods: list[int]  # per epoch, steps between averages (0: none inside it), as train.train computes them
     average: Allreduce | None  # a parameter average: the parameters and, with momentum, the momentum (SGD.beside)
+    checking: Allreduce | None  # an average inside an epoch: the stop check rides in the buffer's tail (train.sync_parameters)
     final: Allreduce | None  # the average after the last epoch: the parameters alone (train.finish)
     gradient: Allreduce
     check: Allreduce
@@ -170,6 +171,7 @@ def schedule(run: Run) -> Schedule:
         [np.clip(sizes - s * batch, 0, batch) for s in range(steps)],
         [sync.period(f) for f in fractions],
         None if alone else Allreduce(params * (2 if cfg.momentum else 1), run.itemsize, "average"),
+        None if alone else Allreduce(params * (2 if cfg.momentum else 1) + CHECK_VALUES, run.itemsize, "average"),
         None if alone else Allreduce(params, run.itemsize, "average"),
         Allreduce(params, run.itemsize, "gradient"),
         Allreduce(CHECK_VALUES, 8, "check"),
@@ -210,16 +212,19 @@ def _epoch(plan: Schedule, ranks: int, period: int, final: bool, since: int) -> 
     there, never after the final epoch's last step (``finish`` averages then).
     """
     out = _Events(ranks)
+    checked = 0  # the step of the last stop check, on its own or riding an average
     for s in range(plan.steps):
         out.step(plan.per_step[s])
         stop, since = s + 1, since + 1
         if plan.sync.averages_gradients:
             out.meet(plan.gradient)
         if period and since >= period and not (final and stop == plan.steps):
-            out.meet(plan.average)
-            since = 0
-        if stop % plan.check_every == 0 or stop == plan.steps:
+            rides = stop < plan.steps and plan.checking is not None
+            out.meet(plan.checking if rides else plan.average)
+            since, checked = 0, stop if rides else checked
+        if stop == plan.steps or (stop % plan.check_every == 0 and stop - checked >= plan.check_every):
             out.meet(plan.check)
+            checked = stop
     if plan.sync.averages_after_epoch and not final:
         out.meet(plan.average)
         since = 0

@@ -207,6 +207,9 @@ class Hooks:
     consistent: Callable[[LoopState, str], None] | None = None
 
 
+CHECK_VALUES = 3  # what a stop check sums: a stop asked for, a loss not finite, the loss so far
+
+
 def check_interval(batch: int) -> int:
     """Steps between the ranks' checks for a stop request or divergence (about 2048 samples)."""
     return max(1, 2048 // batch)
@@ -234,6 +237,7 @@ class LoopState:
     progress: Progress = field(default_factory=Progress)
     loss_sum: float = 0.0  # summed training loss of the epoch so far
     epoch_loss: float | None = None  # the epoch's loss summed over all ranks, once its last stop check summed it
+    checked_at: int = 0  # the step of the epoch where the ranks last checked for a stop (on its own or riding an average)
     clock: Clock = field(default_factory=Clock)
     history: list[EpochRecord] = field(default_factory=list)
 
@@ -241,7 +245,7 @@ class LoopState:
     def start(cls, cfg: TrainConfig, rank: int, data: RankData) -> LoopState:
         """The state before the first step: the seeded network, zero momentum, the slice in file order."""
         net = build_network(cfg, data.x.shape[1], data.classes)
-        return cls(net, SGD.beside(net, cfg.momentum), np.arange(len(data.y)), np.random.default_rng([cfg.seed, rank]))
+        return cls(net, SGD.beside(net, cfg.momentum, CHECK_VALUES), np.arange(len(data.y)), np.random.default_rng([cfg.seed, rank]))
 
     def snapshot(self) -> tuple[Progress, RankState]:
         """A copy of where this rank stands, taken without any collective.
@@ -375,16 +379,17 @@ def train_epoch(run: Run, state: LoopState, epoch: int, lr: float, period: int =
             if run.cfg.shuffle:
                 state.shuffler.shuffle(state.order)
         state.epoch_loss = None
-        s = progress.step
+        s = state.checked_at = progress.step
         while s < run.plan.steps:
             stop = take_steps(run, state, s, lr, period)
             progress.step = stop
             if run.sync.averages_gradients:
                 consistent(run, state, "grad")
             if period and progress.since_average >= period and not (final and stop == run.plan.steps):
-                sync_parameters(run, state)  # after the final step, finish averages (the parameters alone)
-            if stop % run.check_every == 0 or stop == run.plan.steps:
-                check_stop(run, state, epoch, stop)
+                # after the final step, finish averages (the parameters alone); inside the epoch the stop check rides along
+                sync_parameters(run, state, check_at=None if stop == run.plan.steps else (epoch, stop))
+            if stop == run.plan.steps or (stop % run.check_every == 0 and stop - state.checked_at >= run.check_every):
+                check_stop(run, state, epoch, stop)  # the epoch's end, or no average carried a check for a while
             s = stop
         if run.sync.averages_after_epoch and not final:
             sync_parameters(run, state)
@@ -436,25 +441,51 @@ def allreduce(run: Run, state: LoopState, purpose: str, buffer: np.ndarray, aver
     setattr(clock, f"{purpose}_bytes", getattr(clock, f"{purpose}_bytes") + buffer.nbytes)
 
 
-def sync_parameters(run: Run, state: LoopState, with_momentum: bool = True) -> None:
+def sync_parameters(run: Run, state: LoopState, with_momentum: bool = True, check_at: tuple[int, int] | None = None) -> None:
     """Average the parameters, and the momentum with them (one buffer, one Allreduce):
     every rank then holds the same network and optimizer. The final average leaves
     the momentum (``with_momentum=False``): nothing steps after it. One rank alone is
-    its own average: no Allreduce then."""
+    its own average: no Allreduce then.
+
+    With ``check_at`` (epoch, step) the stop check rides in the buffer's tail, so an
+    average is also a check and the two cost one call: averaged, its flags are the
+    fractions of ranks that asked to stop or diverged (0 stays exactly 0).
+    """
+    riding = check_at is not None and with_momentum and run.world.size > 1
+    reason = None
     if run.world.size > 1:
+        buffer = state.opt.carrier if riding else state.opt.state if with_momentum else state.net.params
+        if riding:
+            reason, flags = stop_flags(run, state)
+            buffer[-CHECK_VALUES:] = flags
         with run.phases("comm"):
-            allreduce(run, state, "average", state.opt.state if with_momentum else state.net.params, average=True)
+            allreduce(run, state, "average", buffer, average=True)
     state.progress.in_sync = True
     state.progress.since_average = 0
     consistent(run, state, "average")
+    if riding:
+        assert check_at is not None
+        act_on_check(run, state, *check_at, reason, buffer[-CHECK_VALUES:].astype(np.float64) * run.world.size)
+
+
+def stop_flags(run: Run, state: LoopState) -> tuple[str | None, np.ndarray]:
+    """This rank's stop request (None: none) and its stop check's values."""
+    reason = run.hooks.stop_reason()
+    return reason, np.array([reason is not None, not math.isfinite(state.loss_sum), state.loss_sum], dtype=np.float64)
 
 
 def check_stop(run: Run, state: LoopState, epoch: int, step: int) -> None:
     """Agree on stopping: any rank's signal or non-finite loss stops all ranks at this step."""
-    reason = run.hooks.stop_reason()
-    flags = np.array([reason is not None, not math.isfinite(state.loss_sum), state.loss_sum], dtype=np.float64)
+    reason, flags = stop_flags(run, state)
     with run.phases("check"):  # not clocked: charged to compute, around it
         allreduce(run, state, "check", flags)  # the loss rides along for rank 0's progress line: no collective of its own
+    act_on_check(run, state, epoch, step, reason, flags)
+    consistent(run, state, "check")
+
+
+def act_on_check(run: Run, state: LoopState, epoch: int, step: int, reason: str | None, flags: np.ndarray) -> None:
+    """What every rank does with a stop check's sums: report progress, stop on divergence or a request."""
+    state.checked_at = step
     if step == run.plan.steps:
         state.epoch_loss = float(flags[2])  # spares score_epoch an Allreduce when nothing is scored
     if run.world.rank == 0 and math.isfinite(flags[2]):
@@ -468,7 +499,6 @@ def check_stop(run: Run, state: LoopState, epoch: int, step: int) -> None:
         reasons = run.world.allgather(reason)
         save_checkpoint(run, state)
         raise Interrupted(next(r for r in reasons if r), epoch, step)
-    consistent(run, state, "check")
 
 
 def save_checkpoint(run: Run, state: LoopState) -> None:
