@@ -7,6 +7,7 @@ Every launch runs under MPIEXEC_TIMEOUT (``clean_env``) and a subprocess timeout
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import asdict
@@ -34,7 +35,8 @@ def tiny(tmp_path_factory):
     return write_dataset(tmp_path_factory.mktemp("tiny"), train=TRAIN, test=TEST, seed=2)
 
 
-def _launch(tiny, out, inject, *flags, ranks=4, ft=True, on_failure="continue"):
+def _launch(tiny, out, inject, *flags, ranks=4, ft=True, on_failure="continue", fixed=True):
+    """The run under mpiexec; ``fixed``: the settings the defaults rule would choose are given (else it chooses)."""
     command = [
         mpiexec_path(),
         *(["--with-ft", "ulfm"] if ft else []),
@@ -53,14 +55,7 @@ def _launch(tiny, out, inject, *flags, ranks=4, ft=True, on_failure="continue"):
         "3",
         "--out",
         str(out),
-        "--lr",
-        "0.05",
-        "--momentum",
-        "0.9",
-        "--lr-schedule",
-        "constant",
-        "--warmup",
-        "0",  # fixed, whatever the defaults
+        *(["--lr", "0.05", "--momentum", "0.9", "--lr-schedule", "constant", "--warmup", "0"] if fixed else []),  # whatever the defaults
         "--on-rank-failure",
         on_failure,
         *flags,
@@ -157,17 +152,52 @@ def test_two_ranks_lost_at_different_times(tiny, tmp_path):
 
 def test_a_rank_killed_while_writing_a_checkpoint(tiny, tmp_path):
     """Rank 0 dies with its temporary checkpoint complete but not renamed: the file in place stays
-    the previous one, the survivors write the checkpoint again, no temporary is left, and
-    --resume refuses that checkpoint in one line (its survivors held re-split slices)."""
+    the previous one, the survivors write the checkpoint again (with who holds which samples), and
+    no temporary is left."""
     out = tmp_path / "run"
     _finished(_launch(tiny, out, "kill-in-checkpoint:0:2", "--checkpoint-every", "1"), out, [[0]])
     assert sorted(p.name for p in out.iterdir() if p.name != outdir.LOCK) == [checkpoint.FILE, "metrics.json", "model.npz"]
     with np.load(out / checkpoint.FILE) as archive:
         header = json.loads(str(archive["header"]))
     assert header["ranks"] == 3 and header["lost_ranks"] == [0] and header["progress"]["epoch"] == 2
-    resumed = _launch(tiny, out, None, "--checkpoint-every", "1", "--resume", ranks=3, ft=False, on_failure="abort")
+    lost_start, lost_stop = slice_bounds(TRAIN, 4, 0)
+    assert header["held"]["launched_ranks"] == 4 and header["held"]["train"][0] == [list(slice_bounds(TRAIN, 4, 1)), [lost_start, lost_start + 167]]
+
+
+def _survivors_checkpoint(tiny, tmp_path, sync: str | None, fixed: bool = True):
+    """A run that lost rank 1 in epoch 2 and finished with 3 ranks, and a folder holding only the
+    checkpoint its survivors wrote after epoch 2: that run stopped there, as a preempted job would."""
+    out, stopped = tmp_path / "run", tmp_path / "stopped"
+    flags = [*(["--sync", sync] if sync else []), "--checkpoint-every", "1"]
+    _finished(_launch(tiny, out, "kill:1:2:5", *flags, fixed=fixed), out, [[1]])
+    stopped.mkdir()
+    shutil.copy2(out / checkpoint.FILE, stopped / checkpoint.FILE)
+    return out, stopped, flags
+
+
+@pytest.mark.parametrize("sync", ["epoch", "grad", "steps:5", None])
+@pytest.mark.parametrize("on_failure", ["continue", "abort"])
+def test_the_survivors_checkpoint_resumed_with_as_many_ranks_ends_as_the_run_that_went_on(tiny, tmp_path, sync, on_failure):
+    """--resume -n 3 of the survivors' checkpoint loads what each survivor held (its slice and its
+    share of rank 1's samples) and, with the defaults rule choosing (sync None: the rate differs
+    between 3 and 4 ranks), resolves it for the 4 ranks launched: the last epoch and the saved
+    model are bit for bit those of the run that went on."""
+    out, stopped, flags = _survivors_checkpoint(tiny, tmp_path, sync, fixed=sync is not None)
+    resumed = _launch(tiny, stopped, None, *flags, "--resume", ranks=3, ft=on_failure == "continue", on_failure=on_failure, fixed=sync is not None)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resuming from" in resumed.stdout and "epoch 3, step 0" in resumed.stdout
+    went_on, back = (json.loads((folder / "metrics.json").read_text()) for folder in (out, stopped))
+    assert back["epochs"][-1] == went_on["epochs"][-1] | {"train_seconds": back["epochs"][-1]["train_seconds"]}
+    assert (stopped / "model.npz").read_bytes() == (out / "model.npz").read_bytes()
+
+
+@pytest.mark.parametrize("ranks", [4, 2])
+def test_the_survivors_checkpoint_resumed_with_other_ranks_is_one_line_naming_theirs(tiny, tmp_path, ranks):
+    _, stopped, flags = _survivors_checkpoint(tiny, tmp_path, "epoch")
+    resumed = _launch(tiny, stopped, None, *flags, "--resume", ranks=ranks, ft=False, on_failure="abort")
     lines = [line for line in resumed.stderr.splitlines() if line.startswith("pnn_mpi")]
-    assert resumed.returncode == 2 and len(lines) == 1 and "written after the run lost rank(s) 0" in lines[0], resumed.stderr
+    assert resumed.returncode == 2 and len(lines) == 1, resumed.stderr
+    assert "written by the 3 ranks that survived lost ones of a 4-rank run" in lines[0] and lines[0].endswith("relaunch with -n 3")
 
 
 def _local_network(cfg: TrainConfig, tiny, ranges_by_epoch: list[list[tuple[int, int]]]):

@@ -172,10 +172,14 @@ def agree_on_point(world, point: RollbackPoint, original: tuple[Progress, RankSt
 
 
 class Holdings:
-    """Which samples of one split (ranges of the file's records, from ``offset`` on) each launch rank holds."""
+    """Which samples of one split (ranges of the file's records, from ``offset`` on) each launch rank holds:
+    its slice, or ``ranges`` (one list per launch rank, as a resumed checkpoint recorded them)."""
 
-    def __init__(self, total: int, launch_size: int, offset: int = 0):
-        self.ranges = {r: [slice_bounds(total, launch_size, r, offset)] for r in range(launch_size)}
+    def __init__(self, total: int, launch_size: int, offset: int = 0, ranges: list | None = None):
+        if ranges is not None:
+            self.ranges = {r: [(int(a), int(b)) for a, b in ranges[r]] for r in range(launch_size)}
+        else:
+            self.ranges = {r: [slice_bounds(total, launch_size, r, offset)] for r in range(launch_size)}
 
     def hand_over(self, lost: list[int], survivors: list[int]) -> dict[int, list[tuple[int, int]]]:
         """Split the lost ranks' samples evenly over the survivors; returns each survivor's new ranges."""
@@ -195,12 +199,34 @@ class Holdings:
 
 
 def holdings_of(data: RankData, launch_size: int) -> dict[str, Holdings]:
-    """Who holds which training, test and validation records (the validation ones follow the training ones)."""
+    """Who holds which training, test and validation records (the validation ones follow the training ones):
+    the slices of the launch, or what the checkpoint this run resumed from recorded."""
+    held = data.held or {}
     return {
-        "train": Holdings(data.train_total, launch_size),
-        "test": Holdings(data.test_total, launch_size),
-        "val": Holdings(data.val_total, launch_size, offset=data.train_total),
+        "train": Holdings(data.train_total, launch_size, ranges=held.get("train")),
+        "test": Holdings(data.test_total, launch_size, ranges=held.get("test")),
+        "val": Holdings(data.val_total, launch_size, offset=data.train_total, ranges=held.get("val")),
     }
+
+
+def held_record(holdings: dict[str, Holdings], members: list[int], launched: int) -> dict:
+    """What a checkpoint records of who holds which records (checkpoint.py's ``held``), current rank 0 first."""
+    return {"launched_ranks": launched, **{split: [[list(r) for r in held.ranges[m]] for m in members] for split, held in holdings.items()}}
+
+
+def recording_holdings(hooks: Hooks, world, data: RankData, holdings: dict[str, Holdings]) -> Hooks:
+    """``hooks`` whose checkpoints record the holdings once they are not the launch's plain slices
+    (a rank was lost, or the run resumed from survivors): a resume can then load them."""
+    writer, resumed = hooks.checkpoint, data.held
+    if writer is None:
+        return hooks
+    launched = resumed["launched_ranks"] if resumed else world.launch_size
+
+    def write(progress: Progress, state: RankState) -> None:
+        regrouped = world.lost or resumed is not None
+        writer(progress, state, held_record(holdings, world.members, launched) if regrouped else None)
+
+    return replace(hooks, checkpoint=write)
 
 
 def _records(cfg: TrainConfig, data: RankData, split: str, ranges: list[tuple[int, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -245,6 +271,7 @@ def train_surviving(cfg: TrainConfig, world, data: RankData, log=print, hooks: H
     hooks = replace(hooks, consistent=point)
     original = hooks.resume
     holdings = holdings_of(data, world.launch_size)
+    hooks = recording_holdings(hooks, world, data, holdings)
     failures: list[Failure] = []
     while True:
         try:

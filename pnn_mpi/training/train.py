@@ -198,7 +198,7 @@ class Hooks:
     """
 
     stop_reason: Callable[[], str | None] = lambda: None
-    checkpoint: Callable[[Progress, RankState], None] | None = None
+    checkpoint: Callable[..., None] | None = None  # (progress, state); survive.py adds who holds which records
     resume: tuple[Progress, RankState] | None = None
     phase_listener: Callable[[str, float, float], None] | None = None  # told of every phase span (the timeline)
     # Called where every rank has passed the same collective, with what it changed: "start"
