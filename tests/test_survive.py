@@ -242,3 +242,16 @@ def test_without_fault_tolerance_the_flag_is_one_clear_line(tiny, tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.startswith("pnn_mpi")]
     assert proc.returncode == 2
     assert lines == ["pnn_mpi: error: --on-rank-failure continue needs fault tolerance from the launcher: start with mpiexec --with-ft ulfm"]
+
+
+def test_a_survivor_inside_a_gradient_step_the_others_passed_counts_its_loss_once(tiny, tmp_path):
+    """--sync grad: rank 1 dies just after step 5's gradient Allreduce returned. In the first run
+    every survivor passed that step; in the second, rank 2 sees the loss inside the Allreduce
+    (lose-in-sum): it adopts the step's result from a rank that passed it. Its batch's loss must
+    count once in epoch 2, as in the first run: every epoch's figures and the model are the same."""
+    passed, inside = tmp_path / "passed", tmp_path / "inside"
+    first = _finished(_launch(tiny, passed, "kill-after-sum:1:2:5", "--sync", "grad"), passed, [[1]])
+    second = _finished(_launch(tiny, inside, "kill-after-sum:1:2:5,lose-in-sum:2:2:5", "--sync", "grad"), inside, [[1]])
+    assert [e["train_loss"] for e in second["epochs"]] == [e["train_loss"] for e in first["epochs"]]
+    assert second["test_accuracy"] == first["test_accuracy"]
+    assert (inside / "model.npz").read_bytes() == (passed / "model.npz").read_bytes()
