@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import asdict
 
 import numpy as np
@@ -255,3 +256,29 @@ def test_a_survivor_inside_a_gradient_step_the_others_passed_counts_its_loss_onc
     assert [e["train_loss"] for e in second["epochs"]] == [e["train_loss"] for e in first["epochs"]]
     assert second["test_accuracy"] == first["test_accuracy"]
     assert (inside / "model.npz").read_bytes() == (passed / "model.npz").read_bytes()
+
+
+@pytest.mark.parametrize("rank", [1, 0])
+def test_a_rank_killed_before_the_first_collective_leaves_three_that_train_from_the_start(tiny, tmp_path, rank):
+    """MPI is up but the run has not made its world yet: the survivors make it without the dead rank
+    (it never trained: nothing to take over), train as three, record the loss 'at start-up', and
+    their checkpoint resumes with -n 3 to the same model."""
+    out, stopped = tmp_path / "run", tmp_path / "stopped"
+    proc = _launch(tiny, out, f"kill-at-start:{rank}", "--checkpoint-every", "1")
+    record = _finished(proc, out, [[rank]])
+    assert record["rank_failures"][0]["epoch"] == 0 and record["rank_failures"][0]["survivors"] == [r for r in range(4) if r != rank]
+    assert f"rank {rank} at start-up" in proc.stdout and record["test_accuracy"] > 0.9
+    stopped.mkdir()
+    shutil.copy2(out / checkpoint.FILE, stopped / checkpoint.FILE)
+    resumed = _launch(tiny, stopped, None, "--checkpoint-every", "1", "--resume", ranks=3, ft=False, on_failure="abort")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert (stopped / "model.npz").read_bytes() == (out / "model.npz").read_bytes()
+
+
+@pytest.mark.parametrize("fault", ["kill-before-init:1", "kill-at-start:1", "kill-at-start:0"])
+def test_under_abort_a_rank_killed_at_start_up_ends_the_job_at_once(tiny, tmp_path, fault):
+    """Without --with-ft the launcher ends the job when a rank dies, MPI started or not (1.5 s here)."""
+    began = time.monotonic()
+    proc = _launch(tiny, tmp_path / "run", fault, ft=False, on_failure="abort")
+    assert proc.returncode != 0 and time.monotonic() - began < 60, proc.stdout + proc.stderr
+    assert not (tmp_path / "run" / "model.npz").exists()

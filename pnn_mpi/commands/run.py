@@ -208,17 +208,24 @@ def finish_timeline(
 
 def start_world(cfg: TrainConfig) -> Communicator:
     """The ranks of this job: a world that survives lost ranks with ``--on-rank-failure continue``."""
+    injected = planned_faults()
+    launcher_rank = int(os.environ.get("PMIX_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "-1")))
+    for fault in injected:
+        fault.fire_at_start(launcher_rank, "before-init")
     if cfg.on_rank_failure != "continue":
         plain = current_world()
+        for fault in injected:
+            fault.fire_at_start(plain.rank, "at-start")
         start_watchdog(plain, cfg.stall_timeout)  # a rank that stops responding ends the job in one line
         return plain
     prepare_process(cfg.on_rank_failure, cfg.stall_timeout)  # before MPI starts
     base = current_world()
+    for fault in injected:
+        fault.fire_at_start(base.rank, "at-start")
     if not base.mpi or base.size == 1:
         return base  # one rank: nobody to lose
-    world = ResilientWorld(getattr(base, "comm", None))
-    check_fault_tolerance(world)
-    return world
+    check_fault_tolerance(base)  # before the resilient world's first ULFM call
+    return ResilientWorld(getattr(base, "comm", None))
 
 
 def run_training(cfg: TrainConfig, world: Communicator | None = None) -> dict | None:
@@ -228,8 +235,8 @@ def run_training(cfg: TrainConfig, world: Communicator | None = None) -> dict | 
     check_world_size(cfg, world)
     followed = tuple(cfg.unset())
     held = survivors_holdings(cfg, world)
-    # The defaults rule needs the number of ranks (the launch's, for survivors resumed): from here on every value is set.
-    cfg = cfg.resolved(held["launched_ranks"] if held else world.size)
+    # The defaults rule needs the number of ranks: the launch's, also for survivors (of a loss at start-up, or resumed).
+    cfg = cfg.resolved(held["launched_ranks"] if held else getattr(world, "launch_size", world.size))
     stop = StopRequest().install()
     if cfg.resume and not cfg.out:
         raise UserError("--resume needs --out DIR: the folder of the run to continue")
@@ -341,7 +348,7 @@ def report_and_save(cfg: TrainConfig, world: Communicator, out: Path, data: Rank
 
     def save() -> None:
         if world.rank == 0:
-            if getattr(world, "launch_rank", 0) != 0:  # the launch's rank 0 claimed the folder and is lost:
+            if getattr(world, "launch_rank", 0) != getattr(world, "start_members", (0,))[0]:  # the rank that claimed the folder is lost:
                 held.append(outdir.RunFolder.take_over(out))  # hold it here, so no other run claims it meanwhile
             meta = {"dataset": cfg.dataset, "image_shape": "x".join(map(str, data.image_shape)), "ranks": str(world.size)}
             try:  # model and metrics together, or neither (outdir.py); rank 0 always has its record
