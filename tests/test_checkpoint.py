@@ -13,6 +13,7 @@ from pnn_mpi.parallel.comm import SerialWorld
 from pnn_mpi.training import checkpoint
 from pnn_mpi.training.checkpoint import Progress, RankState
 from pnn_mpi.training.config import TrainConfig
+from pnn_mpi.training.rank_data import check_cover
 from pnn_mpi.training.train import Hooks, check_interval, train
 
 
@@ -63,6 +64,64 @@ def test_other_rank_count_is_refused(tmp_path):
     checkpoint.save(tmp_path / "c.npz", TrainConfig(), 2, Progress(), [_state(0), _state(1)])
     with pytest.raises(UserError, match="written by a run of 2 ranks, cannot resume with 4; relaunch with -n 2"):
         checkpoint.load(tmp_path / "c.npz", TrainConfig(), 4)
+
+
+HELD = {"launched_ranks": 3, "train": [[[0, 4], [8, 10]], [[4, 8], [10, 12]]], "test": [[[0, 2]], [[2, 4]]], "val": [[[12, 12]], [[12, 12]]]}
+
+
+def test_the_survivors_holdings_are_read_before_the_data_and_checked_with_the_rest(tmp_path):
+    """Two survivors of a 3-rank run: peek_held hands their holdings over; load wants the same ones."""
+    checkpoint.save(tmp_path / "c.npz", TrainConfig(), 2, Progress(), [_state(0), _state(1)], lost=[2], held=HELD)
+    assert checkpoint.peek_held(tmp_path / "c.npz", 2) == HELD
+    checkpoint.load(tmp_path / "c.npz", TrainConfig(), 2)
+    with pytest.raises(UserError, match="lists other holdings"):
+        checkpoint.load(tmp_path / "c.npz", TrainConfig(), 2, _expected(held=None))
+
+
+@pytest.mark.parametrize("ranks", [3, 1])
+def test_the_survivors_checkpoint_with_other_ranks_names_theirs(tmp_path, ranks):
+    checkpoint.save(tmp_path / "c.npz", TrainConfig(), 2, Progress(), [_state(0), _state(1)], lost=[2], held=HELD)
+    for read in (lambda: checkpoint.peek_held(tmp_path / "c.npz", ranks), lambda: checkpoint.load(tmp_path / "c.npz", TrainConfig(), ranks)):
+        with pytest.raises(
+            UserError, match=f"written by the 2 ranks that survived lost ones of a 3-rank run .*, cannot resume with {ranks}; relaunch with -n 2$"
+        ):
+            read()
+
+
+@pytest.mark.parametrize(
+    "held",
+    [
+        [1, 2],
+        {**HELD, "launched_ranks": 2},  # not more than survived
+        {**HELD, "launched_ranks": True},
+        {**HELD, "train": [[[0, 4]]]},  # one rank's entry missing
+        {**HELD, "test": [[[2, 0]], [[2, 4]]]},  # a backward range
+        {**HELD, "test": [[[0, "2"]], [[2, 4]]]},
+        {**HELD, "val": [[[-1, 12]], [[12, 12]]]},
+        {k: v for k, v in HELD.items() if k != "val"},
+    ],
+)
+def test_malformed_holdings_are_one_error_line(tmp_path, held):
+    checkpoint.save(tmp_path / "c.npz", TrainConfig(), 2, Progress(), [_state(0), _state(1)], lost=[2], held=held)
+    for read in (lambda: checkpoint.peek_held(tmp_path / "c.npz", 2), lambda: checkpoint.load(tmp_path / "c.npz", TrainConfig(), 2)):
+        with pytest.raises(UserError, match="not a usable pnn_mpi checkpoint: its holdings"):
+            read()
+
+
+@pytest.mark.parametrize(
+    "split, ranges",
+    [("train", [[[0, 4], [8, 10]], [[4, 8], [10, 11]]]), ("train", [[[0, 5], [8, 10]], [[4, 8], [10, 12]]]), ("test", [[[0, 2]], [[3, 4]]])],
+)
+def test_holdings_that_do_not_cover_the_records_once_are_refused(split, ranges):
+    """Short of the end, overlapping, or with a gap: one line, before any record is read."""
+    totals = {"train": (0, 12), "test": (0, 4), "val": (12, 12)}
+    check_cover(HELD, totals)
+    with pytest.raises(UserError, match=f"holdings of the {split} records do not cover"):
+        check_cover({**HELD, split: ranges}, totals)
+
+
+def _expected(held) -> checkpoint.Expected:
+    return checkpoint.Expected(parameters=20, slice_sizes=[9, 9], steps=3, data={}, history_fields=(), clock_fields=(), held=held)
 
 
 @pytest.mark.parametrize("content", [b"", b"not a zip", b"PK\x03\x04garbage"])

@@ -24,16 +24,33 @@ from pnn_mpi.training.config import TrainConfig
 
 
 def test_faults_parse_steps_checkpoints_and_lists(monkeypatch):
-    monkeypatch.setenv(faults.VARIABLE, "kill:1:2:30, kill-in-checkpoint:0:3,raise:2,kill-in-save:3,stop:2:1:4")
+    monkeypatch.setenv(
+        faults.VARIABLE, "kill:1:2:30, kill-in-checkpoint:0:3,raise:2,kill-in-save:3,stop:2:1:4,kill-after-sum:1:2:5,lose-in-sum:2:2:5,kill-at-start:3"
+    )
     assert faults.planned_faults() == [
         faults.Fault("kill", 1, 2, 30),
         faults.Fault("kill-in-checkpoint", 0, 3),
         faults.Fault("raise", 2, 1),
         faults.Fault("kill-in-save", 3),
         faults.Fault("stop", 2, 1, 4),
+        faults.Fault("kill-after-sum", 1, 2, 5),
+        faults.Fault("lose-in-sum", 2, 2, 5),
+        faults.Fault("kill-at-start", 3),
     ]
     assert faults.planned_fault() == faults.Fault("kill", 1, 2, 30)
-    for bad in ("kill", "kill:x", "explode:1", "kill:1:2:3:4", "kill-in-checkpoint:1:2:3", "kill-in-save:1:2", "kill:-1"):
+    bad_ones = (
+        "kill",
+        "kill:x",
+        "explode:1",
+        "kill:1:2:3:4",
+        "kill-in-checkpoint:1:2:3",
+        "kill-in-save:1:2",
+        "kill:-1",
+        "kill-after-sum:1:2",
+        "lose-in-sum:1",
+        "kill-at-start:1:2",
+    )
+    for bad in bad_ones:
         monkeypatch.setenv(faults.VARIABLE, bad)
         with pytest.raises(UserError, match="expected raise|kill"):
             faults.planned_faults()

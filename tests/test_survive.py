@@ -7,8 +7,10 @@ Every launch runs under MPIEXEC_TIMEOUT (``clean_env``) and a subprocess timeout
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import time
 from dataclasses import asdict
 
 import numpy as np
@@ -34,7 +36,8 @@ def tiny(tmp_path_factory):
     return write_dataset(tmp_path_factory.mktemp("tiny"), train=TRAIN, test=TEST, seed=2)
 
 
-def _launch(tiny, out, inject, *flags, ranks=4, ft=True, on_failure="continue"):
+def _launch(tiny, out, inject, *flags, ranks=4, ft=True, on_failure="continue", fixed=True):
+    """The run under mpiexec; ``fixed``: the settings the defaults rule would choose are given (else it chooses)."""
     command = [
         mpiexec_path(),
         *(["--with-ft", "ulfm"] if ft else []),
@@ -53,14 +56,7 @@ def _launch(tiny, out, inject, *flags, ranks=4, ft=True, on_failure="continue"):
         "3",
         "--out",
         str(out),
-        "--lr",
-        "0.05",
-        "--momentum",
-        "0.9",
-        "--lr-schedule",
-        "constant",
-        "--warmup",
-        "0",  # fixed, whatever the defaults
+        *(["--lr", "0.05", "--momentum", "0.9", "--lr-schedule", "constant", "--warmup", "0"] if fixed else []),  # whatever the defaults
         "--on-rank-failure",
         on_failure,
         *flags,
@@ -157,17 +153,52 @@ def test_two_ranks_lost_at_different_times(tiny, tmp_path):
 
 def test_a_rank_killed_while_writing_a_checkpoint(tiny, tmp_path):
     """Rank 0 dies with its temporary checkpoint complete but not renamed: the file in place stays
-    the previous one, the survivors write the checkpoint again, no temporary is left, and
-    --resume refuses that checkpoint in one line (its survivors held re-split slices)."""
+    the previous one, the survivors write the checkpoint again (with who holds which samples), and
+    no temporary is left."""
     out = tmp_path / "run"
     _finished(_launch(tiny, out, "kill-in-checkpoint:0:2", "--checkpoint-every", "1"), out, [[0]])
     assert sorted(p.name for p in out.iterdir() if p.name != outdir.LOCK) == [checkpoint.FILE, "metrics.json", "model.npz"]
     with np.load(out / checkpoint.FILE) as archive:
         header = json.loads(str(archive["header"]))
     assert header["ranks"] == 3 and header["lost_ranks"] == [0] and header["progress"]["epoch"] == 2
-    resumed = _launch(tiny, out, None, "--checkpoint-every", "1", "--resume", ranks=3, ft=False, on_failure="abort")
+    lost_start, lost_stop = slice_bounds(TRAIN, 4, 0)
+    assert header["held"]["launched_ranks"] == 4 and header["held"]["train"][0] == [list(slice_bounds(TRAIN, 4, 1)), [lost_start, lost_start + 167]]
+
+
+def _survivors_checkpoint(tiny, tmp_path, sync: str | None, fixed: bool = True):
+    """A run that lost rank 1 in epoch 2 and finished with 3 ranks, and a folder holding only the
+    checkpoint its survivors wrote after epoch 2: that run stopped there, as a preempted job would."""
+    out, stopped = tmp_path / "run", tmp_path / "stopped"
+    flags = [*(["--sync", sync] if sync else []), "--checkpoint-every", "1"]
+    _finished(_launch(tiny, out, "kill:1:2:5", *flags, fixed=fixed), out, [[1]])
+    stopped.mkdir()
+    shutil.copy2(out / checkpoint.FILE, stopped / checkpoint.FILE)
+    return out, stopped, flags
+
+
+@pytest.mark.parametrize("sync", ["epoch", "grad", "steps:5", None])
+@pytest.mark.parametrize("on_failure", ["continue", "abort"])
+def test_the_survivors_checkpoint_resumed_with_as_many_ranks_ends_as_the_run_that_went_on(tiny, tmp_path, sync, on_failure):
+    """--resume -n 3 of the survivors' checkpoint loads what each survivor held (its slice and its
+    share of rank 1's samples) and, with the defaults rule choosing (sync None: the rate differs
+    between 3 and 4 ranks), resolves it for the 4 ranks launched: the last epoch and the saved
+    model are bit for bit those of the run that went on."""
+    out, stopped, flags = _survivors_checkpoint(tiny, tmp_path, sync, fixed=sync is not None)
+    resumed = _launch(tiny, stopped, None, *flags, "--resume", ranks=3, ft=on_failure == "continue", on_failure=on_failure, fixed=sync is not None)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resuming from" in resumed.stdout and "epoch 3, step 0" in resumed.stdout
+    went_on, back = (json.loads((folder / "metrics.json").read_text()) for folder in (out, stopped))
+    assert back["epochs"][-1] == went_on["epochs"][-1] | {"train_seconds": back["epochs"][-1]["train_seconds"]}
+    assert (stopped / "model.npz").read_bytes() == (out / "model.npz").read_bytes()
+
+
+@pytest.mark.parametrize("ranks", [4, 2])
+def test_the_survivors_checkpoint_resumed_with_other_ranks_is_one_line_naming_theirs(tiny, tmp_path, ranks):
+    _, stopped, flags = _survivors_checkpoint(tiny, tmp_path, "epoch")
+    resumed = _launch(tiny, stopped, None, *flags, "--resume", ranks=ranks, ft=False, on_failure="abort")
     lines = [line for line in resumed.stderr.splitlines() if line.startswith("pnn_mpi")]
-    assert resumed.returncode == 2 and len(lines) == 1 and "written after the run lost rank(s) 0" in lines[0], resumed.stderr
+    assert resumed.returncode == 2 and len(lines) == 1, resumed.stderr
+    assert "written by the 3 ranks that survived lost ones of a 4-rank run" in lines[0] and lines[0].endswith("relaunch with -n 3")
 
 
 def _local_network(cfg: TrainConfig, tiny, ranges_by_epoch: list[list[tuple[int, int]]]):
@@ -212,3 +243,42 @@ def test_without_fault_tolerance_the_flag_is_one_clear_line(tiny, tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.startswith("pnn_mpi")]
     assert proc.returncode == 2
     assert lines == ["pnn_mpi: error: --on-rank-failure continue needs fault tolerance from the launcher: start with mpiexec --with-ft ulfm"]
+
+
+def test_a_survivor_inside_a_gradient_step_the_others_passed_counts_its_loss_once(tiny, tmp_path):
+    """--sync grad: rank 1 dies just after step 5's gradient Allreduce returned. In the first run
+    every survivor passed that step; in the second, rank 2 sees the loss inside the Allreduce
+    (lose-in-sum): it adopts the step's result from a rank that passed it. Its batch's loss must
+    count once in epoch 2, as in the first run: every epoch's figures and the model are the same."""
+    passed, inside = tmp_path / "passed", tmp_path / "inside"
+    first = _finished(_launch(tiny, passed, "kill-after-sum:1:2:5", "--sync", "grad"), passed, [[1]])
+    second = _finished(_launch(tiny, inside, "kill-after-sum:1:2:5,lose-in-sum:2:2:5", "--sync", "grad"), inside, [[1]])
+    assert [e["train_loss"] for e in second["epochs"]] == [e["train_loss"] for e in first["epochs"]]
+    assert second["test_accuracy"] == first["test_accuracy"]
+    assert (inside / "model.npz").read_bytes() == (passed / "model.npz").read_bytes()
+
+
+@pytest.mark.parametrize("rank", [1, 0])
+def test_a_rank_killed_before_the_first_collective_leaves_three_that_train_from_the_start(tiny, tmp_path, rank):
+    """MPI is up but the run has not made its world yet: the survivors make it without the dead rank
+    (it never trained: nothing to take over), train as three, record the loss 'at start-up', and
+    their checkpoint resumes with -n 3 to the same model."""
+    out, stopped = tmp_path / "run", tmp_path / "stopped"
+    proc = _launch(tiny, out, f"kill-at-start:{rank}", "--checkpoint-every", "1")
+    record = _finished(proc, out, [[rank]])
+    assert record["rank_failures"][0]["epoch"] == 0 and record["rank_failures"][0]["survivors"] == [r for r in range(4) if r != rank]
+    assert f"rank {rank} at start-up" in proc.stdout and record["test_accuracy"] > 0.9
+    stopped.mkdir()
+    shutil.copy2(out / checkpoint.FILE, stopped / checkpoint.FILE)
+    resumed = _launch(tiny, stopped, None, "--checkpoint-every", "1", "--resume", ranks=3, ft=False, on_failure="abort")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert (stopped / "model.npz").read_bytes() == (out / "model.npz").read_bytes()
+
+
+@pytest.mark.parametrize("fault", ["kill-before-init:1", "kill-at-start:1", "kill-at-start:0"])
+def test_under_abort_a_rank_killed_at_start_up_ends_the_job_at_once(tiny, tmp_path, fault):
+    """Without --with-ft the launcher ends the job when a rank dies, MPI started or not (1.5 s here)."""
+    began = time.monotonic()
+    proc = _launch(tiny, tmp_path / "run", fault, ft=False, on_failure="abort")
+    assert proc.returncode != 0 and time.monotonic() - began < 60, proc.stdout + proc.stderr
+    assert not (tmp_path / "run" / "model.npz").exists()

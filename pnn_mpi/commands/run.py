@@ -104,6 +104,7 @@ def resume_point(cfg: TrainConfig, world: Communicator, out: Path, expect: check
 def expectations(cfg: TrainConfig, data: RankData, data_id: dict) -> checkpoint.Expected:
     """What a checkpoint must hold for this run to continue from it."""
     return checkpoint.Expected(
+        held=data.held,
         parameters=parameter_count((data.x.shape[1], *cfg.hidden, data.classes)),
         slice_sizes=list(data.slice_sizes),
         steps=batch_plan(cfg, data.slice_sizes).steps,
@@ -113,9 +114,10 @@ def expectations(cfg: TrainConfig, data: RankData, data_id: dict) -> checkpoint.
     )
 
 
-def checkpoint_writer(cfg: TrainConfig, world: Communicator, out: Path, data: dict | None = None):
+def checkpoint_writer(cfg: TrainConfig, world: Communicator, out: Path, data: dict | None = None, held: dict | None = None):
     """A collective that gathers every rank's state to rank 0, which writes it atomically
-    (with ``data``, the data's identity)."""
+    (with ``data``, the data's identity, and ``held``, who holds which records when a resumed
+    run's ranks hold the survivors' records; a surviving run passes its own with each call)."""
 
     injected = planned_faults()
     launch_rank = getattr(world, "launch_rank", world.rank)
@@ -124,7 +126,9 @@ def checkpoint_writer(cfg: TrainConfig, world: Communicator, out: Path, data: di
         for fault in injected:
             fault.fire_in_checkpoint(launch_rank, epoch)
 
-    def write(progress: Progress, state: RankState) -> None:
+    launched_held = held
+
+    def write(progress: Progress, state: RankState, held: dict | None = launched_held) -> None:
         if world.rank != 0:
             inject(progress.epoch)
         states = world.gather(state)
@@ -137,7 +141,9 @@ def checkpoint_writer(cfg: TrainConfig, world: Communicator, out: Path, data: di
                     if files.is_our_temporary(name) and name.endswith(checkpoint.FILE):
                         (out / name).unlink(missing_ok=True)
                 try:
-                    checkpoint.save(out / checkpoint.FILE, cfg, world.size, progress, states, data, lost=lost, before_rename=lambda: inject(progress.epoch))
+                    checkpoint.save(
+                        out / checkpoint.FILE, cfg, world.size, progress, states, data, lost=lost, held=held, before_rename=lambda: inject(progress.epoch)
+                    )
                 except OSError as exc:
                     raise UserError(f"--out {out}: cannot write the checkpoint ({os_reason(exc)}); the previous one is intact") from None
 
@@ -202,17 +208,24 @@ def finish_timeline(
 
 def start_world(cfg: TrainConfig) -> Communicator:
     """The ranks of this job: a world that survives lost ranks with ``--on-rank-failure continue``."""
+    injected = planned_faults()
+    launcher_rank = int(os.environ.get("PMIX_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "-1")))
+    for fault in injected:
+        fault.fire_at_start(launcher_rank, "before-init")
     if cfg.on_rank_failure != "continue":
         plain = current_world()
+        for fault in injected:
+            fault.fire_at_start(plain.rank, "at-start")
         start_watchdog(plain, cfg.stall_timeout)  # a rank that stops responding ends the job in one line
         return plain
     prepare_process(cfg.on_rank_failure, cfg.stall_timeout)  # before MPI starts
     base = current_world()
+    for fault in injected:
+        fault.fire_at_start(base.rank, "at-start")
     if not base.mpi or base.size == 1:
         return base  # one rank: nobody to lose
-    world = ResilientWorld(getattr(base, "comm", None))
-    check_fault_tolerance(world)
-    return world
+    check_fault_tolerance(base)  # before the resilient world's first ULFM call
+    return ResilientWorld(getattr(base, "comm", None))
 
 
 def run_training(cfg: TrainConfig, world: Communicator | None = None) -> dict | None:
@@ -221,7 +234,9 @@ def run_training(cfg: TrainConfig, world: Communicator | None = None) -> dict | 
     identity.agree(world, "configuration", identity.resolved_config(cfg))  # the first collective: all ranks run one run
     check_world_size(cfg, world)
     followed = tuple(cfg.unset())
-    cfg = cfg.resolved(world.size)  # the defaults rule needs the number of ranks: from here on every value is set
+    held = survivors_holdings(cfg, world)
+    # The defaults rule needs the number of ranks: the launch's, also for survivors (of a loss at start-up, or resumed).
+    cfg = cfg.resolved(held["launched_ranks"] if held else getattr(world, "launch_size", world.size))
     stop = StopRequest().install()
     if cfg.resume and not cfg.out:
         raise UserError("--resume needs --out DIR: the folder of the run to continue")
@@ -231,13 +246,23 @@ def run_training(cfg: TrainConfig, world: Communicator | None = None) -> dict | 
     try:
         folder = fail_together(world, lambda: outdir.RunFolder.claim(out, cfg.overwrite, cfg.resume) if world.rank == 0 else None)  # held until the run ends
         try:
-            return _train_into(cfg, world, out, stop, followed)
+            return _train_into(cfg, world, out, stop, followed, held)
         finally:
             if folder is not None:
                 folder.release()
     except BaseException:
         remove_unused(created)
         raise
+
+
+def survivors_holdings(cfg: TrainConfig, world: Communicator) -> dict | None:
+    """Which records each rank holds when ``--resume`` continues a checkpoint of ranks that survived
+    lost ones (checkpoint.peek_held), else None; a resume with another rank count fails here, in one line."""
+    if not (cfg.resume and cfg.out):
+        return None
+    path = Path(cfg.out) / checkpoint.FILE
+    held = fail_together(world, lambda: checkpoint.peek_held(path, world.size) if world.rank == 0 else None)
+    return world.bcast(held)
 
 
 def missing_folders(out: Path) -> list[Path]:
@@ -260,13 +285,13 @@ def remove_unused(created: list[Path]) -> None:
             return  # not ours to remove, or not empty: so are its parents
 
 
-def _train_into(cfg: TrainConfig, world: Communicator, out: Path, stop: StopRequest, followed: tuple[str, ...] = ()) -> dict | None:
+def _train_into(cfg: TrainConfig, world: Communicator, out: Path, stop: StopRequest, followed: tuple[str, ...] = (), held: dict | None = None) -> dict | None:
     data_id = fail_together(world, lambda: identity.data_identity(cfg))
     identity.agree(world, "data", data_id)
     share = memory.ranks_on_this_machine(world)
     recorder = start_timeline(cfg, world)
     began = time.perf_counter()
-    data = load_rank_data(cfg, world, fits=lambda train_n, test_n, pixels: memory.check_training(cfg, world, share, train_n, test_n, pixels))
+    data = load_rank_data(cfg, world, fits=lambda train_n, test_n, pixels: memory.check_training(cfg, world, share, train_n, test_n, pixels), held=held)
     if recorder:
         recorder.span("load", began, time.perf_counter())
     if not cfg.full_batch and int(cfg.batch_size) > min(data.slice_sizes):
@@ -281,7 +306,7 @@ def _train_into(cfg: TrainConfig, world: Communicator, out: Path, stop: StopRequ
         if resume:
             say(f"resuming from {out / checkpoint.FILE}: epoch {resume[0].epoch + 1}, step {resume[0].step}")
     hooks = Hooks(
-        stop_reason=stop, checkpoint=checkpoint_writer(cfg, world, out, data_id), resume=resume, phase_listener=recorder.listener if recorder else None
+        stop_reason=stop, checkpoint=checkpoint_writer(cfg, world, out, data_id, held), resume=resume, phase_listener=recorder.listener if recorder else None
     )
     surviving = isinstance(world, ResilientWorld)
     try:
@@ -323,7 +348,7 @@ def report_and_save(cfg: TrainConfig, world: Communicator, out: Path, data: Rank
 
     def save() -> None:
         if world.rank == 0:
-            if getattr(world, "launch_rank", 0) != 0:  # the launch's rank 0 claimed the folder and is lost:
+            if getattr(world, "launch_rank", 0) != getattr(world, "start_members", (0,))[0]:  # the rank that claimed the folder is lost:
                 held.append(outdir.RunFolder.take_over(out))  # hold it here, so no other run claims it meanwhile
             meta = {"dataset": cfg.dataset, "image_shape": "x".join(map(str, data.image_shape)), "ranks": str(world.size)}
             try:  # model and metrics together, or neither (outdir.py); rank 0 always has its record

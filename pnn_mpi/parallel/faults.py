@@ -12,7 +12,13 @@ while the checkpoint after epoch EPOCH is being written: the writing rank after
 its temporary file is complete but before the rename, any other rank before it
 hands over its state; ``kill-in-average:RANK`` kills the rank as the final average
 after the last epoch begins (``--sync end``'s only one); ``kill-in-save:RANK`` kills
-the rank after training, before the results are gathered and saved. Several faults are separated by commas, e.g.
+the rank after training, before the results are gathered and saved; ``kill-after-sum:RANK:EPOCH:STEP``
+kills the rank just after step STEP's gradient Allreduce returned on it (``--sync grad``), and
+``lose-in-sum:RANK:EPOCH:STEP`` makes the rank see that loss *inside* the step's Allreduce although
+it completed (it waits until a peer on its host has died, then repairs the world and raises):
+a survivor still inside a collective the others passed; ``kill-before-init:RANK`` kills the rank
+before MPI starts (RANK from the launcher's environment), ``kill-at-start:RANK`` once MPI runs but
+before the run's first collective. Several faults are separated by commas, e.g.
 ``kill:1:2:30,kill:0:4``. The failure tests use them to prove that a crash or a
 lost rank brings the job down promptly (or, with ``--on-rank-failure continue``,
 that the survivors carry on) and that the last checkpoint survives.
@@ -22,12 +28,28 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import time
 from dataclasses import dataclass
 
 from ..common.errors import UserError
 
 VARIABLE = "PNN_MPI_INJECT"
-ACTIONS = ("raise", "kill", "stop", "interrupt", "kill-in-checkpoint", "kill-in-average", "kill-in-save")
+ACTIONS = (
+    "raise",
+    "kill",
+    "stop",
+    "interrupt",
+    "kill-in-checkpoint",
+    "kill-in-average",
+    "kill-in-save",
+    "kill-after-sum",
+    "lose-in-sum",
+    "kill-before-init",
+    "kill-at-start",
+)
+AT_START = ("kill-before-init", "kill-at-start")
+AFTER_SUM = ("kill-after-sum", "lose-in-sum")
 
 
 class InjectedFault(RuntimeError):
@@ -43,7 +65,7 @@ class Fault:
 
     def fire(self, rank: int, epoch: int, step: int | None = None) -> None:
         """Act if this fault is due on launch rank ``rank`` at ``epoch`` (1-based) and ``step``."""
-        if self.action.startswith("kill-in-") or rank != self.rank or epoch != self.epoch or step != self.step:
+        if self.action.startswith("kill-in-") or self.action in AFTER_SUM + AT_START or rank != self.rank or epoch != self.epoch or step != self.step:
             return
         self._act(rank, epoch)
 
@@ -58,6 +80,24 @@ class Fault:
         if self.action == f"kill-in-{where}" and rank == self.rank:
             _kill()
 
+    def fire_at_start(self, rank: int, stage: str) -> None:
+        """Kill if this fault is due at start-up: ``stage`` "before-init" (MPI not yet initialised; the
+        rank is the launcher's) or "at-start" (MPI up, before the run's first collective)."""
+        if self.action == f"kill-{stage}" and rank == self.rank:
+            _kill()
+
+    def fire_after_sum(self, rank: int, epoch: int, step: int, world) -> None:
+        """Act if this fault is due just after the gradient Allreduce of ``step`` returned on launch rank ``rank``."""
+        if self.action not in AFTER_SUM or (rank, epoch, step) != (self.rank, self.epoch, self.step):
+            return
+        if self.action == "kill-after-sum":
+            _kill()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(_dead(peer) for peer in world.peers.values()):
+            time.sleep(0.01)
+        time.sleep(0.5)  # the others leave the Allreduce they completed
+        raise world._repair(InjectedFault("a loss seen inside the gradient Allreduce"))
+
     def _act(self, rank: int, epoch: int) -> None:
         if self.action == "kill":
             _kill()
@@ -68,6 +108,18 @@ class Fault:
             raise KeyboardInterrupt
         where = f"epoch {epoch}" + (f", step {self.step}" if self.step is not None else "")
         raise InjectedFault(f"fault injected by {VARIABLE}={os.environ.get(VARIABLE)} on rank {rank}, {where}")
+
+
+def _dead(identity: tuple[str, int, str]) -> bool:
+    """Whether the process ``identity`` (host, pid, start time) on this host has ended (a zombie has)."""
+    host, pid, _ = identity
+    if host != socket.gethostname():
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return True
 
 
 def _kill(signum: int = signal.SIGKILL) -> None:
@@ -93,8 +145,9 @@ def planned_fault() -> Fault | None:
 def _parse(part: str, text: str) -> Fault:
     action, *numbers = part.split(":")
     try:
-        most = {"kill-in-checkpoint": 2, "kill-in-average": 1, "kill-in-save": 1}.get(action, 3)
-        if action not in ACTIONS or not 1 <= len(numbers) <= most:
+        most = {"kill-in-checkpoint": 2, "kill-in-average": 1, "kill-in-save": 1, "kill-before-init": 1, "kill-at-start": 1}.get(action, 3)
+        least = 3 if action in AFTER_SUM else 1
+        if action not in ACTIONS or not least <= len(numbers) <= most:
             raise ValueError(part)
         values = [int(n) for n in numbers]
         if any(v < 0 for v in values):
@@ -102,5 +155,5 @@ def _parse(part: str, text: str) -> Fault:
         return Fault(action, *values)
     except ValueError:
         raise UserError(
-            f"{VARIABLE}={text!r}: expected raise|kill|stop|interrupt:RANK[:EPOCH[:STEP]], kill-in-checkpoint:RANK[:EPOCH], kill-in-average:RANK or kill-in-save:RANK, comma-separated"
+            f"{VARIABLE}={text!r}: expected raise|kill|stop|interrupt:RANK[:EPOCH[:STEP]], kill-in-checkpoint:RANK[:EPOCH], kill-in-average:RANK, kill-in-save:RANK, kill-before-init|kill-at-start:RANK or kill-after-sum|lose-in-sum:RANK:EPOCH:STEP, comma-separated"
         ) from None

@@ -174,16 +174,43 @@ class ResilientWorld:
 
         global _live
         self._mpi = MPI
-        self.comm = (MPI.COMM_WORLD if comm is None else comm).Dup()
-        self.comm.Set_errhandler(MPI.ERRORS_RETURN)
-        self._launch_group = self.comm.Get_group()
-        self.launch_rank = self.comm.Get_rank()
-        self.launch_size = self.comm.Get_size()
+        base = MPI.COMM_WORLD if comm is None else comm
+        base.Set_errhandler(MPI.ERRORS_RETURN)
+        self._launch_group = base.Get_group()
+        self.launch_rank = base.Get_rank()
+        self.launch_size = base.Get_size()
         self.members: list[int] = list(range(self.launch_size))
         self.lost: list[int] = []  # every launch rank lost so far, in the order they were lost
-        self.rank, self.size = self.launch_rank, self.launch_size
-        self.peers = self.comm.allgather(process_identity())  # launch rank -> (host, pid, start time)
+        self.comm = base
+        self.start_lost = self._start()  # ranks that died before their first collective (start-up)
         _live = self
+
+    def _start(self) -> tuple[int, ...]:
+        """Our own copy of the launch's communicator, without the ranks that died before it was made.
+
+        Shrink rather than Dup: it is the same copy when all ranks live, and an agreement that
+        leaves out a rank that died at start-up (a Dup fails on every rank then). The identities
+        are exchanged on it; a rank lost meanwhile is shrunk away too."""
+        self.comm = self.comm.Shrink()
+        self.comm.Set_errhandler(self._mpi.ERRORS_RETURN)
+        self._renumber()
+        while True:
+            try:
+                identities = self.comm.allgather(process_identity())
+                break
+            except self._mpi.Exception:
+                self.comm = self.comm.Shrink()
+                self.comm.Set_errhandler(self._mpi.ERRORS_RETURN)
+                self._renumber()
+        self.peers = dict(zip(self.members, identities))  # launch rank -> (host, pid, start time)
+        self.lost = [r for r in range(self.launch_size) if r not in self.members]
+        self.start_members = tuple(self.members)  # the first of them claims the run folder
+        return tuple(self.lost)
+
+    def _renumber(self) -> None:
+        group = self.comm.Get_group()
+        self.members = [int(r) for r in self._mpi.Group.Translate_ranks(group, list(range(self.comm.Get_size())), self._launch_group)]
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
 
     # -- repair ----------------------------------------------------------------------------
 
@@ -211,7 +238,7 @@ class ResilientWorld:
         if not gone:
             return exc  # an MPI error that was not a failure: the run crashes as before
         self.lost.extend(gone)
-        stalled = tuple(r for r in gone if end_if_alive(self.peers[r]))
+        stalled = tuple(r for r in gone if r in self.peers and end_if_alive(self.peers[r]))
         return RankLost(gone, tuple(members), detected, time.perf_counter() - detected, stalled)
 
     # -- the World interface ---------------------------------------------------------------

@@ -7,6 +7,13 @@ slice and the position in it -- is gathered to rank 0, which writes one
 the write leaves the previous checkpoint intact. The file holds plain arrays
 and a JSON header, nothing pickled. A checkpoint records the configuration
 and the number of ranks, and resuming with anything else is refused.
+
+A run that lost ranks (``--on-rank-failure continue``) trains on with fewer
+ranks, each holding its own slice plus a share of the lost ones' samples: its
+checkpoint records, as ``held``, which records of each split every rank holds
+and the rank count the run was launched with (its defaults were resolved for
+that count). A resume with as many ranks as survived loads exactly those records
+(``peek_held`` reads them before any data is loaded) and continues bit for bit.
 """
 
 from __future__ import annotations
@@ -28,7 +35,8 @@ from .memory import available
 from .model_io import npz_bytes
 
 FILE = "checkpoint.npz"
-FORMAT = "pnn_mpi-checkpoint-3"  # 2: the data's identity is part of it; 3: steps since the last average
+FORMAT = "pnn_mpi-checkpoint-4"  # 2: the data's identity is part of it; 3: steps since the last average; 4: who holds which samples
+SPLITS = ("train", "test", "val")  # the splits ``held`` lists ranges of (val: records of the training file)
 
 # Settings that change where files are or how often a run reports, not what it computes.
 _NOT_IDENTITY = (
@@ -77,9 +85,12 @@ class Progress:
     clocks: list[dict] = field(default_factory=list)  # every rank's Clock fields
 
 
-def save(path: Path, cfg: TrainConfig, ranks: int, progress: Progress, states: list[RankState], data: dict | None = None, lost=(), before_rename=None) -> None:
+def save(
+    path: Path, cfg: TrainConfig, ranks: int, progress: Progress, states: list[RankState], data: dict | None = None, lost=(), held=None, before_rename=None
+) -> None:
     """Write the checkpoint; ``data`` is the data's identity (identity.data_identity), checked on resume;
-    ``lost`` the launch ranks a fault-tolerant run lost before it (such a checkpoint is not resumed);
+    ``lost`` the launch ranks a fault-tolerant run lost (for the record); ``held`` who holds which
+    records when they are not the plain slices of ``ranks`` (see the module's docstring), else None;
     ``before_rename`` a test hook (faults.py)."""
     header = {
         "format": FORMAT,
@@ -87,6 +98,7 @@ def save(path: Path, cfg: TrainConfig, ranks: int, progress: Progress, states: l
         "ranks": ranks,
         "data": data,
         "lost_ranks": [int(r) for r in lost],
+        "held": held,
         "progress": asdict(progress),
         "rng": [s.rng for s in states],
         "loss_sums": [s.loss_sum for s in states],
@@ -110,6 +122,7 @@ class Expected:
     data: dict  # identity.data_identity of the data this run found
     history_fields: tuple[str, ...]  # train.EpochRecord's
     clock_fields: tuple[str, ...]  # train.Clock's
+    held: dict | None = None  # what peek_held found (the records were loaded by it)
 
 
 HEADER_CHARS = 16 << 20  # the JSON header's limit: its history and clocks grow with epochs and ranks
@@ -140,18 +153,7 @@ def load(path: Path, cfg: TrainConfig, ranks: int, expect: Expected | None = Non
         raise UserError(f"{quote(path)}: not a readable pnn_mpi checkpoint ({'an empty file' if kind == 'empty' else 'not an .npz archive'})")
     try:
         with NpzArchive(path) as archive:
-            try:
-                header = json.loads(archive.text("header", HEADER_CHARS))
-            except json.JSONDecodeError as exc:
-                raise bad(f"its header is not JSON ({exc.msg})") from None
-            except RecursionError:  # a header nested deeper than the parser's stack: no checkpoint of ours
-                raise bad("its header is nested too deep to be one of ours") from None
-            if not isinstance(header, dict) or header.get("format") != FORMAT:
-                older = isinstance(header, dict) and str(header.get("format", "")).startswith("pnn_mpi-checkpoint-")
-                raise UserError(
-                    f"{quote(path)}: "
-                    + (f"written by another pnn_mpi version ({quote(header['format'])}): cannot resume from it" if older else "not a pnn_mpi checkpoint")
-                )
+            header = _header(archive, path, bad)
             _check_header(header, cfg, ranks, expect, bad, path)
             states = [_rank_state(archive, header, rank, cfg, expect, bad) for rank in range(ranks)]
     except Refused as exc:
@@ -159,6 +161,78 @@ def load(path: Path, cfg: TrainConfig, ranks: int, expect: Expected | None = Non
     except OSError as exc:
         raise UserError(f"{quote(path)}: not a readable pnn_mpi checkpoint ({exc.strerror or exc})") from None
     return Progress(**header["progress"]), states
+
+
+def _header(archive: NpzArchive, path: Path, bad) -> dict:
+    """The JSON header, after checking it is one of this version's."""
+    try:
+        header = json.loads(archive.text("header", HEADER_CHARS))
+    except json.JSONDecodeError as exc:
+        raise bad(f"its header is not JSON ({exc.msg})") from None
+    except RecursionError:  # a header nested deeper than the parser's stack: no checkpoint of ours
+        raise bad("its header is nested too deep to be one of ours") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        older = isinstance(header, dict) and str(header.get("format", "")).startswith("pnn_mpi-checkpoint-")
+        raise UserError(
+            f"{quote(path)}: "
+            + (f"written by another pnn_mpi version ({quote(header['format'])}): cannot resume from it" if older else "not a pnn_mpi checkpoint")
+        )
+    return header
+
+
+def peek_held(path: Path, ranks: int) -> dict | None:
+    """Who holds which records in the checkpoint ``path`` (None: the plain slices, or no usable checkpoint,
+    which ``load`` then reports); refuses, in one line, a resume with other than the ranks that hold them.
+
+    Read before the data, because the data a rank loads depends on it.
+    """
+    path = Path(path)
+
+    def bad(why: str) -> UserError:
+        return UserError(f"{quote(path)}: not a usable pnn_mpi checkpoint: {why}")
+
+    try:
+        if file_kind(path) != "npz":
+            return None
+        with NpzArchive(path) as archive:
+            header = _header(archive, path, bad)
+    except (OSError, Refused, UserError):
+        return None  # load says what is wrong with it, once the run folder is claimed
+    if not _is_int(header.get("ranks")) or header["ranks"] < 1:
+        return None
+    held = check_held(header.get("held"), header["ranks"], bad)
+    _check_survivors(path, header["ranks"], held, ranks)
+    return held
+
+
+def _check_survivors(path: Path, written_by: int, held: dict | None, ranks: int) -> None:
+    """Refuse a resume of the survivors' checkpoint with other than their number of ranks."""
+    if held is not None and written_by != ranks:
+        raise UserError(
+            f"{quote(path)}: written by the {written_by} ranks that survived lost ones of a {held['launched_ranks']}-rank run"
+            f" (they hold its samples between them), cannot resume with {ranks}; relaunch with -n {written_by}"
+        )
+
+
+def check_held(held, ranks: int, bad) -> dict | None:
+    """``held`` if it is well formed for ``ranks`` ranks: the launch's rank count, and for each split
+    one list of [start, stop) record ranges per rank (that they cover the files is checked on loading)."""
+    if held is None:
+        return None
+    if not isinstance(held, dict) or sorted(held) != sorted(("launched_ranks", *SPLITS)):
+        raise bad(f"its holdings must name launched_ranks and {', '.join(SPLITS)}")
+    if not _is_int(held["launched_ranks"]) or held["launched_ranks"] <= ranks:
+        raise bad(f"its holdings' launched_ranks {quote(held['launched_ranks'])} is not above its {ranks} ranks")
+    for split in SPLITS:
+        per_rank = held[split]
+        if not isinstance(per_rank, list) or len(per_rank) != ranks:
+            raise bad(f"its holdings of {split} must list one entry per rank ({ranks})")
+        for ranges in per_rank:
+            if not isinstance(ranges, list) or not all(
+                isinstance(r, list) and len(r) == 2 and all(_is_int(v) for v in r) and 0 <= r[0] <= r[1] for r in ranges
+            ):
+                raise bad(f"its holdings of {split} must be lists of [start, stop) record ranges")
+    return held
 
 
 def _is_int(value) -> bool:
@@ -170,18 +244,17 @@ def _is_number(value) -> bool:
 
 
 def _check_header(header: dict, cfg: TrainConfig, ranks: int, expect: Expected | None, bad, path: Path) -> None:
-    missing = [key for key in ("config", "ranks", "data", "progress", "rng", "loss_sums") if key not in header]
+    missing = [key for key in ("config", "ranks", "data", "progress", "rng", "loss_sums", "held") if key not in header]
     if missing:
         raise bad(f"its header lacks {', '.join(missing)}")
     if not _is_int(header["ranks"]) or header["ranks"] < 1:
         raise bad(f"its rank count is {quote(header['ranks'])}")
-    if header.get("lost_ranks"):  # its survivors held re-split slices: nothing here can load them as they were
-        raise UserError(
-            f"{quote(path)}: written after the run lost rank(s) {', '.join(map(str, header['lost_ranks']))}"
-            " (--on-rank-failure continue); resuming such a checkpoint is not supported: start the run again without --resume"
-        )
+    held = check_held(header.get("held"), header["ranks"], bad)
+    _check_survivors(path, header["ranks"], held, ranks)
     if header["ranks"] != ranks:
         raise UserError(f"{quote(path)}: written by a run of {header['ranks']} ranks, cannot resume with {ranks}; relaunch with -n {header['ranks']}")
+    if expect is not None and held != expect.held:  # the records loaded are not those it lists (replaced since peek_held read it)
+        raise bad("it lists other holdings of the samples than when this run started reading it")
     if not isinstance(header["config"], dict):
         raise bad("its configuration is not a table")
     ours = json.loads(json.dumps(identity(cfg.resolved(ranks))))  # lists and tuples compared alike; unset values as the rule fills them
@@ -216,7 +289,8 @@ def _check_header(header: dict, cfg: TrainConfig, ranks: int, expect: Expected |
         return
     if progress["step"] > expect.steps:
         raise bad(f"progress step {progress['step']} is past an epoch's {expect.steps} steps")
-    if progress["global_step"] != progress["epoch"] * expect.steps + progress["step"]:
+    steps_so_far = progress["epoch"] * expect.steps + progress["step"]  # survivors' epochs grew: before a loss they were shorter
+    if progress["global_step"] != steps_so_far if expect.held is None else not progress["epoch"] + progress["step"] <= progress["global_step"] <= steps_so_far:
         raise bad(f"progress global_step {progress['global_step']} does not match epoch {progress['epoch']}, step {progress['step']}")
     history, clocks = progress["history"], progress["clocks"]
     if len(history) != progress["epoch"] or any(not isinstance(r, dict) or sorted(r) != sorted(expect.history_fields) for r in history):

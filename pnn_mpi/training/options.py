@@ -253,7 +253,8 @@ def train_parser() -> Parser:
     jobs.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run whose checkpoint is in --out (same flags, same number of ranks); starts from scratch when there is no checkpoint yet",
+        help="continue the run whose checkpoint is in --out (same flags, same number of ranks: after lost ranks, as many as survived); "
+        "starts from scratch when there is no checkpoint yet",
     )
     jobs.add_argument(
         "--overwrite",

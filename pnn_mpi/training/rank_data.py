@@ -4,6 +4,9 @@ A rank reads only the records of its slice (the IDX reader seeks or streams to
 them), so memory per rank shrinks as ranks are added. Rank 0 also checks the
 canonical payload checksums and the last rank the end of every file, so a
 damaged file is caught once without every rank reading all of it.
+
+A run resumed from the checkpoint of ranks that survived lost ones loads, instead of
+its slice, the records that checkpoint says this rank held (``held``).
 """
 
 from __future__ import annotations
@@ -45,10 +48,12 @@ class RankData:
     val_total: int = 0  # held-out validation samples over all ranks (--val-size)
     val_images: np.ndarray | None = None  # this rank's share of them, uint8 like the test set
     val_labels: np.ndarray | None = None
+    held: dict | None = None  # every rank's record ranges by split, when resumed from survivors (checkpoint.py)
 
 
-def load_rank_data(cfg: TrainConfig, world: Communicator, fits: Callable[[int, int, int], None] | None = None) -> RankData:
-    """Locate the dataset and load this rank's slice; errors are agreed on by all ranks.
+def load_rank_data(cfg: TrainConfig, world: Communicator, fits: Callable[[int, int, int], None] | None = None, held: dict | None = None) -> RankData:
+    """Locate the dataset and load this rank's slice (or the records ``held`` gives it); errors are
+    agreed on by all ranks.
 
     ``fits(train_n, test_n, pixels)``, called once the headers are read and
     before any payload is, may refuse a run that cannot fit in memory.
@@ -57,14 +62,19 @@ def load_rank_data(cfg: TrainConfig, world: Communicator, fits: Callable[[int, i
     spec = datasets.get_spec(cfg.dataset)
     directory = fail_together(world, lambda: datasets.locate(cfg.dataset, cfg.data_dir))
     train_n, test_n, shape = fail_together(world, lambda: _sizes(cfg, spec, directory, world.size, fits))
-    images, labels, test_images, test_labels, val_images, val_labels = _read(cfg, spec, directory, world, train_n, test_n)
+    if held is None:
+        images, labels, test_images, test_labels, val_images, val_labels = _read(cfg, spec, directory, world, train_n, test_n)
+    else:
+        totals = {"train": (0, train_n), "test": (0, test_n), "val": (train_n, train_n + cfg.val_size)}
+        fail_together(world, lambda: check_cover(held, totals))
+        images, labels, test_images, test_labels, val_images, val_labels = fail_together(world, lambda: _read_held(spec, directory, world, held))
     largest = max(int(labels.max(initial=0)), int(test_labels.max(initial=0)), int(val_labels.max(initial=0)))
     classes = max(world.allgather(largest)) + 1
     return RankData(
         directory=directory,
         train_total=train_n,
-        slice_sizes=slice_sizes(train_n, world.size),
-        start=slice_bounds(train_n, world.size, world.rank)[0],
+        slice_sizes=slice_sizes(train_n, world.size) if held is None else [sum(b - a for a, b in ranges) for ranges in held["train"]],
+        start=slice_bounds(train_n, world.size, world.rank)[0] if held is None else held["train"][world.rank][0][0],
         x=to_inputs(images, cfg.dtype),
         y=labels.astype(np.intp),
         test_images=test_images,
@@ -76,7 +86,34 @@ def load_rank_data(cfg: TrainConfig, world: Communicator, fits: Callable[[int, i
         val_total=cfg.val_size,
         val_images=val_images if cfg.val_size else None,
         val_labels=val_labels.astype(np.intp) if cfg.val_size else None,
+        held=held,
     )
+
+
+def check_cover(held: dict, totals: dict[str, tuple[int, int]]) -> None:
+    """Refuse holdings that do not cover each split's records [lo, hi) exactly once between the ranks."""
+    for split, (lo, hi) in totals.items():
+        ranges = sorted(tuple(r) for ranks in held[split] for r in ranks)
+        ends = [lo] + [b for _, b in ranges]
+        if [a for a, _ in ranges] != ends[:-1] or ends[-1] != hi:
+            raise UserError(
+                f"--resume: the checkpoint's holdings of the {split} records do not cover records {lo} to {hi} once: it was written for other data or settings"
+            )
+
+
+def _read_held(spec: datasets.DatasetSpec, directory: Path, world: Communicator, held: dict) -> tuple[np.ndarray, ...]:
+    """(images, labels, test images, test labels, validation images, validation labels): the ranges
+    ``held`` gives this rank, read alone and joined in their order (its own slice first, then what it
+    took over, as it held them)."""
+    lead, last = world.rank == 0, world.rank == world.size - 1
+    arrays: list[np.ndarray] = []
+    for split, file in (("train", "train"), ("test", "test"), ("val", "train")):
+        checks = {"verify": lead, "check_end": last} if split != "val" else {}
+        parts = [datasets.load_split(spec, directory, file, a, b, **(checks if i == 0 else {})) for i, (a, b) in enumerate(held[split][world.rank])] or [
+            datasets.load_split(spec, directory, file, 0, 0)
+        ]
+        arrays += [np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])]
+    return tuple(arrays)
 
 
 def _sizes(cfg: TrainConfig, spec: datasets.DatasetSpec, directory: Path, ranks: int, fits) -> tuple[int, int, tuple[int, ...]]:

@@ -54,7 +54,7 @@ SHARED_BY = {"average": ("params",), "grad": ("params", "velocity")}  # what a c
 class Failure:
     """One lost-rank event, as ``metrics.json`` records it."""
 
-    epoch: int  # 1-based epoch the survivors were in when they noticed
+    epoch: int  # 1-based epoch the survivors were in when they noticed (0: at start-up, before the first collective)
     step: int  # steps since the start of training at that moment (global)
     lost: list[int]  # launch ranks
     survivors: list[int]
@@ -172,10 +172,16 @@ def agree_on_point(world, point: RollbackPoint, original: tuple[Progress, RankSt
 
 
 class Holdings:
-    """Which samples of one split (ranges of the file's records, from ``offset`` on) each launch rank holds."""
+    """Which samples of one split (ranges of the file's records, from ``offset`` on) each launch rank holds:
+    its slice, or ``ranges`` (one list per launch rank, as a resumed checkpoint recorded them)."""
 
-    def __init__(self, total: int, launch_size: int, offset: int = 0):
-        self.ranges = {r: [slice_bounds(total, launch_size, r, offset)] for r in range(launch_size)}
+    def __init__(self, total: int, members: list[int], offset: int = 0, ranges: list | None = None):
+        """``members``: the launch ranks the run started training with (fewer than launched after a
+        loss at start-up), each holding its slice, or ``ranges[i]`` for ``members[i]``."""
+        if ranges is not None:
+            self.ranges = {r: [(int(a), int(b)) for a, b in ranges[i]] for i, r in enumerate(members)}
+        else:
+            self.ranges = {r: [slice_bounds(total, len(members), i, offset)] for i, r in enumerate(members)}
 
     def hand_over(self, lost: list[int], survivors: list[int]) -> dict[int, list[tuple[int, int]]]:
         """Split the lost ranks' samples evenly over the survivors; returns each survivor's new ranges."""
@@ -194,13 +200,35 @@ class Holdings:
         return [sum(b - a for a, b in self.ranges[r]) for r in members]
 
 
-def holdings_of(data: RankData, launch_size: int) -> dict[str, Holdings]:
-    """Who holds which training, test and validation records (the validation ones follow the training ones)."""
+def holdings_of(data: RankData, members: list[int]) -> dict[str, Holdings]:
+    """Who holds which training, test and validation records (the validation ones follow the training ones):
+    the slices of the ranks ``members`` that loaded them, or what the checkpoint this run resumed from recorded."""
+    held = data.held or {}
     return {
-        "train": Holdings(data.train_total, launch_size),
-        "test": Holdings(data.test_total, launch_size),
-        "val": Holdings(data.val_total, launch_size, offset=data.train_total),
+        "train": Holdings(data.train_total, members, ranges=held.get("train")),
+        "test": Holdings(data.test_total, members, ranges=held.get("test")),
+        "val": Holdings(data.val_total, members, offset=data.train_total, ranges=held.get("val")),
     }
+
+
+def held_record(holdings: dict[str, Holdings], members: list[int], launched: int) -> dict:
+    """What a checkpoint records of who holds which records (checkpoint.py's ``held``), current rank 0 first."""
+    return {"launched_ranks": launched, **{split: [[list(r) for r in held.ranges[m]] for m in members] for split, held in holdings.items()}}
+
+
+def recording_holdings(hooks: Hooks, world, data: RankData, holdings: dict[str, Holdings]) -> Hooks:
+    """``hooks`` whose checkpoints record the holdings once they are not the launch's plain slices
+    (a rank was lost, or the run resumed from survivors): a resume can then load them."""
+    writer, resumed = hooks.checkpoint, data.held
+    if writer is None:
+        return hooks
+    launched = resumed["launched_ranks"] if resumed else world.launch_size
+
+    def write(progress: Progress, state: RankState) -> None:
+        regrouped = world.lost or resumed is not None
+        writer(progress, state, held_record(holdings, world.members, launched) if regrouped else None)
+
+    return replace(hooks, checkpoint=write)
 
 
 def _records(cfg: TrainConfig, data: RankData, split: str, ranges: list[tuple[int, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -244,8 +272,11 @@ def train_surviving(cfg: TrainConfig, world, data: RankData, log=print, hooks: H
     point = RollbackPoint(live_parameters=cfg.schedule.averages_gradients)
     hooks = replace(hooks, consistent=point)
     original = hooks.resume
-    holdings = holdings_of(data, world.launch_size)
+    holdings = holdings_of(data, list(world.members))
+    hooks = recording_holdings(hooks, world, data, holdings)
     failures: list[Failure] = []
+    if world.lost:  # before the first collective: the others started as a smaller run, nothing to take over
+        failures.append(Failure(0, 0, list(world.lost), list(world.members), 0.0, resumed_at={"epoch": 1, "step": 0}))
     while True:
         try:
             return train(cfg, world, data, log, hooks), data, failures
@@ -335,6 +366,8 @@ def failure_line(record: dict) -> str | None:
     epochs = (record.get("config") or {}).get("epochs")
 
     def when(e: dict) -> str:  # a loss in the final average or the save comes after the last epoch
+        if e["epoch"] == 0:
+            return "at start-up"
         return "after the last epoch" if epochs is not None and e["epoch"] > epochs else f"in epoch {e['epoch']}"
 
     told = "; ".join(

@@ -198,7 +198,7 @@ class Hooks:
     """
 
     stop_reason: Callable[[], str | None] = lambda: None
-    checkpoint: Callable[[Progress, RankState], None] | None = None
+    checkpoint: Callable[..., None] | None = None  # (progress, state); survive.py adds who holds which records
     resume: tuple[Progress, RankState] | None = None
     phase_listener: Callable[[str, float, float], None] | None = None  # told of every phase span (the timeline)
     # Called where every rank has passed the same collective, with what it changed: "start"
@@ -407,29 +407,33 @@ def take_steps(run: Run, state: LoopState, s: int, lr: float, period: int = 0) -
         state.loss_sum += run.stepper.run(state.opt.velocity, run.data.y, state.order, s, stop, lr, run.cfg.momentum)  # fewer on a short slice
     else:
         stop = s + 1
-        state.loss_sum += one_step(run, state, s, lr)
+        one_step(run, state, s, lr)
     state.progress.global_step += stop - s
     state.progress.since_average += stop - s
     state.progress.in_sync = run.sync.averages_gradients  # some rank stepped (a step's samples are never 0 over all ranks)
     return stop
 
 
-def one_step(run: Run, state: LoopState, s: int, lr: float) -> float:
-    """Step ``s`` of the epoch on this rank's batch; returns the batch's summed loss."""
+def one_step(run: Run, state: LoopState, s: int, lr: float) -> None:
+    """Step ``s`` of the epoch on this rank's batch; its summed loss is added to the epoch's.
+
+    The loss is added before the gradient Allreduce: a survivor that sees a lost rank inside
+    it, while others passed it, adopts the step's result (survive.py) and so counts the step's
+    loss once; one that rolls back restores a loss taken before the step."""
     net, batch, by_gradients = state.net, run.plan.batch, run.sync.averages_gradients
     picked = state.order[s * batch : (s + 1) * batch]
-    loss = 0.0
     if len(picked):  # a slice one sample short may have an empty last batch
         scale = 1.0 / (run.plan.step_samples[s] if by_gradients else len(picked))
-        loss = gradients(net, run.ws, run.data.x, run.data.y, picked, scale)
+        state.loss_sum += gradients(net, run.ws, run.data.x, run.data.y, picked, scale)
     else:
         net.grads.fill(0.0)
     if by_gradients:
         with run.phases("comm"):
             allreduce(run, state, "gradient", net.grads)  # already scaled by the step's samples over all ranks
+        for fault in run.faults:
+            fault.fire_after_sum(run.launch_rank, state.progress.epoch + 1, s, run.world)
     if len(picked) or by_gradients:
         state.opt.step(net.params, net.grads, lr)
-    return loss
 
 
 def allreduce(run: Run, state: LoopState, purpose: str, buffer: np.ndarray, average: bool = False) -> None:
