@@ -8,6 +8,7 @@ PyTorch's averager or run the comparison skip when torch is not installed.
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import re
 import subprocess
@@ -47,7 +48,7 @@ def test_local_runs_the_projects_defaults(tc, ranks):
     plain = TrainConfig(sync=defaults.MINI_BATCH_SYNC).resolved(ranks)  # what `pnn_mpi` runs on these ranks
     assert cfg.sync == "local:5:64"
     assert (cfg.lr, cfg.lr_schedule, cfg.warmup, cfg.epochs, cfg.momentum) == (plain.lr, plain.lr_schedule, plain.warmup, plain.epochs, plain.momentum)
-    assert cfg.lr == (min(0.25, 0.05 * ranks) if ranks > 1 else 0.05)
+    assert cfg.lr == pytest.approx(min(0.25, 0.05 * (1 + math.log2(ranks))))  # 0.05, 0.1, 0.15, 0.2
 
 
 @pytest.mark.parametrize("mode", ["end", "grad", "local"])

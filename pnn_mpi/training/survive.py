@@ -47,7 +47,9 @@ from .config import TrainConfig
 from .rank_data import RankData
 from .train import Hooks, LoopState, TrainResult, train
 
-SHARED_BY = {"average": ("params",), "grad": ("params", "velocity")}  # what a consistent point's collective hands out
+# What a consistent point's collective hands out: an average the parameters and the momentum (SGD.beside
+# keeps them in one buffer; the final average, after which nothing steps, only the parameters).
+SHARED_BY = {"average": ("params", "velocity"), "grad": ("params", "velocity")}
 
 
 @dataclass
