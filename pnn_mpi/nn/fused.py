@@ -15,7 +15,7 @@ passes of the SGD update over every parameter. Here the products stay numpy's
 The results agree with ``Network.forward``/``backward`` and ``sgd_step`` to
 rounding, not bit for bit (the same seed and path still give the same bits).
 ``--kernel numba`` chooses it; ``auto`` keeps the numpy step for mini-batches,
-since numba costs about 100 MiB per rank (training/config.py, KERNELS).
+since numba costs about 100 MiB per rank (training/train.py, mini_batch_step).
 The _k_ functions run uncompiled as the "python" backend, so their logic is
 tested where numba is missing.
 """
