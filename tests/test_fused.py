@@ -109,6 +109,14 @@ def test_python_source_equals_compiled_numba():
     np.testing.assert_allclose(nets["numba"].params, nets["python"].params, rtol=1e-13, atol=1e-15)
 
 
+def test_precompile_fills_the_cache():
+    """precompile() compiles the fused kernels for both dtypes (and the batch-1 kernels); their steps then build."""
+    pytest.importorskip("numba")
+    fused.precompile()
+    assert all(fused._compiled()[name].signatures for name in fused._FUNCTIONS)  # compiled here, for the cache
+    assert fused.FusedStep(make_net((30, 8, 10), "relu", "softmax-xent", "float64")).backend == "numba"
+
+
 def test_unsupported_network_is_refused():
     """An activation without a fused kernel: supports() says so and the step refuses it."""
     net = make_net((30, 8, 10), "relu", "softmax-xent", "float32")
