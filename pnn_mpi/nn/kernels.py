@@ -266,7 +266,7 @@ def precompile() -> None:
         SampleStepper(net, np.zeros((1, 2), dtype), "numba")
 
 
-_KERNEL_FUNCTIONS = ("heavy_ball", "k_act", "k_act_grad", "_k_activate", "k_scale_by_grad", "k_output", "_k_layer_forward", "_k_update", "_k_run")
+_KERNEL_FUNCTIONS = ("heavy_ball", "k_act", "k_act_grad", "_k_activate", "_k_scale_by_grad", "k_output", "_k_layer_forward", "_k_update", "_k_run")
 
 
 @functools.cache
@@ -331,7 +331,7 @@ def _k_activate(kind, z, c):
         z[j] = k_act(kind, z[j], c)
 
 
-def k_scale_by_grad(kind, a, back, c):
+def _k_scale_by_grad(kind, a, back, c):
     """back *= f'(a), with f' written through the output a = f(z)."""
     for p in range(a.shape[0]):
         back[p] = back[p] * k_act_grad(kind, a[p], c)
@@ -440,6 +440,6 @@ def _k_run(params, velocity, sizes, w_at, b_at, a_at, x, y, order, start, stop, 
                     for j in range(n_out):
                         s += delta[j] * params[base + j]
                     back[p] = s
-                k_scale_by_grad(act, below, back, c)
+                _k_scale_by_grad(act, below, back, c)
             _k_update(params, velocity, w_at[layer], b_at[layer], below, delta, lr, mu)
     return total
