@@ -129,8 +129,8 @@ def _k_output_rows(kind, z, bias, labels, scale, delta, grad_bias, c):
 
     Softmax with cross-entropy is written out here in three passes per row, with
     delta rounded as losses.py rounds it: through a call per row (numba does not
-    inline it) the step took about 2 µs more at batch 32. Sigmoid with squared
-    error takes the batch-1 kernel's ``k_output``.
+    inline it) this pass took 4.2 µs at batch 32 instead of 2.4. Sigmoid with
+    squared error takes the batch-1 kernel's ``k_output``.
     """
     n = z.shape[1]
     for j in range(n):
