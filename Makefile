@@ -75,10 +75,10 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $@
 
-# numba compiles the kernel into its on-disk cache now, so 16 ranks load it instead of each compiling it.
+# numba compiles the kernels (batch-1 and fused mini-batch) into its on-disk cache now, so 16 ranks load them instead of each compiling them.
 install-fast: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[fast]'
-	$(PY) -c 'from pnn_mpi.nn.kernels import precompile; precompile()'
+	$(PY) -c 'from pnn_mpi.nn.fused import precompile; precompile()'
 
 install-lint: $(VENV)/.installed-lint
 

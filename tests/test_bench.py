@@ -23,6 +23,11 @@ def kernel_rows() -> list[str]:
     return ["batch-1 kernel, numpy"] + (["batch-1 kernel, numba"] if kernels.numba_available() else [])
 
 
+def fused_rows(batch: int) -> list[str]:
+    """The fused numba step's row of a mini-batch size, when numba is installed."""
+    return [f"train step, batch {batch}, numba"] if kernels.numba_available() else []
+
+
 def test_one_rank_prints_every_row_and_writes_json(tmp_path):
     """A real run (one MPI rank, no launcher): the step rows, the kernel rows, the sync row, the
     memory table; the JSON file holds the same rows with positive figures and every rank's memory."""
@@ -34,6 +39,7 @@ def test_one_rank_prints_every_row_and_writes_json(tmp_path):
         "train step, batch 1",
         *kernel_rows(),
         "train step, batch 32",
+        *fused_rows(32),
         "step overhead, batch 32",
         "whole run, batch 32",
         "parameter sync (parameters and momentum: 25,460 float32)",
@@ -64,7 +70,7 @@ def test_in_process_without_mpi(capsys):
     float64 and a two-layer network work too."""
     assert bench.main([*QUICK[:4], "--hidden", "8", "4", "--batch-sizes", "1", "5", "--dtype", "float64"], world=SerialWorld()) == 0
     out = capsys.readouterr().out
-    for what in ["train step, batch 1", *kernel_rows(), "train step, batch 5", "step overhead, batch 5", "whole run, batch 5"]:
+    for what in ["train step, batch 1", *kernel_rows(), "train step, batch 5", *fused_rows(5), "step overhead, batch 5", "whole run, batch 5"]:
         assert what in out
     assert "parameter sync" not in out and "no MPI communicator" in out
     assert "bare matrix products" in out and "per-sample numpy loop" not in out  # two hidden layers: no naive loop
@@ -78,7 +84,7 @@ def test_help_describes_every_option(capsys):
     out = capsys.readouterr().out
     for flag in ("--hidden", "--batch-sizes", "--momentum", "--dtype", "--seconds", "--repeats", "--sync-calls", "--json"):
         assert flag in out
-    assert "batch-1 kernels" in out and "Allreduce" in out
+    assert "batch-1 kernels" in out and "fused numba step" in out and "Allreduce" in out
 
 
 def test_bad_momentum_is_a_user_error():

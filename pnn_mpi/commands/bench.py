@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -48,6 +49,7 @@ from ..training.options import Parser, positive_int
 from ..training.rank_data import RankData
 from ..training.train import Hooks, LoopState, Run, build_network, end_epoch, one_step, train_epoch
 
+T = TypeVar("T")
 PIXELS = 784
 SAMPLES = 4096  # each rank's stand-in slice
 
@@ -118,12 +120,13 @@ def _trainer(cfg: TrainConfig, world: Communicator, data: RankData) -> tuple[Run
     return Run.prepare(cfg, world, data, state, Hooks(), log=lambda _: None), state
 
 
-def _step_run(cfg: TrainConfig, world: Communicator, data: RankData) -> Callable[[], int]:
-    """The trainer's step (``train.one_step``: gather, forward, backward, SGD) on the next batch of a fixed order.
+def _step_run(cfg: TrainConfig, world: Communicator, data: RankData, kernel: str = "generic") -> Callable[[], int]:
+    """The trainer's step (``train.one_step``: gather, forward, backward, SGD) on the next batch of a fixed order;
+    ``kernel`` "numba" makes a mini-batch step the fused one (nn/fused.py).
 
     A local step: under the ``grad`` schedule the step would hold an Allreduce, which the sync rows measure apart.
     """
-    run, state = _trainer(replace(cfg, kernel="generic", shuffle=False, sync="epoch"), world, data)
+    run, state = _trainer(replace(cfg, kernel=kernel, shuffle=False, sync="epoch"), world, data)
     steps = len(data.y) // run.plan.batch
     at = [0]
 
@@ -313,7 +316,8 @@ def _parser() -> Parser:
         "reference doing the same arithmetic the plain way in the same run (best of interleaved "
         "windows; ratio = pnn_mpi / reference), and break down each rank's memory.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        epilog="Batch 1 is also measured through the batch-1 kernels (numpy, and numba when it is installed). Run under mpiexec to measure at several ranks.",
+        epilog="Batch 1 is also measured through the batch-1 kernels (numpy, and numba when it is installed); "
+        "a mini-batch through the fused numba step (--kernel numba) when numba is installed. Run under mpiexec to measure at several ranks.",
     )
     p.add_argument("--hidden", type=positive_int, nargs="+", default=[128], metavar="N", help="hidden layer widths")
     p.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 32], metavar="B", help="batch sizes to measure")
@@ -385,7 +389,8 @@ def main(argv: list[str], world: Communicator | None = None) -> int:
 
 
 def _measure_batch(args: argparse.Namespace, data: RankData, sizes: tuple[int, ...], batch: int, table: Table) -> None:
-    """The rows of one batch size: the step against its reference, the batch-1 kernels, the whole run against the step."""
+    """The rows of one batch size: the step (and with numba the fused step) against its reference, the
+    batch-1 kernels, the whole run against the step."""
     world, x, y = table.world, data.x, data.y
     cfg = TrainConfig(hidden=tuple(args.hidden), batch_size=batch, momentum=args.momentum, lr=0.01, dtype=args.dtype)
     runs = {"step": _step_run(cfg, world, data)}
@@ -396,21 +401,20 @@ def _measure_batch(args: argparse.Namespace, data: RankData, sizes: tuple[int, .
     if batch > 1:
         runs["whole run"] = _epoch_run(cfg, world, data)
         runs["floor"] = _floor_run(sizes, batch, x, args.momentum)
+        if numba_available():
+            runs["fused"] = _with_numba(table, lambda: _step_run(cfg, world, data, "numba"))
     if batch == 1:
-        for backend in ("numpy", "numba") if numba_available() else ("numpy",):
-            if backend == "numba":
-                _release_freed_memory()
-                before = _memory()["rss"]
-            runs[backend], first = _kernel_run(cfg, x, y, backend)
-            if backend == "numba":
-                _release_freed_memory()
-                table.numba_bytes = _memory()["rss"] - before
-                table.notes.append(f"numba kernel ready in {max(world.allgather(first)):.2f} s (compiled, or loaded from numba's cache)")
-        if not numba_available():
+        runs["numpy"], _ = _kernel_run(cfg, x, y, "numpy")
+        if numba_available():
+            runs["numba"], first = _with_numba(table, lambda: _kernel_run(cfg, x, y, "numba"))
+            table.notes.append(f"numba kernel ready in {max(world.allgather(first)):.2f} s (compiled, or loaded from numba's cache)")
+        else:
             table.notes.append("numba is not installed: no numba row (pip install numba, or the fast extra)")
     rates = _best_rates(world, args.seconds, args.repeats, runs, collective=frozenset({"whole run"}))
     del runs
     table.add(f"train step, batch {batch}", rates["step"], rates["reference"], what)
+    if "fused" in rates:
+        table.add(f"train step, batch {batch}, numba", rates["fused"], rates["reference"], what)
     for backend in ("numpy", "numba"):
         if backend in rates:
             table.add(f"batch-1 kernel, {backend}", rates[backend], rates["reference"], what)
@@ -418,6 +422,16 @@ def _measure_batch(args: argparse.Namespace, data: RankData, sizes: tuple[int, .
         table.add(f"step overhead, batch {batch}", rates["step"], rates["floor"], "bare products + batch gather + SGD update")
     if "whole run" in rates:
         table.add(f"whole run, batch {batch}", rates["whole run"], rates["step"], "train step alone (epochs: shuffle, steps, loss, sync)")
+
+
+def _with_numba(table: Table, build: Callable[[], T]) -> T:
+    """``build()``, which loads numba kernels: the resident memory it adds counts as numba's."""
+    _release_freed_memory()
+    before = _memory()["rss"]
+    built = build()
+    _release_freed_memory()
+    table.numba_bytes += _memory()["rss"] - before
+    return built
 
 
 def _measure_sync(args: argparse.Namespace, params: np.ndarray, table: Table) -> None:

@@ -36,11 +36,11 @@ from .optim import heavy_ball, sgd_step
 
 BACKENDS = ("auto", "numba", "numpy")
 
-# Positions in the constants array the compiled kernel gets (see _constants).
+# Positions in the constants array the compiled kernel gets (see kernel_constants).
 ZERO, ONE, HALF, SLOPE, LOG_FLOOR = range(5)
 
 
-def _constants(dtype) -> np.ndarray:
+def kernel_constants(dtype) -> np.ndarray:
     """The kernel's constants in the parameters' dtype, so float32 networks compute in float32 as numpy does."""
     values = {ZERO: 0.0, ONE: 1.0, HALF: 0.5, SLOPE: LEAKY_SLOPE, LOG_FLOOR: TINY}
     return np.array([values[i] for i in range(len(values))], dtype=dtype)
@@ -204,11 +204,11 @@ class _NumpySteps:
 
 # --- numba: one compiled call for all samples ------------------------------------------------
 #
-# The functions prefixed _k_ are written for numba's nopython mode (scalar loops
-# on flat arrays) and also run, slowly, as plain Python: the "python" backend
+# The functions prefixed _k_ (k_ for those the fused mini-batch step, fused.py,
+# shares) are written for numba's nopython mode (scalar loops on flat arrays) and also run, slowly, as plain Python: the "python" backend
 # runs them uncompiled so their logic is tested where numba is missing. Each
 # mirrors the numpy code's order of operations, so results agree to rounding.
-# Constants come in the array ``c`` (see _constants), indexed by ZERO, ONE, ...;
+# Constants come in the array ``c`` (see kernel_constants), indexed by ZERO, ONE, ...;
 # the activation and output codes are the tables' own (activations.py, losses.py),
 # and numba compiles the module-level names in as constants.
 
@@ -226,7 +226,7 @@ class _CompiledSteps:
         )
         self.acts = np.zeros(sum(net.sizes[1:]), net.dtype)
         self.deltas = np.zeros_like(self.acts)
-        self.consts = _constants(net.dtype)
+        self.consts = kernel_constants(net.dtype)
         self.codes = (net.activation.code, net.output.code)
         self.no_velocity = np.zeros(0, net.dtype)
         self.run(None, np.zeros(1, np.intp), np.zeros(1, np.intp), 0, 0, 0.0, 0.0)  # compile (or load) now, not mid-epoch
@@ -266,62 +266,78 @@ def precompile() -> None:
         SampleStepper(net, np.zeros((1, 2), dtype), "numba")
 
 
-_KERNEL_FUNCTIONS = ("heavy_ball", "_k_activate", "_k_scale_by_grad", "_k_output", "_k_layer_forward", "_k_update", "_k_run")
+_KERNEL_FUNCTIONS = ("heavy_ball", "k_act", "k_act_grad", "_k_activate", "_k_scale_by_grad", "k_output", "_k_layer_forward", "_k_update", "_k_run")
 
 
 @functools.cache
 def _compiled():
-    """The numba-compiled ``_k_run``, compiled on first call (cached on disk by numba).
+    """The numba-compiled ``_k_run``, compiled on first call (cached on disk by numba)."""
+    return compiled_namespace()["_k_run"]
 
-    Each _k_ function is cloned into a namespace where the helpers it calls are
-    already compiled, so the module's own functions stay plain Python.
+
+@functools.cache
+def compiled_namespace() -> dict:
+    """This module's _k_ functions compiled by numba (lazily, on first call), by name."""
+    return compile_functions(globals(), _KERNEL_FUNCTIONS)
+
+
+def compile_functions(source: dict, names, compiled: dict | None = None) -> dict:
+    """A namespace in which each function ``names`` (callees before callers) of ``source`` is numba-compiled.
+
+    Each is cloned into a namespace where the helpers it calls (those before it,
+    and ``compiled``'s) are already compiled, so the modules' own functions stay
+    plain Python and run, slowly, where numba is missing.
     """
     import numba
 
-    namespace = dict(globals())
-    for name in _KERNEL_FUNCTIONS:  # callees before callers
-        plain = globals()[name]
+    namespace = {**source, **(compiled or {})}
+    for name in names:
+        plain = source[name]
         clone = types.FunctionType(plain.__code__, namespace, name, plain.__defaults__, plain.__closure__)
         clone.__qualname__, clone.__module__, clone.__doc__ = plain.__qualname__, plain.__module__, plain.__doc__
         namespace[name] = numba.njit(cache=True, nogil=True)(clone)
-    return namespace["_k_run"]
+    return namespace
+
+
+def k_act(kind, v, c):
+    """f(v) for hidden activation ``kind`` (an Activation's code), one element."""
+    zero, half, slope = c[ZERO], c[HALF], c[SLOPE]
+    if kind == SIGMOID:  # as 1/2 + tanh(z/2)/2, like activations._sigmoid
+        return np.tanh(v * half) * half + half
+    if kind == TANH:
+        return np.tanh(v)
+    if kind == RELU:
+        return zero if v < zero else v
+    s = v * slope
+    return s if s > v else v
+
+
+def k_act_grad(kind, v, c):
+    """f' at an element whose output is v = f(z), written through the output as in activations.py."""
+    zero, one, slope = c[ZERO], c[ONE], c[SLOPE]
+    if kind == SIGMOID:
+        return (one - v) * v
+    if kind == TANH:
+        return one - v * v
+    g = one if v > zero else (-one if v < zero else v)  # np.sign (0 and NaN stay)
+    if kind == LEAKY_RELU and not g > slope:
+        g = slope if g == g else g
+    return g
 
 
 def _k_activate(kind, z, c):
-    """z = f(z) in place for hidden activation ``kind`` (an Activation's code)."""
-    zero, half, slope = c[ZERO], c[HALF], c[SLOPE]
+    """z = f(z) in place for hidden activation ``kind``."""
     for j in range(z.shape[0]):
-        v = z[j]
-        if kind == SIGMOID:  # as 1/2 + tanh(z/2)/2, like activations._sigmoid
-            z[j] = np.tanh(v * half) * half + half
-        elif kind == TANH:
-            z[j] = np.tanh(v)
-        elif kind == RELU:
-            if v < zero:
-                z[j] = zero
-        else:
-            s = v * slope
-            if s > v:
-                z[j] = s
+        z[j] = k_act(kind, z[j], c)
 
 
 def _k_scale_by_grad(kind, a, back, c):
-    """back *= f'(a), with f' written through the output a = f(z) as in activations.py."""
-    zero, one, slope = c[ZERO], c[ONE], c[SLOPE]
+    """back *= f'(a), with f' written through the output a = f(z)."""
     for p in range(a.shape[0]):
-        v = a[p]
-        if kind == SIGMOID:
-            g = (one - v) * v
-        elif kind == TANH:
-            g = one - v * v
-        else:
-            g = one if v > zero else (-one if v < zero else v)  # np.sign (0 and NaN stay)
-            if kind == LEAKY_RELU and not g > slope:
-                g = slope if g == g else g
-        back[p] = back[p] * g
+        back[p] = back[p] * k_act_grad(kind, a[p], c)
 
 
-def _k_output(kind, z, label, delta, c):
+def k_output(kind, z, label, delta, c):
     """Outputs in place, delta = dLoss/dz (scale 1); returns the loss (as losses.py)."""
     one, half, tiny = c[ONE], c[HALF], c[LOG_FLOOR]
     n = z.shape[0]
@@ -409,7 +425,7 @@ def _k_run(params, velocity, sizes, w_at, b_at, a_at, x, y, order, start, stop, 
             z = acts[a_at[layer] : a_at[layer + 1]]
             _k_layer_forward(params, w_at[layer], b_at[layer], below, z, c)
             if layer == depth - 1:
-                total += _k_output(out_kind, z, y[i], deltas[a_at[layer] : a_at[layer + 1]], c)
+                total += k_output(out_kind, z, y[i], deltas[a_at[layer] : a_at[layer + 1]], c)
             else:
                 _k_activate(act, z, c)
         for layer in range(depth - 1, -1, -1):

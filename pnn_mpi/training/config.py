@@ -67,7 +67,7 @@ class TrainConfig:
     expect_ranks: Union[int, None] = None
     on_rank_failure: str = "abort"  # or "continue": survivors of a lost rank go on (resilience.py, survive.py)
     stall_timeout: float = 60.0  # seconds without a heartbeat before a rank ends the job, or under "continue" counts as lost (0 = never)
-    kernel: str = "auto"  # how batch-1 steps run: auto, numba, numpy (kernels.py) or generic
+    kernel: str = "auto"  # batch 1: auto, numba, numpy (kernels.py) or generic; mini-batches: numba = fused.py, else the numpy step
     val_size: int = 0  # training samples held out for validation, scored every epoch (0 = none)
     early_stop: int = 0  # stop after this many epochs without a better validation accuracy (0 = never)
     progress_every: float = 5.0  # seconds between rank 0's progress lines inside an epoch (0 = none)

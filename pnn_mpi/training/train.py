@@ -27,7 +27,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..common.errors import Diverged, Interrupted
+from ..common.errors import Diverged, Interrupted, UserError
+from ..nn import fused
 from ..nn.evaluate import score
 from ..nn.kernels import SampleStepper
 from ..nn.network import Network, Workspace
@@ -173,7 +174,9 @@ def batch_plan(cfg: TrainConfig, sizes: list[int]) -> BatchPlan:
     return BatchPlan(batch, steps, np.asarray(step_samples))
 
 
-def gradients(net: Network, ws: Workspace, x_all: np.ndarray, y_all: np.ndarray, picked: np.ndarray, scale: float) -> float:
+def gradients(
+    net: Network, ws: Workspace, x_all: np.ndarray, y_all: np.ndarray, picked: np.ndarray, scale: float, step: fused.FusedStep | None = None
+) -> float:
     """Gather the samples ``picked`` into the workspace, then forward and backward.
 
     Leaves ``scale`` times the batch's summed gradient in ``net.grads`` and
@@ -184,8 +187,25 @@ def gradients(net: Network, ws: Workspace, x_all: np.ndarray, y_all: np.ndarray,
     """
     x = x_all.take(picked, 0, ws.inputs[: len(picked)], "clip")
     y = y_all.take(picked, 0, ws.labels[: len(picked)], "clip")
+    if step is not None:  # the fused numba passes (--kernel numba)
+        return step.gradients(x, y, ws, scale)
     net.forward(x, ws)
     return net.backward(x, y, ws, scale)
+
+
+def mini_batch_step(cfg: TrainConfig, net: Network) -> fused.FusedStep | None:
+    """The fused numba step (fused.py) under ``--kernel numba``, else None: the numpy step.
+
+    ``auto`` keeps the numpy step for mini-batches: numba adds about 100 MiB per
+    rank, which the default run (batch 32, many ranks to a machine) cannot spare.
+    A network without fused kernels takes the numpy step.
+    """
+    if cfg.kernel != "numba" or not fused.supports(net):
+        return None
+    try:
+        return fused.FusedStep(net)
+    except ImportError as exc:  # installed, but cannot load (e.g. too old for this numpy)
+        raise UserError(f"--kernel numba: numba cannot be loaded here ({exc})") from None
 
 
 @dataclass
@@ -290,6 +310,7 @@ class Run:
     watch: Watch  # rank 0's warnings about a run that trains without learning (health.py)
     pace: Pace  # when rank 0 prints a progress line inside an epoch
     faults: list[Fault] = field(default_factory=list)  # injected by tests (faults.py)
+    fused_step: fused.FusedStep | None = None  # mini-batches under --kernel numba: the compiled elementwise passes
 
     @classmethod
     def prepare(cls, cfg: TrainConfig, world: Communicator, data: RankData, state: LoopState, hooks: Hooks, log) -> Run:
@@ -317,6 +338,7 @@ class Run:
             watch_for(cfg, world.size, data.classes),
             Pace(cfg.progress_every),
             planned_faults(),
+            None if stepper else mini_batch_step(cfg, state.net),
         )
 
     @property
@@ -424,7 +446,7 @@ def one_step(run: Run, state: LoopState, s: int, lr: float) -> None:
     picked = state.order[s * batch : (s + 1) * batch]
     if len(picked):  # a slice one sample short may have an empty last batch
         scale = 1.0 / (run.plan.step_samples[s] if by_gradients else len(picked))
-        state.loss_sum += gradients(net, run.ws, run.data.x, run.data.y, picked, scale)
+        state.loss_sum += gradients(net, run.ws, run.data.x, run.data.y, picked, scale, run.fused_step)
     else:
         net.grads.fill(0.0)
     if by_gradients:
@@ -433,7 +455,10 @@ def one_step(run: Run, state: LoopState, s: int, lr: float) -> None:
         for fault in run.faults:
             fault.fire_after_sum(run.launch_rank, state.progress.epoch + 1, s, run.world)
     if len(picked) or by_gradients:
-        state.opt.step(net.params, net.grads, lr)
+        if run.fused_step:
+            run.fused_step.update(net.params, net.grads, state.opt.velocity, lr, state.opt.momentum)
+        else:
+            state.opt.step(net.params, net.grads, lr)
 
 
 def allreduce(run: Run, state: LoopState, purpose: str, buffer: np.ndarray, average: bool = False) -> None:
