@@ -140,20 +140,25 @@ def test_a_killed_rank_ends_the_job_and_the_last_checkpoint_resumes(tiny, tmp_pa
     assert (out / "model.npz").read_bytes() == expected
 
 
+STALLS = {"stop": "(stopped, frozen or unreachable)", "spin": "(running, but stuck outside MPI: an endless loop or a livelock)"}
+
+
+@pytest.mark.parametrize("action", ["stop", "spin"])
 @pytest.mark.parametrize(("ranks", "stopped"), [(2, 1), (3, 0)])
-def test_a_stopped_rank_ends_the_job_in_one_line_and_the_last_checkpoint_resumes(tiny, tmp_path, ranks, stopped):
-    """SIGSTOP, not death, under the default --on-rank-failure abort: without the watchdog the
-    others wait for ever; with it the job ends after --stall-timeout with one line naming the
-    rank and its host, status 3, and the checkpoint before the stop resumes to the same model."""
+def test_a_stopped_rank_ends_the_job_in_one_line_and_the_last_checkpoint_resumes(tiny, tmp_path, ranks, stopped, action):
+    """SIGSTOP, not death, or an endless loop in Python (the process runs, and its watchdog thread
+    beats), under the default --on-rank-failure abort: without the watchdog the others wait for
+    ever; with it the job ends after --stall-timeout with one line naming the rank, its host and
+    how it failed, status 3, and the checkpoint before the stall resumes to the same model."""
     flags = ["--epochs", "6", "--batch-size", "4", "--checkpoint-every", "1", "--seed", "5"]
     expected = _uninterrupted(tiny, tmp_path, ranks, *flags)
     out = tmp_path / "run"
     began = time.monotonic()
-    proc = run_pnn(*_args(tiny, out, *flags, "--stall-timeout", "3"), ranks=ranks, env=clean_env(PNN_MPI_INJECT=f"stop:{stopped}:4"), timeout=90)
+    proc = run_pnn(*_args(tiny, out, *flags, "--stall-timeout", "3"), ranks=ranks, env=clean_env(PNN_MPI_INJECT=f"{action}:{stopped}:4"), timeout=90)
     assert time.monotonic() - began < 60
     assert proc.returncode == 3, proc.stderr
     errors = [line for line in proc.stderr.replace("\0", "").splitlines() if line.startswith("pnn_mpi:")]  # prterun writes a NUL byte
-    assert len(errors) == 1 and f"rank {stopped} ({socket.gethostname()}) made no progress for 3 s" in errors[0], proc.stderr
+    assert len(errors) == 1 and f"rank {stopped} ({socket.gethostname()}) made no progress for 3 s {STALLS[action]}: ending" in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
     progress, _ = checkpoint.load(out / checkpoint.FILE, TrainConfig(dataset="custom", hidden=(16,), epochs=6, batch_size=4, seed=5), ranks)
     assert progress.epoch == 3

@@ -108,13 +108,15 @@ def test_rank_0_lost_after_training_the_next_one_scores_and_saves(tiny, tmp_path
     assert json.loads(proc.stdout)["test_accuracy"] == record["test_accuracy"] > 0.9
 
 
+@pytest.mark.parametrize("action", ["stop", "spin"])
 @pytest.mark.parametrize("rank", [2, 0])
-def test_a_stopped_rank_is_lost_after_the_stall_timeout_and_killed(tiny, tmp_path, rank):
-    """SIGSTOP, not death: Open MPI's heartbeat detector (switched on by the run, its timeout
-    --stall-timeout) reports the rank lost, the survivors finish, and the stopped process is
-    killed (else the launcher would wait for it until MPIEXEC_TIMEOUT)."""
+def test_a_stopped_rank_is_lost_after_the_stall_timeout_and_killed(tiny, tmp_path, rank, action):
+    """SIGSTOP, or an endless loop in Python that never enters MPI, not death: Open MPI's heartbeat
+    detector (switched on by the run, its timeout --stall-timeout; it beats from MPI's progress, so
+    a spinning rank falls silent too) reports the rank lost, the survivors finish, and the stuck
+    process is killed (else the launcher would wait for it until MPIEXEC_TIMEOUT)."""
     out = tmp_path / "run"
-    proc = _launch(tiny, out, f"stop:{rank}:2:5", "--stall-timeout", "4")
+    proc = _launch(tiny, out, f"{action}:{rank}:2:5", "--stall-timeout", "4")
     record = _finished(proc, out, [[rank]])
     assert record["rank_failures"][0]["stalled"] == [rank]
     assert f"rank {rank} in epoch 2 (stopped responding)" in proc.stdout

@@ -18,6 +18,7 @@ from typing import Protocol, TypeVar, cast
 import numpy as np
 
 from ..common.errors import INSTALL_MPI, UserError
+from .stall import PROGRESS
 
 T = TypeVar("T")
 
@@ -69,7 +70,8 @@ class World:
 
     def sum_(self, buf: np.ndarray) -> None:
         """Sum ``buf`` over all ranks, in place (one Allreduce)."""
-        self.comm.Allreduce(self._mpi.IN_PLACE, buf, op=self._mpi.SUM)
+        with PROGRESS:  # waiting in a collective, not stuck (stall.py)
+            self.comm.Allreduce(self._mpi.IN_PLACE, buf, op=self._mpi.SUM)
 
     def average_(self, buf: np.ndarray) -> None:
         """Replace ``buf`` by its mean over all ranks: one in-place Allreduce and a divide."""
@@ -78,19 +80,24 @@ class World:
             buf *= 1.0 / self.size
 
     def allgather(self, obj: T) -> list[T]:
-        return self.comm.allgather(obj)
+        with PROGRESS:
+            return self.comm.allgather(obj)
 
     def bcast(self, obj: T, root: int = 0) -> T:
-        return self.comm.bcast(obj, root=root)
+        with PROGRESS:
+            return self.comm.bcast(obj, root=root)
 
     def gather(self, obj: T, root: int = 0) -> list[T] | None:
-        return self.comm.gather(obj, root=root)
+        with PROGRESS:
+            return self.comm.gather(obj, root=root)
 
     def scatter(self, objs: list[T] | None, root: int = 0) -> T:
-        return self.comm.scatter(objs, root=root)
+        with PROGRESS:
+            return self.comm.scatter(objs, root=root)
 
     def barrier(self) -> None:
-        self.comm.Barrier()
+        with PROGRESS:
+            self.comm.Barrier()
 
     def abort(self, code: int) -> None:
         self.comm.Abort(code)

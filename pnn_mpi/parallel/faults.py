@@ -4,7 +4,9 @@
 rank RANK (mpiexec's numbering, which stays its name after survivors renumber)
 in epoch EPOCH (1-based, default 1): ``raise`` raises an unexpected exception,
 ``kill`` sends the process SIGKILL, ``stop`` sends it SIGSTOP (a rank that
-stops responding without dying, as on a frozen node), ``interrupt`` raises KeyboardInterrupt (what
+stops responding without dying, as on a frozen node), ``spin`` makes it loop for ever in
+Python, busy and never entering MPI (a process that runs but makes no progress: an endless
+loop, a livelock), ``interrupt`` raises KeyboardInterrupt (what
 Ctrl-C does where no handler catches it), all when the epoch starts or, given STEP,
 before step STEP (0-based) of that epoch (with a batch-1 kernel, which runs many
 steps per call, only if a call starts at STEP). ``kill-in-checkpoint`` kills the rank
@@ -39,6 +41,7 @@ ACTIONS = (
     "raise",
     "kill",
     "stop",
+    "spin",
     "interrupt",
     "kill-in-checkpoint",
     "kill-in-average",
@@ -104,6 +107,8 @@ class Fault:
         if self.action == "stop":
             _kill(signal.SIGSTOP)
             return  # continued (SIGCONT): go on as if nothing happened
+        if self.action == "spin":
+            _spin()
         if self.action == "interrupt":
             raise KeyboardInterrupt
         where = f"epoch {epoch}" + (f", step {self.step}" if self.step is not None else "")
@@ -120,6 +125,17 @@ def _dead(identity: tuple[str, int, str]) -> bool:
             return handle.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
     except (OSError, IndexError):
         return True
+
+
+def _spin() -> None:
+    """Loop for ever, busy (not sleeping) and outside MPI: the process runs but the rank makes no progress."""
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    turns = 0
+    while True:
+        turns += 1
 
 
 def _kill(signum: int = signal.SIGKILL) -> None:
@@ -155,5 +171,5 @@ def _parse(part: str, text: str) -> Fault:
         return Fault(action, *values)
     except ValueError:
         raise UserError(
-            f"{VARIABLE}={text!r}: expected raise|kill|stop|interrupt:RANK[:EPOCH[:STEP]], kill-in-checkpoint:RANK[:EPOCH], kill-in-average:RANK, kill-in-save:RANK, kill-before-init|kill-at-start:RANK or kill-after-sum|lose-in-sum:RANK:EPOCH:STEP, comma-separated"
+            f"{VARIABLE}={text!r}: expected raise|kill|stop|spin|interrupt:RANK[:EPOCH[:STEP]], kill-in-checkpoint:RANK[:EPOCH], kill-in-average:RANK, kill-in-save:RANK, kill-before-init|kill-at-start:RANK or kill-after-sum|lose-in-sum:RANK:EPOCH:STEP, comma-separated"
         ) from None

@@ -26,7 +26,8 @@ MPI wants the timeout above three periods). It beats from MPI's progress, which
 the loop enters at least every ~2,048 samples (its stop checks), not from a
 thread of its own: with ``mpi_ft_detector_thread`` on, 9 of 145 four-rank runs
 here died of a segmentation fault inside ``MPI_Init`` (in
-``ompi_comm_revoke_local``), none of 220 without it. It then surfaces like a death. The stopped process
+``ompi_comm_revoke_local``), none of 220 without it. So a rank that loops in Python without
+entering MPI (an endless loop) falls silent too. It then surfaces like a death. The stopped process
 is still alive, though, and would keep the launcher waiting (or, resumed, talk to
 a world that has moved on): every survivor on its node SIGKILLs it, by the pid
 and start time all ranks exchanged when the world was made.

@@ -279,7 +279,8 @@ def train_parser() -> Parser:
         type=float,
         default=d.stall_timeout,
         metavar="SECONDS",
-        help="a rank that gives no sign of life for SECONDS (stopped, frozen node) ends the job with one line naming it (status 3); "
+        help="a rank that gives no sign of life or makes no progress for SECONDS (stopped, frozen node, an endless loop) ends the job "
+        "with one line naming it (status 3); "
         "with --on-rank-failure continue it counts as lost instead, is killed if on a survivor's node, and the others go on; "
         f"0 = wait for it (default: {d.stall_timeout:g})",
     )

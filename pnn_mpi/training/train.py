@@ -35,6 +35,7 @@ from ..nn.network import Network, Workspace
 from ..nn.optim import SGD, rate_fraction
 from ..parallel.comm import Communicator
 from ..parallel.faults import Fault, planned_faults
+from ..parallel.stall import PROGRESS
 from ..parallel.sync import Sync
 from . import defaults
 from .checkpoint import Progress, RankState
@@ -354,6 +355,15 @@ def consistent(run: Run, state: LoopState, kind: str) -> None:
 
 
 def train(cfg: TrainConfig, world: Communicator, data: RankData, log=print, hooks: Hooks | None = None) -> TrainResult:
+    """Train on this rank's data with the others; while it runs, a rank outside MPI must keep
+    taking steps, or the stall watchdog counts it as stuck (parallel/stall.py)."""
+    try:
+        return _train(cfg, world, data, log, hooks)
+    finally:
+        PROGRESS.training = False
+
+
+def _train(cfg: TrainConfig, world: Communicator, data: RankData, log, hooks: Hooks | None) -> TrainResult:
     hooks = hooks or Hooks()
     cfg = cfg.resolved(world.size)  # a no-op when the caller resolved it already
     state = LoopState.start(cfg, world.rank, data)
@@ -362,6 +372,7 @@ def train(cfg: TrainConfig, world: Communicator, data: RankData, log=print, hook
         state.restore(progress, rank_state, progress.clocks[world.rank])
     run = Run.prepare(cfg, world, data, state, hooks, log)
     world.barrier()
+    PROGRESS.training = True  # from here, not before: preparing (say, compiling a kernel) takes each rank its own time
     consistent(run, state, "start")
     for epoch in range(state.progress.epoch, cfg.epochs):
         for fault in run.faults:
@@ -430,6 +441,7 @@ def take_steps(run: Run, state: LoopState, s: int, lr: float, period: int = 0) -
     else:
         stop = s + 1
         one_step(run, state, s, lr)
+    PROGRESS.moved()
     state.progress.global_step += stop - s
     state.progress.since_average += stop - s
     state.progress.in_sync = run.sync.averages_gradients  # some rank stepped (a step's samples are never 0 over all ranks)
@@ -534,7 +546,7 @@ def save_checkpoint(run: Run, state: LoopState) -> None:
     """Hand every rank's snapshot to the checkpoint hook (a collective), if there is one."""
     if run.hooks.checkpoint is None:
         return
-    with run.phases("checkpoint"):
+    with run.phases("checkpoint"), PROGRESS.aside():  # one rank writes while the others wait: not stuck
         progress, rank_state = state.snapshot()
         progress.clocks = run.world.allgather(progress.clocks[0])
         run.hooks.checkpoint(progress, rank_state)
