@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from .costs import Calibration, StepCost
 from .platforms import REFERENCE_SPEED, Platform
-from .program import Allreduce, Barrier, Compute, Phase, Run, phases
+from .program import Allreduce, Compute, Phase, Run, phases
 
 SMALL_MESSAGE = 10_000  # bytes: below this Open MPI reduces by recursive doubling (the check's pattern)
 
@@ -106,8 +106,6 @@ def phase_cost(plat: Platform, ranks: int, phase: Phase, step: StepCost, excess:
         elif isinstance(e, Allreduce):
             cost.add(barrier(plat, ranks) if e.purpose == "check" else allreduce(plat, ranks, e.nbytes))
             cost.in_loop += excess if e.purpose != "check" else 0.0
-        elif isinstance(e, Barrier):
-            cost.add(barrier(plat, ranks))
     return cost
 
 

@@ -3,8 +3,8 @@
 The simulator and the analytic model must predict the same run the trainer
 performs, so this module restates the loop of ``train.py`` in the terms they
 need: per epoch, each rank's steps (how many samples each), the Allreduces of a
-sync schedule with their sizes, the small stop/divergence checks, and the
-barrier that ends the epoch. It knows nothing of costs; ``Costs`` turns steps
+sync schedule with their sizes, and the small stop/divergence checks (the
+epoch's last one is where the ranks meet: no barrier follows it). It knows nothing of costs; ``Costs`` turns steps
 into seconds. The loop's own helpers (``batch_plan``, ``check_interval``,
 ``Sync.period``, ``rate_fraction``, the configuration's defaults rule) are used,
 so a change in the trainer changes the prediction too; tests/test_scaling.py
@@ -91,12 +91,7 @@ class Allreduce:
         return self.count * self.itemsize
 
 
-@dataclass(frozen=True)
-class Barrier:
-    purpose: str = "epoch end"
-
-
-Event = Compute | Allreduce | Barrier
+Event = Compute | Allreduce
 
 
 @dataclass(frozen=True)
@@ -228,7 +223,6 @@ def _epoch(plan: Schedule, ranks: int, period: int, final: bool, since: int) -> 
     if plan.sync.averages_after_epoch and not final:
         out.meet(plan.average)
         since = 0
-    out.meet(Barrier())
     return tuple(out.events), since
 
 

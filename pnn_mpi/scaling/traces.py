@@ -22,7 +22,7 @@ import numpy as np
 
 from .costs import StepCost
 from .platforms import REFERENCE_SPEED
-from .program import Allreduce, Barrier, Compute, Phase
+from .program import Allreduce, Compute, Phase
 
 SMPI_TYPE = {4: 5, 8: 0}  # itemsize -> MPI_FLOAT, MPI_DOUBLE
 
@@ -42,9 +42,6 @@ def rank_lines(phase: Phase, ranks: int, step: StepCost, excess: float = 0.0) ->
                 if excess > 0 and e.purpose != "check":
                     lines.append(f"sleep {excess:.6g}")
                 lines.append(line)
-        elif isinstance(e, Barrier):
-            for lines in body:
-                lines.append("barrier")
     return body
 
 
