@@ -540,3 +540,23 @@ def test_dry_run_commands_work_as_printed_with_nothing_exported(tmp_path, tiny_d
     ran = subprocess.run(["bash", "-c", f"{exports}; {command}"], capture_output=True, text=True, timeout=300, env=dict(os.environ), cwd=tmp_path)
     assert ran.returncode == 0, ran.stderr
     assert "parallel network: test accuracy" in ran.stdout
+
+
+def test_a_report_names_only_the_settings_a_grid_chose(tmp_path):
+    """The rate, schedule, warm-up and sync a grid leaves to the defaults rule differ point by point
+    once resolved: the report's "Other settings" must not name the first point's (lr 0.025 at batch 16
+    on one rank), but must name them when the grid sets them."""
+    from pnn_mpi.study.report import _other_settings
+
+    path = tmp_path / "g.toml"
+    path.write_text(
+        '[study]\ntitle = "t"\n[fixed]\nepochs = 1\n'
+        "[grids.ruled]\naxes = { batch-size = [16, 32], ranks = [1, 4] }\n"
+        "[grids.set]\nfixed = { lr = 0.2, warmup = 1 }\naxes = { ranks = [1, 4] }\n"
+    )
+    s = load_study(path)
+    results = [fake_result(p, 0.9, 0.9, 1.0) for p in s.points]
+    ruled = _other_settings(s.grid("ruled"), results)
+    assert "lr=" not in ruled and "warmup=" not in ruled and "sync=" not in ruled and "epochs=1" in ruled
+    chosen = _other_settings(s.grid("set"), results)
+    assert "`lr=0.2`" in chosen and "`warmup=1`" in chosen and "sync=" not in chosen

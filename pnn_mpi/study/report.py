@@ -17,6 +17,7 @@ from pathlib import Path
 from ..common.files import write_atomically
 from ..common.version import __version__
 from ..training.config import TrainConfig
+from ..training.defaults import FOLLOWING
 from . import stats
 from .figures import TITLES
 from .findings import accuracy_findings, curve_findings, heat_findings, oversubscription, speedup_findings
@@ -112,11 +113,17 @@ def _grid_section(grid: Grid, results: list[Result], machine: Machine, figures: 
 
 
 def _other_settings(grid: Grid, results: list[Result]) -> str:
+    """The settings every point of ``grid`` shares beyond its axes. A setting the grid leaves to
+    the defaults rule (the rate, its schedule, warm-up and sync) is named only when the grid sets
+    it: resolved, it follows each point's ranks and batch, so the first point's value would mislead."""
     point = next(r.point for r in results if r.point.grid == grid.name)
     parts = [f"`ranks={point.ranks}`"] if RANKS not in grid.axes else []
+    chosen = {token[2:] for token in point.flags if token.startswith("--")}
     for key, value in point.config.items():
         flag = key.replace("_", "-")
         if flag in grid.axes or key in ("data_dir", "expect_ranks", "resume", "checkpoint_every"):
+            continue
+        if key in FOLLOWING and flag not in chosen:
             continue
         default = list(_DEFAULTS[key]) if isinstance(_DEFAULTS[key], tuple) else _DEFAULTS[key]
         if value != default:
