@@ -135,10 +135,20 @@ def _abort_on_crash(exc: BaseException) -> int:
         sys.stderr.write(f"pnn_mpi: rank {rank}: unexpected error, leaving the job (the others carry on without it)\n{text}")
         leave_by_signal()
     sys.stderr.write(f"pnn_mpi: rank {rank}: unexpected error, aborting the job\n{text}")
-    sys.stderr.flush()
     if mpi and mpi.COMM_WORLD.Get_size() > 1:
-        mpi.COMM_WORLD.Abort(1)
+        _abort_job(mpi, 1)
     return 1
+
+
+FORWARD_SECONDS = 0.2  # for the launcher to pass a rank's last line on before MPI_Abort tears the job down
+
+
+def _abort_job(mpi, code: int) -> None:
+    """MPI_Abort, once the launcher has had a moment to forward what this rank just wrote: MPICH's
+    hydra kills its proxies at the abort, and a line still in their pipe was lost (about 1 run in 10)."""
+    sys.stderr.flush()
+    time.sleep(FORWARD_SECONDS)
+    mpi.COMM_WORLD.Abort(code)
 
 
 def _end_on_interrupt() -> int:
@@ -153,7 +163,7 @@ def _end_on_interrupt() -> int:
     sys.stderr.write(f"pnn_mpi: rank {rank}: interrupted: ending the whole job\n" if several else "pnn_mpi: interrupted\n")
     sys.stderr.flush()
     if several:
-        mpi.COMM_WORLD.Abort(130)
+        _abort_job(mpi, 130)
     return 130
 
 
