@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass
 
 from ..common.errors import UserError
+from .resilience import proc_stat
 
 VARIABLE = "PNN_MPI_INJECT"
 ACTIONS = (
@@ -120,11 +121,8 @@ def _dead(identity: tuple[str, int, str]) -> bool:
     host, pid, _ = identity
     if host != socket.gethostname():
         return False
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except (OSError, IndexError):
-        return True
+    fields = proc_stat(pid)
+    return fields is None or fields[0] in ("Z", "X")
 
 
 def _spin() -> None:
