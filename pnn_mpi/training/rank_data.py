@@ -101,6 +101,12 @@ def check_cover(held: dict, totals: dict[str, tuple[int, int]]) -> None:
             )
 
 
+def read_ranges(spec: datasets.DatasetSpec, directory: Path, file: str, ranges, **first) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(images, labels) of the records [a, b) of each of ``ranges`` of ``file`` ("train" or "test"), in
+    their order; ``first``: the checks (``verify``, ``check_end``) the first read makes."""
+    return [datasets.load_split(spec, directory, file, a, b, **(first if i == 0 else {})) for i, (a, b) in enumerate(ranges)]
+
+
 def _read_held(spec: datasets.DatasetSpec, directory: Path, world: Communicator, held: dict) -> tuple[np.ndarray, ...]:
     """(images, labels, test images, test labels, validation images, validation labels): the ranges
     ``held`` gives this rank, read alone and joined in their order (its own slice first, then what it
@@ -109,9 +115,7 @@ def _read_held(spec: datasets.DatasetSpec, directory: Path, world: Communicator,
     arrays: list[np.ndarray] = []
     for split, file in (("train", "train"), ("test", "test"), ("val", "train")):
         checks = {"verify": lead, "check_end": last} if split != "val" else {}
-        parts = [datasets.load_split(spec, directory, file, a, b, **(checks if i == 0 else {})) for i, (a, b) in enumerate(held[split][world.rank])] or [
-            datasets.load_split(spec, directory, file, 0, 0)
-        ]
+        parts = read_ranges(spec, directory, file, held[split][world.rank], **checks) or read_ranges(spec, directory, file, [(0, 0)])
         arrays += [np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])]
     return tuple(arrays)
 

@@ -44,7 +44,7 @@ from ..nn.evaluate import to_inputs
 from ..parallel.resilience import RankLost
 from .checkpoint import Progress, RankState
 from .config import TrainConfig
-from .rank_data import RankData
+from .rank_data import RankData, read_ranges
 from .train import Hooks, LoopState, TrainResult, train
 
 # What a consistent point's collective hands out: an average the parameters and the momentum (SGD.beside
@@ -234,8 +234,7 @@ def recording_holdings(hooks: Hooks, world, data: RankData, holdings: dict[str, 
 
 
 def _records(cfg: TrainConfig, data: RankData, split: str, ranges: list[tuple[int, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
-    spec = datasets.get_spec(cfg.dataset)
-    return [datasets.load_split(spec, data.directory, split, start, stop, verify=False, check_end=False) for start, stop in ranges]
+    return read_ranges(datasets.get_spec(cfg.dataset), data.directory, split, ranges)
 
 
 def take_over_samples(cfg: TrainConfig, data: RankData, ranges: dict[str, list[tuple[int, int]]], sizes: list[int]) -> RankData:
