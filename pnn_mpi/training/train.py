@@ -496,21 +496,19 @@ def sync_parameters(run: Run, state: LoopState, with_momentum: bool = True, chec
     average is also a check and the two cost one call: averaged, its flags are the
     fractions of ranks that asked to stop or diverged (0 stays exactly 0).
     """
-    riding = check_at is not None and with_momentum and run.world.size > 1
+    riding = check_at if with_momentum and run.world.size > 1 else None  # where the stop check rides along
     reason = None
     if run.world.size > 1:
         buffer = state.opt.carrier if riding else state.opt.state if with_momentum else state.net.params
         if riding:
-            reason, flags = stop_flags(run, state)
-            buffer[-CHECK_VALUES:] = flags
+            reason, buffer[-CHECK_VALUES:] = stop_flags(run, state)
         with run.phases("comm"):
             allreduce(run, state, "average", buffer, average=True)
     state.progress.in_sync = True
     state.progress.since_average = 0
     consistent(run, state, "average")
     if riding:
-        assert check_at is not None
-        act_on_check(run, state, *check_at, reason, buffer[-CHECK_VALUES:].astype(np.float64) * run.world.size)
+        act_on_check(run, state, *riding, reason, buffer[-CHECK_VALUES:].astype(np.float64) * run.world.size)
 
 
 def stop_flags(run: Run, state: LoopState) -> tuple[str | None, np.ndarray]:
@@ -522,7 +520,7 @@ def stop_flags(run: Run, state: LoopState) -> tuple[str | None, np.ndarray]:
 def check_stop(run: Run, state: LoopState, epoch: int, step: int) -> None:
     """Agree on stopping: any rank's signal or non-finite loss stops all ranks at this step."""
     reason, flags = stop_flags(run, state)
-    with run.phases("check"):  # not clocked: charged to compute, around it
+    with run.phases("check"):  # not clocked: charged to the phase around it (compute inside an epoch, wait at its end)
         allreduce(run, state, "check", flags)  # the loss rides along for rank 0's progress line: no collective of its own
     act_on_check(run, state, epoch, step, reason, flags)
     consistent(run, state, "check")
