@@ -100,6 +100,86 @@ def test_fused_steps_match_the_numpy_step(backend, activation, output, momentum,
     assert not np.array_equal(net.params, make_net(sizes, activation, output, dtype).params)
 
 
+def slice_of_batches(width: int, dtype):
+    """The batches of ``batches`` as one slice, with the order that takes them one after another."""
+    xs, ys = zip(*batches(width, dtype))
+    return np.concatenate(xs), np.concatenate(ys), np.arange(sum(BATCHES))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("hidden", [(), (9,), (9, 7)], ids=["0-hidden", "1-hidden", "2-hidden"])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.parametrize("output", sorted(OUTPUTS))
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("backend", ["numba", "python"])
+def test_whole_steps_match_the_numpy_step(backend, activation, output, momentum, hidden, dtype):
+    """The whole step in one call (gather, products through BLAS's gemm with the update folded in):
+    the numpy step's parameters, velocity and losses to rounding, one call per batch (``step``) and
+    all batches in one call (``steps``), which agree bit for bit."""
+    numba_or_skip(backend)
+    sizes = (30, *hidden, 10)
+    ref = make_net(sizes, activation, output, dtype)
+    ref_velocity = np.zeros_like(ref.params) if momentum else None
+    ref_losses = numpy_steps(ref, ref_velocity, momentum)
+    x, y, order = slice_of_batches(30, dtype)
+    ends = np.cumsum((0, *BATCHES))
+    results = []
+    for one_call in (False, True):
+        net = make_net(sizes, activation, output, dtype)
+        if not fused.supports(net):
+            pytest.skip("no fused kernels for this network")
+        step = fused.FusedStep(net, backend)
+        assert step.whole
+        velocity = np.zeros_like(net.params) if momentum else None
+        if one_call:
+            losses = [step.steps(x, y, order, 0, len(BATCHES), BATCHES[0], velocity, LR, momentum)]
+        else:
+            losses = [step.step(x, y, order[a:b], 1.0 / (b - a), velocity, LR, momentum) for a, b in zip(ends[:-1], ends[1:])]
+        assert_close(net.params, ref.params, dtype)
+        if momentum:
+            assert_close(velocity, ref_velocity, dtype)
+        results.append((net.params.tobytes(), losses))
+    assert sum(results[0][1]) == results[1][1][0]
+    assert results[0][0] == results[1][0]
+    assert results[0][1] == pytest.approx(ref_losses, rel=1e-12 if dtype == "float64" else 1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("backend", ["numba", "python"])
+def test_whole_step_without_update_leaves_the_gradient(backend, activation, dtype):
+    """``step(update=False)`` (the grad schedule's step): the gradient ``backward`` leaves, scaled, and the
+    parameters untouched."""
+    numba_or_skip(backend)
+    ref, net = (make_net((30, 9, 7, 10), activation, "softmax-xent", dtype) for _ in range(2))
+    if not fused.supports(net):
+        pytest.skip("no fused kernels for this network")
+    before = net.params.copy()
+    x, y, order = slice_of_batches(30, dtype)
+    picked = order[3:11]
+    ws = ref.workspace(8)
+    ref.forward(x[picked], ws)
+    expected = ref.backward(x[picked], y[picked], ws, 0.25)
+    loss = fused.FusedStep(net, backend).step(x, y, picked, 0.25, update=False)
+    assert loss == pytest.approx(expected, rel=1e-12 if dtype == "float64" else 1e-5)
+    assert_close(net.grads, ref.grads, dtype)
+    assert net.params.tobytes() == before.tobytes()
+
+
+def test_without_numpys_blas_the_step_calls_numpy_between_passes(monkeypatch):
+    """Where numpy's BLAS is not one the whole step can call, the numba step is the passes between
+    numpy's products (``whole`` false), and the trainer still matches the numpy step to rounding."""
+    pytest.importorskip("numba")
+    from pnn_mpi.nn import blas
+
+    monkeypatch.setattr(blas, "numpy_gemm", lambda: None)
+    assert not fused.FusedStep(make_net((30, 8, 10), "relu", "softmax-xent", "float32")).whole
+    data = trainer_data()
+    fast, plain = trained("numba", data, momentum=0.9), trained("numpy", data, momentum=0.9)
+    assert_close(fast.net.params, plain.net.params, "float32")
+    assert fast.net.params.tobytes() != plain.net.params.tobytes()
+
+
 def test_python_source_equals_compiled_numba():
     """The compiled kernels and their source run as Python give the same float64 parameters."""
     pytest.importorskip("numba")
@@ -112,8 +192,12 @@ def test_python_source_equals_compiled_numba():
 def test_precompile_fills_the_cache():
     """precompile() compiles the fused kernels for both dtypes (and the batch-1 kernels); their steps then build."""
     pytest.importorskip("numba")
+    from pnn_mpi.nn import blas
+
     fused.precompile()
-    assert all(fused._compiled()[name].signatures for name in fused._FUNCTIONS)  # compiled here, for the cache
+    whole = ("_k_train_step", "_k_train_steps")  # need numpy's gemm (nn/blas.py)
+    names = [n for n in fused._FUNCTIONS if blas.numpy_gemm() or n not in whole]
+    assert all(fused._compiled()[name].signatures for name in names)  # compiled here, for the cache
     assert fused.FusedStep(make_net((30, 8, 10), "relu", "softmax-xent", "float64")).backend == "numba"
 
 

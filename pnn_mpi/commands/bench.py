@@ -403,6 +403,7 @@ def _measure_batch(args: argparse.Namespace, data: RankData, sizes: tuple[int, .
         runs["floor"] = _floor_run(sizes, batch, x, args.momentum)
         if numba_available():
             runs["fused"] = _with_numba(table, lambda: _step_run(cfg, world, data, "numba"))
+            runs["whole run, numba"] = _epoch_run(replace(cfg, kernel="numba"), world, data)
     if batch == 1:
         runs["numpy"], _ = _kernel_run(cfg, x, y, "numpy")
         if numba_available():
@@ -410,7 +411,7 @@ def _measure_batch(args: argparse.Namespace, data: RankData, sizes: tuple[int, .
             table.notes.append(f"numba kernel ready in {max(world.allgather(first)):.2f} s (compiled, or loaded from numba's cache)")
         else:
             table.notes.append("numba is not installed: no numba row (pip install numba, or the fast extra)")
-    rates = _best_rates(world, args.seconds, args.repeats, runs, collective=frozenset({"whole run"}))
+    rates = _best_rates(world, args.seconds, args.repeats, runs, collective=frozenset({"whole run", "whole run, numba"}))
     del runs
     table.add(f"train step, batch {batch}", rates["step"], rates["reference"], what)
     if "fused" in rates:
@@ -422,6 +423,8 @@ def _measure_batch(args: argparse.Namespace, data: RankData, sizes: tuple[int, .
         table.add(f"step overhead, batch {batch}", rates["step"], rates["floor"], "bare products + batch gather + SGD update")
     if "whole run" in rates:
         table.add(f"whole run, batch {batch}", rates["whole run"], rates["step"], "train step alone (epochs: shuffle, steps, loss, sync)")
+    if "whole run, numba" in rates:
+        table.add(f"whole run, batch {batch}, numba", rates["whole run, numba"], rates["fused"], "numba train step alone (its steps run many to a call)")
 
 
 def _with_numba(table: Table, build: Callable[[], T]) -> T:

@@ -82,6 +82,12 @@ def _parser() -> Parser:
     p.add_argument("--momentum", type=float, default=defaults.MOMENTUM)
     p.add_argument("--epochs", type=positive_int, help="(default: 2 for end and grad; the project's 10 for local)")
     p.add_argument("--hidden", type=positive_int, default=128)
+    p.add_argument(
+        "--kernel",
+        choices=("auto", "numba", "numpy"),
+        default="auto",
+        help="pnn_mpi's step, as train's --kernel: numba runs the whole mini-batch step in one compiled call; auto keeps numpy's",
+    )
     p.add_argument("--train-size", type=positive_int, help="use only the first N training samples (default: all)")
     p.add_argument("--repeats", type=positive_int, default=2, help="runs of each side per mode; the best counts")
     p.add_argument(
@@ -119,6 +125,7 @@ def _config(args: argparse.Namespace, sync: str, ranks: int, fixed: dict | None 
         train_size=args.train_size,
         dtype="float32",
         eval_every=eval_every,
+        kernel=args.kernel,
     )
     given = {k: getattr(args, k) for k in FIXED if getattr(args, k) is not None}
     return dataclasses.replace(base, **{**(fixed or {}), **given}).resolved(ranks)

@@ -26,11 +26,11 @@ import functools
 
 import numpy as np
 
-from . import kernels
+from . import blas, kernels
 from .activations import LEAKY_RELU, RELU, SIGMOID, TANH
 from .kernels import LOG_FLOOR, ZERO, compile_functions, compiled_namespace, heavy_ball, k_act, k_act_grad, k_output, kernel_constants
 from .losses import SIGMOID_MSE, SOFTMAX_XENT
-from .network import Network, Workspace
+from .network import Network, Workspace, layout
 
 FUSED_ACTIVATIONS = frozenset({SIGMOID, TANH, RELU, LEAKY_RELU})
 FUSED_OUTPUTS = frozenset({SOFTMAX_XENT, SIGMOID_MSE})
@@ -54,17 +54,31 @@ class FusedStep:
         self.net = net
         self.backend = backend
         k = _compiled() if backend == "numba" else globals()
-        self._bias_activate, self._output, self._backprop, self._update = (k[n] for n in _FUNCTIONS)
+        self._bias_activate, self._output, self._backprop, self._update, self._train_step, self._train_steps = (k[n] for n in _FUNCTIONS)
+        found = blas.numpy_gemm()
+        # The whole step in one call needs numpy's gemm (uncompiled, numpy's @ stands in for it).
+        self.blas = np.array([found.sgemm, found.dgemm, found.wide] if found else [0, 0, 0], np.int64)
+        self.whole = backend != "numba" or found is not None
+        slots = layout(net.sizes)
+        rows_at = np.cumsum([0] + [s.n_out for s in slots])
+        self.slots = np.array([(s.n_in, s.n_out, s.weights_at, s.bias_at, at) for s, at in zip(slots, rows_at)], np.int64)
+        self._buffers = self._scratch(0, np.int64)
         self.consts = kernel_constants(net.dtype)
         self.codes = (net.activation.code, net.output.code)
         self.scalar = net.dtype.type
         self.no_velocity = np.zeros(0, net.dtype)
-        if warm_up:  # a step of a twin of the same dtype and depth: the compile happens now
+        self.box = np.zeros(1, net.dtype)
+        if warm_up:  # steps of a twin of the same dtype and depth: the compiles happen now
             twin = Network(tuple(min(n, 2) for n in net.sizes), net.activation_name, net.output_name, net.dtype)
             ws = twin.workspace(1)
-            FusedStep(twin, backend, warm_up=False).gradients(ws.inputs, ws.labels, ws, 1.0)
+            step = FusedStep(twin, backend, warm_up=False)
+            step.gradients(ws.inputs, ws.labels, ws, 1.0)
             for velocity in (None, np.zeros_like(twin.params)):
                 self.update(twin.params, twin.grads, velocity, 0.0, 0.5)
+                if step.whole:
+                    labels, order = ws.labels.astype(np.intp), np.zeros(1, np.intp)
+                    step.step(ws.inputs, labels, order, 1.0, velocity, 0.0, 0.5)
+                    step.steps(ws.inputs, labels, order, 0, 1, 1, velocity, 0.0, 0.5)
 
     def gradients(self, x: np.ndarray, labels: np.ndarray, ws: Workspace, scale: float) -> float:
         """``Network.forward`` then ``backward``: ``scale`` times the batch's summed gradient into
@@ -92,6 +106,88 @@ class FusedStep:
             delta = back
         return float(loss)
 
+    def _scratch(self, capacity: int, label_dtype) -> tuple[np.ndarray, ...]:
+        """Flat buffers for batches of up to ``capacity``: inputs, labels, every layer's outputs, every layer's errors."""
+        rows = int(self.slots[-1, ROWS_AT] + self.slots[-1, N_OUT])
+        dtype = self.net.dtype
+        return (
+            np.zeros(capacity * self.net.sizes[0], dtype),
+            np.zeros(capacity, label_dtype),
+            np.zeros(capacity * rows, dtype),
+            np.zeros(capacity * rows, dtype),
+        )
+
+    def step(
+        self, x_all, y_all, picked, scale: float, velocity: np.ndarray | None = None, lr: float = 0.0, momentum: float = 0.0, update: bool = True
+    ) -> float:
+        """Rows ``picked`` of the slice ``x_all``/``y_all`` through one compiled call (``whole`` must be
+        true): with ``update``, gradients scaled by ``scale`` and the SGD update; without, the gradient
+        into ``net.grads`` as ``gradients`` leaves it. Returns the summed loss."""
+        inputs, labels, acts, deltas = self._fitting(len(picked), y_all.dtype)
+        net, (act, out_kind) = self.net, self.codes
+        velocity = self.no_velocity if velocity is None or not momentum else velocity
+        s = self.scalar
+        loss = self._train_step(
+            self.blas,
+            act,
+            out_kind,
+            x_all,
+            y_all,
+            picked,
+            inputs,
+            labels,
+            acts,
+            deltas,
+            self.slots,
+            net.params,
+            net.grads,
+            velocity,
+            s(scale),
+            s(lr),
+            s(momentum),
+            update,
+            self.consts,
+        )
+        return float(loss)
+
+    def steps(self, x_all, y_all, order, start: int, stop: int, batch: int, velocity: np.ndarray | None, lr: float, momentum: float) -> float:
+        """Steps ``start`` to ``stop`` of an epoch through ``order`` (``step`` with update, one batch
+        after another) in one compiled call: no Python between them. Returns their summed loss."""
+        inputs, labels, acts, deltas = self._fitting(batch, y_all.dtype)
+        net, (act, out_kind) = self.net, self.codes
+        velocity = self.no_velocity if velocity is None or not momentum else velocity
+        s = self.scalar
+        loss = self._train_steps(
+            self.blas,
+            act,
+            out_kind,
+            x_all,
+            y_all,
+            order,
+            start,
+            stop,
+            batch,
+            inputs,
+            labels,
+            acts,
+            deltas,
+            self.slots,
+            net.params,
+            net.grads,
+            velocity,
+            s(lr),
+            s(momentum),
+            self.consts,
+            self.box,
+        )
+        return float(loss)
+
+    def _fitting(self, batch: int, label_dtype) -> tuple[np.ndarray, ...]:
+        """The scratch buffers, made anew only for a batch larger than any before (or other labels)."""
+        if len(self._buffers[1]) < batch or self._buffers[1].dtype != label_dtype:
+            self._buffers = self._scratch(batch, label_dtype)
+        return self._buffers
+
     def update(self, params: np.ndarray, grads: np.ndarray, velocity: np.ndarray | None, lr: float, momentum: float) -> None:
         """``sgd_step`` in one pass: v = momentum v + g, p -= lr v (without a velocity: p -= lr g)."""
         self._update(params, grads, self.no_velocity if velocity is None else velocity, self.scalar(lr), self.scalar(momentum))
@@ -105,14 +201,24 @@ def precompile() -> None:
         FusedStep(Network((2, 2, 2), dtype=dtype))
 
 
-_FUNCTIONS = ("_k_bias_activate", "_k_output_rows", "_k_backprop_rows", "_k_update_all")
+_FUNCTIONS = ("_k_bias_activate", "_k_output_rows", "_k_backprop_rows", "_k_update_all", "_k_train_step", "_k_train_steps")
 
 
 @functools.cache
 def _compiled() -> dict:
-    """This module's kernels compiled by numba, calling the batch-1 kernels' compiled helpers."""
+    """This module's kernels compiled by numba, calling the batch-1 kernels' compiled helpers and BLAS's gemm."""
+    from . import blas_numba
+
     helpers = compiled_namespace()
-    return compile_functions(globals(), _FUNCTIONS, {n: helpers[n] for n in ("heavy_ball", "k_act", "k_act_grad", "k_output")})
+    helpers = {n: helpers[n] for n in ("heavy_ball", "k_act", "k_act_grad", "k_output")}
+    return compile_functions(globals(), _FUNCTIONS, {**helpers, "k_gemm": blas_numba.k_gemm})
+
+
+def k_gemm(blas, ta, tb, alpha, a, b, beta, c):
+    """c = alpha op(a) op(b) + beta c: numpy's product, for the uncompiled ("python") backend
+    (compiled, it is blas_numba.k_gemm, a call into numpy's own BLAS)."""
+    product = (a.T if ta else a) @ (b.T if tb else b)
+    c[...] = alpha * product if beta == 0 else alpha * product + beta * c
 
 
 def _k_bias_activate(kind, a, bias, c):
@@ -185,3 +291,87 @@ def _k_update_all(params, grads, velocity, lr, mu):
     else:
         for i in range(params.shape[0]):
             params[i] -= grads[i] * lr
+
+
+# Columns of the layer table the whole step gets (FusedStep.slots): one row per layer.
+N_IN, N_OUT, WEIGHTS_AT, BIAS_AT, ROWS_AT = range(5)
+
+
+def _k_train_step(blas, act, out_kind, x_all, y_all, picked, inputs, labels, acts, deltas, slots, params, grads, velocity, scale, lr, mu, update, c):
+    """A whole mini-batch step in one call: gather rows ``picked`` of the slice, forward, backward and,
+    with ``update``, the SGD update; else ``scale`` times the summed gradient into ``grads``.
+    Returns the summed loss.
+
+    Layer l's outputs and errors are the (b, width) blocks of ``acts`` and
+    ``deltas`` from b * its ROWS_AT. The weight gradient goes where the update
+    needs it: into the momentum (v = mu v + g, gemm's beta = mu) or, without
+    momentum, straight into the weights (gemm's alpha = -lr); a layer's weights
+    change only after they have carried the error down. The biases take their
+    step at the end, then every parameter p -= lr v.
+    """
+    b, n_in = picked.shape[0], x_all.shape[1]
+    for r in range(b):
+        labels[r] = y_all[picked[r]]
+        row = x_all[picked[r]]
+        for j in range(n_in):
+            inputs[r * n_in + j] = row[j]
+    x = inputs[: b * n_in].reshape((b, n_in))
+    top = slots.shape[0] - 1
+    below = x
+    for layer in range(top + 1):
+        n_i, n_o, w_at, b_at, at = slots[layer, N_IN], slots[layer, N_OUT], slots[layer, WEIGHTS_AT], slots[layer, BIAS_AT], slots[layer, ROWS_AT] * b
+        a = acts[at : at + b * n_o].reshape((b, n_o))
+        k_gemm(blas, False, False, 1.0, below, params[w_at:b_at].reshape((n_i, n_o)), 0.0, a)
+        if layer < top:
+            _k_bias_activate(act, a, params[b_at : b_at + n_o], c)
+        below = a
+    n_o, b_at, at = slots[top, N_OUT], slots[top, BIAS_AT], slots[top, ROWS_AT] * b
+    delta = deltas[at : at + b * n_o].reshape((b, n_o))
+    loss = _k_output_rows(out_kind, below, params[b_at : b_at + n_o], labels, scale, delta, grads[b_at : b_at + n_o], c)
+    momentum = velocity.shape[0] > 0
+    for layer in range(top, -1, -1):
+        n_i, n_o, w_at, b_at = slots[layer, N_IN], slots[layer, N_OUT], slots[layer, WEIGHTS_AT], slots[layer, BIAS_AT]
+        weights = params[w_at:b_at].reshape((n_i, n_o))
+        below = x
+        if layer > 0:
+            under, at = slots[layer - 1, BIAS_AT], slots[layer - 1, ROWS_AT] * b
+            below = acts[at : at + b * n_i].reshape((b, n_i))
+            back = deltas[at : at + b * n_i].reshape((b, n_i))
+            k_gemm(blas, False, True, 1.0, delta, weights, 0.0, back)
+            _k_backprop_rows(act, back, below, grads[under : under + n_i], c)
+        if not update:
+            k_gemm(blas, True, False, 1.0, below, delta, 0.0, grads[w_at:b_at].reshape((n_i, n_o)))
+        elif momentum:
+            k_gemm(blas, True, False, 1.0, below, delta, mu, velocity[w_at:b_at].reshape((n_i, n_o)))
+        else:
+            k_gemm(blas, True, False, -lr, below, delta, 1.0, weights)
+        if layer > 0:
+            delta = back
+    if update:
+        for layer in range(top + 1):
+            b_at, n_o = slots[layer, BIAS_AT], slots[layer, N_OUT]
+            for j in range(b_at, b_at + n_o):
+                if momentum:
+                    velocity[j] = heavy_ball(velocity[j], grads[j], mu)
+                else:
+                    params[j] -= grads[j] * lr
+        if momentum:
+            for i in range(params.shape[0]):
+                params[i] -= velocity[i] * lr
+    return loss
+
+
+def _k_train_steps(blas, act, out_kind, x_all, y_all, order, start, stop, batch, inputs, labels, acts, deltas, slots, params, grads, velocity, lr, mu, c, box):
+    """Steps ``start`` to ``stop`` of an epoch (batch ``batch`` of ``order`` each, its gradient the
+    batch's mean) with their updates, in one call; returns their summed loss. A batch past the
+    slice's end (one sample short of the others) takes no step. ``box``, one value of the
+    parameters' dtype, rounds 1 / batch as the Python caller of ``_k_train_step`` does."""
+    total = 0.0
+    for s in range(start, stop):
+        picked = order[s * batch : min((s + 1) * batch, order.shape[0])]
+        if picked.shape[0] > 0:
+            box[0] = 1.0 / picked.shape[0]
+            total += _k_train_step(
+                blas, act, out_kind, x_all, y_all, picked, inputs, labels, acts, deltas, slots, params, grads, velocity, box[0], lr, mu, True, c
+            )
+    return total
