@@ -42,6 +42,7 @@ def test_one_rank_prints_every_row_and_writes_json(tmp_path):
         *fused_rows(32),
         "step overhead, batch 32",
         "whole run, batch 32",
+        *["whole run, batch 32, numba" for _ in fused_rows(32)],
         "parameter sync (parameters and momentum: 25,460 float32)",
         "parameter sync, back to back",
     ]
