@@ -57,6 +57,15 @@ def test_flags_override_every_mode(tc, mode):
     assert (cfg.lr, cfg.lr_schedule, cfg.warmup, cfg.epochs) == (0.2, "cosine", 1, 3)
 
 
+@pytest.mark.parametrize("installed", [True, False])
+def test_pnn_mpi_takes_its_fastest_step_unless_told(tc, monkeypatch, installed):
+    """numba's step where numba is installed, numpy's where not; --kernel picks either in every mode."""
+    monkeypatch.setattr(tc, "numba_available", lambda: installed)
+    assert {_config(tc, mode, 2).kernel for mode in ("end", "grad", "local")} == {"numba" if installed else "numpy"}
+    assert _config(tc, "local", 2, "--kernel", "numpy").kernel == "numpy"
+    assert _config(tc, "end", 2, "--kernel", "numba").kernel == "numba"
+
+
 def _averages(steps: int, warmup_steps: int, period: int) -> int:
     """PeriodicModelAverager's averages over ``steps`` steps (after step W, then every period), plus a final one
     when the last step did not average: its rule, written out."""
