@@ -449,7 +449,7 @@ def _report(world: World, args: argparse.Namespace, data, torch_version: str, re
     )
     print(f"{'mode':<44} {'pnn_mpi':>12} {'PyTorch':>12} {'ratio':>7} {'goal':>6}   {'test accuracy':>17}   Allreduces per rank")
     for mode, (_, ours, theirs) in results.items():
-        goal = f"{GOALS[mode]:>5.0f}x" if mode in GOALS else f"{'-':>6}"
+        goal = f"{GOALS[mode]:>5g}x" if mode in GOALS else f"{'-':>6}"
         accuracy = f"{ours.accuracy:.2%} / {theirs.accuracy:.2%}"
         print(
             f"{NAMES[mode]:<44} {ours.rate:>12,.0f} {theirs.rate:>12,.0f} {ours.rate / theirs.rate:>7.2f} {goal}   {accuracy:>17}   {ours.allreduces} / {theirs.allreduces}"
