@@ -1,23 +1,31 @@
-"""The mini-batch step with its small elementwise work fused into a few compiled passes (numba).
+"""The mini-batch step compiled (numba): ``--kernel numba`` for mini-batches.
 
-At batch 32 (784-128-10) the matrix products are about three quarters of a
-numpy step; most of the rest is some thirty numpy calls on small arrays (bias
-adds, activation and its derivative, softmax, loss, bias gradients) and the
-passes of the SGD update over every parameter. Here the products stay numpy's
-(BLAS) and the rest runs as a few numba calls:
+At batch 32 (784-128-10) the matrix products are about 70% of a numpy step;
+the rest is gathering the batch, some thirty numpy calls on small arrays (bias
+adds, activation and its derivative, softmax, loss, bias gradients), the passes
+of the SGD update over every parameter, and Python between them. Here:
 
-- per hidden layer, one pass: a = f(z + b);
-- at the output, one pass over the rows: outputs, loss, delta = scale * dLoss/dz,
-  and the output bias gradient (delta's column sums);
-- per layer below, one pass: delta *= f'(a), and that layer's bias gradient;
-- the update, one pass over the parameter buffer: v = mu v + g; p -= lr v.
+- ``FusedStep.steps`` runs every step between two collectives in one compiled
+  call (``_k_train_steps``); each step (``_k_train_step``) gathers its rows,
+  runs the products through numpy's own BLAS gemm (blas.py finds it,
+  blas_numba.py calls it) and folds the update into the weight-gradient
+  products: gemm's C = alpha A B + beta C writes v = mu v + g into the momentum,
+  or without momentum p - lr g into the weights, so no gradient buffer is
+  written and read back. ``step(update=False)`` leaves the gradient instead
+  (the grad schedule, whose gradients are summed across ranks first).
+- The elementwise work runs as passes: per hidden layer a = f(z + b); at the
+  output, row by row, outputs, loss, delta = scale * dLoss/dz and the output
+  bias gradient; per layer below, delta *= f'(a) with that layer's bias
+  gradient; then p -= lr v over the buffer.
+- Where numpy's BLAS is not one blas.py can call (``whole`` false), the numpy
+  products run from Python between the same passes (``gradients``, ``update``).
 
 The results agree with ``Network.forward``/``backward`` and ``sgd_step`` to
 rounding, not bit for bit (the same seed and path still give the same bits).
-``--kernel numba`` chooses it; ``auto`` keeps the numpy step for mini-batches,
-since numba costs about 100 MiB per rank (training/train.py, mini_batch_step).
-The _k_ functions run uncompiled as the "python" backend, so their logic is
-tested where numba is missing.
+``auto`` keeps the numpy step for mini-batches, since numba costs about 100 MiB
+per rank (training/train.py, mini_batch_step). The _k_ functions run
+uncompiled as the "python" backend (numpy's ``@`` standing in for gemm), so
+their logic is tested where numba is missing.
 """
 
 from __future__ import annotations
