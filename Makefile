@@ -7,7 +7,7 @@
 #   make bench     samples/s per rank and the cost of a parameter sync, at $(BENCH_NP) ranks
 #   make test-mpich  the MPI tests and the launcher tests again under MPICH (its PyPI wheel, in .venv-mpich)
 #   make test-slurm  the job scripts in jobs/ under a real SLURM it starts and stops (root; installs slurm-wlm)
-#   make install-fast  add numba: a compiled kernel for batch-1 (stochastic) training, compiled once here
+#   make install-fast  add numba: a compiled kernel for batch-1 (stochastic) training, and --kernel numba's mini-batch step, compiled once here
 #   make torch-compare  pnn_mpi against PyTorch (CPU) on the same model: needs `pip install torch` in .venv
 #   make scaling   calibrate here, then predict 1..1,024 ranks per sync schedule (SimGrid SMPI if installed): results/scaling
 #   make scaling-quick  the small version CI runs (quick calibration, one model, P <= 16)
