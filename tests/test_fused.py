@@ -128,13 +128,13 @@ def test_whole_steps_match_the_numpy_step(backend, activation, output, momentum,
         net = make_net(sizes, activation, output, dtype)
         if not fused.supports(net):
             pytest.skip("no fused kernels for this network")
-        step = fused.FusedStep(net, backend)
+        step, ws = fused.FusedStep(net, backend), net.workspace(max(BATCHES))
         assert step.whole
         velocity = np.zeros_like(net.params) if momentum else None
         if one_call:
-            losses = [step.steps(x, y, order, 0, len(BATCHES), BATCHES[0], velocity, LR, momentum)]
+            losses = [step.steps(x, y, order, 0, len(BATCHES), BATCHES[0], ws, velocity, LR, momentum)]
         else:
-            losses = [step.step(x, y, order[a:b], 1.0 / (b - a), velocity, LR, momentum) for a, b in zip(ends[:-1], ends[1:])]
+            losses = [step.step(x, y, order[a:b], ws, 1.0 / (b - a), velocity, LR, momentum) for a, b in zip(ends[:-1], ends[1:])]
         assert_close(net.params, ref.params, dtype)
         if momentum:
             assert_close(velocity, ref_velocity, dtype)
@@ -160,10 +160,21 @@ def test_whole_step_without_update_leaves_the_gradient(backend, activation, dtyp
     ws = ref.workspace(8)
     ref.forward(x[picked], ws)
     expected = ref.backward(x[picked], y[picked], ws, 0.25)
-    loss = fused.FusedStep(net, backend).step(x, y, picked, 0.25, update=False)
+    loss = fused.FusedStep(net, backend).step(x, y, picked, net.workspace(8), 0.25, update=False)
     assert loss == pytest.approx(expected, rel=1e-12 if dtype == "float64" else 1e-5)
     assert_close(net.grads, ref.grads, dtype)
     assert net.params.tobytes() == before.tobytes()
+
+
+def test_a_batch_larger_than_the_workspace_is_refused():
+    """The compiled step writes into the workspace: a batch it cannot hold is a ValueError, not a write past it."""
+    net = make_net((30, 9, 10), "relu", "softmax-xent", "float64")
+    x, y, order = slice_of_batches(30, "float64")
+    step = fused.FusedStep(net, "python")
+    with pytest.raises(ValueError, match="do not fit a workspace for 4"):
+        step.step(x, y, order[:5], net.workspace(4), 0.2)
+    with pytest.raises(ValueError, match="do not fit a workspace for 4"):
+        step.steps(x, y, order, 0, 2, 5, net.workspace(4), None, LR, 0.0)
 
 
 def test_without_numpys_blas_the_step_calls_numpy_between_passes(monkeypatch):

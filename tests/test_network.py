@@ -398,3 +398,18 @@ def test_network_forward_backward_and_step_allocate_nothing(output, momentum):
     check_no_allocation("relu", output, momentum, via_train=False)
     first, second, peak = traced_step_memory(make_step("tanh", output, NARROW[0], 1, momentum, via_train=False))
     assert second == first and peak <= STEP_BOUND, (first, second, peak)
+
+
+def test_workspace_layers_are_views_of_one_buffer_per_kind():
+    """Each layer's outputs and errors are (capacity, width) blocks of ``a_flat``/``delta_flat``, layer
+    after layer: what the compiled step (fused.py) indexes by capacity times the widths below."""
+    net = Network((6, 5, 4, 3), dtype="float64")
+    ws = net.workspace(7)
+    for flat, blocks in ((ws.a_flat, ws.a), (ws.delta_flat, ws.delta)):
+        assert flat.shape == (7 * (5 + 4 + 3),)
+        at = 0
+        for block, width in zip(blocks, (5, 4, 3)):
+            assert block.shape == (7, width) and np.shares_memory(block, flat)
+            block[...] = width
+            assert (flat[at : at + 7 * width] == width).all()
+            at += 7 * width

@@ -70,7 +70,6 @@ class FusedStep:
         slots = layout(net.sizes)
         rows_at = np.cumsum([0] + [s.n_out for s in slots])
         self.slots = np.array([(s.n_in, s.n_out, s.weights_at, s.bias_at, at) for s, at in zip(slots, rows_at)], np.int64)
-        self._buffers = self._scratch(0, np.int64)
         self.consts = kernel_constants(net.dtype)
         self.codes = (net.activation.code, net.output.code)
         self.scalar = net.dtype.type
@@ -84,9 +83,9 @@ class FusedStep:
             for velocity in (None, np.zeros_like(twin.params)):
                 self.update(twin.params, twin.grads, velocity, 0.0, 0.5)
                 if step.whole:
-                    labels, order = ws.labels.astype(np.intp), np.zeros(1, np.intp)
-                    step.step(ws.inputs, labels, order, 1.0, velocity, 0.0, 0.5)
-                    step.steps(ws.inputs, labels, order, 0, 1, 1, velocity, 0.0, 0.5)
+                    x, labels, order = np.zeros_like(ws.inputs), ws.labels.copy(), np.zeros(1, np.intp)
+                    step.step(x, labels, order, ws, 1.0, velocity, 0.0, 0.5)
+                    step.steps(x, labels, order, 0, 1, 1, ws, velocity, 0.0, 0.5)
 
     def gradients(self, x: np.ndarray, labels: np.ndarray, ws: Workspace, scale: float) -> float:
         """``Network.forward`` then ``backward``: ``scale`` times the batch's summed gradient into
@@ -114,87 +113,27 @@ class FusedStep:
             delta = back
         return float(loss)
 
-    def _scratch(self, capacity: int, label_dtype) -> tuple[np.ndarray, ...]:
-        """Flat buffers for batches of up to ``capacity``: inputs, labels, every layer's outputs, every layer's errors."""
-        rows = int(self.slots[-1, ROWS_AT] + self.slots[-1, N_OUT])
-        dtype = self.net.dtype
-        return (
-            np.zeros(capacity * self.net.sizes[0], dtype),
-            np.zeros(capacity, label_dtype),
-            np.zeros(capacity * rows, dtype),
-            np.zeros(capacity * rows, dtype),
-        )
-
-    def step(
-        self, x_all, y_all, picked, scale: float, velocity: np.ndarray | None = None, lr: float = 0.0, momentum: float = 0.0, update: bool = True
-    ) -> float:
+    def step(self, x_all, y_all, picked, ws: Workspace, scale: float, velocity=None, lr: float = 0.0, momentum: float = 0.0, update: bool = True) -> float:
         """Rows ``picked`` of the slice ``x_all``/``y_all`` through one compiled call (``whole`` must be
-        true): with ``update``, gradients scaled by ``scale`` and the SGD update; without, the gradient
-        into ``net.grads`` as ``gradients`` leaves it. Returns the summed loss."""
-        inputs, labels, acts, deltas = self._fitting(len(picked), y_all.dtype)
-        net, (act, out_kind) = self.net, self.codes
-        velocity = self.no_velocity if velocity is None or not momentum else velocity
-        s = self.scalar
-        loss = self._train_step(
-            self.blas,
-            act,
-            out_kind,
-            x_all,
-            y_all,
-            picked,
-            inputs,
-            labels,
-            acts,
-            deltas,
-            self.slots,
-            net.params,
-            net.grads,
-            velocity,
-            s(scale),
-            s(lr),
-            s(momentum),
-            update,
-            self.consts,
-        )
-        return float(loss)
+        true), in ``ws``'s buffers: with ``update``, gradients scaled by ``scale`` and the SGD update;
+        without, the gradient into ``net.grads`` as ``gradients`` leaves it. Returns the summed loss."""
+        (act, out_kind), s = self.codes, self.scalar
+        buffers = self._buffers(ws, len(picked), velocity, momentum)
+        return float(self._train_step(self.blas, act, out_kind, x_all, y_all, picked, *buffers, s(scale), s(lr), s(momentum), update, self.consts))
 
-    def steps(self, x_all, y_all, order, start: int, stop: int, batch: int, velocity: np.ndarray | None, lr: float, momentum: float) -> float:
+    def steps(self, x_all, y_all, order, start: int, stop: int, batch: int, ws: Workspace, velocity, lr: float, momentum: float) -> float:
         """Steps ``start`` to ``stop`` of an epoch through ``order`` (``step`` with update, one batch
         after another) in one compiled call: no Python between them. Returns their summed loss."""
-        inputs, labels, acts, deltas = self._fitting(batch, y_all.dtype)
-        net, (act, out_kind) = self.net, self.codes
-        velocity = self.no_velocity if velocity is None or not momentum else velocity
-        s = self.scalar
-        loss = self._train_steps(
-            self.blas,
-            act,
-            out_kind,
-            x_all,
-            y_all,
-            order,
-            start,
-            stop,
-            batch,
-            inputs,
-            labels,
-            acts,
-            deltas,
-            self.slots,
-            net.params,
-            net.grads,
-            velocity,
-            s(lr),
-            s(momentum),
-            self.consts,
-            self.box,
-        )
-        return float(loss)
+        (act, out_kind), s = self.codes, self.scalar
+        buffers = self._buffers(ws, batch, velocity, momentum)
+        return float(self._train_steps(self.blas, act, out_kind, x_all, y_all, order, start, stop, batch, *buffers, s(lr), s(momentum), self.consts, self.box))
 
-    def _fitting(self, batch: int, label_dtype) -> tuple[np.ndarray, ...]:
-        """The scratch buffers, made anew only for a batch larger than any before (or other labels)."""
-        if len(self._buffers[1]) < batch or self._buffers[1].dtype != label_dtype:
-            self._buffers = self._scratch(batch, label_dtype)
-        return self._buffers
+    def _buffers(self, ws: Workspace, batch: int, velocity, momentum: float) -> tuple:
+        """The compiled step's arrays after the batch: the workspace's flat buffers, the layer table, the parameters."""
+        if batch > ws.capacity:
+            raise ValueError(f"batches of {batch} do not fit a workspace for {ws.capacity}")
+        velocity = self.no_velocity if velocity is None or not momentum else velocity
+        return ws.inputs.reshape(-1), ws.labels, ws.a_flat, ws.delta_flat, ws.capacity, self.slots, self.net.params, self.net.grads, velocity
 
     def update(self, params: np.ndarray, grads: np.ndarray, velocity: np.ndarray | None, lr: float, momentum: float) -> None:
         """``sgd_step`` in one pass: v = momentum v + g, p -= lr v (without a velocity: p -= lr g)."""
@@ -305,13 +244,14 @@ def _k_update_all(params, grads, velocity, lr, mu):
 N_IN, N_OUT, WEIGHTS_AT, BIAS_AT, ROWS_AT = range(5)
 
 
-def _k_train_step(blas, act, out_kind, x_all, y_all, picked, inputs, labels, acts, deltas, slots, params, grads, velocity, scale, lr, mu, update, c):
+def _k_train_step(blas, act, out_kind, x_all, y_all, picked, inputs, labels, acts, deltas, capacity, slots, params, grads, velocity, scale, lr, mu, update, c):
     """A whole mini-batch step in one call: gather rows ``picked`` of the slice, forward, backward and,
     with ``update``, the SGD update; else ``scale`` times the summed gradient into ``grads``.
     Returns the summed loss.
 
-    Layer l's outputs and errors are the (b, width) blocks of ``acts`` and
-    ``deltas`` from b * its ROWS_AT. The weight gradient goes where the update
+    ``inputs``, ``acts`` and ``deltas`` are a workspace's flat buffers (network.py):
+    layer l's outputs and errors are the leading (b, width) rows of the blocks from
+    ``capacity`` * its ROWS_AT. The weight gradient goes where the update
     needs it: into the momentum (v = mu v + g, gemm's beta = mu) or, without
     momentum, straight into the weights (gemm's alpha = -lr); a layer's weights
     change only after they have carried the error down. The biases take their
@@ -327,13 +267,13 @@ def _k_train_step(blas, act, out_kind, x_all, y_all, picked, inputs, labels, act
     top = slots.shape[0] - 1
     below = x
     for layer in range(top + 1):
-        n_i, n_o, w_at, b_at, at = slots[layer, N_IN], slots[layer, N_OUT], slots[layer, WEIGHTS_AT], slots[layer, BIAS_AT], slots[layer, ROWS_AT] * b
+        n_i, n_o, w_at, b_at, at = slots[layer, N_IN], slots[layer, N_OUT], slots[layer, WEIGHTS_AT], slots[layer, BIAS_AT], slots[layer, ROWS_AT] * capacity
         a = acts[at : at + b * n_o].reshape((b, n_o))
         k_gemm(blas, False, False, 1.0, below, params[w_at:b_at].reshape((n_i, n_o)), 0.0, a)
         if layer < top:
             _k_bias_activate(act, a, params[b_at : b_at + n_o], c)
         below = a
-    n_o, b_at, at = slots[top, N_OUT], slots[top, BIAS_AT], slots[top, ROWS_AT] * b
+    n_o, b_at, at = slots[top, N_OUT], slots[top, BIAS_AT], slots[top, ROWS_AT] * capacity
     delta = deltas[at : at + b * n_o].reshape((b, n_o))
     loss = _k_output_rows(out_kind, below, params[b_at : b_at + n_o], labels, scale, delta, grads[b_at : b_at + n_o], c)
     momentum = velocity.shape[0] > 0
@@ -342,7 +282,7 @@ def _k_train_step(blas, act, out_kind, x_all, y_all, picked, inputs, labels, act
         weights = params[w_at:b_at].reshape((n_i, n_o))
         below = x
         if layer > 0:
-            under, at = slots[layer - 1, BIAS_AT], slots[layer - 1, ROWS_AT] * b
+            under, at = slots[layer - 1, BIAS_AT], slots[layer - 1, ROWS_AT] * capacity
             below = acts[at : at + b * n_i].reshape((b, n_i))
             back = deltas[at : at + b * n_i].reshape((b, n_i))
             k_gemm(blas, False, True, 1.0, delta, weights, 0.0, back)
@@ -369,7 +309,9 @@ def _k_train_step(blas, act, out_kind, x_all, y_all, picked, inputs, labels, act
     return loss
 
 
-def _k_train_steps(blas, act, out_kind, x_all, y_all, order, start, stop, batch, inputs, labels, acts, deltas, slots, params, grads, velocity, lr, mu, c, box):
+def _k_train_steps(
+    blas, act, out_kind, x_all, y_all, order, start, stop, batch, inputs, labels, acts, deltas, capacity, slots, params, grads, velocity, lr, mu, c, box
+):
     """Steps ``start`` to ``stop`` of an epoch (batch ``batch`` of ``order`` each, its gradient the
     batch's mean) with their updates, in one call; returns their summed loss. A batch past the
     slice's end (one sample short of the others) takes no step. ``box``, one value of the
@@ -380,6 +322,6 @@ def _k_train_steps(blas, act, out_kind, x_all, y_all, order, start, stop, batch,
         if picked.shape[0] > 0:
             box[0] = 1.0 / picked.shape[0]
             total += _k_train_step(
-                blas, act, out_kind, x_all, y_all, picked, inputs, labels, acts, deltas, slots, params, grads, velocity, box[0], lr, mu, True, c
+                blas, act, out_kind, x_all, y_all, picked, inputs, labels, acts, deltas, capacity, slots, params, grads, velocity, box[0], lr, mu, True, c
             )
     return total

@@ -68,7 +68,9 @@ class Workspace:
     scratch in the forward pass); ``rows`` is the per-row scratch of the output
     layer and its loss.
     Batches smaller than the capacity use leading-row views, so the training
-    loop never allocates.
+    loop never allocates. The ``a`` and ``delta`` of all layers are views, layer
+    after layer, of one flat buffer each (``a_flat``, ``delta_flat``): the
+    compiled step (fused.py) takes the two buffers instead of a list per kind.
     """
 
     capacity: int
@@ -79,6 +81,15 @@ class Workspace:
     delta: list[np.ndarray]
     rows: RowScratch
     ones: np.ndarray  # (capacity,): bias gradients as ones @ delta, cheaper than a column sum
+    a_flat: np.ndarray
+    delta_flat: np.ndarray
+
+
+def _layer_blocks(capacity: int, widths: tuple[int, ...], dtype) -> tuple[np.ndarray, list[np.ndarray]]:
+    """One zeroed buffer and its (capacity, width) views, one per layer, one after another."""
+    flat = np.zeros(capacity * sum(widths), dtype=dtype)
+    starts = np.cumsum((0, *widths[:-1])) * capacity
+    return flat, [flat[at : at + capacity * n].reshape(capacity, n) for at, n in zip(starts, widths)]
 
 
 class Network:
@@ -117,15 +128,19 @@ class Network:
         capacity = max(int(capacity), 1)
         widths = self.sizes[1:]
         rows = RowScratch.allocate(capacity, widths[-1], self.dtype)
+        a_flat, a = _layer_blocks(capacity, widths, self.dtype)
+        delta_flat, delta = _layer_blocks(capacity, widths, self.dtype)
         return Workspace(
             capacity=capacity,
             inputs=np.zeros((capacity, self.sizes[0]), dtype=self.dtype),
             labels=np.zeros(capacity, dtype=np.intp),
             z=[np.zeros((capacity, n), dtype=self.dtype) for n in widths],
-            a=[np.zeros((capacity, n), dtype=self.dtype) for n in widths],
-            delta=[np.zeros((capacity, n), dtype=self.dtype) for n in widths],
+            a=a,
+            delta=delta,
             rows=rows,
             ones=rows.row_ones,
+            a_flat=a_flat,
+            delta_flat=delta_flat,
         )
 
     def forward(self, x: np.ndarray, ws: Workspace) -> np.ndarray:

@@ -444,7 +444,7 @@ def take_steps(run: Run, state: LoopState, s: int, lr: float, period: int = 0) -
         state.loss_sum += run.stepper.run(state.opt.velocity, run.data.y, state.order, s, stop, lr, run.cfg.momentum)  # fewer on a short slice
     elif run.fused_step is not None and run.fused_step.whole and not run.sync.averages_gradients:
         stop = segment_end(s, run.plan.steps, run.check_every, period, state.progress.since_average)
-        state.loss_sum += run.fused_step.steps(run.data.x, run.data.y, state.order, s, stop, run.plan.batch, state.opt.velocity, lr, state.opt.momentum)
+        state.loss_sum += run.fused_step.steps(run.data.x, run.data.y, state.order, s, stop, run.plan.batch, run.ws, state.opt.velocity, lr, state.opt.momentum)
     else:
         stop = s + 1
         one_step(run, state, s, lr)
@@ -465,12 +465,12 @@ def one_step(run: Run, state: LoopState, s: int, lr: float) -> None:
     picked = state.order[s * batch : (s + 1) * batch]
     whole = run.fused_step if run.fused_step is not None and run.fused_step.whole else None  # gather, gradients (and update) in one compiled call
     if len(picked) and whole and not by_gradients:
-        state.loss_sum += whole.step(run.data.x, run.data.y, picked, 1.0 / len(picked), state.opt.velocity, lr, state.opt.momentum)
+        state.loss_sum += whole.step(run.data.x, run.data.y, picked, run.ws, 1.0 / len(picked), state.opt.velocity, lr, state.opt.momentum)
         return
     if len(picked):  # a slice one sample short may have an empty last batch
         scale = 1.0 / (run.plan.step_samples[s] if by_gradients else len(picked))
         if whole:
-            state.loss_sum += whole.step(run.data.x, run.data.y, picked, scale, update=False)
+            state.loss_sum += whole.step(run.data.x, run.data.y, picked, run.ws, scale, update=False)
         else:
             state.loss_sum += gradients(net, run.ws, run.data.x, run.data.y, picked, scale, run.fused_step)
     else:
