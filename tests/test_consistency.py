@@ -247,6 +247,28 @@ DISAGREEMENTS = {
 }
 
 
+@pytest.mark.parametrize(
+    "flags, installed, used",
+    [
+        ({"batch_size": 32}, True, "numpy"),  # auto keeps the numpy step for mini-batches, numba or not
+        ({"batch_size": 1, "sync": "epoch"}, True, "numba"),  # a batch-1 kernel runs: numba where installed
+        ({"batch_size": 1, "sync": "epoch"}, False, "numpy"),
+        ({"batch_size": 1, "sync": "grad"}, True, "numpy"),  # a gradient sum every step: the plain step
+        ({"batch_size": 32, "kernel": "numba"}, True, "numba"),
+        ({"batch_size": 1, "kernel": "generic"}, True, "generic"),
+    ],
+)
+def test_the_identity_names_the_kernel_that_runs(monkeypatch, flags, installed, used):
+    """What the ranks compare is the kernel each will run: ranks with and without numba agree on a
+    mini-batch run (both take the numpy step), and differ only where auto would pick numba."""
+    from pnn_mpi.nn import kernels
+    from pnn_mpi.training import identity
+    from pnn_mpi.training.config import TrainConfig
+
+    monkeypatch.setattr(kernels, "numba_available", lambda: installed)
+    assert identity.resolved_config(TrainConfig(**flags).resolved(2))["kernel"] == used
+
+
 @pytest.mark.parametrize("case", sorted(DISAGREEMENTS))
 def test_ranks_with_other_flags_fail_at_once_naming_the_difference(tiny, tmp_path, case):
     left, right, expect = DISAGREEMENTS[case]

@@ -34,12 +34,22 @@ _WHERE = ("out", "data_dir")  # where files are may differ between ranks; what t
 
 def resolved_config(cfg: TrainConfig) -> dict[str, Any]:
     """The configuration as this process will run it, including what its environment decides."""
-    from ..nn.kernels import numba_available
-
     record = {k: v for k, v in cfg.as_dict().items() if k not in _WHERE}
-    record["kernel"] = ("numba" if numba_available() else "numpy") if cfg.kernel == "auto" else cfg.kernel
+    record["kernel"] = kernel_used(cfg)
     record["pnn_mpi"] = __version__
     return record
+
+
+def kernel_used(cfg: TrainConfig) -> str:
+    """The kernel ``--kernel`` comes to here. ``auto`` takes numba only where a batch-1 kernel runs
+    (batch 1, no per-step gradient sum: train.Run.prepare) and numba is installed; every other run
+    takes the numpy step, so ranks with and without numba agree on it."""
+    from ..nn.kernels import numba_available
+
+    if cfg.kernel != "auto":
+        return cfg.kernel
+    batch_one = cfg.batch_size == 1 and not cfg.full_batch and not cfg.schedule.averages_gradients
+    return "numba" if batch_one and numba_available() else "numpy"
 
 
 def _fingerprint(path: os.PathLike) -> str:
