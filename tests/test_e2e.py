@@ -58,6 +58,7 @@ def test_four_ranks_on_real_mnist_then_evaluate_reproduces(mnist_dir, tmp_path):
     assert record["config"]["sync"] == "local:5:64" and record["seed"] == 1  # batch 32's default sync
     assert record["warnings"] == [] and "warning" not in proc.stderr
     assert record["mpi_library"] and record["mpi_library_version"]
+    assert record["kernel"] == "numpy" and record["config"]["kernel"] == "auto"  # auto: the numpy step for mini-batches
     assert record["train_seconds"] > 0 and record["samples_per_second"] == pytest.approx(60000 / record["train_seconds"])
     assert len(record["epochs"]) == 3 and record["epochs"][-1]["test_accuracy"] == record["test_accuracy"]
     assert len(record["local_test_accuracy"]["per_rank"]) == 4

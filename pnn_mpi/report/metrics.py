@@ -22,6 +22,7 @@ from ..common.version import __version__
 from ..common.wording import plural
 from ..nn.network import parameter_count
 from ..training.config import TrainConfig
+from ..training.identity import kernel_used
 from ..training.rank_data import RankData
 from ..training.train import TrainResult, early_stop_summary
 
@@ -59,6 +60,7 @@ def metrics(cfg: TrainConfig, result: TrainResult, data: RankData, ranks: int, m
         "host": socket.gethostname(),
         "python": platform.python_version(),
         "numpy": np.__version__,
+        "kernel": kernel_used(cfg),  # what --kernel (in "config") came to: numba, numpy or generic
         "dataset": {
             "name": cfg.dataset,
             "directory": str(data.directory),
