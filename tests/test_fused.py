@@ -184,7 +184,11 @@ def test_without_numpys_blas_the_step_calls_numpy_between_passes(monkeypatch):
     from pnn_mpi.nn import blas
 
     monkeypatch.setattr(blas, "numpy_gemm", lambda: None)
-    assert not fused.FusedStep(make_net((30, 8, 10), "relu", "softmax-xent", "float32")).whole
+    net = make_net((30, 8, 10), "relu", "softmax-xent", "float32")
+    step = fused.FusedStep(net)
+    assert not step.whole
+    with pytest.raises(RuntimeError, match="no gemm"):
+        step.step(*slice_of_batches(30, "float32")[:2], np.arange(4), net.workspace(4), 0.25)
     data = trainer_data()
     fast, plain = trained("numba", data, momentum=0.9), trained("numpy", data, momentum=0.9)
     assert_close(fast.net.params, plain.net.params, "float32")

@@ -10,8 +10,9 @@ momentum, in the weights (alpha = -lr, beta = 1), with no gradient buffer in
 between.
 
 Found here: the CBLAS ``sgemm``/``dgemm`` of the OpenBLAS that numpy's wheels
-bundle (``numpy.libs``), or an OpenBLAS numpy was linked against in this
-process. The integer width comes from the library's own configuration string.
+bundle (``numpy.libs``), else of an OpenBLAS loaded into this process (the one a
+system numpy links). The integer width comes from the symbols' names and the
+library's own configuration string.
 Any other BLAS (MKL, Accelerate, a reference BLAS) gives None, and the fused
 step then calls ``np.dot`` from Python between its compiled passes.
 """
@@ -69,7 +70,8 @@ def _open(path: str) -> Gemm | None:
             continue
         config.restype = ctypes.c_char_p
         s, d = (ctypes.cast(getattr(lib, n), ctypes.c_void_p).value or 0 for n in names)
-        return Gemm(path, s, d, b"USE64BITINT" in (config() or b"")) if s and d else None
+        wide = suffix == "64_" or b"USE64BITINT" in (config() or b"")  # the 64_ symbols are the ILP64 ones
+        return Gemm(path, s, d, wide) if s and d else None
     return None
 
 

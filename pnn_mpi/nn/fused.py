@@ -130,6 +130,8 @@ class FusedStep:
 
     def _buffers(self, ws: Workspace, batch: int, velocity, momentum: float) -> tuple:
         """The compiled step's arrays after the batch: the workspace's flat buffers, the layer table, the parameters."""
+        if not self.whole:  # the compiled call would jump to gemm at address 0
+            raise RuntimeError("no gemm of numpy's that compiled code can call here: use gradients() and update()")
         if batch > ws.capacity:
             raise ValueError(f"batches of {batch} do not fit a workspace for {ws.capacity}")
         velocity = self.no_velocity if velocity is None or not momentum else velocity
