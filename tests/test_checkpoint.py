@@ -69,6 +69,16 @@ def test_other_rank_count_is_refused(tmp_path):
 HELD = {"launched_ranks": 3, "train": [[[0, 4], [8, 10]], [[4, 8], [10, 12]]], "test": [[[0, 2]], [[2, 4]]], "val": [[[12, 12]], [[12, 12]]]}
 
 
+EVENT = {"epoch": 2, "step": 7, "lost": [2], "survivors": [0, 1], "recovery_seconds": 0.5, "resumed_at": {"epoch": 2, "step": 0}}
+
+
+def test_the_survivors_losses_travel_with_their_holdings(tmp_path):
+    """The lost-rank events ride in the holdings: read back as written, for the resumed run to report."""
+    held = {**HELD, "rank_failures": [EVENT]}
+    checkpoint.save(tmp_path / "c.npz", TrainConfig(), 2, Progress(), [_state(0), _state(1)], lost=[2], held=held)
+    assert checkpoint.peek_held(tmp_path / "c.npz", 2) == held
+
+
 def test_the_survivors_holdings_are_read_before_the_data_and_checked_with_the_rest(tmp_path):
     """Two survivors of a 3-rank run: peek_held hands their holdings over; load wants the same ones."""
     checkpoint.save(tmp_path / "c.npz", TrainConfig(), 2, Progress(), [_state(0), _state(1)], lost=[2], held=HELD)
@@ -99,6 +109,11 @@ def test_the_survivors_checkpoint_with_other_ranks_names_theirs(tmp_path, ranks)
         {**HELD, "test": [[[0, "2"]], [[2, 4]]]},
         {**HELD, "val": [[[-1, 12]], [[12, 12]]]},
         {k: v for k, v in HELD.items() if k != "val"},
+        {**HELD, "rank_failures": {"epoch": 2}},
+        {**HELD, "rank_failures": [EVENT] * 4},  # more losses than launched ranks
+        {**HELD, "rank_failures": [{**EVENT, "epoch": "2"}]},
+        {**HELD, "rank_failures": [{**EVENT, "lost": [3]}]},  # not a launch rank
+        {**HELD, "rank_failures": [{k: v for k, v in EVENT.items() if k != "survivors"}]},
     ],
 )
 def test_malformed_holdings_are_one_error_line(tmp_path, held):

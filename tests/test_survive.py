@@ -192,6 +192,10 @@ def test_the_survivors_checkpoint_resumed_with_as_many_ranks_ends_as_the_run_tha
     went_on, back = (json.loads((folder / "metrics.json").read_text()) for folder in (out, stopped))
     assert back["epochs"][-1] == went_on["epochs"][-1] | {"train_seconds": back["epochs"][-1]["train_seconds"]}
     assert (stopped / "model.npz").read_bytes() == (out / "model.npz").read_bytes()
+    # The resumed run reports the loss before it, as the run that went on did: a 4-rank run ending with 3.
+    assert back["rank_failures"] == went_on["rank_failures"] and [f["lost"] for f in back["rank_failures"]] == [[1]]
+    assert (back["launched_ranks"], back["finished_with_ranks"], back["on_rank_failure"]) == (4, 3, on_failure)
+    assert "lost ranks: rank 1 in epoch 2" in resumed.stdout and "finished with 3 of 4 ranks" in resumed.stdout
 
 
 @pytest.mark.parametrize("ranks", [4, 2])

@@ -37,7 +37,7 @@ from ..training.config import TrainConfig, settled
 from ..training.defaults import in_words
 from ..training.model_io import model_arrays, npz_bytes
 from ..training.rank_data import RankData, load_rank_data
-from ..training.survive import failure_line, failure_record, finish_surviving, train_surviving
+from ..training.survive import earlier_failures, failure_line, failure_record, finish_surviving, train_surviving
 from ..training.train import Clock, EpochRecord, Hooks, batch_plan, train
 
 
@@ -339,8 +339,10 @@ def report_and_save(cfg: TrainConfig, world: Communicator, out: Path, data: Rank
     if world.rank == 0:
         mpi = {"name": world.library(), "version": world.library_version()}
         record = metrics(cfg, result, data, world.size, mpi, loads, peaks)
+        if failures is None and data.held:  # resumed from survivors, not surviving now: the losses before
+            failures = earlier_failures(data.held)
         if failures is not None:
-            record.update(failure_record(world, failures))
+            record.update(failure_record(world, failures, data.held, cfg.on_rank_failure))
         for line in filter(None, [*summary_lines(record), failure_line(record)]):
             say(line)
 

@@ -219,10 +219,12 @@ def check_held(held, ranks: int, bad) -> dict | None:
     one list of [start, stop) record ranges per rank (that they cover the files is checked on loading)."""
     if held is None:
         return None
-    if not isinstance(held, dict) or sorted(held) != sorted(("launched_ranks", *SPLITS)):
+    keys = ("launched_ranks", *SPLITS)
+    if not isinstance(held, dict) or sorted(set(held) - {"rank_failures"}) != sorted(keys):
         raise bad(f"its holdings must name launched_ranks and {', '.join(SPLITS)}")
     if not _is_int(held["launched_ranks"]) or held["launched_ranks"] <= ranks:
         raise bad(f"its holdings' launched_ranks {quote(held['launched_ranks'])} is not above its {ranks} ranks")
+    _check_failures(held.get("rank_failures", []), held["launched_ranks"], bad)
     for split in SPLITS:
         per_rank = held[split]
         if not isinstance(per_rank, list) or len(per_rank) != ranks:
@@ -233,6 +235,21 @@ def check_held(held, ranks: int, bad) -> dict | None:
             ):
                 raise bad(f"its holdings of {split} must be lists of [start, stop) record ranges")
     return held
+
+
+def _check_failures(events, launched: int, bad) -> None:
+    """The lost-rank events a survivors' checkpoint carries (survive.py's ``Failure`` records): each
+    loses at least one of the launched ranks, so there are at most that many, each naming the
+    epoch and step it came in and the launch ranks lost and surviving."""
+    if not isinstance(events, list) or len(events) > launched:
+        raise bad(f"its holdings' rank_failures must be a list of at most {launched} lost-rank events")
+    for event in events:
+        if not (
+            isinstance(event, dict)
+            and all(_is_int(event.get(k)) for k in ("epoch", "step"))
+            and all(isinstance(event.get(k), list) and all(_is_int(r) and 0 <= r < launched for r in event[k]) for k in ("lost", "survivors"))
+        ):
+            raise bad("its holdings' rank_failures must each name an epoch, a step, and the launch ranks lost and surviving")
 
 
 def _is_int(value) -> bool:

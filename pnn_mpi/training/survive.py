@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -213,14 +213,23 @@ def holdings_of(data: RankData, members: list[int]) -> dict[str, Holdings]:
     }
 
 
-def held_record(holdings: dict[str, Holdings], members: list[int], launched: int) -> dict:
-    """What a checkpoint records of who holds which records (checkpoint.py's ``held``), current rank 0 first."""
-    return {"launched_ranks": launched, **{split: [[list(r) for r in held.ranges[m]] for m in members] for split, held in holdings.items()}}
+def held_record(holdings: dict[str, Holdings], members: list[int], launched: int, failures: list[Failure]) -> dict:
+    """What a checkpoint records of who holds which records (checkpoint.py's ``held``), current rank 0 first,
+    and the lost-rank events so far, which a resumed run's ``metrics.json`` then reports with its own."""
+    ranges = {split: [[list(r) for r in held.ranges[m]] for m in members] for split, held in holdings.items()}
+    return {"launched_ranks": launched, **ranges, "rank_failures": [asdict(f) for f in failures]}
 
 
-def recording_holdings(hooks: Hooks, world, data: RankData, holdings: dict[str, Holdings]) -> Hooks:
+def earlier_failures(held: dict | None) -> list[Failure]:
+    """The lost-rank events a resumed run's checkpoint carries (checkpoint.check_held checked their shape)."""
+    known = {f.name for f in fields(Failure)}
+    return [Failure(**{k: v for k, v in event.items() if k in known}) for event in (held or {}).get("rank_failures", [])]
+
+
+def recording_holdings(hooks: Hooks, world, data: RankData, holdings: dict[str, Holdings], failures: list[Failure]) -> Hooks:
     """``hooks`` whose checkpoints record the holdings once they are not the launch's plain slices
-    (a rank was lost, or the run resumed from survivors): a resume can then load them."""
+    (a rank was lost, or the run resumed from survivors), and ``failures`` as they stand: a resume can
+    then load them and report them."""
     writer, resumed = hooks.checkpoint, data.held
     if writer is None:
         return hooks
@@ -228,7 +237,7 @@ def recording_holdings(hooks: Hooks, world, data: RankData, holdings: dict[str, 
 
     def write(progress: Progress, state: RankState) -> None:
         regrouped = world.lost or resumed is not None
-        writer(progress, state, held_record(holdings, world.members, launched) if regrouped else None)
+        writer(progress, state, held_record(holdings, world.members, launched, failures) if regrouped else None)
 
     return replace(hooks, checkpoint=write)
 
@@ -274,8 +283,8 @@ def train_surviving(cfg: TrainConfig, world, data: RankData, log=print, hooks: H
     hooks = replace(hooks, consistent=point)
     original = hooks.resume
     holdings = holdings_of(data, list(world.members))
-    hooks = recording_holdings(hooks, world, data, holdings)
-    failures: list[Failure] = []
+    failures = earlier_failures(data.held)  # a resume of survivors: the losses before it
+    hooks = recording_holdings(hooks, world, data, holdings, failures)
     if world.lost:  # before the first collective: the others started as a smaller run, nothing to take over
         failures.append(Failure(0, 0, list(world.lost), list(world.members), 0.0, resumed_at={"epoch": 1, "step": 0}))
     while True:
@@ -348,13 +357,15 @@ def finish_surviving(world, result: TrainResult, data: RankData, failures: list[
             )
 
 
-def failure_record(world, failures: list[Failure]) -> dict:
-    """What ``metrics.json`` says about lost ranks."""
+def failure_record(world, failures: list[Failure], held: dict | None = None, policy: str = "continue") -> dict:
+    """What ``metrics.json`` says about lost ranks; a run resumed from survivors (``held``, its
+    checkpoint's holdings) counts the ranks its first launch had."""
+    launched = held["launched_ranks"] if held else getattr(world, "launch_size", world.size)
     return {
-        "on_rank_failure": "continue",
-        "launched_ranks": world.launch_size,
+        "on_rank_failure": policy,
+        "launched_ranks": launched,
         "finished_with_ranks": world.size,
-        "finished_with_fewer_ranks": world.size < world.launch_size,
+        "finished_with_fewer_ranks": world.size < launched,
         "rank_failures": [asdict(f) for f in failures],
     }
 
