@@ -281,6 +281,20 @@ def test_a_rank_killed_before_the_first_collective_leaves_three_that_train_from_
     assert (stopped / "model.npz").read_bytes() == (out / "model.npz").read_bytes()
 
 
+@pytest.mark.parametrize("rank", [1, 0])
+def test_a_rank_killed_while_the_run_is_set_up_leaves_three_that_set_it_up_again(tiny, tmp_path, rank):
+    """The ranks agreed on the run and rank 0 holds its folder; one dies before loading: the survivors
+    see it in the next collective, set the run up again among themselves (rank 0 or its successor
+    claiming the folder anew), train as three and record the loss at start-up: no traceback."""
+    out = tmp_path / "run"
+    proc = _launch(tiny, out, f"kill-in-setup:{rank}")
+    record = _finished(proc, out, [[rank]])
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert f"lost rank {rank} before training: setting up again with 3 ranks" in proc.stdout
+    assert record["rank_failures"][0]["epoch"] == 0 and f"rank {rank} at start-up" in proc.stdout
+    assert record["test_accuracy"] > 0.9
+
+
 @pytest.mark.parametrize("fault", ["kill-before-init:1", "kill-at-start:1", "kill-at-start:0"])
 def test_under_abort_a_rank_killed_at_start_up_ends_the_job_at_once(tiny, tmp_path, fault):
     """Without --with-ft the launcher ends the job when a rank dies, MPI started or not (1.5 s here)."""

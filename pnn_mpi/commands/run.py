@@ -25,7 +25,7 @@ from ..common.wording import os_reason, plural
 from ..nn.network import parameter_count
 from ..parallel.comm import Communicator, current_world, fail_together
 from ..parallel.faults import planned_faults
-from ..parallel.resilience import ResilientWorld, check_fault_tolerance, prepare_process
+from ..parallel.resilience import RankLost, ResilientWorld, check_fault_tolerance, prepare_process
 from ..parallel.signals import StopRequest
 from ..parallel.stall import start_watchdog
 from ..report import plot
@@ -229,8 +229,31 @@ def start_world(cfg: TrainConfig) -> Communicator:
 
 
 def run_training(cfg: TrainConfig, world: Communicator | None = None) -> dict | None:
-    """Train as configured; rank 0 returns the metrics record, other ranks None."""
+    """Train as configured; rank 0 returns the metrics record, other ranks None.
+
+    Under ``--on-rank-failure continue`` a rank lost while the run is set up (the checks,
+    the folder, loading) leaves the survivors to set it up again among themselves, as if
+    the lost rank had died at start-up; once training began, survive.py carries them on."""
     world = world or start_world(cfg)
+    begun = Begun()
+    while True:
+        try:
+            return _run_training(cfg, world, begun)
+        except RankLost as lost:
+            if begun.training or not isinstance(world, ResilientWorld):
+                raise
+            world.set_up_again()
+            if world.rank == 0:
+                say(f"lost rank {', '.join(map(str, lost.lost))} before training: setting up again with {plural(world.size, 'rank')}")
+
+
+class Begun:
+    """Whether training began (a rank lost before it makes the survivors set the run up again)."""
+
+    training = False
+
+
+def _run_training(cfg: TrainConfig, world: Communicator, begun: Begun) -> dict | None:
     identity.agree(world, "configuration", identity.resolved_config(cfg))  # the first collective: all ranks run one run
     check_world_size(cfg, world)
     followed = tuple(cfg.unset())
@@ -246,7 +269,7 @@ def run_training(cfg: TrainConfig, world: Communicator | None = None) -> dict | 
     try:
         folder = fail_together(world, lambda: outdir.RunFolder.claim(out, cfg.overwrite, cfg.resume) if world.rank == 0 else None)  # held until the run ends
         try:
-            return _train_into(cfg, world, out, stop, followed, held)
+            return _train_into(cfg, world, out, stop, followed, held, begun)
         finally:
             if folder is not None:
                 folder.release()
@@ -285,9 +308,13 @@ def remove_unused(created: list[Path]) -> None:
             return  # not ours to remove, or not empty: so are its parents
 
 
-def _train_into(cfg: TrainConfig, world: Communicator, out: Path, stop: StopRequest, followed: tuple[str, ...] = (), held: dict | None = None) -> dict | None:
+def _train_into(
+    cfg: TrainConfig, world: Communicator, out: Path, stop: StopRequest, followed: tuple[str, ...] = (), held: dict | None = None, begun: Begun | None = None
+) -> dict | None:
     data_id = fail_together(world, lambda: identity.data_identity(cfg))
     identity.agree(world, "data", data_id)
+    for fault in planned_faults():
+        fault.fire_at_start(getattr(world, "launch_rank", world.rank), "in-setup")
     share = memory.ranks_on_this_machine(world)
     recorder = start_timeline(cfg, world)
     began = time.perf_counter()
@@ -309,6 +336,8 @@ def _train_into(cfg: TrainConfig, world: Communicator, out: Path, stop: StopRequ
         stop_reason=stop, checkpoint=checkpoint_writer(cfg, world, out, data_id, held), resume=resume, phase_listener=recorder.listener if recorder else None
     )
     surviving = isinstance(world, ResilientWorld)
+    if begun is not None:
+        begun.training = True
     try:
         with np.errstate(all="ignore"):  # a diverging run is reported once, by the loop's own check
             if surviving:

@@ -20,7 +20,8 @@ kills the rank just after step STEP's gradient Allreduce returned on it (``--syn
 it completed (it waits until a peer on its host has died, then repairs the world and raises):
 a survivor still inside a collective the others passed; ``kill-before-init:RANK`` kills the rank
 before MPI starts (RANK from the launcher's environment), ``kill-at-start:RANK`` once MPI runs but
-before the run's first collective. Several faults are separated by commas, e.g.
+before the run's first collective, ``kill-in-setup:RANK`` after the ranks agreed on the configuration
+and the data, before loading it. Several faults are separated by commas, e.g.
 ``kill:1:2:30,kill:0:4``. The failure tests use them to prove that a crash or a
 lost rank brings the job down promptly (or, with ``--on-rank-failure continue``,
 that the survivors carry on) and that the last checkpoint survives.
@@ -51,8 +52,9 @@ ACTIONS = (
     "lose-in-sum",
     "kill-before-init",
     "kill-at-start",
+    "kill-in-setup",
 )
-AT_START = ("kill-before-init", "kill-at-start")
+AT_START = ("kill-before-init", "kill-at-start", "kill-in-setup")
 AFTER_SUM = ("kill-after-sum", "lose-in-sum")
 
 
@@ -86,7 +88,8 @@ class Fault:
 
     def fire_at_start(self, rank: int, stage: str) -> None:
         """Kill if this fault is due at start-up: ``stage`` "before-init" (MPI not yet initialised; the
-        rank is the launcher's) or "at-start" (MPI up, before the run's first collective)."""
+        rank is the launcher's), "at-start" (MPI up, before the run's first collective) or "in-setup"
+        (the run checked, before loading)."""
         if self.action == f"kill-{stage}" and rank == self.rank:
             _kill()
 

@@ -220,6 +220,11 @@ class ResilientWorld:
         self.members = [int(r) for r in self._mpi.Group.Translate_ranks(group, list(range(self.comm.Get_size())), self._launch_group)]
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
 
+    def set_up_again(self) -> None:
+        """The survivors of a loss before training set the run up again: they are its starting
+        members now, and the first of them claims the run folder anew."""
+        self.start_members = tuple(self.members)
+
     # -- repair ----------------------------------------------------------------------------
 
     def _guard(self, action: Callable[[], T]) -> T:
