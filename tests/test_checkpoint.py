@@ -254,3 +254,22 @@ def test_periodic_checkpoints_resume_bit_identically(make_rank_data, data):
 
 def test_stop_checks_come_about_every_2048_samples():
     assert [check_interval(b) for b in (1, 32, 2048, 5000)] == [2048, 64, 1, 1]
+
+
+def test_resume_ranks_names_the_ranks_that_wrote_the_checkpoint(tmp_path, capsys):
+    """What a job script launches after a requeue: the checkpoint's ranks (the survivors' after a loss),
+    nothing for a folder without a usable checkpoint (the run then says what is wrong)."""
+    from pnn_mpi.commands.cli import main
+
+    plain, survivors, damaged, empty = (tmp_path / name for name in ("plain", "survivors", "damaged", "empty"))
+    for folder in (plain, survivors, damaged, empty):
+        folder.mkdir()
+    checkpoint.save(plain / checkpoint.FILE, TrainConfig(), 3, Progress(), [_state(0), _state(1), _state(2)])
+    checkpoint.save(survivors / checkpoint.FILE, TrainConfig(), 2, Progress(), [_state(0), _state(1)], lost=[2], held=HELD)
+    (damaged / checkpoint.FILE).write_bytes(b"PK\x03\x04 not really")
+    assert checkpoint.resume_ranks(plain / checkpoint.FILE) == 3 and checkpoint.resume_ranks(survivors / checkpoint.FILE) == 2
+    printed = []
+    for folder in (plain, survivors, damaged, empty, tmp_path / "missing"):
+        assert main(["resume-ranks", str(folder)]) == 0
+        printed.append(capsys.readouterr().out)
+    assert printed == ["3\n", "2\n", "", "", ""]

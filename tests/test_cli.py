@@ -275,9 +275,13 @@ def test_parser_defaults_are_config_defaults():
 
 def test_commands_table():
     """The other commands exist alongside the default 'train', each with its own function."""
-    assert set(cli.COMMANDS) == {"train", "launch", "download", "evaluate", "predict", "bench", "study", "plot", "scaling"}
+    assert set(cli.COMMANDS) == {"train", "launch", "download", "evaluate", "predict", "resume-ranks", "bench", "study", "plot", "scaling"}
     for name in set(cli.COMMANDS) - {"train"}:
         assert callable(cli.COMMANDS[name]) and cli.COMMANDS[name] is not cli.COMMANDS["train"]
+    from pnn_mpi.training.options import train_parser
+
+    epilog = train_parser().epilog  # --help's list of the other commands names every one
+    assert all(f"  {name} " in epilog for name in set(cli.COMMANDS) - {"train"})
 
 
 @pytest.mark.parametrize(

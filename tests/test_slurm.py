@@ -300,6 +300,33 @@ def test_usr1_checkpoints_requeues_and_the_requeued_job_resumes(cluster, tmp_pat
 
 
 @needs_slurm
+def test_a_requeued_job_resumes_the_survivors_of_a_lost_rank_with_as_many_ranks(cluster, tmp_path):
+    """--on-rank-failure continue: rank 1 of 3 dies in epoch 2 and the survivors go on; USR1 makes
+    them checkpoint and the job requeue. Their checkpoint resumes only with 2 ranks: the requeued
+    job, given its 3 tasks again, asks ``resume-ranks``, launches 2 and finishes, and metrics.json
+    tells the whole story (3 launched, rank 1 lost, 2 at the end)."""
+    env = cluster.env(PNN_MPI_ON_RANK_FAILURE="continue", PNN_MPI_INJECT="kill:1:2:5")
+    job, _ = cluster.submit("train.sbatch", *LONG, "--epochs", "150", cwd=tmp_path, env=env, options=["--ntasks=3"])
+    wait_for_line(tmp_path, job, r"^lost rank 1: going on with 2 ranks", cluster)
+    wait_for_line(tmp_path, job, r"^epoch\s+4/150", cluster)  # a checkpoint by the survivors is in place
+    cluster.run("scancel", "--batch", "--signal=USR1", str(job))
+    info = cluster.wait(job, until=requeued_or_over, what="requeued")
+    log = log_of(tmp_path, job)
+    assert int(info["Restarts"]) == 1 and info["JobState"] in REQUEUED, f"{info}\n{log}"
+
+    release_requeued(cluster, job)
+    info = cluster.wait(job)
+    log = log_of(tmp_path, job)
+    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), log
+    out = tmp_path / "runs" / f"slurm-{job}"
+    assert f"the checkpoint in runs/slurm-{job} was written by 2 surviving ranks: launching 2 of the 3 tasks" in log, log
+    assert "mpiexec --with-ft ulfm --bind-to none -n 2" in log and "resuming from" in log, log
+    metrics = check_run(out, 2, log)
+    assert (metrics["launched_ranks"], metrics["finished_with_ranks"]) == (3, 2)
+    assert [f["lost"] for f in metrics["rank_failures"]] == [[1]]
+
+
+@needs_slurm
 def test_time_limit_warning_signal_checkpoints_and_requeues(cluster, tmp_path):
     """The real thing: --time=2 with --signal=B:USR1@50.
 

@@ -36,6 +36,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "download": file_commands.cmd_download,
     "evaluate": file_commands.cmd_evaluate,
     "predict": file_commands.cmd_predict,
+    "resume-ranks": file_commands.cmd_resume_ranks,
     "bench": bench.main,
     "study": study.main,
     "plot": plot.main,

@@ -1,7 +1,9 @@
-"""The commands that work on files, without a launcher: download, evaluate, predict.
+"""The commands that work on files, without a launcher: download, evaluate, predict, resume-ranks.
 
 ``download`` fetches dataset files; ``evaluate`` and ``predict`` load a saved
-model and score it or apply it. (``bench`` and ``study`` have modules of their own.)
+model and score it or apply it; ``resume-ranks`` tells a job script how many
+ranks a run folder's checkpoint resumes with. (``bench`` and ``study`` have
+modules of their own.)
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ..data import datasets
 from ..data.download import download
 from ..data.image_files import labelled_blocks, open_images
 from ..nn.evaluate import predict, probabilities, score
+from ..training import checkpoint
 from ..training.memory import check_model
 from ..training.model_io import load_model
 from ..training.options import Parser, positive_int
@@ -183,4 +186,18 @@ def cmd_predict(argv: list[str]) -> int:
             write_atomically(args.out, text.encode())
     except OSError as exc:
         raise UserError(f"--out {args.out}: cannot write there ({os_reason(exc)})") from None
+    return 0
+
+
+def cmd_resume_ranks(argv: list[str]) -> int:
+    p = Parser(
+        prog="python -m pnn_mpi resume-ranks",
+        description="Print how many ranks the checkpoint in a run folder resumes with (nothing when it holds none): "
+        "after a lost rank, the survivors' count, which a requeued job must launch.",
+    )
+    p.add_argument("out", metavar="DIR", help="the run folder (--out) holding checkpoint.npz")
+    args = p.parse_args(argv)
+    ranks = checkpoint.resume_ranks(Path(args.out) / checkpoint.FILE)
+    if ranks is not None:
+        print(ranks)
     return 0

@@ -180,6 +180,27 @@ def _header(archive: NpzArchive, path: Path, bad) -> dict:
     return header
 
 
+def resume_ranks(path: Path) -> int | None:
+    """How many ranks the checkpoint ``path`` resumes with (those that wrote it: after a lost rank,
+    the survivors), or None where there is none of this version to resume (a resume then says why).
+
+    For job scripts, which must launch that many ranks after a requeue (``resume-ranks``).
+    """
+    path = Path(path)
+
+    def bad(why: str) -> UserError:
+        return UserError(f"{quote(path)}: not a usable pnn_mpi checkpoint: {why}")
+
+    try:
+        if file_kind(path) != "npz":
+            return None
+        with NpzArchive(path) as archive:
+            ranks = _header(archive, path, bad).get("ranks")
+    except (OSError, Refused, UserError):
+        return None
+    return ranks if _is_int(ranks) and ranks >= 1 else None
+
+
 def peek_held(path: Path, ranks: int) -> dict | None:
     """Who holds which records in the checkpoint ``path`` (None: the plain slices, or no usable checkpoint,
     which ``load`` then reports); refuses, in one line, a resume with other than the ranks that hold them.

@@ -90,6 +90,7 @@ def train_parser() -> Parser:
             "  download   fetch a dataset from public mirrors and verify its checksums\n"
             "  evaluate   score a saved model on a test set\n"
             "  predict    print or save a saved model's predictions for IDX or .npy images\n"
+            "  resume-ranks  print how many ranks a run folder's checkpoint resumes with (for job scripts)\n"
             "  bench      measure samples/s per rank and the cost of a parameter sync\n"
             "  study      run a grid of launches (ranks, sync, activation, ...): results.csv, plots, report.md\n"
             "  plot       draw a run's curves from its metrics.json as a PNG\n"
