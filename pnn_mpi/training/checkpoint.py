@@ -198,7 +198,7 @@ def resume_ranks(path: Path) -> int | None:
             ranks = _header(archive, path, bad).get("ranks")
     except (OSError, Refused, UserError):
         return None
-    return ranks if _is_int(ranks) and ranks >= 1 else None
+    return ranks if isinstance(ranks, int) and not isinstance(ranks, bool) and ranks >= 1 else None
 
 
 def peek_held(path: Path, ranks: int) -> dict | None:
