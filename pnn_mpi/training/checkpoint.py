@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -186,19 +187,8 @@ def resume_ranks(path: Path) -> int | None:
 
     For job scripts, which must launch that many ranks after a requeue (``resume-ranks``).
     """
-    path = Path(path)
-
-    def bad(why: str) -> UserError:
-        return UserError(f"{quote(path)}: not a usable pnn_mpi checkpoint: {why}")
-
-    try:
-        if file_kind(path) != "npz":
-            return None
-        with NpzArchive(path) as archive:
-            ranks = _header(archive, path, bad).get("ranks")
-    except (OSError, Refused, UserError):
-        return None
-    return ranks if isinstance(ranks, int) and not isinstance(ranks, bool) and ranks >= 1 else None
+    found = _peek(Path(path))
+    return found[0]["ranks"] if found else None
 
 
 def peek_held(path: Path, ranks: int) -> dict | None:
@@ -207,7 +197,18 @@ def peek_held(path: Path, ranks: int) -> dict | None:
 
     Read before the data, because the data a rank loads depends on it.
     """
-    path = Path(path)
+    found = _peek(Path(path))
+    if found is None:
+        return None
+    header, bad = found
+    held = check_held(header.get("held"), header["ranks"], bad)
+    _check_survivors(path, header["ranks"], held, ranks)
+    return held
+
+
+def _peek(path: Path) -> tuple[dict, Callable[[str], UserError]] | None:
+    """The header of the checkpoint ``path`` with a rank count, and how to refuse it, before anything
+    else is read; None for no usable checkpoint of this version (``load`` says what is wrong)."""
 
     def bad(why: str) -> UserError:
         return UserError(f"{quote(path)}: not a usable pnn_mpi checkpoint: {why}")
@@ -218,12 +219,8 @@ def peek_held(path: Path, ranks: int) -> dict | None:
         with NpzArchive(path) as archive:
             header = _header(archive, path, bad)
     except (OSError, Refused, UserError):
-        return None  # load says what is wrong with it, once the run folder is claimed
-    if not _is_int(header.get("ranks")) or header["ranks"] < 1:
         return None
-    held = check_held(header.get("held"), header["ranks"], bad)
-    _check_survivors(path, header["ranks"], held, ranks)
-    return held
+    return (header, bad) if _is_int(header.get("ranks")) and header["ranks"] >= 1 else None
 
 
 def _check_survivors(path: Path, written_by: int, held: dict | None, ranks: int) -> None:
