@@ -8,8 +8,8 @@ stops responding without dying, as on a frozen node), ``spin`` makes it loop for
 Python, busy and never entering MPI (a process that runs but makes no progress: an endless
 loop, a livelock), ``interrupt`` raises KeyboardInterrupt (what
 Ctrl-C does where no handler catches it), all when the epoch starts or, given STEP,
-before step STEP (0-based) of that epoch (with a batch-1 kernel, which runs many
-steps per call, only if a call starts at STEP). ``kill-in-checkpoint`` kills the rank
+before step STEP (0-based) of that epoch (with a batch-1 kernel or ``--kernel numba``'s mini-batch
+steps, which run many steps per call, only if a call starts at STEP). ``kill-in-checkpoint`` kills the rank
 while the checkpoint after epoch EPOCH is being written: the writing rank after
 its temporary file is complete but before the rename, any other rank before it
 hands over its state; ``kill-in-average:RANK`` kills the rank as the final average
