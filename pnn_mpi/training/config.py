@@ -37,6 +37,13 @@ def settled(value: T | None) -> T:
     return value
 
 
+def runs_batch_one_kernel(batch: int, sync: Sync, kernel: str) -> bool:
+    """Whether steps of ``batch`` samples under ``sync`` run through a batch-1 kernel (nn/kernels.py,
+    many samples a call): batch 1, no gradient sum at every step, a kernel other than the plain step.
+    The trainer picks its step by it, and the identity the ranks compare names the kernel by it."""
+    return batch == 1 and not sync.averages_gradients and kernel != "generic"
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     hidden: tuple[int, ...] = (128,)

@@ -26,7 +26,7 @@ from ..common.errors import UserError
 from ..common.version import __version__
 from ..common.wording import quote
 from ..data import datasets
-from .config import TrainConfig
+from .config import TrainConfig, runs_batch_one_kernel
 
 _SAMPLE = 1 << 20  # bytes fingerprinted at each end of a custom data file
 _WHERE = ("out", "data_dir")  # where files are may differ between ranks; what they hold may not (data_identity)
@@ -42,13 +42,13 @@ def resolved_config(cfg: TrainConfig) -> dict[str, Any]:
 
 def kernel_used(cfg: TrainConfig) -> str:
     """The kernel ``--kernel`` comes to here. ``auto`` takes numba only where a batch-1 kernel runs
-    (batch 1, no per-step gradient sum: train.Run.prepare) and numba is installed; every other run
+    (config.runs_batch_one_kernel, as train.Run.prepare decides) and numba is installed; every other run
     takes the numpy step, so ranks with and without numba agree on it."""
     from ..nn.kernels import numba_available
 
     if cfg.kernel != "auto":
         return cfg.kernel
-    batch_one = cfg.batch_size == 1 and not cfg.full_batch and not cfg.schedule.averages_gradients
+    batch_one = not cfg.full_batch and runs_batch_one_kernel(int(cfg.batch_size), cfg.schedule, cfg.kernel)
     return "numba" if batch_one and numba_available() else "numpy"
 
 

@@ -39,7 +39,7 @@ from ..parallel.stall import PROGRESS
 from ..parallel.sync import Sync
 from . import defaults
 from .checkpoint import Progress, RankState
-from .config import TrainConfig, settled
+from .config import TrainConfig, runs_batch_one_kernel, settled
 from .health import Watch
 from .pace import Pace
 from .rank_data import RankData
@@ -313,13 +313,18 @@ class Run:
     faults: list[Fault] = field(default_factory=list)  # injected by tests (faults.py)
     fused_step: fused.FusedStep | None = None  # mini-batches under --kernel numba: the compiled elementwise passes
 
+    @property
+    def whole_step(self) -> fused.FusedStep | None:
+        """The fused step when it runs whole steps in one compiled call (it found numpy's gemm), else None."""
+        return self.fused_step if self.fused_step is not None and self.fused_step.whole else None
+
     @classmethod
     def prepare(cls, cfg: TrainConfig, world: Communicator, data: RankData, state: LoopState, hooks: Hooks, log) -> Run:
         cfg = cfg.resolved(world.size)  # a no-op when the caller (train, run_training) resolved it already
         plan = batch_plan(cfg, data.slice_sizes)
         sync = cfg.schedule
         stepper = None
-        if plan.batch == 1 and not sync.averages_gradients and cfg.kernel != "generic":
+        if runs_batch_one_kernel(plan.batch, sync, cfg.kernel):
             stepper = SampleStepper(state.net, data.x, cfg.kernel)  # index built, numba loaded: before the clock starts
         phases = Phases(state.clock)
         if hooks.phase_listener is not None:
@@ -442,9 +447,9 @@ def take_steps(run: Run, state: LoopState, s: int, lr: float, period: int = 0) -
     if run.stepper:
         stop = segment_end(s, run.plan.steps, run.check_every, period, state.progress.since_average)
         state.loss_sum += run.stepper.run(state.opt.velocity, run.data.y, state.order, s, stop, lr, run.cfg.momentum)  # fewer on a short slice
-    elif run.fused_step is not None and run.fused_step.whole and not run.sync.averages_gradients:
+    elif run.whole_step and not run.sync.averages_gradients:
         stop = segment_end(s, run.plan.steps, run.check_every, period, state.progress.since_average)
-        state.loss_sum += run.fused_step.steps(run.data.x, run.data.y, state.order, s, stop, run.plan.batch, run.ws, state.opt.velocity, lr, state.opt.momentum)
+        state.loss_sum += run.whole_step.steps(run.data.x, run.data.y, state.order, s, stop, run.plan.batch, run.ws, state.opt.velocity, lr, state.opt.momentum)
     else:
         stop = s + 1
         one_step(run, state, s, lr)
@@ -463,7 +468,7 @@ def one_step(run: Run, state: LoopState, s: int, lr: float) -> None:
     loss once; one that rolls back restores a loss taken before the step."""
     net, batch, by_gradients = state.net, run.plan.batch, run.sync.averages_gradients
     picked = state.order[s * batch : (s + 1) * batch]
-    whole = run.fused_step if run.fused_step is not None and run.fused_step.whole else None  # gather, gradients (and update) in one compiled call
+    whole = run.whole_step  # gather, gradients (and update) in one compiled call
     if len(picked) and whole and not by_gradients:
         state.loss_sum += whole.step(run.data.x, run.data.y, picked, run.ws, 1.0 / len(picked), state.opt.velocity, lr, state.opt.momentum)
         return
