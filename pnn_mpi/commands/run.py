@@ -308,9 +308,7 @@ def remove_unused(created: list[Path]) -> None:
             return  # not ours to remove, or not empty: so are its parents
 
 
-def _train_into(
-    cfg: TrainConfig, world: Communicator, out: Path, stop: StopRequest, followed: tuple[str, ...] = (), held: dict | None = None, begun: Begun | None = None
-) -> dict | None:
+def _train_into(cfg: TrainConfig, world: Communicator, out: Path, stop: StopRequest, followed: tuple[str, ...], held: dict | None, begun: Begun) -> dict | None:
     data_id = fail_together(world, lambda: identity.data_identity(cfg))
     identity.agree(world, "data", data_id)
     for fault in planned_faults():
@@ -336,8 +334,7 @@ def _train_into(
         stop_reason=stop, checkpoint=checkpoint_writer(cfg, world, out, data_id, held), resume=resume, phase_listener=recorder.listener if recorder else None
     )
     surviving = isinstance(world, ResilientWorld)
-    if begun is not None:
-        begun.training = True
+    begun.training = True
     try:
         with np.errstate(all="ignore"):  # a diverging run is reported once, by the loop's own check
             if surviving:
